@@ -1,0 +1,20 @@
+-- The append-only log of a scene: one row per committed batch of yrs updates (v1 encoding).
+-- `seq` is assigned by the scene's single owner; `epoch` and `writer_node` record who wrote it.
+CREATE TABLE scene_versions (
+    scene_id      TEXT   NOT NULL,
+    seq           INTEGER NOT NULL,
+    epoch         INTEGER NOT NULL,
+    writer_node   TEXT   NOT NULL,
+    data          BLOB   NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scene_id, seq)
+);
+
+-- Compaction folds the log into full-state snapshots; a snapshot covers rows with seq <= upto_seq.
+CREATE TABLE scene_snapshots (
+    scene_id      TEXT   NOT NULL,
+    upto_seq      INTEGER NOT NULL,
+    data          BLOB   NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scene_id, upto_seq)
+);

@@ -1,0 +1,259 @@
+//! Access tokens: JWTs minted by the app's backend that scope a user to scenes.
+//!
+//! Claims: `sub`, `exp`, `aud`, optional `name`, and `scenes`, a map from scene id (or `*`)
+//! to `edit` or `view`. The node verifies the signature, expiry and audience on every
+//! connect; a token is never logged.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token allows in one scene.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and writes the document.
+    Edit,
+    /// Reads only: updates from this connection are never applied.
+    View,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "edit" => Ok(Role::Edit),
+            "view" => Ok(Role::View),
+            other => Err(format!("role must be edit or view, not {other:?}")),
+        }
+    }
+}
+
+/// The claims Troupe reads from a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    pub aud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub scenes: BTreeMap<String, Role>,
+}
+
+impl Claims {
+    /// The role this token grants in `scene`: an exact entry wins over `*`.
+    pub fn role_in(&self, scene: &str) -> Option<Role> {
+        self.scenes
+            .get(scene)
+            .or_else(|| self.scenes.get("*"))
+            .copied()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("token rejected: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path} is not a PEM key for {alg:?}: {source}")]
+    Parse {
+        path: String,
+        alg: Algorithm,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("unsupported JWT algorithm {0:?}: use HS256, RS256 or EdDSA")]
+    Algorithm(String),
+}
+
+/// Parses the algorithm name used in configuration.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        other => Err(KeyError::Algorithm(other.to_string())),
+    }
+}
+
+fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Verifies tokens presented by clients.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// A verifier for HS256 tokens signed with a shared secret.
+    pub fn from_secret(secret: &[u8], audience: &str) -> Self {
+        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256, audience)
+    }
+
+    /// A verifier for RS256 or EdDSA tokens, given the issuer's public key (PEM).
+    pub fn from_public_key_file(path: &str, alg: Algorithm, audience: &str) -> Result<Self, KeyError> {
+        let pem = read_pem(path)?;
+        let key = match alg {
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+            _ => DecodingKey::from_rsa_pem(&pem),
+        }
+        .map_err(|source| KeyError::Parse {
+            path: path.to_string(),
+            alg,
+            source,
+        })?;
+        Ok(Self::new(key, alg, audience))
+    }
+
+    fn new(key: DecodingKey, alg: Algorithm, audience: &str) -> Self {
+        // Only the configured algorithm is accepted, so `alg: none` and algorithm
+        // confusion (an HS256 token "signed" with a public key) are refused.
+        let mut validation = Validation::new(alg);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.leeway = 5;
+        Self { key, validation }
+    }
+
+    /// Checks signature, expiry and audience, and returns the claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
+        Ok(data.claims)
+    }
+}
+
+/// Mints tokens (used by `troupectl token` and tests).
+pub struct Signer {
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl Signer {
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret),
+            alg: Algorithm::HS256,
+        }
+    }
+
+    pub fn from_private_key_file(path: &str, alg: Algorithm) -> Result<Self, KeyError> {
+        let pem = read_pem(path)?;
+        let key = match alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+            _ => EncodingKey::from_rsa_pem(&pem),
+        }
+        .map_err(|source| KeyError::Parse {
+            path: path.to_string(),
+            alg,
+            source,
+        })?;
+        Ok(Self { key, alg })
+    }
+
+    pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.key)
+    }
+}
+
+/// Seconds since the Unix epoch, for `exp`.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(scenes: &[(&str, Role)], exp: u64, aud: &str) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            aud: aud.into(),
+            name: Some("Alice".into()),
+            scenes: scenes.iter().map(|(s, r)| (s.to_string(), *r)).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_scopes_scenes() {
+        let signer = Signer::from_secret(b"secret");
+        let verifier = Verifier::from_secret(b"secret", "troupe");
+        let token = signer
+            .sign(&claims(&[("s1", Role::Edit), ("*", Role::View)], now_secs() + 60, "troupe"))
+            .unwrap();
+        let got = verifier.verify(&token).unwrap();
+        assert_eq!(got.role_in("s1"), Some(Role::Edit));
+        assert_eq!(got.role_in("other"), Some(Role::View));
+        let only_s1 = signer
+            .sign(&claims(&[("s1", Role::View)], now_secs() + 60, "troupe"))
+            .unwrap();
+        assert_eq!(verifier.verify(&only_s1).unwrap().role_in("s2"), None);
+    }
+
+    #[test]
+    fn rejects_bad_tokens() {
+        let signer = Signer::from_secret(b"secret");
+        let verifier = Verifier::from_secret(b"secret", "troupe");
+        let scenes = [("s1", Role::Edit)];
+        let expired = signer.sign(&claims(&scenes, now_secs() - 600, "troupe")).unwrap();
+        let wrong_aud = signer.sign(&claims(&scenes, now_secs() + 60, "other")).unwrap();
+        let wrong_key = Signer::from_secret(b"not the secret")
+            .sign(&claims(&scenes, now_secs() + 60, "troupe"))
+            .unwrap();
+        // An unsigned token: header {"alg":"none"} and an empty signature.
+        let unsigned = {
+            use base64_url as b64;
+            let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
+            let body = b64::encode(
+                serde_json::to_vec(&claims(&scenes, now_secs() + 60, "troupe"))
+                    .unwrap()
+                    .as_slice(),
+            );
+            format!("{header}.{body}.")
+        };
+        for token in [expired, wrong_aud, wrong_key, unsigned, "garbage".into(), "a.b.c".into()] {
+            assert!(verifier.verify(&token).is_err(), "accepted {token}");
+        }
+        assert!(matches!(verifier.verify(""), Err(AuthError::Missing)));
+    }
+
+    /// Minimal unpadded base64url, enough to forge test tokens.
+    mod base64_url {
+        pub fn encode(bytes: &[u8]) -> String {
+            const ALPHABET: &[u8] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32)
+                    << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

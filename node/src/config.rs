@@ -1,0 +1,339 @@
+//! Node configuration: command-line flags, each also read from a `TROUPE_*` variable.
+//!
+//! Defaults run a local node with nothing to install; [`Config::validate`] turns the raw
+//! settings into what the node uses and fails with one clear line on a bad setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::{self, Verifier};
+use crate::duration::parse_duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "troupe-node", version, about = "Troupe room node: live Yjs scenes over y-websocket")]
+pub struct Config {
+    /// Address the WebSocket and HTTP endpoint listens on (port 0 picks a free port).
+    #[arg(long, env = "TROUPE_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// This node's id in the cluster and in the store's writer column.
+    #[arg(long, env = "TROUPE_NODE_ID", default_value = "node-1")]
+    pub node_id: String,
+
+    /// The URL clients use to reach this node (default: ws://<listen>).
+    #[arg(long, env = "TROUPE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Folder for the embedded store (a SQLite file) when no database URL is set.
+    #[arg(long, env = "TROUPE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Postgres URL (postgres://…); when set, Postgres is the store and migrations run at start.
+    #[arg(long, env = "TROUPE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Shared secret for HS256 tokens.
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file for RS256 or EdDSA tokens (instead of a secret).
+    #[arg(long, env = "TROUPE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<String>,
+
+    /// Algorithm of tokens verified with the public key: RS256 or EdDSA.
+    #[arg(long, env = "TROUPE_JWT_ALGORITHM", default_value = "RS256")]
+    pub jwt_algorithm: String,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
+    pub jwt_audience: String,
+
+    /// Browser origins allowed to open a WebSocket, comma-separated; `*` allows any and a
+    /// trailing `:*` any port. Clients that send no Origin (servers, tools) are not affected.
+    #[arg(
+        long,
+        env = "TROUPE_ALLOWED_ORIGINS",
+        default_value = "http://localhost:*,http://127.0.0.1:*",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest WebSocket message accepted, in bytes; larger ones close with 4413.
+    #[arg(long, env = "TROUPE_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    pub max_frame_bytes: usize,
+
+    /// Largest document a scene may grow to, in bytes of encoded state.
+    #[arg(long, env = "TROUPE_MAX_DOC_BYTES", default_value_t = 32 << 20)]
+    pub max_doc_bytes: usize,
+
+    /// Most connections one scene accepts; more close with 4429.
+    #[arg(long, env = "TROUPE_MAX_CONNECTIONS_PER_ROOM", default_value_t = 256)]
+    pub max_connections_per_room: usize,
+
+    /// Messages queued for one slow client before it is disconnected.
+    #[arg(long, env = "TROUPE_CLIENT_QUEUE", default_value_t = 1024)]
+    pub client_queue: usize,
+
+    /// Largest awareness (presence) message, in bytes.
+    #[arg(long, env = "TROUPE_MAX_AWARENESS_BYTES", default_value_t = 16 * 1024)]
+    pub max_awareness_bytes: usize,
+
+    /// Awareness messages per second one connection may send (bursts of twice that).
+    #[arg(long, env = "TROUPE_AWARENESS_RATE", default_value_t = 30)]
+    pub awareness_rate: u32,
+
+    /// Messages per second one connection may send before it is closed with 4429.
+    #[arg(long, env = "TROUPE_MESSAGE_RATE", default_value_t = 500)]
+    pub message_rate: u32,
+
+    /// A room with no clients for this long is flushed and unloaded.
+    #[arg(long, env = "TROUPE_ROOM_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub room_idle: Duration,
+
+    /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
+    #[arg(long, env = "TROUPE_PING_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Fold a scene's log into a snapshot after this many log rows…
+    #[arg(long, env = "TROUPE_COMPACT_ROWS", default_value_t = 500)]
+    pub compact_rows: u64,
+
+    /// …or after this many bytes of log…
+    #[arg(long, env = "TROUPE_COMPACT_BYTES", default_value_t = 4 << 20)]
+    pub compact_bytes: u64,
+
+    /// …or when the oldest row not in a snapshot is this old.
+    #[arg(long, env = "TROUPE_COMPACT_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub compact_age: Duration,
+
+    /// Most log rows written in one group commit.
+    #[arg(long, env = "TROUPE_COMMIT_BATCH", default_value_t = 512)]
+    pub commit_batch: usize,
+}
+
+/// Settings the rooms and connections work with.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_doc_bytes: usize,
+    pub max_connections_per_room: usize,
+    pub client_queue: usize,
+    pub max_awareness_bytes: usize,
+    pub awareness_rate: u32,
+    pub message_rate: u32,
+    pub room_idle: Duration,
+    pub ping_interval: Duration,
+    pub compact_rows: u64,
+    pub compact_bytes: u64,
+    pub compact_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::parse_from(["troupe-node"]).limits()
+    }
+}
+
+/// Browser origins allowed to connect.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    patterns: Vec<String>,
+}
+
+impl OriginPolicy {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let patterns: Vec<String> = patterns
+            .iter()
+            .map(|p| p.trim().trim_end_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        for p in &patterns {
+            if p != "*" && !(p.starts_with("http://") || p.starts_with("https://")) {
+                return Err(format!(
+                    "TROUPE_ALLOWED_ORIGINS: {p:?} must be *, or start with http:// or https://"
+                ));
+            }
+        }
+        Ok(Self { patterns })
+    }
+
+    /// Whether a browser page from `origin` may connect.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.patterns.iter().any(|p| {
+            p == "*"
+                || p == origin
+                || p.strip_suffix(":*").is_some_and(|host| {
+                    origin
+                        .strip_prefix(host)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+                })
+        })
+    }
+}
+
+/// Where edits are stored.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+/// A checked configuration, ready to run.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    pub public_url: Option<String>,
+    pub store: StoreLocation,
+    pub verifier: Verifier,
+    pub origins: OriginPolicy,
+    pub limits: Limits,
+    pub commit_batch: usize,
+}
+
+impl Config {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_doc_bytes: self.max_doc_bytes,
+            max_connections_per_room: self.max_connections_per_room,
+            client_queue: self.client_queue,
+            max_awareness_bytes: self.max_awareness_bytes,
+            awareness_rate: self.awareness_rate,
+            message_rate: self.message_rate,
+            room_idle: self.room_idle,
+            ping_interval: self.ping_interval,
+            compact_rows: self.compact_rows,
+            compact_bytes: self.compact_bytes,
+            compact_age: self.compact_age,
+        }
+    }
+
+    /// Checks every setting; the error is one line naming the setting.
+    pub fn validate(&self) -> Result<Settings, String> {
+        let verifier = match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err("set either TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE, not both".into())
+            }
+            (None, None) => {
+                return Err("TROUPE_JWT_SECRET (or TROUPE_JWT_PUBLIC_KEY_FILE) is required to verify client tokens".into())
+            }
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return Err("TROUPE_JWT_SECRET must be at least 16 characters".into());
+                }
+                Verifier::from_secret(secret.as_bytes(), &self.jwt_audience)
+            }
+            (None, Some(path)) => {
+                let alg = auth::parse_algorithm(&self.jwt_algorithm).map_err(|e| e.to_string())?;
+                if alg == jsonwebtoken::Algorithm::HS256 {
+                    return Err("TROUPE_JWT_ALGORITHM must be RS256 or EdDSA with a public key file".into());
+                }
+                Verifier::from_public_key_file(path, alg, &self.jwt_audience).map_err(|e| e.to_string())?
+            }
+        };
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "TROUPE_NODE_ID {:?} must be 1-64 characters of letters, digits, - and _",
+                self.node_id
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url).map_err(|e| format!("TROUPE_PUBLIC_URL {url:?}: {e}"))?;
+            if !matches!(parsed.scheme(), "ws" | "wss") {
+                return Err(format!("TROUPE_PUBLIC_URL {url:?} must start with ws:// or wss://"));
+            }
+        }
+        let store = match &self.database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres(url.clone())
+            }
+            Some(_) => return Err("TROUPE_DATABASE_URL must start with postgres://".into()),
+            None => StoreLocation::Sqlite(self.data_dir.join("troupe.sqlite3")),
+        };
+        if self.max_frame_bytes < 1024 {
+            return Err("TROUPE_MAX_FRAME_BYTES must be at least 1024".into());
+        }
+        if self.max_doc_bytes < self.max_frame_bytes {
+            return Err("TROUPE_MAX_DOC_BYTES must be at least TROUPE_MAX_FRAME_BYTES".into());
+        }
+        for (name, value) in [
+            ("TROUPE_MAX_CONNECTIONS_PER_ROOM", self.max_connections_per_room),
+            ("TROUPE_CLIENT_QUEUE", self.client_queue),
+            ("TROUPE_COMMIT_BATCH", self.commit_batch),
+            ("TROUPE_AWARENESS_RATE", self.awareness_rate as usize),
+            ("TROUPE_MESSAGE_RATE", self.message_rate as usize),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.ping_interval < Duration::from_millis(100) {
+            return Err("TROUPE_PING_INTERVAL must be at least 100ms".into());
+        }
+        Ok(Settings {
+            listen: self.listen,
+            node_id: self.node_id.clone(),
+            public_url: self.public_url.clone(),
+            store,
+            verifier,
+            origins: OriginPolicy::new(&self.allowed_origins)?,
+            limits: self.limits(),
+            commit_batch: self.commit_batch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["troupe-node", "--jwt-secret", "0123456789abcdef"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_run_locally() {
+        let settings = config(&[]).validate().unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:4000");
+        assert!(matches!(settings.store, StoreLocation::Sqlite(_)));
+    }
+
+    #[test]
+    fn bad_settings_fail_with_one_line() {
+        for args in [
+            &["--database-url", "mysql://x"][..],
+            &["--node-id", "bad id"],
+            &["--public-url", "http://x"],
+            &["--max-frame-bytes", "10"],
+            &["--allowed-origins", "example.com"],
+        ] {
+            let err = config(args).validate().err().unwrap();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let no_secret = Config::try_parse_from(["troupe-node"]).unwrap();
+        if std::env::var_os("TROUPE_JWT_SECRET").is_none() {
+            assert!(no_secret.validate().is_err());
+        }
+    }
+
+    #[test]
+    fn origin_patterns() {
+        let policy = OriginPolicy::new(&["http://localhost:*".into(), "https://app.example".into()]).unwrap();
+        assert!(policy.allows("http://localhost:5173"));
+        assert!(policy.allows("https://app.example"));
+        assert!(!policy.allows("http://localhost.evil:80"));
+        assert!(!policy.allows("http://localhost:"));
+        assert!(!policy.allows("https://evil.example"));
+        assert!(OriginPolicy::new(&["*".into()]).unwrap().allows("https://anything"));
+    }
+}

@@ -1,0 +1,178 @@
+//! HTTP routes of a node: the WebSocket endpoint, `/healthz` and `/metrics`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::server::App;
+use crate::ws::{self, ConnectRequest};
+
+pub type Body = Full<Bytes>;
+
+/// Path prefix of the WebSocket endpoint: `/ws/scenes/{scene_id}`.
+pub const SCENES_PREFIX: &str = "/ws/scenes/";
+
+/// Routes one request.
+pub async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let response = match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => healthz(&app).await,
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.encode(),
+        ),
+        (&Method::GET, p) if p.starts_with(SCENES_PREFIX) => websocket(req, &app),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    Ok(response)
+}
+
+async fn healthz(app: &App) -> Response<Body> {
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let body = serde_json::json!({
+        "status": if store_ok { "ok" } else { "degraded" },
+        "node": app.settings.node_id,
+        "store": { "backend": app.store.backend(), "ok": store_ok },
+        "rooms": app.rooms.len(),
+    });
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", format!("{body}\n"))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Upgrades `/ws/scenes/{scene}` to a WebSocket. Token and scene problems are reported
+/// with a close code after the upgrade, since browsers cannot read an HTTP refusal.
+fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_upgrade, key) else {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            "text/plain",
+            "this endpoint speaks the y-websocket protocol over WebSocket\n".into(),
+        );
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| app.settings.origins.allows(o));
+        if !allowed {
+            app.metrics.error("origin_refused");
+            return text(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n".into());
+        }
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let request = ConnectRequest {
+        scene: scene_id(&req.uri().path()[SCENES_PREFIX.len()..]),
+        token: query.get("token").cloned().unwrap_or_default(),
+        acks: query.get("acks").is_some_and(|v| v == "1" || v == "true"),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let app = app.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => ws::serve(upgraded, request, app).await,
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Decodes and checks a scene id: 1-128 bytes of letters, digits and `-_.:~`.
+pub fn scene_id(raw: &str) -> Option<String> {
+    let decoded = percent_decode(raw)?;
+    let valid = !decoded.is_empty()
+        && decoded.len() <= 128
+        && decoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b));
+    valid.then_some(decoded)
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(&v.replace('+', " "))?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scene_ids() {
+        assert_eq!(scene_id("s1").as_deref(), Some("s1"));
+        assert_eq!(scene_id("film%3Ascene-12").as_deref(), Some("film:scene-12"));
+        assert_eq!(scene_id(""), None);
+        assert_eq!(scene_id("a/b"), None);
+        assert_eq!(scene_id("%zz"), None);
+        assert_eq!(scene_id("%"), None);
+        assert_eq!(scene_id(&"x".repeat(129)), None);
+    }
+
+    #[test]
+    fn queries() {
+        let q = parse_query("token=a.b.c&acks=1&x");
+        assert_eq!(q.get("token").map(String::as_str), Some("a.b.c"));
+        assert_eq!(q.get("acks").map(String::as_str), Some("1"));
+        assert_eq!(q.get("x").map(String::as_str), Some(""));
+    }
+}

@@ -1,0 +1,72 @@
+//! `troupe-node`: serves scenes over y-websocket. Configuration: flags or `TROUPE_*`
+//! variables (`troupe-node --help`).
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use troupe_node::config::Config;
+use troupe_node::server;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = Config::parse();
+    let settings = match config.validate() {
+        Ok(settings) => settings,
+        Err(line) => {
+            eprintln!("troupe-node: bad configuration: {line}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match serve(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("troupe-node: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
+    let listener = server::bind(&settings).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        node = %settings.node_id,
+        %addr,
+        store = match &settings.store {
+            troupe_node::config::StoreLocation::Postgres(_) => "postgres",
+            troupe_node::config::StoreLocation::Sqlite(_) => "sqlite",
+        },
+        "troupe-node starting"
+    );
+    // Scripts and tests wait for this exact line to learn the bound address.
+    println!("troupe-node listening on {addr}");
+    server::run(settings, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

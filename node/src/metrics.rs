@@ -1,0 +1,155 @@
+//! Prometheus metrics of a node, served as text at `/metrics`.
+//!
+//! Names follow shared/DESIGN.md; counters get their `_total` suffix from the encoder.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why a connection ended in error or a message was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_active: Gauge,
+    pub latency_ms: Histogram,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub updates_stored: Counter,
+    pub conflicts_resolved: Counter,
+    pub compaction_runs: Counter,
+    pub scenes_active: Gauge,
+    pub users_collaborating: Counter,
+    pub ring_epoch: Gauge,
+    pub rehydration_seconds: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_commit_failures: Counter,
+    pub pending_bytes: Gauge,
+    pub viewer_updates_dropped: Counter,
+    pub awareness_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            connections_active: Gauge::default(),
+            latency_ms: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            errors: Family::default(),
+            updates_stored: Counter::default(),
+            conflicts_resolved: Counter::default(),
+            compaction_runs: Counter::default(),
+            scenes_active: Gauge::default(),
+            users_collaborating: Counter::default(),
+            ring_epoch: Gauge::default(),
+            rehydration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
+            store_commit_failures: Counter::default(),
+            pending_bytes: Gauge::default(),
+            viewer_updates_dropped: Counter::default(),
+            awareness_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "websocket_connections_active",
+            "Open client WebSocket connections",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "websocket_latency_ms",
+            "Time from receiving a client message to handing its fan-out to every peer, in ms",
+            m.latency_ms.clone(),
+        );
+        registry.register(
+            "websocket_errors",
+            "Connections closed or messages refused for bad input, by reason",
+            m.errors.clone(),
+        );
+        registry.register(
+            "yjs_updates_stored",
+            "Update batches committed to the store",
+            m.updates_stored.clone(),
+        );
+        registry.register(
+            "yjs_conflicts_resolved",
+            "Client updates merged with changes the document already had (duplicates, or concurrent edits integrated out of order)",
+            m.conflicts_resolved.clone(),
+        );
+        registry.register(
+            "yjs_compaction_runs",
+            "Snapshots written by compaction",
+            m.compaction_runs.clone(),
+        );
+        registry.register(
+            "scenes_collaborative_active",
+            "Scenes loaded in memory on this node",
+            m.scenes_active.clone(),
+        );
+        registry.register(
+            "users_collaborating",
+            "Client sessions that joined a scene on this node",
+            m.users_collaborating.clone(),
+        );
+        registry.register(
+            "troupe_ring_epoch",
+            "Placement epoch this node serves at",
+            m.ring_epoch.clone(),
+        );
+        registry.register(
+            "troupe_rehydration_seconds",
+            "Time to load a scene from the store (snapshot plus tail)",
+            m.rehydration_seconds.clone(),
+        );
+        registry.register(
+            "troupe_store_commit_seconds",
+            "Duration of one group commit to the store",
+            m.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "troupe_store_commit_failures",
+            "Group commits that failed and will be retried",
+            m.store_commit_failures.clone(),
+        );
+        registry.register(
+            "troupe_pending_bytes",
+            "Bytes of applied updates not yet committed to the store",
+            m.pending_bytes.clone(),
+        );
+        registry.register(
+            "troupe_viewer_updates_dropped",
+            "Updates from view-only connections that were not applied",
+            m.viewer_updates_dropped.clone(),
+        );
+        registry.register(
+            "troupe_awareness_dropped",
+            "Awareness messages or entries dropped (over the rate limit, or for another client's id)",
+            m.awareness_dropped.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one refused message or failed connection.
+    pub fn error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { reason }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

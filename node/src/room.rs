@@ -1,0 +1,780 @@
+//! A room: one live scene. A single task owns the scene's yrs document, its clients and
+//! their presence; everything else talks to it through its bounded inbox.
+//!
+//! Order of work for an edit: apply to the document, fan out to the other clients at once,
+//! then hand it to the group committer; a client that asked for acks hears back once the
+//! batch holding its edit is committed. A client whose queue fills up is disconnected
+//! rather than allowed to hold memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::auth::Role;
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::protocol::{self, MessageKind, ValidFrame};
+use crate::rooms::Rooms;
+use crate::store::{LogAppend, Snapshot, Store, StoredScene};
+use crate::update_check;
+use crate::writer::{CommitStatus, QueueError, WriteJob, WriterHandle};
+
+/// WebSocket close codes (see README, "Close codes").
+pub mod close {
+    /// This node does not own the scene (the reason carries the owner's URL when known).
+    pub const MOVED: u16 = 4301;
+    pub const BAD_MESSAGE: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const UNKNOWN_SCENE: u16 = 4404;
+    pub const TOO_LARGE: u16 = 4413;
+    pub const RATE_LIMITED: u16 = 4429;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INTERNAL: u16 = 1011;
+    pub const RESTARTING: u16 = 1012;
+    pub const TRY_AGAIN: u16 = 1013;
+}
+
+/// Most awareness client ids one connection may speak for (one per Yjs doc it syncs).
+const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
+
+/// What the room sends to a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Bytes),
+    Close(u16, String),
+}
+
+/// A connection asking to join.
+pub struct Joiner {
+    pub conn_id: u64,
+    /// The token's subject.
+    pub user: String,
+    pub role: Role,
+    pub acks: bool,
+    pub outbox: mpsc::Sender<Outbound>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    Full,
+    Unavailable,
+}
+
+pub enum RoomCmd {
+    Join {
+        joiner: Joiner,
+        reply: oneshot::Sender<Result<(), JoinRefused>>,
+    },
+    Frame {
+        conn_id: u64,
+        received: Instant,
+        frame: ValidFrame,
+    },
+    Leave {
+        conn_id: u64,
+    },
+}
+
+/// What every room shares.
+pub struct RoomContext {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Placement epoch this node writes at.
+    pub epoch: u64,
+    /// Turns true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct Peer {
+    user: String,
+    role: Role,
+    acks: bool,
+    outbox: mpsc::Sender<Outbound>,
+    /// Update-bearing messages received from this peer.
+    updates_received: u64,
+    /// `(seq that must be committed, updates_received at the time)`, oldest first.
+    ack_marks: VecDeque<(u64, u64)>,
+    /// Awareness client ids this connection speaks for.
+    client_ids: Vec<u64>,
+}
+
+struct PresenceEntry {
+    clock: u64,
+    state: String,
+}
+
+/// The compaction counters: how much log the latest snapshot does not cover yet.
+#[derive(Default)]
+struct Uncompacted {
+    rows: u64,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+pub struct Room {
+    scene: String,
+    id: u64,
+    ctx: Arc<RoomContext>,
+    rooms: Arc<Rooms>,
+    doc: Doc,
+    peers: HashMap<u64, Peer>,
+    presence: HashMap<u64, PresenceEntry>,
+    /// Approximate encoded size of the document: its size at load plus every change since.
+    doc_bytes: usize,
+    /// Highest log position handed to the writer.
+    last_seq: u64,
+    committed_seq: u64,
+    in_flight: Option<u64>,
+    in_flight_bytes: u64,
+    /// Changes applied but not yet handed to the writer.
+    pending: Vec<Vec<u8>>,
+    status_tx: Arc<watch::Sender<CommitStatus>>,
+    status_rx: watch::Receiver<CommitStatus>,
+    uncompacted: Uncompacted,
+    idle_since: Option<Instant>,
+    /// Set when the document can no longer be trusted or written: the room closes.
+    stopping: Option<(u16, &'static str)>,
+}
+
+impl Room {
+    /// Runs a room until it unloads: load the scene, then serve its inbox.
+    pub async fn run(
+        scene: String,
+        id: u64,
+        ctx: Arc<RoomContext>,
+        rooms: Arc<Rooms>,
+        mut inbox: mpsc::Receiver<RoomCmd>,
+    ) {
+        ctx.metrics.scenes_active.inc();
+        let started = Instant::now();
+        let loaded = match ctx.store.load(&scene).await {
+            Ok(stored) => rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored)),
+            Err(error) => Err(error.to_string()),
+        };
+        match loaded {
+            Ok((doc, doc_bytes, stored)) => {
+                ctx.metrics
+                    .rehydration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, "scene loaded");
+                let mut room = Room::new(scene, id, ctx.clone(), rooms.clone(), doc, doc_bytes, &stored);
+                room.serve(&mut inbox).await;
+            }
+            Err(error) => {
+                tracing::error!(%scene, %error, "cannot load scene");
+                ctx.metrics.error("scene_load_failed");
+                rooms.remove(&scene, id);
+            }
+        }
+        // Joins that raced with the unload are refused; their connections try a new room.
+        inbox.close();
+        while let Ok(cmd) = inbox.try_recv() {
+            if let RoomCmd::Join { reply, .. } = cmd {
+                let _ = reply.send(Err(JoinRefused::Unavailable));
+            }
+        }
+        ctx.metrics.scenes_active.dec();
+    }
+
+    fn new(
+        scene: String,
+        id: u64,
+        ctx: Arc<RoomContext>,
+        rooms: Arc<Rooms>,
+        doc: Doc,
+        doc_bytes: usize,
+        stored: &StoredScene,
+    ) -> Self {
+        let last_seq = stored.last_seq();
+        let (status_tx, status_rx) = watch::channel(CommitStatus {
+            committed_seq: last_seq,
+            refused: false,
+        });
+        let snapshot_seq = stored.snapshots.first().map_or(0, |s| s.upto_seq);
+        let tail: Vec<_> = stored.tail_after(snapshot_seq).collect();
+        let uncompacted = Uncompacted {
+            rows: tail.len() as u64,
+            bytes: tail.iter().map(|r| r.data.len() as u64).sum(),
+            since: (!tail.is_empty()).then(Instant::now),
+        };
+        Self {
+            scene,
+            id,
+            ctx,
+            rooms,
+            doc,
+            peers: HashMap::new(),
+            presence: HashMap::new(),
+            doc_bytes,
+            last_seq,
+            committed_seq: last_seq,
+            in_flight: None,
+            in_flight_bytes: 0,
+            pending: Vec::new(),
+            status_tx: Arc::new(status_tx),
+            status_rx,
+            uncompacted,
+            idle_since: Some(Instant::now()),
+            stopping: None,
+        }
+    }
+
+    async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = inbox.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                Ok(()) = self.status_rx.changed() => self.on_commit(),
+                _ = tick.tick() => {
+                    self.flush();
+                    self.maybe_compact(false);
+                }
+                Ok(()) = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        self.stop(close::GOING_AWAY, "server shutting down");
+                    }
+                }
+            }
+            if self.stopping.is_some() || self.is_idle_long_enough() {
+                if self.finish(inbox).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn is_idle_long_enough(&self) -> bool {
+        self.idle_since
+            .is_some_and(|since| since.elapsed() >= self.ctx.limits.room_idle)
+    }
+
+    /// Closes every client with `code` and unloads once the log is flushed.
+    fn stop(&mut self, code: u16, reason: &'static str) {
+        if self.stopping.is_none() {
+            self.stopping = Some((code, reason));
+        }
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.kick(id, code, reason);
+        }
+    }
+
+    /// Flushes and unloads. Returns false while the log still has unwritten changes and
+    /// the room should keep running (it keeps retrying; shutdown waits for it).
+    async fn finish(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) -> bool {
+        let refused = self.status_rx.borrow().refused;
+        let clean = self.pending.is_empty() && self.in_flight.is_none();
+        if !clean && !refused {
+            self.flush();
+            return false;
+        }
+        if self.stopping.is_none() && !self.peers.is_empty() {
+            return false;
+        }
+        if !refused {
+            self.maybe_compact(true);
+        }
+        // Drop out of the directory first, then refuse whatever is still queued.
+        self.rooms.remove(&self.scene, self.id);
+        while let Ok(cmd) = inbox.try_recv() {
+            match cmd {
+                RoomCmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinRefused::Unavailable));
+                }
+                RoomCmd::Frame { .. } | RoomCmd::Leave { .. } => {}
+            }
+        }
+        tracing::debug!(scene = %self.scene, "room unloaded");
+        true
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join { joiner, reply } => self.join(joiner, reply),
+            RoomCmd::Frame {
+                conn_id,
+                received,
+                frame,
+            } => {
+                self.on_frame(conn_id, &frame);
+                self.ctx
+                    .metrics
+                    .latency_ms
+                    .observe(received.elapsed().as_secs_f64() * 1000.0);
+            }
+            RoomCmd::Leave { conn_id } => self.leave(conn_id),
+        }
+    }
+
+    fn join(&mut self, joiner: Joiner, reply: oneshot::Sender<Result<(), JoinRefused>>) {
+        if self.stopping.is_some() {
+            let _ = reply.send(Err(JoinRefused::Unavailable));
+            return;
+        }
+        if self.peers.len() >= self.ctx.limits.max_connections_per_room {
+            let _ = reply.send(Err(JoinRefused::Full));
+            return;
+        }
+        if reply.send(Ok(())).is_err() {
+            return;
+        }
+        let conn_id = joiner.conn_id;
+        self.peers.insert(
+            conn_id,
+            Peer {
+                user: joiner.user,
+                role: joiner.role,
+                acks: joiner.acks,
+                outbox: joiner.outbox,
+                updates_received: 0,
+                ack_marks: VecDeque::new(),
+                client_ids: Vec::new(),
+            },
+        );
+        self.idle_since = None;
+        self.ctx.metrics.users_collaborating.inc();
+        // Like the reference server: our state vector first, then everyone's presence.
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(conn_id, protocol::encode_sync_step1(&sv));
+        if !self.presence.is_empty() {
+            self.send(conn_id, self.encode_all_presence());
+        }
+    }
+
+    fn leave(&mut self, conn_id: u64) {
+        let Some(peer) = self.peers.remove(&conn_id) else {
+            return;
+        };
+        // Remove the leaver's presence for everyone else (clock + 1, state null).
+        let mut removed = Vec::new();
+        for client in peer.client_ids {
+            if let Some(entry) = self.presence.remove(&client) {
+                removed.push((client, entry.clock + 1));
+            }
+        }
+        if !removed.is_empty() {
+            let frame = protocol::encode_awareness(removed.iter().map(|&(c, clock)| (c, clock, "null")));
+            self.broadcast(frame.into(), None);
+        }
+        if self.peers.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    fn on_frame(&mut self, conn_id: u64, frame: &ValidFrame) {
+        if !self.peers.contains_key(&conn_id) {
+            return;
+        }
+        match frame.kind {
+            MessageKind::SyncStep1 => self.on_sync_step1(conn_id, frame.payload()),
+            MessageKind::SyncStep2 | MessageKind::Update => self.on_update(conn_id, frame.payload()),
+            MessageKind::Awareness => self.on_awareness(conn_id, frame.payload()),
+            MessageKind::QueryAwareness => {
+                if !self.presence.is_empty() {
+                    self.send(conn_id, self.encode_all_presence());
+                }
+            }
+            MessageKind::Auth => {}
+        }
+    }
+
+    fn on_sync_step1(&mut self, conn_id: u64, state_vector: &[u8]) {
+        let diff = match StateVector::decode_v1(state_vector) {
+            Ok(sv) => self.doc.transact().encode_diff_v1(&sv),
+            Err(_) => {
+                self.ctx.metrics.error("invalid_state_vector");
+                self.kick(conn_id, close::BAD_MESSAGE, "invalid state vector");
+                return;
+            }
+        };
+        self.send(conn_id, protocol::encode_sync_step2(&diff));
+    }
+
+    fn on_update(&mut self, conn_id: u64, update: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&conn_id) else {
+            return;
+        };
+        peer.updates_received += 1;
+        if peer.role == Role::View {
+            self.ctx.metrics.viewer_updates_dropped.inc();
+            return;
+        }
+        if self.doc_bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
+            self.ctx.metrics.error("document_too_large");
+            self.kick(conn_id, close::TOO_LARGE, "scene document is at its size limit");
+            return;
+        }
+        let doc = &self.doc;
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            Ok::<_, String>(txn.encode_update_v1())
+        }));
+        let change = match applied {
+            Ok(Ok(change)) => change,
+            Ok(Err(error)) => {
+                tracing::debug!(scene = %self.scene, %error, "update refused");
+                self.ctx.metrics.error("invalid_update");
+                self.kick(conn_id, close::BAD_MESSAGE, "invalid update");
+                return;
+            }
+            Err(_) => {
+                // yrs panicked half-way through a transaction: the in-memory document can
+                // no longer be trusted. Reload it from the store.
+                tracing::error!(scene = %self.scene, "update panicked the document; reloading the scene");
+                self.ctx.metrics.error("update_panic");
+                self.kick(conn_id, close::BAD_MESSAGE, "invalid update");
+                self.pending.clear();
+                self.stop(close::RESTARTING, "scene reloading");
+                return;
+            }
+        };
+        if is_empty_update(&change) {
+            self.ctx.metrics.conflicts_resolved.inc();
+        } else {
+            if change.as_slice() != update {
+                self.ctx.metrics.conflicts_resolved.inc();
+            }
+            self.doc_bytes += change.len();
+            let frame: Bytes = protocol::encode_update(&change).into();
+            self.broadcast(frame, Some(conn_id));
+            self.pending.push(change);
+        }
+        self.mark_for_ack(conn_id);
+        self.flush();
+    }
+
+    /// Notes what must be committed before this peer's latest update can be acked.
+    fn mark_for_ack(&mut self, conn_id: u64) {
+        let needed = if self.pending.is_empty() {
+            self.last_seq
+        } else {
+            self.last_seq + 1
+        };
+        let committed = self.committed_seq;
+        let Some(peer) = self.peers.get_mut(&conn_id) else {
+            return;
+        };
+        if !peer.acks {
+            return;
+        }
+        if needed <= committed && peer.ack_marks.is_empty() {
+            let count = peer.updates_received;
+            self.send(conn_id, protocol::encode_ack(count));
+        } else {
+            peer.ack_marks.push_back((needed, peer.updates_received));
+        }
+    }
+
+    /// Applies presence from a connection. A connection speaks only for the client ids it
+    /// introduced (stock clients also echo other clients' entries: those are dropped), up
+    /// to a few per connection; a reconnecting user takes their ids over from their own
+    /// stale connection.
+    fn on_awareness(&mut self, conn_id: u64, payload: &[u8]) {
+        let Ok(entries) = update_check::parse_awareness_v1(payload, usize::MAX) else {
+            return;
+        };
+        let mut accepted: Vec<(u64, u64, &str)> = Vec::new();
+        for entry in entries {
+            if !self.claim_client_id(conn_id, entry.client_id, entry.state == "null") {
+                self.ctx.metrics.awareness_dropped.inc();
+                continue;
+            }
+            if self
+                .presence
+                .get(&entry.client_id)
+                .is_some_and(|current| entry.clock < current.clock)
+            {
+                continue;
+            }
+            if entry.state == "null" {
+                self.presence.remove(&entry.client_id);
+            } else {
+                self.presence.insert(
+                    entry.client_id,
+                    PresenceEntry {
+                        clock: entry.clock,
+                        state: entry.state.to_string(),
+                    },
+                );
+            }
+            accepted.push((entry.client_id, entry.clock, entry.state));
+        }
+        if !accepted.is_empty() {
+            let frame = protocol::encode_awareness(accepted.into_iter());
+            self.broadcast(frame.into(), Some(conn_id));
+        }
+    }
+
+    /// Whether `conn_id` may speak for `client_id`, claiming it if it is free.
+    fn claim_client_id(&mut self, conn_id: u64, client_id: u64, removal: bool) -> bool {
+        let Some(user) = self.peers.get(&conn_id).map(|p| p.user.clone()) else {
+            return false;
+        };
+        let holder = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.client_ids.contains(&client_id))
+            .map(|(id, p)| (*id, p.user == user));
+        match holder {
+            Some((id, _)) if id == conn_id => true,
+            Some((id, true)) => {
+                // The same user on a newer connection: move the id over.
+                if let Some(old) = self.peers.get_mut(&id) {
+                    old.client_ids.retain(|c| *c != client_id);
+                }
+                self.add_client_id(conn_id, client_id)
+            }
+            Some((_, false)) => false,
+            None if removal => false,
+            None => self.add_client_id(conn_id, client_id),
+        }
+    }
+
+    fn add_client_id(&mut self, conn_id: u64, client_id: u64) -> bool {
+        match self.peers.get_mut(&conn_id) {
+            Some(peer) if peer.client_ids.len() < MAX_CLIENT_IDS_PER_CONNECTION => {
+                peer.client_ids.push(client_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn encode_all_presence(&self) -> Bytes {
+        protocol::encode_awareness(
+            self.presence
+                .iter()
+                .map(|(client, e)| (*client, e.clock, e.state.as_str())),
+        )
+        .into()
+    }
+
+    /// Hands pending changes to the writer when no batch is in flight.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() || self.pending.is_empty() || self.status_rx.borrow().refused {
+            return;
+        }
+        let data = if self.pending.len() == 1 {
+            self.pending.remove(0)
+        } else {
+            match yrs::merge_updates_v1(&self.pending) {
+                Ok(merged) => {
+                    self.pending.clear();
+                    merged
+                }
+                Err(error) => {
+                    // Not expected for updates yrs produced itself; write them one by one.
+                    tracing::warn!(scene = %self.scene, %error, "merge failed; writing updates one by one");
+                    self.pending.remove(0)
+                }
+            }
+        };
+        let seq = self.last_seq + 1;
+        let bytes = data.len() as u64;
+        let job = WriteJob {
+            append: LogAppend {
+                scene: self.scene.clone(),
+                seq,
+                epoch: self.ctx.epoch,
+                data,
+            },
+            status: self.status_tx.clone(),
+        };
+        match self.ctx.writer.try_queue(job) {
+            Ok(()) => {
+                self.last_seq = seq;
+                self.in_flight = Some(seq);
+                self.in_flight_bytes = bytes;
+            }
+            Err((job, error)) => {
+                // Keep the changes; the next tick tries again.
+                self.pending.insert(0, job.append.data);
+                if error == QueueError::Closed {
+                    tracing::error!(scene = %self.scene, "writer stopped with changes pending");
+                }
+            }
+        }
+    }
+
+    fn on_commit(&mut self) {
+        let status = *self.status_rx.borrow_and_update();
+        if status.refused {
+            tracing::warn!(scene = %self.scene, "store refused our write: another node owns this scene");
+            self.ctx.metrics.error("fenced");
+            self.pending.clear();
+            self.in_flight = None;
+            self.stop(close::MOVED, "");
+            return;
+        }
+        if status.committed_seq > self.committed_seq {
+            let newly = status.committed_seq - self.committed_seq;
+            self.committed_seq = status.committed_seq;
+            self.uncompacted.rows += newly;
+            self.uncompacted.bytes += std::mem::take(&mut self.in_flight_bytes);
+            self.uncompacted.since.get_or_insert_with(Instant::now);
+        }
+        if self.in_flight.is_some_and(|seq| seq <= self.committed_seq) {
+            self.in_flight = None;
+        }
+        self.release_acks();
+        self.flush();
+        self.maybe_compact(false);
+    }
+
+    fn release_acks(&mut self) {
+        let committed = self.committed_seq;
+        let mut acks = Vec::new();
+        for (id, peer) in self.peers.iter_mut() {
+            let mut count = None;
+            while let Some(&(needed, n)) = peer.ack_marks.front() {
+                if needed > committed {
+                    break;
+                }
+                count = Some(n);
+                peer.ack_marks.pop_front();
+            }
+            if let Some(n) = count {
+                acks.push((*id, n));
+            }
+        }
+        for (id, n) in acks {
+            self.send(id, protocol::encode_ack(n));
+        }
+    }
+
+    /// Folds the log into a snapshot when it has grown by rows, bytes or age, or (when
+    /// `unloading`) whenever anything is uncovered, so reloads read little.
+    fn maybe_compact(&mut self, unloading: bool) {
+        let limits = &self.ctx.limits;
+        let u = &self.uncompacted;
+        if u.rows == 0 || self.in_flight.is_some() || !self.pending.is_empty() {
+            return;
+        }
+        let due = unloading
+            || u.rows >= limits.compact_rows
+            || u.bytes >= limits.compact_bytes
+            || u.since.is_some_and(|t| t.elapsed() >= limits.compact_age);
+        if !due {
+            return;
+        }
+        let data = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        self.doc_bytes = data.len();
+        self.uncompacted = Uncompacted::default();
+        let snapshot = Snapshot {
+            upto_seq: self.committed_seq,
+            data,
+        };
+        let store = self.ctx.store.clone();
+        let metrics = self.ctx.metrics.clone();
+        let scene = self.scene.clone();
+        tokio::spawn(async move {
+            match store.write_snapshot(&scene, &snapshot).await {
+                Ok(()) => {
+                    metrics.compaction_runs.inc();
+                    tracing::debug!(%scene, upto = snapshot.upto_seq, bytes = snapshot.data.len(), "snapshot written");
+                }
+                Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),
+            }
+        });
+    }
+
+    /// Queues a frame for one peer; a peer that cannot keep up is disconnected.
+    fn send(&mut self, conn_id: u64, frame: impl Into<Bytes>) {
+        let ok = self
+            .peers
+            .get(&conn_id)
+            .is_some_and(|p| p.outbox.try_send(Outbound::Frame(frame.into())).is_ok());
+        if !ok {
+            self.drop_slow(conn_id);
+        }
+    }
+
+    fn broadcast(&mut self, frame: Bytes, except: Option<u64>) {
+        let mut slow = Vec::new();
+        for (id, peer) in &self.peers {
+            if Some(*id) == except {
+                continue;
+            }
+            if peer.outbox.try_send(Outbound::Frame(frame.clone())).is_err() {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            self.drop_slow(id);
+        }
+    }
+
+    /// Dropping the peer's queue makes its connection close with 1013; it resyncs on return.
+    fn drop_slow(&mut self, conn_id: u64) {
+        if self.peers.contains_key(&conn_id) {
+            self.ctx.metrics.error("slow_consumer");
+            self.leave(conn_id);
+        }
+    }
+
+    fn kick(&mut self, conn_id: u64, code: u16, reason: &str) {
+        if let Some(peer) = self.peers.get(&conn_id) {
+            let _ = peer.outbox.try_send(Outbound::Close(code, reason.to_string()));
+            self.leave(conn_id);
+        }
+    }
+}
+
+/// An encoded update with no structs and no deletions: nothing changed.
+fn is_empty_update(update: &[u8]) -> bool {
+    update == [0, 0]
+}
+
+/// Rebuilds a document from the newest readable snapshot plus the log after it.
+fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
+    let mut last_error = String::new();
+    let bases: Vec<Option<&Snapshot>> = stored
+        .snapshots
+        .iter()
+        .map(Some)
+        .chain(stored.snapshots.is_empty().then_some(None))
+        .collect();
+    for base in bases {
+        let doc = Doc::new();
+        let upto = base.map_or(0, |s| s.upto_seq);
+        let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let mut bytes = 0;
+            for data in base.map(|s| &s.data).into_iter().chain(stored.tail_after(upto).map(|r| &r.data)) {
+                bytes += data.len();
+                let update = Update::decode_v1(data).map_err(|e| e.to_string())?;
+                txn.apply_update(update).map_err(|e| e.to_string())?;
+            }
+            Ok::<usize, String>(bytes)
+        }));
+        match attempt {
+            Ok(Ok(bytes)) => return Ok((doc, bytes)),
+            Ok(Err(error)) => last_error = error,
+            Err(_) => last_error = "stored update panicked the decoder".into(),
+        }
+        tracing::error!(upto, error = %last_error, "stored state unreadable; trying an older snapshot");
+    }
+    Err(last_error)
+}

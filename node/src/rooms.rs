@@ -1,0 +1,83 @@
+//! The directory of live rooms on this node: scene id -> the room task's inbox.
+//!
+//! A room is created on first join and removes itself once it has flushed and unloaded.
+//! The lock guards only the map and is never held across an await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::room::{Room, RoomCmd, RoomContext};
+
+/// Messages a room's inbox holds before senders wait.
+const ROOM_INBOX: usize = 1024;
+
+/// The inbox of one room incarnation.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<RoomCmd>,
+}
+
+pub struct Rooms {
+    ctx: Arc<RoomContext>,
+    live: Mutex<HashMap<String, RoomHandle>>,
+    next_id: AtomicU64,
+}
+
+impl Rooms {
+    pub fn new(ctx: Arc<RoomContext>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The room for `scene`, started (and loading) if it is not live.
+    pub fn get_or_start(self: &Arc<Self>, scene: &str) -> RoomHandle {
+        let mut live = self.lock();
+        if let Some(handle) = live.get(scene).filter(|h| !h.tx.is_closed()) {
+            return handle.clone();
+        }
+        let (tx, rx) = mpsc::channel(ROOM_INBOX);
+        let handle = RoomHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        live.insert(scene.to_string(), handle.clone());
+        drop(live);
+        tokio::spawn(Room::run(
+            scene.to_string(),
+            handle.id,
+            self.ctx.clone(),
+            self.clone(),
+            rx,
+        ));
+        handle
+    }
+
+    /// Removes `scene` if it is still served by room incarnation `id`.
+    pub fn remove(&self, scene: &str, id: u64) {
+        let mut live = self.lock();
+        if live.get(scene).is_some_and(|h| h.id == id) {
+            live.remove(scene);
+        }
+    }
+
+    /// Number of live rooms.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomHandle>> {
+        // A panic elsewhere cannot leave the map half-updated: recover it.
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

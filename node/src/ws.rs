@@ -1,0 +1,273 @@
+//! One client connection: authenticate, join the scene's room, then shuttle frames.
+//!
+//! The connection task validates every frame before the room sees it (so the room's task
+//! spends its time on the document, not on hostile bytes), enforces rate and size limits,
+//! writes what the room queues for it, and pings to find dead peers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth::{AuthError, Role};
+use crate::protocol::{self, MessageKind, ParseLimits};
+use crate::room::{close, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::server::App;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// What the client asked for in the upgrade request.
+pub struct ConnectRequest {
+    pub scene: Option<String>,
+    pub token: String,
+    pub acks: bool,
+}
+
+/// WebSocket limits: tungstenite's defaults (64 MiB messages) are far too generous.
+pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
+}
+
+/// Serves an upgraded connection until it closes.
+pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
+    let config = socket_config(app.settings.limits.max_frame_bytes);
+    let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
+    app.metrics.connections_active.inc();
+    let conn_id = app.next_conn_id();
+    let outcome = run(&mut socket, conn_id, request, &app).await;
+    if let Some((code, reason)) = outcome {
+        close_with(&mut socket, code, &reason).await;
+    }
+    app.metrics.connections_active.dec();
+}
+
+async fn close_with(socket: &mut Socket, code: u16, reason: &str) {
+    // A close reason is at most 123 bytes; cut on a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason[..end].to_string().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(Some(frame))).await;
+}
+
+/// Returns the close code and reason to send, or None when the peer already went away.
+async fn run(socket: &mut Socket, conn_id: u64, request: ConnectRequest, app: &Arc<App>) -> Option<(u16, String)> {
+    let Some(scene) = request.scene else {
+        app.metrics.error("unknown_scene");
+        return Some((close::UNKNOWN_SCENE, "invalid scene id".into()));
+    };
+    let claims = match app.settings.verifier.verify(&request.token) {
+        Ok(claims) => claims,
+        Err(error) => {
+            app.metrics.error("unauthorized");
+            let reason = match error {
+                AuthError::Missing => "missing token".to_string(),
+                AuthError::Invalid(e) => format!("invalid token: {e}"),
+            };
+            return Some((close::UNAUTHORIZED, reason));
+        }
+    };
+    let Some(role) = claims.role_in(&scene) else {
+        app.metrics.error("forbidden");
+        return Some((close::FORBIDDEN, "token does not grant this scene".into()));
+    };
+
+    let limits = &app.settings.limits;
+    let (outbox, mut inbox) = mpsc::channel(limits.client_queue);
+    let room = match join(app, &scene, conn_id, &claims.sub, role, request.acks, outbox).await {
+        Ok(room) => room,
+        Err(JoinRefused::Full) => {
+            app.metrics.error("room_full");
+            return Some((close::RATE_LIMITED, "scene has too many connections".into()));
+        }
+        Err(JoinRefused::Unavailable) => {
+            return Some((close::INTERNAL, "scene unavailable, try again".into()));
+        }
+    };
+    tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
+
+    let parse_limits = ParseLimits::default();
+    let mut messages = TokenBucket::new(limits.message_rate, Instant::now());
+    let mut awareness = TokenBucket::new(limits.awareness_rate, Instant::now());
+    let mut ping = tokio::time::interval(limits.ping_interval);
+    ping.reset();
+    let mut last_heard = Instant::now();
+
+    let outcome = loop {
+        tokio::select! {
+            out = inbox.recv() => match out {
+                Some(Outbound::Frame(frame)) => {
+                    if socket.send(Message::Binary(frame)).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => break Some((code, reason)),
+                None => {
+                    // The room dropped our queue: we were too slow, or the room is gone.
+                    break Some((close::TRY_AGAIN, "connection too slow or scene reloading".into()));
+                }
+            },
+            incoming = socket.next() => {
+                last_heard = Instant::now();
+                let message = match incoming {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(message)) => message,
+                    Some(Err(WsError::Capacity(_))) => {
+                        app.metrics.error("frame_too_large");
+                        break Some((close::TOO_LARGE, "message too large".into()));
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(conn_id, %error, "websocket error");
+                        app.metrics.error("websocket_protocol");
+                        break None;
+                    }
+                };
+                let frame = match message {
+                    Message::Binary(frame) => frame,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    Message::Text(_) => {
+                        app.metrics.error("text_frame");
+                        break Some((close::UNSUPPORTED_DATA, "binary frames only".into()));
+                    }
+                    Message::Close(_) => break None,
+                };
+                let now = Instant::now();
+                if !messages.take(now) {
+                    app.metrics.error("rate_limited");
+                    break Some((close::RATE_LIMITED, "too many messages".into()));
+                }
+                let frame = match protocol::validate_frame(frame, &parse_limits) {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        app.metrics.error(error.label());
+                        break Some((close::BAD_MESSAGE, format!("bad message: {error}")));
+                    }
+                };
+                if frame.kind == MessageKind::Awareness {
+                    if frame.payload().len() > limits.max_awareness_bytes {
+                        app.metrics.error("awareness_too_large");
+                        break Some((close::TOO_LARGE, "awareness message too large".into()));
+                    }
+                    if !awareness.take(now) {
+                        app.metrics.awareness_dropped.inc();
+                        continue;
+                    }
+                }
+                let cmd = RoomCmd::Frame { conn_id, received: now, frame };
+                if room.send(cmd).await.is_err() {
+                    break Some((close::RESTARTING, "scene reloading".into()));
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > limits.ping_interval * 2 {
+                    app.metrics.error("ping_timeout");
+                    tracing::debug!(conn_id, "peer silent for two ping intervals; dropping");
+                    break None;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    let _ = room.send(RoomCmd::Leave { conn_id }).await;
+    outcome
+}
+
+/// Joins the scene's room, retrying when the room unloaded in between.
+async fn join(
+    app: &Arc<App>,
+    scene: &str,
+    conn_id: u64,
+    user: &str,
+    role: Role,
+    acks: bool,
+    outbox: mpsc::Sender<Outbound>,
+) -> Result<mpsc::Sender<RoomCmd>, JoinRefused> {
+    for _ in 0..5 {
+        let room = app.rooms.get_or_start(scene);
+        let (reply, answer) = oneshot::channel();
+        let joiner = Joiner {
+            conn_id,
+            user: user.to_string(),
+            role,
+            acks,
+            outbox: outbox.clone(),
+        };
+        if room.tx.send(RoomCmd::Join { joiner, reply }).await.is_err() {
+            continue;
+        }
+        match answer.await {
+            Ok(Ok(())) => return Ok(room.tx),
+            Ok(Err(JoinRefused::Full)) => return Err(JoinRefused::Full),
+            Ok(Err(JoinRefused::Unavailable)) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Err(JoinRefused::Unavailable)
+}
+
+/// A token bucket: `rate` per second, bursts of twice that.
+struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            capacity: rate * 2.0,
+            tokens: rate * 2.0,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_bursts_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10, start);
+        let burst = (0..100).filter(|_| bucket.take(start)).count();
+        assert_eq!(burst, 20);
+        let later = start + Duration::from_millis(500);
+        let refill = (0..100).filter(|_| bucket.take(later)).count();
+        assert_eq!(refill, 5);
+    }
+}
