@@ -1,0 +1,119 @@
+//! The store suite: the same behaviour from the embedded SQLite store and from Postgres.
+
+use troupe_node::store::{LogAppend, Snapshot, Store};
+use troupe_tests::{unique, Backend};
+
+async fn open(backend: &Backend) -> Store {
+    let location = match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(unique("troupe-store"));
+            troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3"))
+        }
+        Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
+    };
+    Store::open(&location).await.expect("open store")
+}
+
+fn append(scene: &str, seq: u64, data: &[u8]) -> LogAppend {
+    LogAppend {
+        scene: scene.into(),
+        seq,
+        epoch: 0,
+        data: data.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn appends_and_loads_in_order_on_every_backend() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (a, b) = (unique("scene-a"), unique("scene-b"));
+        // One group commit spanning two scenes.
+        let refused = store
+            .append("n1", &[append(&a, 1, b"a1"), append(&b, 1, b"b1"), append(&a, 2, b"a2")])
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{backend:?}");
+        store.append("n1", &[append(&a, 3, b"a3")]).await.unwrap();
+        let loaded = store.load(&a).await.unwrap();
+        let data: Vec<&[u8]> = loaded.rows.iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, [b"a1", b"a2", b"a3"], "{backend:?}");
+        assert_eq!(loaded.last_seq(), 3);
+        assert!(loaded.snapshots.is_empty());
+        assert_eq!(store.load(&b).await.unwrap().last_seq(), 1);
+        let empty = store.load(&unique("never-written")).await.unwrap();
+        assert_eq!(empty.last_seq(), 0);
+        assert!(empty.rows.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_taken_position_is_refused_without_failing_the_batch() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (a, b) = (unique("scene-a"), unique("scene-b"));
+        store.append("n1", &[append(&a, 1, b"first")]).await.unwrap();
+        // Another writer tries the same position of `a` in a batch with `b`.
+        let refused = store
+            .append("n2", &[append(&b, 1, b"b1"), append(&a, 1, b"second")])
+            .await
+            .unwrap();
+        assert_eq!(refused, vec![1], "{backend:?}");
+        assert_eq!(store.load(&a).await.unwrap().rows[0].data, b"first");
+        assert_eq!(store.load(&b).await.unwrap().rows.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn snapshots_follow_the_retention_policy() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let scene = unique("scene");
+        for seq in 1..=10u64 {
+            store.append("n1", &[append(&scene, seq, &[seq as u8])]).await.unwrap();
+        }
+        let snap = |upto: u64| Snapshot {
+            upto_seq: upto,
+            data: vec![b's', upto as u8],
+        };
+        store.write_snapshot(&scene, &snap(5)).await.unwrap();
+        let loaded = store.load(&scene).await.unwrap();
+        assert_eq!(loaded.snapshots, vec![snap(5)], "{backend:?}");
+        assert_eq!(loaded.rows.first().map(|r| r.seq), Some(6));
+        assert_eq!(loaded.tail_after(5).count(), 5);
+
+        store.write_snapshot(&scene, &snap(8)).await.unwrap();
+        let loaded = store.load(&scene).await.unwrap();
+        // Two newest snapshots, and the log after the older one for fallback.
+        assert_eq!(loaded.snapshots, vec![snap(8), snap(5)], "{backend:?}");
+        assert_eq!(loaded.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+
+        store.write_snapshot(&scene, &snap(10)).await.unwrap();
+        let loaded = store.load(&scene).await.unwrap();
+        assert_eq!(loaded.snapshots, vec![snap(10), snap(8)], "{backend:?}");
+        assert_eq!(loaded.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(loaded.last_seq(), 10);
+        // Writing the same snapshot twice is harmless.
+        store.write_snapshot(&scene, &snap(10)).await.unwrap();
+        assert_eq!(store.load(&scene).await.unwrap().snapshots.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_are_idempotent() {
+    for backend in Backend::all() {
+        let location = match &backend {
+            Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(
+                std::env::temp_dir().join(unique("troupe-store")).join("t.sqlite3"),
+            ),
+            Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
+        };
+        let scene = unique("scene");
+        let store = Store::open(&location).await.unwrap();
+        store.append("n1", &[append(&scene, 1, b"kept")]).await.unwrap();
+        drop(store);
+        let store = Store::open(&location).await.unwrap();
+        assert_eq!(store.load(&scene).await.unwrap().rows[0].data, b"kept", "{backend:?}");
+        store.ping().await.unwrap();
+    }
+}
