@@ -45,10 +45,7 @@ pub struct Claims {
 impl Claims {
     /// The role this token grants in `scene`: an exact entry wins over `*`.
     pub fn role_in(&self, scene: &str) -> Option<Role> {
-        self.scenes
-            .get(scene)
-            .or_else(|| self.scenes.get("*"))
-            .copied()
+        self.scenes.get(scene).or_else(|| self.scenes.get("*")).copied()
     }
 }
 
@@ -63,10 +60,7 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("key file {path} is not a PEM key for {alg:?}: {source}")]
     Parse {
         path: String,
@@ -202,7 +196,11 @@ mod tests {
         let signer = Signer::from_secret(b"secret");
         let verifier = Verifier::from_secret(b"secret", "troupe");
         let token = signer
-            .sign(&claims(&[("s1", Role::Edit), ("*", Role::View)], now_secs() + 60, "troupe"))
+            .sign(&claims(
+                &[("s1", Role::Edit), ("*", Role::View)],
+                now_secs() + 60,
+                "troupe",
+            ))
             .unwrap();
         let got = verifier.verify(&token).unwrap();
         assert_eq!(got.role_in("s1"), Some(Role::Edit));
@@ -234,7 +232,14 @@ mod tests {
             );
             format!("{header}.{body}.")
         };
-        for token in [expired, wrong_aud, wrong_key, unsigned, "garbage".into(), "a.b.c".into()] {
+        for token in [
+            expired,
+            wrong_aud,
+            wrong_key,
+            unsigned,
+            "garbage".into(),
+            "a.b.c".into(),
+        ] {
             assert!(verifier.verify(&token).is_err(), "accepted {token}");
         }
         assert!(matches!(verifier.verify(""), Err(AuthError::Missing)));
@@ -243,12 +248,10 @@ mod tests {
     /// Minimal unpadded base64url, enough to forge test tokens.
     mod base64_url {
         pub fn encode(bytes: &[u8]) -> String {
-            const ALPHABET: &[u8] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32)
-                    << (8 * (3 - chunk.len()));
+                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
                 for i in 0..=chunk.len() {
                     out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
                 }

@@ -13,7 +13,11 @@ use crate::auth::{self, Verifier};
 use crate::duration::parse_duration;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "troupe-node", version, about = "Troupe room node: live Yjs scenes over y-websocket")]
+#[command(
+    name = "troupe-node",
+    version,
+    about = "Troupe room node: live Yjs scenes over y-websocket"
+)]
 pub struct Config {
     /// Address the WebSocket and HTTP endpoint listens on (port 0 picks a free port).
     #[arg(long, env = "TROUPE_LISTEN", default_value = "127.0.0.1:4000")]
@@ -220,7 +224,10 @@ impl Config {
                 return Err("set either TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE, not both".into())
             }
             (None, None) => {
-                return Err("TROUPE_JWT_SECRET (or TROUPE_JWT_PUBLIC_KEY_FILE) is required to verify client tokens".into())
+                return Err(
+                    "TROUPE_JWT_SECRET (or TROUPE_JWT_PUBLIC_KEY_FILE) is required to verify client tokens"
+                        .into(),
+                )
             }
             (Some(secret), None) => {
                 if secret.len() < 16 {
@@ -238,7 +245,10 @@ impl Config {
         };
         if self.node_id.is_empty()
             || self.node_id.len() > 64
-            || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(format!(
                 "TROUPE_NODE_ID {:?} must be 1-64 characters of letters, digits, - and _",
@@ -248,7 +258,9 @@ impl Config {
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).map_err(|e| format!("TROUPE_PUBLIC_URL {url:?}: {e}"))?;
             if !matches!(parsed.scheme(), "ws" | "wss") {
-                return Err(format!("TROUPE_PUBLIC_URL {url:?} must start with ws:// or wss://"));
+                return Err(format!(
+                    "TROUPE_PUBLIC_URL {url:?} must start with ws:// or wss://"
+                ));
             }
         }
         let store = match &self.database_url {
@@ -334,6 +346,8 @@ mod tests {
         assert!(!policy.allows("http://localhost.evil:80"));
         assert!(!policy.allows("http://localhost:"));
         assert!(!policy.allows("https://evil.example"));
-        assert!(OriginPolicy::new(&["*".into()]).unwrap().allows("https://anything"));
+        assert!(OriginPolicy::new(&["*".into()])
+            .unwrap()
+            .allows("https://anything"));
     }
 }

@@ -81,9 +81,7 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
         );
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| app.settings.origins.allows(o));
+        let allowed = origin.to_str().is_ok_and(|o| app.settings.origins.allows(o));
         if !allowed {
             app.metrics.error("origin_refused");
             return text(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n".into());

@@ -129,8 +129,7 @@ pub fn parse_client_frame<'a>(
         }
         MSG_AWARENESS => {
             let payload = r.var_bytes()?;
-            let entries =
-                update_check::parse_awareness_v1(payload, limits.max_awareness_entries)?;
+            let entries = update_check::parse_awareness_v1(payload, limits.max_awareness_entries)?;
             ClientMessage::Awareness(entries)
         }
         MSG_QUERY_AWARENESS => ClientMessage::QueryAwareness,
@@ -190,11 +189,7 @@ pub fn validate_frame(frame: Bytes, limits: &ParseLimits) -> Result<ValidFrame, 
     };
     let start = payload.as_ptr() as usize - frame.as_ptr() as usize;
     let payload = start..start + payload.len();
-    Ok(ValidFrame {
-        kind,
-        frame,
-        payload,
-    })
+    Ok(ValidFrame { kind, frame, payload })
 }
 
 fn awareness_payload(frame: &[u8]) -> Result<&[u8], ProtocolError> {
@@ -314,6 +309,7 @@ pub fn encode_ack(count: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yrs::updates::decoder::Decode;
     use yrs::updates::encoder::Encode;
     use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
 
@@ -390,10 +386,7 @@ mod tests {
         // A length prefix claiming far more than the frame holds.
         let mut frame = vec![0, 2];
         write_var_uint(&mut frame, 1 << 40);
-        assert_eq!(
-            parse_client_frame(&frame, &limits),
-            Err(ProtocolError::Truncated)
-        );
+        assert_eq!(parse_client_frame(&frame, &limits), Err(ProtocolError::Truncated));
         // A corrupt update inside a well-formed envelope.
         let frame = encode_update(&[5, 1, 2, 3]);
         assert!(matches!(

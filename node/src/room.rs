@@ -252,10 +252,8 @@ impl Room {
                     }
                 }
             }
-            if self.stopping.is_some() || self.is_idle_long_enough() {
-                if self.finish(inbox).await {
-                    break;
-                }
+            if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {
+                break;
             }
         }
     }
@@ -762,7 +760,11 @@ fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
         let attempt = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             let mut bytes = 0;
-            for data in base.map(|s| &s.data).into_iter().chain(stored.tail_after(upto).map(|r| &r.data)) {
+            for data in base
+                .map(|s| &s.data)
+                .into_iter()
+                .chain(stored.tail_after(upto).map(|r| &r.data))
+            {
                 bytes += data.len();
                 let update = Update::decode_v1(data).map_err(|e| e.to_string())?;
                 txn.apply_update(update).map_err(|e| e.to_string())?;

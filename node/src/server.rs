@@ -59,7 +59,11 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, ServerError> {
 
 /// Serves until `shutdown` resolves, then closes clients with 1001, flushes every room
 /// and waits for the last group commit.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let store = Store::open(&settings.store).await?;
     let metrics = Arc::new(Metrics::new());
     let (writer, writer_task) = writer::spawn(

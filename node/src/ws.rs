@@ -43,7 +43,8 @@ pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
 /// Serves an upgraded connection until it closes.
 pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
     let config = socket_config(app.settings.limits.max_frame_bytes);
-    let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
     app.metrics.connections_active.inc();
     let conn_id = app.next_conn_id();
     let outcome = run(&mut socket, conn_id, request, &app).await;
@@ -67,7 +68,12 @@ async fn close_with(socket: &mut Socket, code: u16, reason: &str) {
 }
 
 /// Returns the close code and reason to send, or None when the peer already went away.
-async fn run(socket: &mut Socket, conn_id: u64, request: ConnectRequest, app: &Arc<App>) -> Option<(u16, String)> {
+async fn run(
+    socket: &mut Socket,
+    conn_id: u64,
+    request: ConnectRequest,
+    app: &Arc<App>,
+) -> Option<(u16, String)> {
     let Some(scene) = request.scene else {
         app.metrics.error("unknown_scene");
         return Some((close::UNKNOWN_SCENE, "invalid scene id".into()));

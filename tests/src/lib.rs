@@ -89,7 +89,12 @@ impl NodeProcess {
         Self::spawn(backend.clone(), data_dir, env, "127.0.0.1:0".parse()?)
     }
 
-    fn spawn(backend: Backend, data_dir: PathBuf, env: Vec<(String, String)>, listen: SocketAddr) -> anyhow::Result<Self> {
+    fn spawn(
+        backend: Backend,
+        data_dir: PathBuf,
+        env: Vec<(String, String)>,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let bin = bin_dir().join("troupe-node");
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
@@ -97,7 +102,10 @@ impl NodeProcess {
             .env("TROUPE_LISTEN", listen.to_string())
             .env("TROUPE_DATA_DIR", &data_dir)
             .env("TROUPE_JWT_SECRET", SECRET)
-            .env("TROUPE_LOG", std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "TROUPE_LOG",
+                std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Backend::Postgres(url) = &backend {
@@ -106,7 +114,9 @@ impl NodeProcess {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -177,7 +187,11 @@ impl NodeProcess {
     pub fn restart(mut self) -> anyhow::Result<Self> {
         self.kill9();
         let listen = self.addr;
-        let (backend, data_dir, env) = (self.backend.clone(), self.data_dir.clone(), std::mem::take(&mut self.env));
+        let (backend, data_dir, env) = (
+            self.backend.clone(),
+            self.data_dir.clone(),
+            std::mem::take(&mut self.env),
+        );
         // The old socket may linger briefly; retry the bind a few times.
         let mut last = None;
         for _ in 0..50 {
@@ -230,7 +244,10 @@ pub fn token_with(user: &str, scenes: &[(&str, Role)], exp: u64, aud: &str, secr
         exp,
         aud: aud.into(),
         name: Some(user.into()),
-        scenes: scenes.iter().map(|(s, r)| (s.to_string(), *r)).collect::<BTreeMap<_, _>>(),
+        scenes: scenes
+            .iter()
+            .map(|(s, r)| (s.to_string(), *r))
+            .collect::<BTreeMap<_, _>>(),
     };
     Signer::from_secret(secret.as_bytes())
         .sign(&claims)
@@ -334,10 +351,18 @@ impl TestClient {
                 Ok(next) => next,
             };
             match next {
-                None => bail!(Closed { code: 1006, reason: "eof".into() }),
-                Some(Err(e)) => bail!(Closed { code: 1006, reason: e.to_string() }),
+                None => bail!(Closed {
+                    code: 1006,
+                    reason: "eof".into()
+                }),
+                Some(Err(e)) => bail!(Closed {
+                    code: 1006,
+                    reason: e.to_string()
+                }),
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
                     bail!(Closed { code, reason })
                 }
                 Some(Ok(Message::Binary(frame))) => self.handle(&frame).await?,
@@ -391,7 +416,8 @@ impl TestClient {
     /// Waits until every update sent so far is acknowledged as committed.
     pub async fn wait_acked(&mut self) -> anyhow::Result<()> {
         let sent = self.sent_updates;
-        self.pump_until(Duration::from_secs(10), |c| c.acked >= sent).await
+        self.pump_until(Duration::from_secs(10), |c| c.acked >= sent)
+            .await
     }
 
     /// Waits for the server to close the socket and returns its close code.

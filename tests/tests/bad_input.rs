@@ -8,8 +8,14 @@ use troupe_node::protocol;
 use troupe_tests::{token, token_with, unique, Backend, NodeProcess, TestClient, SECRET};
 
 fn node() -> NodeProcess {
-    NodeProcess::start(&Backend::Sqlite, &[("TROUPE_MAX_FRAME_BYTES", "65536"), ("TROUPE_MAX_AWARENESS_BYTES", "2048")])
-        .expect("start node")
+    NodeProcess::start(
+        &Backend::Sqlite,
+        &[
+            ("TROUPE_MAX_FRAME_BYTES", "65536"),
+            ("TROUPE_MAX_AWARENESS_BYTES", "2048"),
+        ],
+    )
+    .expect("start node")
 }
 
 /// Base64url without padding, to forge tokens.
@@ -26,7 +32,9 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 async fn close_code(node: &NodeProcess, scene: &str, query: &str) -> u16 {
-    let mut client = TestClient::open(&node.ws_base(), scene, query).await.expect("open");
+    let mut client = TestClient::open(&node.ws_base(), scene, query)
+        .await
+        .expect("open");
     client.expect_close().await.expect("closed").code
 }
 
@@ -39,25 +47,55 @@ async fn bad_tokens_close_with_4401_and_missing_scene_grants_with_4403() {
         r#"{{"sub":"mallory","exp":{},"aud":"troupe","scenes":{{"{scene}":"edit"}}}}"#,
         now_secs() + 3600
     );
-    let unsigned = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.as_bytes()));
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.as_bytes())
+    );
     let cases = [
         ("missing", String::new()),
-        ("expired", token_with("a", &edit, now_secs() - 3600, "troupe", SECRET)),
+        (
+            "expired",
+            token_with("a", &edit, now_secs() - 3600, "troupe", SECRET),
+        ),
         ("alg none", unsigned),
-        ("wrong key", token_with("a", &edit, now_secs() + 3600, "troupe", "another-secret-entirely")),
-        ("wrong audience", token_with("a", &edit, now_secs() + 3600, "someone-else", SECRET)),
+        (
+            "wrong key",
+            token_with("a", &edit, now_secs() + 3600, "troupe", "another-secret-entirely"),
+        ),
+        (
+            "wrong audience",
+            token_with("a", &edit, now_secs() + 3600, "someone-else", SECRET),
+        ),
         ("malformed", "not.a.jwt".to_string()),
         ("garbage", "%%%".to_string()),
     ];
     for (what, token) in cases {
-        assert_eq!(close_code(&node, &scene, &format!("token={token}")).await, 4401, "{what}");
+        assert_eq!(
+            close_code(&node, &scene, &format!("token={token}")).await,
+            4401,
+            "{what}"
+        );
     }
     let other = token("a", &[("another-scene", Role::Edit)]);
     assert_eq!(close_code(&node, &scene, &format!("token={other}")).await, 4403);
     let invalid_scene = token("a", &[("*", Role::Edit)]);
-    assert_eq!(close_code(&node, "bad%2Fscene", &format!("token={invalid_scene}")).await, 4404);
-    assert!(node.metric("websocket_errors_total{reason=\"unauthorized\"}").await.unwrap() >= 7.0);
-    assert!(node.metric("websocket_errors_total{reason=\"forbidden\"}").await.unwrap() >= 1.0);
+    assert_eq!(
+        close_code(&node, "bad%2Fscene", &format!("token={invalid_scene}")).await,
+        4404
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"unauthorized\"}")
+            .await
+            .unwrap()
+            >= 7.0
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"forbidden\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
 }
 
 #[tokio::test]
@@ -70,7 +108,7 @@ async fn garbage_frames_close_only_their_connection() {
     // (ref 8) under the root type "x", holding one Any nested 5,000 arrays deep.
     let mut deep_any = vec![0u8, 2];
     let mut update = vec![1, 1, 7, 0, 8, 1, 1, b'x', 1];
-    update.extend(std::iter::repeat(117u8).take(5000).flat_map(|tag| [tag, 1]));
+    update.extend(std::iter::repeat_n(117u8, 5000).flat_map(|tag| [tag, 1]));
     update.push(126);
     update.push(0);
     protocol::write_var_bytes(&mut deep_any, &update);
@@ -82,8 +120,16 @@ async fn garbage_frames_close_only_their_connection() {
         ("bad varint", vec![0xff; 11], 4400),
         ("unknown message type", vec![42], 4400),
         ("unknown sync type", vec![0, 9, 0], 4400),
-        ("truncated update", protocol::encode_update(&[1, 1, 200, 1, 0, 4])[..5].to_vec(), 4400),
-        ("corrupt update", protocol::encode_update(&[1, 1, 1, 0, 31, 0, 0, 0]), 4400),
+        (
+            "truncated update",
+            protocol::encode_update(&[1, 1, 200, 1, 0, 4])[..5].to_vec(),
+            4400,
+        ),
+        (
+            "corrupt update",
+            protocol::encode_update(&[1, 1, 1, 0, 31, 0, 0, 0]),
+            4400,
+        ),
         ("length prefix past the frame", huge_claim, 4400),
         ("hostile nesting", deep_any, 4400),
         ("empty frame", vec![], 4400),
@@ -115,10 +161,30 @@ async fn garbage_frames_close_only_their_connection() {
     let mut fresh = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
     fresh.pump(Duration::from_millis(100)).await.unwrap();
     assert_eq!(fresh.text(), "still here");
-    assert!(node.metric("websocket_errors_total{reason=\"text_frame\"}").await.unwrap() >= 1.0);
-    assert!(node.metric("websocket_errors_total{reason=\"invalid_payload\"}").await.unwrap() >= 2.0);
-    assert!(node.metric("websocket_errors_total{reason=\"truncated\"}").await.unwrap() >= 2.0);
-    assert!(node.metric("websocket_errors_total{reason=\"frame_too_large\"}").await.unwrap() >= 1.0);
+    assert!(
+        node.metric("websocket_errors_total{reason=\"text_frame\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"invalid_payload\"}")
+            .await
+            .unwrap()
+            >= 2.0
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"truncated\"}")
+            .await
+            .unwrap()
+            >= 2.0
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"frame_too_large\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
 }
 
 #[tokio::test]
@@ -127,16 +193,25 @@ async fn viewers_cannot_edit() {
     let scene = unique("s");
     let editor_token = token("ed", &[(scene.as_str(), Role::Edit)]);
     let viewer_token = token("vi", &[(scene.as_str(), Role::View)]);
-    let mut editor = TestClient::connect(&node.ws_base(), &scene, &editor_token).await.unwrap();
-    let mut viewer = TestClient::connect(&node.ws_base(), &scene, &viewer_token).await.unwrap();
+    let mut editor = TestClient::connect(&node.ws_base(), &scene, &editor_token)
+        .await
+        .unwrap();
+    let mut viewer = TestClient::connect(&node.ws_base(), &scene, &viewer_token)
+        .await
+        .unwrap();
     editor.type_text("FADE IN:").await.unwrap();
     editor.wait_acked().await.unwrap();
-    viewer.pump_until(Duration::from_secs(5), |c| c.text() == "FADE IN:").await.unwrap();
+    viewer
+        .pump_until(Duration::from_secs(5), |c| c.text() == "FADE IN:")
+        .await
+        .unwrap();
     viewer.type_text(" vandalism").await.unwrap();
     viewer.pump(Duration::from_millis(300)).await.unwrap();
     editor.pump(Duration::from_millis(300)).await.unwrap();
     assert_eq!(editor.text(), "FADE IN:");
-    let fresh = TestClient::connect(&node.ws_base(), &scene, &editor_token).await.unwrap();
+    let fresh = TestClient::connect(&node.ws_base(), &scene, &editor_token)
+        .await
+        .unwrap();
     assert_eq!(fresh.text(), "FADE IN:");
     assert!(node.metric("troupe_viewer_updates_dropped_total").await.unwrap() >= 1.0);
 }
@@ -147,32 +222,55 @@ async fn awareness_is_limited_to_own_ids_size_and_rate() {
     let scene = unique("s");
     let tok = token("a", &[(scene.as_str(), Role::Edit)]);
     let mut alice = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
-    let mut bob = TestClient::connect(&node.ws_base(), &scene, &token("b", &[(scene.as_str(), Role::Edit)])).await.unwrap();
+    let mut bob = TestClient::connect(
+        &node.ws_base(),
+        &scene,
+        &token("b", &[(scene.as_str(), Role::Edit)]),
+    )
+    .await
+    .unwrap();
     alice
-        .send_raw(protocol::encode_awareness([(111u64, 1u64, r#"{"user":{"name":"Alice"}}"#)].into_iter()))
+        .send_raw(protocol::encode_awareness(
+            [(111u64, 1u64, r#"{"user":{"name":"Alice"}}"#)].into_iter(),
+        ))
         .await
         .unwrap();
-    bob.pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty()).await.unwrap();
+    bob.pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty())
+        .await
+        .unwrap();
     // Bob tries to speak for Alice's client id: dropped, Alice hears nothing of it.
-    bob.send_raw(protocol::encode_awareness([(111u64, 9u64, r#"{"user":{"name":"Mallory"}}"#)].into_iter()))
-        .await
-        .unwrap();
+    bob.send_raw(protocol::encode_awareness(
+        [(111u64, 9u64, r#"{"user":{"name":"Mallory"}}"#)].into_iter(),
+    ))
+    .await
+    .unwrap();
     alice.pump(Duration::from_millis(300)).await.unwrap();
     assert!(alice.awareness_seen.is_empty(), "forged presence reached alice");
     assert!(node.metric("troupe_awareness_dropped_total").await.unwrap() >= 1.0);
     // Invalid JSON in a state never reaches other clients.
-    bob.send_raw(protocol::encode_awareness([(222u64, 1u64, "{not json")].into_iter())).await.unwrap();
+    bob.send_raw(protocol::encode_awareness(
+        [(222u64, 1u64, "{not json")].into_iter(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(bob.expect_close().await.unwrap().code, 4400);
     // Oversized awareness closes with 4413.
     let big = format!(r#"{{"junk":"{}"}}"#, "x".repeat(4096));
-    alice.send_raw(protocol::encode_awareness([(111u64, 2u64, big.as_str())].into_iter())).await.unwrap();
+    alice
+        .send_raw(protocol::encode_awareness(
+            [(111u64, 2u64, big.as_str())].into_iter(),
+        ))
+        .await
+        .unwrap();
     assert_eq!(alice.expect_close().await.unwrap().code, 4413);
     // A flood of awareness is thinned to the rate limit, not fanned out.
     let mut carol = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
     let mut dave = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
     for clock in 1..=200u64 {
         carol
-            .send_raw(protocol::encode_awareness([(333u64, clock, r#"{"cursor":1}"#)].into_iter()))
+            .send_raw(protocol::encode_awareness(
+                [(333u64, clock, r#"{"cursor":1}"#)].into_iter(),
+            ))
             .await
             .unwrap();
     }
@@ -190,12 +288,18 @@ async fn browsers_from_other_origins_are_refused() {
     let scene = unique("s");
     let tok = token("a", &[(scene.as_str(), Role::Edit)]);
     let url = format!("{}/{scene}?token={tok}", node.ws_base());
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
     let refused = tokio_tungstenite::connect_async(request).await;
     assert!(refused.is_err(), "upgrade from a foreign origin was accepted");
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("Origin", "http://localhost:5173".parse().unwrap());
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "http://localhost:5173".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }
 
@@ -209,7 +313,11 @@ async fn rooms_cap_their_connections() {
     assert_eq!(close_code(&node, &scene, &format!("token={tok}")).await, 4429);
     // Another scene is unaffected.
     let other = unique("s");
-    TestClient::connect(&node.ws_base(), &other, &token("a", &[(other.as_str(), Role::Edit)]))
-        .await
-        .unwrap();
+    TestClient::connect(
+        &node.ws_base(),
+        &other,
+        &token("a", &[(other.as_str(), Role::Edit)]),
+    )
+    .await
+    .unwrap();
 }

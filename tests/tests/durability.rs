@@ -22,7 +22,10 @@ async fn kill9_loses_no_acknowledged_edit() {
         let mut clients = Vec::new();
         for (i, scene) in scenes.iter().enumerate() {
             for _ in 0..2 {
-                clients.push((i, TestClient::connect(&node.ws_base(), scene, &tok).await.unwrap()));
+                clients.push((
+                    i,
+                    TestClient::connect(&node.ws_base(), scene, &tok).await.unwrap(),
+                ));
             }
         }
         // A first wave, fully acknowledged.
@@ -42,12 +45,21 @@ async fn kill9_loses_no_acknowledged_edit() {
             client.pump(Duration::from_millis(2)).await.unwrap();
         }
         node.kill9();
-        let acked: Vec<(usize, Vec<String>)> = clients.iter().map(|(scene, c)| (*scene, c.acked_texts())).collect();
+        let acked: Vec<(usize, Vec<String>)> = clients
+            .iter()
+            .map(|(scene, c)| (*scene, c.acked_texts()))
+            .collect();
         drop(clients);
         let node = node.restart().unwrap();
         for (c, (scene, acked)) in acked.into_iter().enumerate() {
-            assert!(acked.len() >= 20, "{backend:?}: client {c} had only {} acks", acked.len());
-            let fresh = TestClient::connect(&node.ws_base(), &scenes[scene], &tok).await.unwrap();
+            assert!(
+                acked.len() >= 20,
+                "{backend:?}: client {c} had only {} acks",
+                acked.len()
+            );
+            let fresh = TestClient::connect(&node.ws_base(), &scenes[scene], &tok)
+                .await
+                .unwrap();
             let text = fresh.text();
             for m in acked {
                 assert!(text.contains(&m), "{backend:?}: acked edit {m} lost");
@@ -72,19 +84,28 @@ async fn compaction_folds_the_log_and_loses_nothing() {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while node.metric("yjs_compaction_runs_total").await.unwrap() < 2.0 {
-            assert!(std::time::Instant::now() < deadline, "{backend:?}: no compaction ran");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: no compaction ran"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The store now holds snapshots and only the retained tail of the log.
         let store = match &backend {
-            Backend::Sqlite => Store::open_sqlite(&node.data_dir.join("troupe.sqlite3")).await.unwrap(),
+            Backend::Sqlite => Store::open_sqlite(&node.data_dir.join("troupe.sqlite3"))
+                .await
+                .unwrap(),
             Backend::Postgres(url) => Store::open(&troupe_node::config::StoreLocation::Postgres(url.clone()))
                 .await
                 .unwrap(),
         };
         let stored = store.load(&scene).await.unwrap();
         assert!(!stored.snapshots.is_empty(), "{backend:?}: no snapshot");
-        assert!(stored.rows.len() < 30, "{backend:?}: log not pruned ({} rows)", stored.rows.len());
+        assert!(
+            stored.rows.len() < 30,
+            "{backend:?}: log not pruned ({} rows)",
+            stored.rows.len()
+        );
         assert_eq!(stored.last_seq(), 30);
         drop(client);
         let node = node.restart().unwrap();
@@ -108,7 +129,10 @@ async fn idle_rooms_unload_and_come_back() {
         assert!(std::time::Instant::now() < deadline, "room never unloaded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(node.metric("yjs_compaction_runs_total").await.unwrap() >= 1.0, "unload did not snapshot");
+    assert!(
+        node.metric("yjs_compaction_runs_total").await.unwrap() >= 1.0,
+        "unload did not snapshot"
+    );
     let fresh = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
     assert_eq!(fresh.text(), "EXT. ROOFTOP - DAWN");
 }
@@ -151,8 +175,16 @@ async fn silent_peers_are_dropped_by_the_heartbeat() {
     stream.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while node.metric("websocket_errors_total{reason=\"ping_timeout\"}").await.unwrap() < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "silent peer was never dropped");
+    while node
+        .metric("websocket_errors_total{reason=\"ping_timeout\"}")
+        .await
+        .unwrap()
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "silent peer was never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(node.metric("websocket_connections_active").await.unwrap(), 0.0);

@@ -30,7 +30,10 @@ async fn appends_and_loads_in_order_on_every_backend() {
         let (a, b) = (unique("scene-a"), unique("scene-b"));
         // One group commit spanning two scenes.
         let refused = store
-            .append("n1", &[append(&a, 1, b"a1"), append(&b, 1, b"b1"), append(&a, 2, b"a2")])
+            .append(
+                "n1",
+                &[append(&a, 1, b"a1"), append(&b, 1, b"b1"), append(&a, 2, b"a2")],
+            )
             .await
             .unwrap();
         assert!(refused.is_empty(), "{backend:?}");
@@ -70,7 +73,10 @@ async fn snapshots_follow_the_retention_policy() {
         let store = open(&backend).await;
         let scene = unique("scene");
         for seq in 1..=10u64 {
-            store.append("n1", &[append(&scene, seq, &[seq as u8])]).await.unwrap();
+            store
+                .append("n1", &[append(&scene, seq, &[seq as u8])])
+                .await
+                .unwrap();
         }
         let snap = |upto: u64| Snapshot {
             upto_seq: upto,
@@ -86,7 +92,10 @@ async fn snapshots_follow_the_retention_policy() {
         let loaded = store.load(&scene).await.unwrap();
         // Two newest snapshots, and the log after the older one for fallback.
         assert_eq!(loaded.snapshots, vec![snap(8), snap(5)], "{backend:?}");
-        assert_eq!(loaded.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+        assert_eq!(
+            loaded.rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9, 10]
+        );
 
         store.write_snapshot(&scene, &snap(10)).await.unwrap();
         let loaded = store.load(&scene).await.unwrap();
@@ -104,7 +113,9 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     for backend in Backend::all() {
         let location = match &backend {
             Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(
-                std::env::temp_dir().join(unique("troupe-store")).join("t.sqlite3"),
+                std::env::temp_dir()
+                    .join(unique("troupe-store"))
+                    .join("t.sqlite3"),
             ),
             Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
         };
@@ -113,7 +124,11 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
         store.append("n1", &[append(&scene, 1, b"kept")]).await.unwrap();
         drop(store);
         let store = Store::open(&location).await.unwrap();
-        assert_eq!(store.load(&scene).await.unwrap().rows[0].data, b"kept", "{backend:?}");
+        assert_eq!(
+            store.load(&scene).await.unwrap().rows[0].data,
+            b"kept",
+            "{backend:?}"
+        );
         store.ping().await.unwrap();
     }
 }
