@@ -517,8 +517,10 @@ impl Room {
             accepted.push((entry.client_id, entry.clock, entry.state));
         }
         if !accepted.is_empty() {
+            // To everyone, the sender included, as the reference server does: stock clients
+            // count their own renewed presence as a sign of life and reconnect without it.
             let frame = protocol::encode_awareness(accepted.into_iter());
-            self.broadcast(frame.into(), Some(conn_id));
+            self.broadcast(frame.into(), None);
         }
     }
 

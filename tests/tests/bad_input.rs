@@ -238,6 +238,12 @@ async fn awareness_is_limited_to_own_ids_size_and_rate() {
     bob.pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty())
         .await
         .unwrap();
+    // Like the reference server, the sender hears its own presence back.
+    alice
+        .pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty())
+        .await
+        .unwrap();
+    alice.awareness_seen.clear();
     // Bob tries to speak for Alice's client id: dropped, Alice hears nothing of it.
     bob.send_raw(protocol::encode_awareness(
         [(111u64, 9u64, r#"{"user":{"name":"Mallory"}}"#)].into_iter(),
