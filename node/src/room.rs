@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -79,6 +79,8 @@ pub enum RoomCmd {
         conn_id: u64,
         received: Instant,
         frame: ValidFrame,
+        /// The frame's share of the inbox byte budget, released once handled.
+        _permit: OwnedSemaphorePermit,
     },
     Leave {
         conn_id: u64,
@@ -310,6 +312,7 @@ impl Room {
                 conn_id,
                 received,
                 frame,
+                _permit,
             } => {
                 self.on_frame(conn_id, &frame);
                 self.ctx
@@ -781,4 +784,65 @@ fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
         tracing::error!(upto, error = %last_error, "stored state unreadable; trying an older snapshot");
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    #[test]
+    fn a_transaction_that_changes_nothing_encodes_as_empty() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("text");
+        let update = {
+            let mut txn = source.transact_mut();
+            text.insert(&mut txn, 0, "FADE IN:");
+            txn.encode_update_v1()
+        };
+        let doc = Doc::new();
+        let apply = |bytes: &[u8]| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
+            txn.encode_update_v1()
+        };
+        assert!(!is_empty_update(&apply(&update)));
+        assert!(
+            is_empty_update(&apply(&update)),
+            "a duplicate update changed the doc"
+        );
+    }
+
+    #[test]
+    fn rebuild_falls_back_to_the_older_snapshot() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("text");
+        let mut rows = Vec::new();
+        for (seq, word) in ["INT. ", "HOUSE ", "- DAY"].into_iter().enumerate() {
+            let mut txn = source.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            rows.push(crate::store::LogRow {
+                seq: seq as u64 + 1,
+                data: txn.encode_update_v1(),
+                created_at_ms: 0,
+            });
+        }
+        let stored = StoredScene {
+            snapshots: vec![
+                Snapshot {
+                    upto_seq: 2,
+                    data: vec![0xff, 0xff, 0xff],
+                },
+                Snapshot {
+                    upto_seq: 0,
+                    data: vec![0, 0],
+                },
+            ],
+            rows,
+        };
+        let (doc, _) = rebuild(&stored).unwrap();
+        let text = doc.get_or_insert_text("text");
+        assert_eq!(text.get_string(&doc.transact()), "INT. HOUSE - DAY");
+    }
 }

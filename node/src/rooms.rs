@@ -7,18 +7,23 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::room::{Room, RoomCmd, RoomContext};
 
 /// Messages a room's inbox holds before senders wait.
 const ROOM_INBOX: usize = 1024;
 
+/// Bytes of frames a room's inbox may hold (at least two of the largest frames).
+const ROOM_INBOX_BYTES: usize = 8 << 20;
+
 /// The inbox of one room incarnation.
 #[derive(Clone)]
 pub struct RoomHandle {
     pub id: u64,
     pub tx: mpsc::Sender<RoomCmd>,
+    /// Byte budget of queued frames: senders wait for room rather than pile up memory.
+    pub budget: Arc<Semaphore>,
 }
 
 pub struct Rooms {
@@ -43,9 +48,11 @@ impl Rooms {
             return handle.clone();
         }
         let (tx, rx) = mpsc::channel(ROOM_INBOX);
+        let budget = ROOM_INBOX_BYTES.max(2 * self.ctx.limits.max_frame_bytes);
         let handle = RoomHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
+            budget: Arc::new(Semaphore::new(budget)),
         };
         live.insert(scene.to_string(), handle.clone());
         drop(live);

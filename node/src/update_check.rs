@@ -70,7 +70,7 @@ pub enum InvalidUpdate {
     TrailingBytes,
 }
 
-type Result<T> = std::result::Result<T, InvalidUpdate>;
+type Res<T> = std::result::Result<T, InvalidUpdate>;
 
 /// What a successful [`check_update_v1`] saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    fn finish(&self) -> Result<()> {
+    fn finish(&self) -> Res<()> {
         if self.remaining() == 0 {
             Ok(())
         } else {
@@ -138,14 +138,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u8(&mut self) -> Result<u8> {
+    fn u8(&mut self) -> Res<u8> {
         let b = *self.buf.get(self.pos).ok_or(InvalidUpdate::Truncated)?;
         self.pos += 1;
         Ok(b)
     }
 
     /// Takes `len` bytes, checking the claim against what is left before slicing.
-    fn take(&mut self, len: u64) -> Result<&'a [u8]> {
+    fn take(&mut self, len: u64) -> Res<&'a [u8]> {
         let len = usize::try_from(len).map_err(|_| InvalidUpdate::Truncated)?;
         if len > self.remaining() {
             return Err(InvalidUpdate::Truncated);
@@ -156,7 +156,7 @@ impl<'a> Reader<'a> {
     }
 
     /// lib0 varuint, capped at 64 bits (at most 10 bytes, the last carrying one bit).
-    fn var_u64(&mut self) -> Result<u64> {
+    fn var_u64(&mut self) -> Res<u64> {
         let mut value = 0u64;
         for i in 0..10u32 {
             let b = self.u8()?;
@@ -173,14 +173,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A varuint that yrs reads as `u32` (with silent wrap-around), so it must fit.
-    fn var_u32(&mut self, too_big: InvalidUpdate) -> Result<u32> {
+    fn var_u32(&mut self, too_big: InvalidUpdate) -> Res<u32> {
         let v = self.var_u64()?;
         u32::try_from(v).map_err(|_| too_big)
     }
 
     /// lib0 signed varint: first byte has sign bit 0x40 and 6 value bits. The magnitude must
     /// fit in 63 bits, or yrs' negation overflows.
-    fn var_i64(&mut self) -> Result<()> {
+    fn var_i64(&mut self) -> Res<()> {
         let first = self.u8()?;
         if first & 0x80 == 0 {
             return Ok(());
@@ -202,7 +202,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items that each occupy at least `min_bytes`; a count that cannot fit in the
     /// rest of the input is rejected before anything loops over it.
-    fn count(&mut self, min_bytes: usize) -> Result<u64> {
+    fn count(&mut self, min_bytes: usize) -> Res<u64> {
         let n = self.var_u64()?;
         let fits = (self.remaining() / min_bytes.max(1)) as u64;
         if n > fits {
@@ -212,16 +212,16 @@ impl<'a> Reader<'a> {
     }
 
     /// lib0 varUint8Array; yrs reads the length as `u32`.
-    fn var_bytes(&mut self) -> Result<&'a [u8]> {
+    fn var_bytes(&mut self) -> Res<&'a [u8]> {
         let len = self.var_u32(InvalidUpdate::LengthOverflow)?;
         self.take(u64::from(len))
     }
 
-    fn var_str(&mut self) -> Result<&'a str> {
+    fn var_str(&mut self) -> Res<&'a str> {
         std::str::from_utf8(self.var_bytes()?).map_err(|_| InvalidUpdate::InvalidUtf8)
     }
 
-    fn client_id(&mut self) -> Result<u64> {
+    fn client_id(&mut self) -> Res<u64> {
         let id = self.var_u64()?;
         if id > MAX_CLIENT_ID {
             return Err(InvalidUpdate::ClientIdTooLarge(id));
@@ -229,12 +229,12 @@ impl<'a> Reader<'a> {
         Ok(id)
     }
 
-    fn clock(&mut self) -> Result<u32> {
+    fn clock(&mut self) -> Res<u32> {
         self.var_u32(InvalidUpdate::ClockOverflow)
     }
 
     /// An ID (client, clock), as in origins and parent references.
-    fn id(&mut self) -> Result<()> {
+    fn id(&mut self) -> Res<()> {
         self.client_id()?;
         self.clock()?;
         Ok(())
@@ -295,7 +295,10 @@ pub fn parse_awareness_v1(
     // An entry is at least 3 bytes: client, clock, empty string length.
     let n = r.count(3)?;
     if n > max_entries as u64 {
-        return Err(InvalidUpdate::TooManyEntries { count: n, max: max_entries });
+        return Err(InvalidUpdate::TooManyEntries {
+            count: n,
+            max: max_entries,
+        });
     }
     // `n` is bounded by both the input length and `max_entries`.
     let mut entries = Vec::with_capacity(n as usize);
@@ -304,16 +307,22 @@ pub fn parse_awareness_v1(
         // yrs keeps awareness clocks as u32.
         let clock = u64::from(r.clock()?);
         let state = r.var_str()?;
-        if serde_json::from_str::<serde::de::IgnoredAny>(state).is_err() {
+        // Parse into a value, not `IgnoredAny`: only the former applies serde_json's nesting
+        // limit, which is what anyone parsing the state later will hit.
+        if serde_json::from_str::<serde_json::Value>(state).is_err() {
             return Err(InvalidUpdate::InvalidJson);
         }
-        entries.push(AwarenessEntry { client_id, clock, state });
+        entries.push(AwarenessEntry {
+            client_id,
+            clock,
+            state,
+        });
     }
     r.finish()?;
     Ok(entries)
 }
 
-fn reject_duplicates(clients: &mut [u64]) -> Result<()> {
+fn reject_duplicates(clients: &mut [u64]) -> Res<()> {
     clients.sort_unstable();
     match clients.windows(2).find(|w| w[0] == w[1]) {
         Some(w) => Err(InvalidUpdate::DuplicateClient(w[0])),
@@ -322,7 +331,7 @@ fn reject_duplicates(clients: &mut [u64]) -> Result<()> {
 }
 
 /// Walks one struct and returns its clock length.
-fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Result<u32> {
+fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Res<u32> {
     let info = r.u8()?;
     let content_ref = info & CONTENT_REF_MASK;
     if content_ref == REF_GC || content_ref == REF_SKIP {
@@ -364,7 +373,7 @@ fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Result<u32> {
 }
 
 /// Walks item content and returns its clock length.
-fn check_content(r: &mut Reader<'_>, content_ref: u8, limits: CheckLimits) -> Result<u32> {
+fn check_content(r: &mut Reader<'_>, content_ref: u8, limits: CheckLimits) -> Res<u32> {
     match content_ref {
         REF_DELETED => nonzero(r.var_u32(InvalidUpdate::ClockOverflow)?),
         REF_BINARY => {
@@ -417,7 +426,7 @@ fn check_content(r: &mut Reader<'_>, content_ref: u8, limits: CheckLimits) -> Re
     }
 }
 
-fn nonzero(len: u32) -> Result<u32> {
+fn nonzero(len: u32) -> Res<u32> {
     if len == 0 {
         Err(InvalidUpdate::ZeroLength)
     } else {
@@ -426,7 +435,7 @@ fn nonzero(len: u32) -> Result<u32> {
 }
 
 /// The delete set: per client, ranges of (clock, len). Returns the number of ranges.
-fn check_delete_set(r: &mut Reader<'_>) -> Result<usize> {
+fn check_delete_set(r: &mut Reader<'_>) -> Res<usize> {
     let num_clients = r.count(2)?;
     let mut clients = Vec::new();
     let mut ranges_seen = 0usize;
@@ -455,7 +464,7 @@ struct Frame {
 
 /// Walks one lib0 `Any` value without recursion; the explicit stack grows only with
 /// containers actually present in the input and never beyond `max_depth`.
-fn check_any(r: &mut Reader<'_>, max_depth: usize) -> Result<()> {
+fn check_any(r: &mut Reader<'_>, max_depth: usize) -> Res<()> {
     let mut stack: Vec<Frame> = Vec::new();
     loop {
         if stack.len() >= max_depth {
@@ -496,7 +505,7 @@ fn check_any(r: &mut Reader<'_>, max_depth: usize) -> Result<()> {
 
 /// Pops finished containers and positions the reader at the next child value (after its key
 /// for objects). Breaks when the outermost value is complete.
-fn next_any_child(r: &mut Reader<'_>, stack: &mut Vec<Frame>) -> Result<ControlFlow<()>> {
+fn next_any_child(r: &mut Reader<'_>, stack: &mut Vec<Frame>) -> Res<ControlFlow<()>> {
     while let Some(top) = stack.last_mut() {
         if top.remaining == 0 {
             stack.pop();
@@ -514,7 +523,7 @@ fn next_any_child(r: &mut Reader<'_>, stack: &mut Vec<Frame>) -> Result<ControlF
 /// Embed and format values travel as JSON text that yrs parses into `Any` with serde_json
 /// (which caps nesting at 128); require the same parse to succeed and the same depth limit as
 /// binary `Any`.
-fn check_json(text: &str, limits: CheckLimits) -> Result<()> {
+fn check_json(text: &str, limits: CheckLimits) -> Res<()> {
     let any = yrs::Any::from_json(text).map_err(|_| InvalidUpdate::InvalidJson)?;
     if any_depth_within(&any, limits.max_any_depth) {
         Ok(())
@@ -532,5 +541,903 @@ fn any_depth_within(any: &yrs::Any, budget: usize) -> bool {
         yrs::Any::Array(items) => items.iter().all(|a| any_depth_within(a, budget - 1)),
         yrs::Any::Map(entries) => entries.values().all(|a| any_depth_within(a, budget - 1)),
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Arc;
+    use yrs::types::ToJson;
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{
+        any, Any, Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update, Xml,
+        XmlElementPrelim, XmlFragment, XmlTextPrelim,
+    };
+
+    /// A doc that counts text offsets in UTF-16 code units, like Yjs.
+    fn new_doc(client: u64) -> Doc {
+        let mut opts = yrs::Options::with_client_id(yrs::ClientID::new(client));
+        opts.offset_kind = yrs::OffsetKind::Utf16;
+        Doc::with_options(opts)
+    }
+
+    fn limits() -> CheckLimits {
+        CheckLimits::default()
+    }
+
+    // ---- builders for hand-made inputs ----
+
+    fn var(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn vstr(out: &mut Vec<u8>, s: &[u8]) {
+        var(out, s.len() as u64);
+        out.extend_from_slice(s);
+    }
+
+    /// One client (id 1, clock 0) with a single root-level map item `m[k]` whose info byte is
+    /// `content_ref | HAS_PARENT_SUB`, followed by `content` and an empty delete set.
+    fn map_item(content_ref: u8, content: &[u8]) -> Vec<u8> {
+        let mut b = vec![1, 1, 1, 0, content_ref | HAS_PARENT_SUB, 1];
+        vstr(&mut b, b"m");
+        vstr(&mut b, b"k");
+        b.extend_from_slice(content);
+        b.push(0);
+        b
+    }
+
+    /// One client, one root-level text item holding `s`.
+    fn text_item(s: &[u8]) -> Vec<u8> {
+        let mut b = vec![1, 1, 1, 0, REF_STRING, 1];
+        vstr(&mut b, b"t");
+        vstr(&mut b, s);
+        b.push(0);
+        b
+    }
+
+    fn nested_any(depth: usize) -> Vec<u8> {
+        let mut c = vec![1];
+        for _ in 1..depth {
+            c.extend_from_slice(&[117, 1]);
+        }
+        c.push(126);
+        c
+    }
+
+    fn yrs_decodes(bytes: &[u8]) -> bool {
+        Update::decode_v1(bytes).is_ok()
+    }
+
+    // ---- real updates produced by yrs ----
+
+    /// Runs `f` in one transaction and returns the incremental update it produced.
+    fn step(doc: &Doc, f: impl FnOnce(&mut yrs::TransactionMut)) -> Vec<u8> {
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            f(&mut txn);
+        }
+        doc.transact().encode_diff_v1(&before)
+    }
+
+    fn full_state(doc: &Doc) -> Vec<u8> {
+        doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+
+    fn text_doc() -> Vec<(&'static str, Vec<u8>)> {
+        let doc = new_doc(11);
+        let text = doc.get_or_insert_text("t");
+        let mut out = vec![];
+        out.push(("text insert", step(&doc, |t| text.insert(t, 0, "hello world"))));
+        out.push(("text delete", step(&doc, |t| text.remove_range(t, 2, 5))));
+        out.push((
+            "text unicode",
+            step(&doc, |t| text.insert(t, 1, "é🎬 ünïcödé 漢字")),
+        ));
+        let bold: yrs::types::Attrs = HashMap::from([
+            (Arc::from("bold"), Any::Bool(true)),
+            (Arc::from("href"), Any::from("x")),
+        ]);
+        out.push(("text format", step(&doc, |t| text.format(t, 0, 4, bold))));
+        out.push((
+            "text embed",
+            // Index 3 splits the 🎬 surrogate pair; yrs (like Yjs) replaces the halves with
+            // U+FFFD, so real updates can carry those.
+            step(&doc, |t| {
+                text.insert_embed(t, 3, any!({"image": "x.png", "size": [1, 2.5, -7], "alt": null}));
+            }),
+        ));
+        out.push(("text full state", full_state(&doc)));
+        out
+    }
+
+    fn map_doc() -> Vec<(&'static str, Vec<u8>)> {
+        let doc = new_doc(22);
+        let map = doc.get_or_insert_map("meta");
+        let mut out = vec![];
+        out.push((
+            "map nested any",
+            step(&doc, |t| {
+                map.insert(
+                    t,
+                    "nested",
+                    any!({
+                        "title": "Scene 1",
+                        "n": 42,
+                        "neg": -123456,
+                        "big": 9007199254740991i64,
+                        "float": 1.5,
+                        "precise": 0.1,
+                        "flags": [true, false, null],
+                        "deep": {"a": {"b": {"c": [[["x"]]]}}}
+                    }),
+                );
+                map.insert(t, "bytes", Any::from(vec![0u8, 1, 2, 255]));
+                map.insert(t, "undef", Any::Undefined);
+                map.insert(t, "inner", yrs::MapPrelim::from([("x", 1)]));
+            }),
+        ));
+        out.push((
+            "map overwrite",
+            step(&doc, |t| {
+                map.insert(t, "n", "replaced");
+                map.insert(t, "nested", 7);
+                map.remove(t, "undef");
+            }),
+        ));
+        out.push(("map full state", full_state(&doc)));
+        out
+    }
+
+    fn xml_doc() -> Vec<(&'static str, Vec<u8>)> {
+        let doc = new_doc(33);
+        let frag = doc.get_or_insert_xml_fragment("prosemirror");
+        let mut out = vec![];
+        out.push((
+            "xml blocks",
+            step(&doc, |t| {
+                frag.push_back(
+                    t,
+                    XmlElementPrelim::new(
+                        "scene_heading",
+                        [XmlTextPrelim::new("INT. KITCHEN - NIGHT").into()],
+                    ),
+                );
+                frag.push_back(
+                    t,
+                    XmlElementPrelim::new("action", [XmlTextPrelim::new("Rain.").into()]),
+                );
+                frag.push_back(t, XmlElementPrelim::empty("character"));
+            }),
+        ));
+        out.push((
+            "xml edit",
+            step(&doc, |t| {
+                let el = frag.get(t, 0).and_then(|n| n.into_xml_element());
+                if let Some(el) = el {
+                    el.insert_attribute(t, "id", "h1");
+                    if let Some(text) = el.get(t, 0).and_then(|n| n.into_xml_text()) {
+                        text.insert(t, 4, "OLD ");
+                        text.remove_range(t, 0, 2);
+                    }
+                }
+                frag.remove_range(t, 2, 1);
+            }),
+        ));
+        out.push(("xml full state", full_state(&doc)));
+        out
+    }
+
+    fn array_and_subdoc() -> Vec<(&'static str, Vec<u8>)> {
+        let doc = new_doc(44);
+        let arr = doc.get_or_insert_array("list");
+        let map = doc.get_or_insert_map("docs");
+        let mut out = vec![];
+        out.push((
+            "array insert",
+            step(&doc, |t| {
+                arr.insert_range(t, 0, [1, 2, 3, 4, 5]);
+                arr.push_back(t, "six");
+                arr.push_back(t, yrs::ArrayPrelim::from([Any::from(7), Any::from("eight")]));
+            }),
+        ));
+        out.push(("array delete", step(&doc, |t| arr.remove_range(t, 1, 3))));
+        out.push((
+            "subdoc",
+            step(&doc, |t| {
+                let mut opts =
+                    yrs::Options::with_guid_and_client_id("sub-guid".into(), yrs::ClientID::new(45));
+                opts.auto_load = true;
+                map.insert(t, "sub", Doc::with_options(opts));
+            }),
+        ));
+        out.push(("array+subdoc full state", full_state(&doc)));
+        out
+    }
+
+    /// Two concurrent editors: several clients in the struct section and the delete set.
+    fn two_clients() -> Vec<(&'static str, Vec<u8>)> {
+        let a = new_doc(1);
+        let b = new_doc(0x1f_ffff_ffff_ffff);
+        let ta = a.get_or_insert_text("t");
+        let tb = b.get_or_insert_text("t");
+        let ua = step(&a, |t| ta.insert(t, 0, "alpha "));
+        let ub = step(&b, |t| tb.insert(t, 0, "beta "));
+        for (doc, u) in [(&a, &ub), (&b, &ua)] {
+            let upd = Update::decode_v1(u).expect("decode");
+            doc.transact_mut().apply_update(upd).expect("apply");
+        }
+        let da = step(&a, |t| ta.remove_range(t, 0, 8));
+        let merged_skip = yrs::merge_updates_v1([ua.as_slice(), da.as_slice()]).expect("merge");
+        vec![
+            ("client a", ua),
+            ("client b", ub),
+            ("cross delete", da),
+            ("two clients full state", full_state(&a)),
+            ("merged", merged_skip),
+        ]
+    }
+
+    /// A merged update with a gap in one client's clocks, which yrs fills with a Skip struct.
+    fn with_skip() -> Vec<(&'static str, Vec<u8>)> {
+        let doc = new_doc(5);
+        let text = doc.get_or_insert_text("t");
+        let u1 = step(&doc, |t| text.insert(t, 0, "one "));
+        let _u2 = step(&doc, |t| text.insert(t, 4, "two "));
+        let u3 = step(&doc, |t| text.insert(t, 8, "three"));
+        let merged = yrs::merge_updates_v1([u1.as_slice(), u3.as_slice()]).expect("merge");
+        vec![("skip", merged)]
+    }
+
+    fn samples() -> Vec<(&'static str, Vec<u8>)> {
+        let mut all = text_doc();
+        all.extend(map_doc());
+        all.extend(xml_doc());
+        all.extend(array_and_subdoc());
+        all.extend(two_clients());
+        all.extend(with_skip());
+        all.push(("empty", vec![0, 0]));
+        all
+    }
+
+    #[test]
+    fn real_updates_pass() {
+        let mut saw_skip = false;
+        for (name, bytes) in samples() {
+            let stats =
+                check_update_v1(&bytes, limits()).unwrap_or_else(|e| panic!("{name}: {e:?} for {bytes:?}"));
+            assert!(yrs_decodes(&bytes), "{name}");
+            saw_skip |= name == "skip" && bytes.contains(&REF_SKIP);
+            if name != "empty" {
+                assert!(stats.structs + stats.delete_ranges > 0, "{name}");
+            }
+        }
+        assert!(saw_skip);
+    }
+
+    #[test]
+    fn stats_count_structs_and_delete_ranges() {
+        let doc = new_doc(9);
+        let text = doc.get_or_insert_text("t");
+        step(&doc, |t| text.insert(t, 0, "abcdef"));
+        let del = step(&doc, |t| {
+            text.remove_range(t, 0, 1);
+            text.remove_range(t, 3, 1);
+        });
+        let stats = check_update_v1(&del, limits()).expect("valid");
+        assert_eq!(
+            stats,
+            UpdateStats {
+                structs: 0,
+                delete_ranges: 2
+            }
+        );
+        let full = full_state(&doc);
+        let stats = check_update_v1(&full, limits()).expect("valid");
+        assert_eq!(stats.delete_ranges, 2);
+        assert!(stats.structs >= 3);
+    }
+
+    #[test]
+    fn real_updates_roundtrip_into_yrs() {
+        // The samples are meaningful documents, not just parseable bytes.
+        let doc = new_doc(100);
+        for (_, bytes) in samples() {
+            check_update_v1(&bytes, limits()).expect("valid");
+            let u = Update::decode_v1(&bytes).expect("decode");
+            doc.transact_mut().apply_update(u).expect("apply");
+        }
+        let txn = doc.transact();
+        let text = txn.get_text("t").expect("text").get_string(&txn);
+        // "three" stays pending: the skip sample lacks the "two " it depends on.
+        assert!(
+            text.contains("one ") && text.contains("漢字") && !text.contains("three"),
+            "{text}"
+        );
+        let meta = txn.get_map("meta").expect("map").to_json(&txn);
+        assert!(matches!(meta, Any::Map(_)));
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        for (name, bytes) in samples() {
+            for cut in 0..bytes.len() {
+                let r = check_update_v1(&bytes[..cut], limits());
+                assert!(r.is_err(), "{name}: prefix {cut} of {} accepted", bytes.len());
+            }
+        }
+    }
+
+    // ---- hostile inputs ----
+
+    #[test]
+    fn huge_counts_are_rejected_without_work() {
+        // 1 client claiming 2^28 structs: 6 bytes.
+        let b = [1, 0x80, 0x80, 0x80, 0x80, 0x01];
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::Truncated));
+        // 2^28 clients.
+        let b = [0x80, 0x80, 0x80, 0x80, 0x01, 0];
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::Truncated));
+        // Any content claiming 2^28 values; a map claiming 2^28 entries.
+        let mut c = vec![];
+        var(&mut c, 1 << 28);
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &c), limits()),
+            Err(InvalidUpdate::Truncated)
+        );
+        let mut c = vec![1, 118];
+        var(&mut c, 1 << 28);
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &c), limits()),
+            Err(InvalidUpdate::Truncated)
+        );
+        // A string claiming 4 GiB.
+        let mut b = vec![1, 1, 1, 0, REF_STRING, 1, 1, b't'];
+        var(&mut b, u64::from(u32::MAX));
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::Truncated));
+        // Delete set claiming 2^28 ranges.
+        let mut b = vec![0, 1, 1];
+        var(&mut b, 1 << 28);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::Truncated));
+    }
+
+    #[test]
+    fn deep_any_is_rejected() {
+        let deep = map_item(REF_ANY, &nested_any(10_000));
+        assert_eq!(check_update_v1(&deep, limits()), Err(InvalidUpdate::TooDeep));
+        // Deep objects too.
+        let mut c = vec![1];
+        for _ in 0..10_000 {
+            c.extend_from_slice(&[118, 1, 1, b'k']);
+        }
+        c.push(126);
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &c), limits()),
+            Err(InvalidUpdate::TooDeep)
+        );
+        // Exactly at the limit is fine and yrs agrees; one more level is not.
+        let ok = map_item(REF_ANY, &nested_any(32));
+        assert!(check_update_v1(&ok, limits()).is_ok());
+        assert!(yrs_decodes(&ok));
+        let over = map_item(REF_ANY, &nested_any(33));
+        assert_eq!(check_update_v1(&over, limits()), Err(InvalidUpdate::TooDeep));
+        assert!(check_update_v1(&over, CheckLimits { max_any_depth: 33 }).is_ok());
+        // The subdoc options Any is limited the same way.
+        let mut c = vec![];
+        vstr(&mut c, b"guid");
+        c.extend_from_slice(&nested_any(40)[1..]);
+        assert_eq!(
+            check_update_v1(&map_item(REF_DOC, &c), limits()),
+            Err(InvalidUpdate::TooDeep)
+        );
+        // Deep embedded JSON.
+        let json = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let mut c = vec![];
+        vstr(&mut c, json.as_bytes());
+        assert_eq!(
+            check_update_v1(&map_item(REF_EMBED, &c), limits()),
+            Err(InvalidUpdate::TooDeep)
+        );
+        let json = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let mut c = vec![];
+        vstr(&mut c, json.as_bytes());
+        assert_eq!(
+            check_update_v1(&map_item(REF_EMBED, &c), limits()),
+            Err(InvalidUpdate::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn bad_varints() {
+        assert_eq!(
+            check_update_v1(&[0xff; 11], limits()),
+            Err(InvalidUpdate::VarIntOverflow)
+        );
+        let mut b = vec![0xff; 9];
+        b.push(0x02);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::VarIntOverflow));
+        // 2^64 - 1 is a valid varuint but no real count.
+        let mut b = vec![0xff; 9];
+        b.push(0x01);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::Truncated));
+        assert_eq!(check_update_v1(&[0x80], limits()), Err(InvalidUpdate::Truncated));
+        assert_eq!(check_update_v1(&[], limits()), Err(InvalidUpdate::Truncated));
+        // Signed ints in Any: i64::MAX magnitude is fine, one bit more is not.
+        let mut max = vec![1, 125, 0xbf];
+        max.extend_from_slice(&[0xff; 8]);
+        max.push(0x01);
+        assert!(check_update_v1(&map_item(REF_ANY, &max), limits()).is_ok());
+        assert!(yrs_decodes(&map_item(REF_ANY, &max)));
+        let mut over = vec![1, 125, 0xff];
+        over.extend_from_slice(&[0xff; 8]);
+        over.push(0x02);
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &over), limits()),
+            Err(InvalidUpdate::VarIntOverflow)
+        );
+        let mut long = vec![1, 125, 0xc0];
+        long.extend_from_slice(&[0x80; 12]);
+        long.push(0);
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &long), limits()),
+            Err(InvalidUpdate::VarIntOverflow)
+        );
+    }
+
+    #[test]
+    fn unknown_refs_and_tags() {
+        for r in 11..=31u8 {
+            assert_eq!(
+                check_update_v1(&map_item(r, &[1]), limits()),
+                Err(InvalidUpdate::UnknownContentRef(r))
+            );
+        }
+        // GC/Skip with flag bits.
+        let b = [1, 1, 1, 0, 0x80, 1, 0, 1, 0];
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::FlaggedGcOrSkip(0x80))
+        );
+        let b = [1, 1, 1, 0, 0x20 | REF_SKIP, 1, 0];
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::FlaggedGcOrSkip(0x2a))
+        );
+        for tag in [0u8, 115, 128, 255] {
+            assert_eq!(
+                check_update_v1(&map_item(REF_ANY, &[1, tag]), limits()),
+                Err(InvalidUpdate::UnknownAnyTag(tag))
+            );
+        }
+        for t in [7u8, 8, 9, 15, 127, 0x83] {
+            assert_eq!(
+                check_update_v1(&map_item(REF_TYPE, &[t, 0]), limits()),
+                Err(InvalidUpdate::UnknownTypeRef(u64::from(t)))
+            );
+        }
+        assert_eq!(
+            check_update_v1(&map_item(REF_TYPE, &[5, 1, b'h']), limits()),
+            Err(InvalidUpdate::UnsupportedXmlHook)
+        );
+        assert_eq!(
+            check_update_v1(&map_item(REF_JSON, &[1, 1, b'1']), limits()),
+            Err(InvalidUpdate::UnsupportedJsonContent)
+        );
+        for t in [0u8, 1, 2, 4, 6] {
+            let b = map_item(REF_TYPE, &[t]);
+            assert!(check_update_v1(&b, limits()).is_ok(), "type {t}");
+            assert!(yrs_decodes(&b));
+        }
+        let mut el = vec![3];
+        vstr(&mut el, b"dialogue");
+        assert!(check_update_v1(&map_item(REF_TYPE, &el), limits()).is_ok());
+        // Parent info other than 0 or 1.
+        let b = [1, 1, 1, 0, REF_DELETED, 2, 1, 0];
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::InvalidParentInfo(2))
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_and_json() {
+        assert_eq!(
+            check_update_v1(&text_item(b"ok\xff"), limits()),
+            Err(InvalidUpdate::InvalidUtf8)
+        );
+        assert_eq!(
+            check_update_v1(&text_item(b"\xed\xa0\x80"), limits()),
+            Err(InvalidUpdate::InvalidUtf8)
+        );
+        let mut c = vec![1, 119];
+        vstr(&mut c, b"\xc0\x80");
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &c), limits()),
+            Err(InvalidUpdate::InvalidUtf8)
+        );
+        let mut b = vec![1, 1, 1, 0, REF_STRING, 1];
+        vstr(&mut b, b"t\xfe");
+        vstr(&mut b, b"x");
+        b.push(0);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::InvalidUtf8));
+        for bad in [
+            &b"{"[..],
+            b"",
+            b"[1,]",
+            b"undefined",
+            b"18446744073709551615",
+            b"1 2",
+        ] {
+            let mut c = vec![];
+            vstr(&mut c, bad);
+            assert_eq!(
+                check_update_v1(&map_item(REF_EMBED, &c), limits()),
+                Err(InvalidUpdate::InvalidJson),
+                "{bad:?}"
+            );
+        }
+        let mut c = vec![];
+        vstr(&mut c, b"bold");
+        vstr(&mut c, b"null");
+        assert!(check_update_v1(&map_item(REF_FORMAT, &c), limits()).is_ok());
+    }
+
+    #[test]
+    fn clock_overflow_and_bad_ids() {
+        // Struct clock u32::MAX plus a struct of length 1.
+        let mut b = vec![1, 1, 1];
+        var(&mut b, u64::from(u32::MAX));
+        b.extend_from_slice(&[REF_GC, 1, 0]);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        // Same, ending exactly at u32::MAX, is fine.
+        let mut b = vec![1, 1, 1];
+        var(&mut b, u64::from(u32::MAX - 1));
+        b.extend_from_slice(&[REF_GC, 1, 0]);
+        assert!(check_update_v1(&b, limits()).is_ok());
+        // Clock beyond u32.
+        let mut b = vec![1, 1, 1];
+        var(&mut b, 1 << 32);
+        b.extend_from_slice(&[REF_GC, 1, 0]);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        // Lengths summing past u32.
+        let mut b = vec![1, 2, 1, 0, REF_GC];
+        var(&mut b, u64::from(u32::MAX));
+        b.extend_from_slice(&[REF_GC, 1, 0]);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        // Origin clock beyond u32.
+        let mut b = vec![1, 1, 1, 5, HAS_ORIGIN | REF_DELETED, 1];
+        var(&mut b, 1 << 32);
+        b.extend_from_slice(&[1, 0]);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        // Delete range overflow.
+        let mut b = vec![0, 1, 1, 1];
+        var(&mut b, u64::from(u32::MAX));
+        b.push(1);
+        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        // Client ids over 53 bits, in every position.
+        let big = 1u64 << 53;
+        let mut b = vec![1, 1];
+        var(&mut b, big);
+        b.extend_from_slice(&[0, REF_GC, 1, 0]);
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::ClientIdTooLarge(big))
+        );
+        let mut b = vec![1, 1, 1, 5, HAS_RIGHT_ORIGIN | REF_DELETED];
+        var(&mut b, big);
+        b.extend_from_slice(&[0, 1, 0]);
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::ClientIdTooLarge(big))
+        );
+        let mut b = vec![0, 1];
+        var(&mut b, big);
+        b.extend_from_slice(&[1, 0, 1]);
+        assert_eq!(
+            check_update_v1(&b, limits()),
+            Err(InvalidUpdate::ClientIdTooLarge(big))
+        );
+    }
+
+    #[test]
+    fn zero_lengths_and_duplicates() {
+        assert_eq!(
+            check_update_v1(&[1, 1, 1, 0, REF_GC, 0, 0], limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        assert_eq!(
+            check_update_v1(&[1, 1, 1, 0, REF_SKIP, 0, 0], limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        assert_eq!(
+            check_update_v1(&map_item(REF_DELETED, &[0]), limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        assert_eq!(
+            check_update_v1(&map_item(REF_ANY, &[0]), limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        assert_eq!(
+            check_update_v1(&text_item(b""), limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        assert_eq!(
+            check_update_v1(&[0, 1, 1, 1, 5, 0], limits()),
+            Err(InvalidUpdate::ZeroLength)
+        );
+        let dup = [2, 1, 7, 0, REF_GC, 1, 1, 7, 5, REF_GC, 1, 0];
+        assert_eq!(
+            check_update_v1(&dup, limits()),
+            Err(InvalidUpdate::DuplicateClient(7))
+        );
+        let dup_ds = [0, 2, 7, 1, 0, 1, 7, 1, 4, 1];
+        assert_eq!(
+            check_update_v1(&dup_ds, limits()),
+            Err(InvalidUpdate::DuplicateClient(7))
+        );
+        // A client with no structs or no delete ranges is odd but harmless.
+        assert!(check_update_v1(&[1, 0, 7, 0, 1, 7, 0], limits()).is_ok());
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        for (name, mut bytes) in samples() {
+            bytes.push(0);
+            assert_eq!(
+                check_update_v1(&bytes, limits()),
+                Err(InvalidUpdate::TrailingBytes),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn string_clock_length_is_utf16() {
+        // "a🎬" is 2 + 2 = 3 UTF-16 units... a(1) + 🎬(2) = 3; a following GC must start at 3.
+        let doc = new_doc(3);
+        let text = doc.get_or_insert_text("t");
+        step(&doc, |t| text.insert(t, 0, "a🎬"));
+        let u = step(&doc, |t| text.insert(t, 3, "b"));
+        check_update_v1(&u, limits()).expect("valid");
+        // The second insert starts at clock 3 and refers to origin (3, 2).
+        assert_eq!(&u[..4], &[1, 1, 3, 3]);
+    }
+
+    // ---- mutations: whatever the checker accepts, yrs must decode and apply without panic ----
+
+    fn mutate(rng: &mut StdRng, src: &[u8]) -> Vec<u8> {
+        let mut b = src.to_vec();
+        for _ in 0..rng.random_range(1..=4) {
+            let len = b.len();
+            match rng.random_range(0..7) {
+                0 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    b[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    b[i] = rng.random();
+                }
+                2 => {
+                    let i = rng.random_range(0..=len);
+                    b.insert(i, rng.random());
+                }
+                3 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    b.remove(i);
+                }
+                4 if len > 0 => {
+                    // Small integers are where counts, lengths and refs live.
+                    let i = rng.random_range(0..len);
+                    b[i] = rng.random_range(0..12);
+                }
+                5 if len > 2 => {
+                    let i = rng.random_range(0..len - 1);
+                    let n = rng.random_range(1..=(len - i).min(8));
+                    let chunk: Vec<u8> = b[i..i + n].to_vec();
+                    let at = rng.random_range(0..=len);
+                    b.splice(at..at, chunk);
+                }
+                _ if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    b[i] = b[i].wrapping_add(1);
+                }
+                _ => {}
+            }
+        }
+        b
+    }
+
+    /// Decodes and applies `bytes` to a fresh doc and to one that already holds `base`.
+    fn decode_and_apply(bytes: &[u8], base: &[u8]) -> Result<(), String> {
+        let update = Update::decode_v1(bytes).map_err(|e| format!("decode: {e}"))?;
+        let fresh = new_doc(999);
+        let _ = fresh.transact_mut().apply_update(update);
+        let _ = full_state(&fresh);
+        let existing = new_doc(998);
+        if let Ok(u) = Update::decode_v1(base) {
+            let _ = existing.transact_mut().apply_update(u);
+        }
+        if let Ok(u) = Update::decode_v1(bytes) {
+            let _ = existing.transact_mut().apply_update(u);
+        }
+        let _ = full_state(&existing);
+        Ok(())
+    }
+
+    #[test]
+    fn accepted_mutations_never_panic_yrs() {
+        let samples = samples();
+        let seed = std::env::var("UPDATE_CHECK_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x7209e);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut accepted = 0;
+        let mut failures = vec![];
+        // UPDATE_CHECK_ROUNDS / UPDATE_CHECK_SEED widen the search locally.
+        let rounds: usize = std::env::var("UPDATE_CHECK_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6000);
+        for _ in 0..rounds {
+            let (name, src) = &samples[rng.random_range(0..samples.len())];
+            let bytes = mutate(&mut rng, src);
+            let Ok(_) = check_update_v1(&bytes, limits()) else {
+                continue;
+            };
+            accepted += 1;
+            let base = &samples[rng.random_range(0..samples.len())].1;
+            match catch_unwind(AssertUnwindSafe(|| decode_and_apply(&bytes, base))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failures.push(format!("{name}: checker accepted, yrs {e}: {bytes:?}")),
+                Err(_) => failures.push(format!("{name}: yrs panicked on {bytes:?} (base {base:?})")),
+            }
+        }
+        eprintln!("{accepted} of {rounds} mutations accepted");
+        assert!(
+            failures.is_empty(),
+            "{} of {accepted} accepted:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        // The mutator must keep producing plenty of valid inputs or this test proves little.
+        assert!(accepted > rounds / 20, "only {accepted} accepted");
+    }
+
+    // ---- state vectors ----
+
+    #[test]
+    fn state_vectors() {
+        let doc = new_doc(7);
+        for (_, u) in samples() {
+            let u = Update::decode_v1(&u).expect("decode");
+            doc.transact_mut().apply_update(u).expect("apply");
+        }
+        let sv = doc.transact().state_vector().encode_v1();
+        assert!(sv.len() > 5);
+        assert_eq!(check_state_vector_v1(&sv), Ok(()));
+        assert_eq!(check_state_vector_v1(&[0]), Ok(()));
+        for cut in 0..sv.len() {
+            assert!(check_state_vector_v1(&sv[..cut]).is_err());
+        }
+        let mut trailing = sv.clone();
+        trailing.push(0);
+        assert_eq!(
+            check_state_vector_v1(&trailing),
+            Err(InvalidUpdate::TrailingBytes)
+        );
+        assert_eq!(
+            check_state_vector_v1(&[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(InvalidUpdate::Truncated)
+        );
+        assert_eq!(
+            check_state_vector_v1(&[0xff; 11]),
+            Err(InvalidUpdate::VarIntOverflow)
+        );
+        let mut big = vec![1];
+        var(&mut big, 1 << 53);
+        big.push(0);
+        assert_eq!(
+            check_state_vector_v1(&big),
+            Err(InvalidUpdate::ClientIdTooLarge(1 << 53))
+        );
+        let mut clock = vec![1, 1];
+        var(&mut clock, 1 << 32);
+        assert_eq!(check_state_vector_v1(&clock), Err(InvalidUpdate::ClockOverflow));
+    }
+
+    // ---- awareness ----
+
+    fn awareness_bytes(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut b = vec![];
+        var(&mut b, entries.len() as u64);
+        for (client, clock, state) in entries {
+            var(&mut b, *client);
+            var(&mut b, *clock);
+            vstr(&mut b, state.as_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn awareness_updates() {
+        let b = awareness_bytes(&[(1, 3, r#"{"user":{"name":"Ada","color":"red"}}"#), (2, 9, "null")]);
+        let entries = parse_awareness_v1(&b, 10).expect("valid");
+        assert_eq!(
+            entries,
+            vec![
+                AwarenessEntry {
+                    client_id: 1,
+                    clock: 3,
+                    state: r#"{"user":{"name":"Ada","color":"red"}}"#
+                },
+                AwarenessEntry {
+                    client_id: 2,
+                    clock: 9,
+                    state: "null"
+                },
+            ]
+        );
+        assert_eq!(parse_awareness_v1(&[0], 10), Ok(vec![]));
+        assert_eq!(
+            parse_awareness_v1(&b, 1),
+            Err(InvalidUpdate::TooManyEntries { count: 2, max: 1 })
+        );
+        for cut in 0..b.len() {
+            assert!(parse_awareness_v1(&b[..cut], 10).is_err());
+        }
+        let mut trailing = b.clone();
+        trailing.push(1);
+        assert_eq!(
+            parse_awareness_v1(&trailing, 10),
+            Err(InvalidUpdate::TrailingBytes)
+        );
+        let bad = awareness_bytes(&[(1, 1, "{user")]);
+        assert_eq!(parse_awareness_v1(&bad, 10), Err(InvalidUpdate::InvalidJson));
+        let empty = awareness_bytes(&[(1, 1, "")]);
+        assert_eq!(parse_awareness_v1(&empty, 10), Err(InvalidUpdate::InvalidJson));
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(
+            parse_awareness_v1(&awareness_bytes(&[(1, 1, &deep)]), 10),
+            Err(InvalidUpdate::InvalidJson)
+        );
+        let mut utf = vec![1, 1, 1];
+        vstr(&mut utf, b"\"\xff\"");
+        assert_eq!(parse_awareness_v1(&utf, 10), Err(InvalidUpdate::InvalidUtf8));
+        assert_eq!(
+            parse_awareness_v1(&awareness_bytes(&[(1 << 53, 1, "null")]), 10),
+            Err(InvalidUpdate::ClientIdTooLarge(1 << 53))
+        );
+        assert_eq!(
+            parse_awareness_v1(&awareness_bytes(&[(1, 1 << 32, "null")]), 10),
+            Err(InvalidUpdate::ClockOverflow)
+        );
+        assert_eq!(
+            parse_awareness_v1(&[0x80, 0x80, 0x80, 0x80, 0x01], usize::MAX),
+            Err(InvalidUpdate::Truncated)
+        );
+    }
+
+    #[test]
+    fn awareness_from_yrs() {
+        let mut aw = yrs::sync::Awareness::new(new_doc(77));
+        aw.set_local_state_raw(r#"{"user":{"name":"Bo"},"cursor":null}"#);
+        let bytes = aw.update().expect("update").encode_v1();
+        let entries = parse_awareness_v1(&bytes, 4).expect("valid");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].client_id, 77);
+        assert_eq!(entries[0].state, r#"{"user":{"name":"Bo"},"cursor":null}"#);
     }
 }

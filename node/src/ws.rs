@@ -19,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{AuthError, Role};
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{close, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::rooms::RoomHandle;
 use crate::server::App;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -175,8 +176,12 @@ async fn run(
                         continue;
                     }
                 }
-                let cmd = RoomCmd::Frame { conn_id, received: now, frame };
-                if room.send(cmd).await.is_err() {
+                let bytes = u32::try_from(frame.payload().len().max(1)).unwrap_or(u32::MAX);
+                let Ok(permit) = room.budget.clone().acquire_many_owned(bytes).await else {
+                    break Some((close::RESTARTING, "scene reloading".into()));
+                };
+                let cmd = RoomCmd::Frame { conn_id, received: now, frame, _permit: permit };
+                if room.tx.send(cmd).await.is_err() {
                     break Some((close::RESTARTING, "scene reloading".into()));
                 }
             },
@@ -192,7 +197,7 @@ async fn run(
             }
         }
     };
-    let _ = room.send(RoomCmd::Leave { conn_id }).await;
+    let _ = room.tx.send(RoomCmd::Leave { conn_id }).await;
     outcome
 }
 
@@ -205,7 +210,7 @@ async fn join(
     role: Role,
     acks: bool,
     outbox: mpsc::Sender<Outbound>,
-) -> Result<mpsc::Sender<RoomCmd>, JoinRefused> {
+) -> Result<RoomHandle, JoinRefused> {
     for _ in 0..5 {
         let room = app.rooms.get_or_start(scene);
         let (reply, answer) = oneshot::channel();
@@ -220,7 +225,7 @@ async fn join(
             continue;
         }
         match answer.await {
-            Ok(Ok(())) => return Ok(room.tx),
+            Ok(Ok(())) => return Ok(room),
             Ok(Err(JoinRefused::Full)) => return Err(JoinRefused::Full),
             Ok(Err(JoinRefused::Unavailable)) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
