@@ -37,7 +37,7 @@ pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
         .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(32 * 1024)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
 }
 
@@ -120,8 +120,25 @@ async fn run(
         tokio::select! {
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
-                    if socket.send(Message::Binary(frame)).await.is_err() {
+                    // Write whatever else is already queued, then flush once.
+                    let mut next = Some(Outbound::Frame(frame));
+                    let mut close_after = None;
+                    while let Some(out) = next.take() {
+                        match out {
+                            Outbound::Frame(frame) => {
+                                if socket.feed(Message::Binary(frame)).await.is_err() {
+                                    break;
+                                }
+                                next = inbox.try_recv().ok();
+                            }
+                            Outbound::Close(code, reason) => close_after = Some((code, reason)),
+                        }
+                    }
+                    if socket.flush().await.is_err() {
                         break None;
+                    }
+                    if close_after.is_some() {
+                        break close_after;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => break Some((code, reason)),
