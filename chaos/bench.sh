@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Troupe vs the y-websocket reference server under the same load, in the same run.
+#
+#   chaos/bench.sh [troupe-bench flags…]
+#   chaos/bench.sh --scenes 20 --editors 5 --rate 2 --duration 30 --warmup 5
+#
+# Builds release binaries, starts PostgreSQL (tests/pg.sh), troupe-node and the reference
+# server (chaos/reference: npm y-websocket 1.5, bin/server.js, in-memory), then runs
+# troupe-bench against each in turn, alternating the order every round, and prints the
+# medians side by side with the CPU ratio. Every process it starts is stopped on exit.
+#
+# Environment:
+#   ROUNDS=2                  rounds per server
+#   TARGETS="troupe reference"  which servers to bench (one alone skips the comparison)
+#   BENCH_OUT=DIR             where the JSON reports go (default target/bench-reports/<time>)
+#   KEEP_LOGS=1               keep the server logs and data (printed path) after exit
+# troupe-node reads its other settings from TROUPE_* variables in the environment.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROUNDS="${ROUNDS:-2}"
+TARGETS="${TARGETS:-troupe reference}"
+OUT="${BENCH_OUT:-$ROOT/target/bench-reports/$(date +%Y%m%d-%H%M%S)}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-bench.XXXXXX")"
+SECRET="${TROUPE_JWT_SECRET:-bench-secret-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}"
+STARTED_PIDS=()
+PG_STARTED=""
+
+log() { echo "bench.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [ -n "$PG_STARTED" ]; then
+        PG_STATE_DIR="$WORK/pg" "$ROOT/tests/pg.sh" stop >/dev/null 2>&1 || true
+    fi
+    if [ "${KEEP_LOGS:-}" = 1 ]; then
+        log "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+free_port() {
+    local p i
+    for i in $(seq 1 100); do
+        p=$(( 20000 + RANDOM % 40000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port"
+}
+
+# wait_for_line PID FILE PATTERN SECONDS: until FILE has a line matching PATTERN.
+wait_for_line() {
+    local pid="$1" file="$2" pattern="$3" secs="$4" i
+    for i in $(seq 1 $(( secs * 10 ))); do
+        if grep -qE "$pattern" "$file" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited; last lines of $file:"
+            tail -n 30 "$file" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "timed out after ${secs}s waiting for /$pattern/ in $file:"
+    tail -n 30 "$file" >&2 || true
+    return 1
+}
+
+# --- build -------------------------------------------------------------------------------
+cd "$ROOT"
+packages=(-p troupe-chaos)
+wants troupe && packages+=(-p troupe-node)
+log "building release binaries (${packages[*]})"
+cargo build --release --bins "${packages[@]}" >&2
+BENCH="$ROOT/target/release/troupe-bench"
+mkdir -p "$OUT"
+
+# --- servers -----------------------------------------------------------------------------
+if wants troupe; then
+    [ -x "$ROOT/tests/pg.sh" ] || die "tests/pg.sh is missing"
+    DB_URL="$(PG_STATE_DIR="$WORK/pg" "$ROOT/tests/pg.sh" start)"
+    PG_STARTED=1
+    [ -n "$DB_URL" ] || die "tests/pg.sh start printed no URL"
+    pg_port="${DB_URL##*:}"
+    pg_port="${pg_port%%/*}"
+    PG_PID="$(ss -Htlnp "sport = :$pg_port" 2>/dev/null | grep -oE 'pid=[0-9]+' | head -n1 | cut -d= -f2 || true)"
+    if [ -z "$PG_PID" ]; then
+        PG_PID="$(pgrep -o -f -- "-p $pg_port" || true)"
+    fi
+    log "PostgreSQL at $DB_URL (postmaster pid ${PG_PID:-unknown})"
+
+    node_port="$(free_port)"
+    mkdir -p "$WORK/data"
+    TROUPE_LISTEN="127.0.0.1:$node_port" \
+    TROUPE_DATABASE_URL="$DB_URL" \
+    TROUPE_JWT_SECRET="$SECRET" \
+    TROUPE_DATA_DIR="$WORK/data" \
+    RUST_LOG="${RUST_LOG:-warn}" \
+        "$ROOT/target/release/troupe-node" >"$WORK/troupe-node.log" 2>&1 &
+    NODE_PID=$!
+    STARTED_PIDS+=("$NODE_PID")
+    wait_for_line "$NODE_PID" "$WORK/troupe-node.log" "troupe-node listening on" 60 \
+        || die "troupe-node did not start"
+    node_addr="$(grep -oE 'troupe-node listening on [^ ]+' "$WORK/troupe-node.log" | head -n1 | awk '{print $4}')"
+    node_addr="${node_addr#*://}"
+    node_addr="${node_addr%%/*}"
+    [ -n "$node_addr" ] || node_addr="127.0.0.1:$node_port"
+    TROUPE_URL="ws://$node_addr/ws/scenes"
+    log "troupe-node (pid $NODE_PID) at $TROUPE_URL"
+fi
+
+if wants reference; then
+    if [ ! -f "$ROOT/chaos/reference/node_modules/y-websocket/bin/server.js" ]; then
+        log "installing the reference server (npm ci)"
+        (cd "$ROOT/chaos/reference" && npm ci --no-audit --no-fund >&2)
+    fi
+    ref_port="$(free_port)"
+    (cd "$ROOT/chaos/reference" && HOST=127.0.0.1 PORT="$ref_port" \
+        exec node node_modules/y-websocket/bin/server.js) >"$WORK/reference.log" 2>&1 &
+    REF_PID=$!
+    STARTED_PIDS+=("$REF_PID")
+    wait_for_line "$REF_PID" "$WORK/reference.log" "running at" 30 \
+        || die "the reference server did not start"
+    REF_URL="ws://127.0.0.1:$ref_port"
+    log "reference server (pid $REF_PID) at $REF_URL"
+fi
+
+# --- rounds ------------------------------------------------------------------------------
+run_one() {
+    local target="$1" round="$2" out="$OUT/$1-$2.json"
+    shift 2
+    log "round $round: $target"
+    case "$target" in
+        troupe)
+            local aux=()
+            [ -n "${PG_PID:-}" ] && aux=(--aux-pid "$PG_PID")
+            "$BENCH" --url "$TROUPE_URL" --jwt-secret "$SECRET" --label troupe \
+                --server-pid "$NODE_PID" "${aux[@]}" --out "$out" "$@"
+            ;;
+        reference)
+            "$BENCH" --url "$REF_URL" --label reference --server-pid "$REF_PID" \
+                --out "$out" "$@"
+            ;;
+    esac
+    echo
+}
+
+read -r -a order <<<"$TARGETS"
+for round in $(seq 1 "$ROUNDS"); do
+    for target in "${order[@]}"; do
+        run_one "$target" "$round" "$@"
+    done
+    # Alternate who goes first, so drift (caches, thermal, page cache) hits both alike.
+    order=("${order[@]:1}" "${order[0]}")
+done
+
+if wants troupe && wants reference; then
+    files() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r.json"; done; echo "$list"; }
+    echo "=== troupe vs y-websocket reference (medians of $ROUNDS rounds) ==="
+    "$BENCH" compare "troupe=$(files troupe)" "reference=$(files reference)"
+fi
+log "JSON reports in $OUT"

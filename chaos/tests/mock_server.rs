@@ -1,0 +1,141 @@
+//! The client against a scripted in-process server: durable acks, close codes, junk frames.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use troupe_chaos::client::{
+    ClientError, ClientEvent, ClientOptions, CloseInitiator, EditorClient, Message, Sent,
+};
+
+const T: Duration = Duration::from_secs(5);
+
+async fn next_msg<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Ws::Binary(b))) => return Message::decode(&b).expect("client frame decodes"),
+            Some(Ok(_)) => continue,
+            other => panic!("client went away: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+// tungstenite's handshake callback returns its (large) `ErrorResponse` as the error type.
+#[allow(clippy::result_large_err)]
+async fn acks_and_close_codes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut path = String::new();
+        let mut ws = tokio_tungstenite::accept_hdr_async(
+            tcp,
+            |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                path = req.uri().to_string();
+                Ok(resp)
+            },
+        )
+        .await
+        .expect("handshake");
+        assert!(path.starts_with("/ws/scenes/s1?token=tok&acks=1"), "{path}");
+        // The client opens with its step 1.
+        assert!(matches!(next_msg(&mut ws).await, Message::SyncStep1(_)));
+        // Ours: an empty state vector; the client answers with step 2 (update-bearing #1).
+        let empty_sv = Bytes::from_static(&[0]);
+        ws.send(Ws::Binary(Message::SyncStep1(empty_sv).encode().into()))
+            .await
+            .expect("send");
+        assert!(matches!(next_msg(&mut ws).await, Message::SyncStep2(_)));
+        let empty_update = Bytes::from_static(&[0, 0]);
+        ws.send(Ws::Binary(Message::SyncStep2(empty_update).encode().into()))
+            .await
+            .expect("send");
+        // One edit: update-bearing #2.
+        assert!(matches!(next_msg(&mut ws).await, Message::Update(_)));
+        // Junk must not kill the connection.
+        ws.send(Ws::Binary(vec![42, 1, 2].into())).await.expect("send");
+        ws.send(Ws::Binary(Message::Ack(2).encode().into()))
+            .await
+            .expect("send");
+        // Then the server throws the client out.
+        ws.send(Ws::Close(Some(CloseFrame {
+            code: CloseCode::from(4403),
+            reason: "no access to s1".into(),
+        })))
+        .await
+        .expect("close");
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+
+    let opts = ClientOptions {
+        acks: true,
+        events: true,
+        ..ClientOptions::default()
+    };
+    let mut c = EditorClient::connect(&format!("ws://{addr}/ws/scenes"), "s1", "tok", opts)
+        .await
+        .expect("connect");
+    let mut events = c.take_events().expect("events");
+    c.wait_synced(T).await.expect("synced");
+    let sent = c.push("text", "x").await.expect("push");
+    assert_eq!(sent, Sent::Message { connection: 1, n: 2 });
+    assert_eq!(c.wait_acked(T).await.expect("acked"), 2);
+    let info = c.closed(T).await.expect("closed");
+    assert_eq!(info.code, Some(4403));
+    assert_eq!(info.reason, "no access to s1");
+    assert_eq!(info.initiator, CloseInitiator::Server);
+    let st = c.status();
+    assert_eq!((st.sent_updates, st.acked, st.protocol_errors), (2, 2, 1));
+    // What was acked stays acked after the close.
+    assert!(matches!(c.wait_acked(T).await, Ok(2)));
+    server.await.expect("server");
+
+    let mut kinds = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        kinds.push(match ev {
+            ClientEvent::Connected { .. } => "connected",
+            ClientEvent::Synced { .. } => "synced",
+            ClientEvent::Update(_) => "update",
+            ClientEvent::Ack { .. } => "ack",
+            ClientEvent::ProtocolError { .. } => "protocol_error",
+            ClientEvent::Closed(_) => "closed",
+            ClientEvent::Awareness { .. } | ClientEvent::AuthDenied { .. } => "other",
+        });
+    }
+    assert_eq!(
+        kinds,
+        ["connected", "synced", "update", "protocol_error", "ack", "closed"]
+    );
+}
+
+#[tokio::test]
+async fn closed_before_sync_is_an_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("handshake");
+        let _ = ws
+            .send(Ws::Close(Some(CloseFrame {
+                code: CloseCode::from(4401),
+                reason: "token expired".into(),
+            })))
+            .await;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let c = EditorClient::connect(&format!("ws://{addr}"), "s", "bad", ClientOptions::default())
+        .await
+        .expect("connect");
+    match c.wait_synced(T).await {
+        Err(ClientError::Closed(info)) => assert_eq!(info.code, Some(4401)),
+        other => panic!("expected a 4401 close, got {other:?}"),
+    }
+}
