@@ -43,6 +43,9 @@ pub mod close {
     pub const TRY_AGAIN: u16 = 1013;
 }
 
+/// How often a room retries a deferred flush and checks compaction age and idleness.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Most awareness client ids one connection may speak for (one per Yjs doc it syncs).
 const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
 
@@ -235,7 +238,7 @@ impl Room {
 
     async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
         let mut shutdown = self.ctx.shutdown.clone();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

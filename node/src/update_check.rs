@@ -50,12 +50,16 @@ pub enum InvalidUpdate {
     InvalidParentInfo(u64),
     #[error("values nested deeper than the limit")]
     TooDeep,
-    #[error("clock does not fit in 32 bits")]
+    #[error("clock beyond 2^31 - 1 (or a state vector or awareness clock beyond 2^32 - 1)")]
     ClockOverflow,
     #[error("length or count does not fit in 32 bits")]
     LengthOverflow,
     #[error("client id {0} does not fit in 53 bits")]
     ClientIdTooLarge(u64),
+    #[error("an item refers to itself or to a later item of its own client")]
+    ForwardReference,
+    #[error("client {client}'s structs start at clock {start} but the document only has clocks below {known}")]
+    Gap { client: u64, start: u32, known: u32 },
     #[error("client {0} appears twice")]
     DuplicateClient(u64),
     #[error("zero-length struct, content or delete range")]
@@ -114,6 +118,11 @@ const TYPE_MAX_KNOWN: u8 = 6;
 
 /// yrs keeps client ids in 53 bits (a JS safe integer) and debug-asserts it.
 const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// Highest clock (exclusive end of a struct or delete range) accepted in a document. yrs
+/// stores clocks as `u32` but subtracts them as `i32` while integrating (`update.rs`), which
+/// overflows from 2^31 on; no real client gets anywhere near 2^31 operations.
+const MAX_CLOCK: u32 = i32::MAX as u32;
 
 /// Byte cursor that never slices or allocates past what is actually present.
 struct Reader<'a> {
@@ -229,14 +238,23 @@ impl<'a> Reader<'a> {
         Ok(id)
     }
 
+    /// A document clock (see [`MAX_CLOCK`]).
     fn clock(&mut self) -> Res<u32> {
-        self.var_u32(InvalidUpdate::ClockOverflow)
+        let clock = self.var_u32(InvalidUpdate::ClockOverflow)?;
+        clock_end(clock, 0)?;
+        Ok(clock)
     }
 
-    /// An ID (client, clock), as in origins and parent references.
-    fn id(&mut self) -> Res<()> {
-        self.client_id()?;
-        self.clock()?;
+    /// An ID (client, clock) that an item at `at` refers to (origin, right origin, parent).
+    /// A client's items can only refer to its own earlier items: Yjs assigns clocks in
+    /// creation order. yrs follows such references without checking and corrupts memory on
+    /// self- and forward references.
+    fn reference(&mut self, at: (u64, u32)) -> Res<()> {
+        let client = self.client_id()?;
+        let clock = self.clock()?;
+        if client == at.0 && clock >= at.1 {
+            return Err(InvalidUpdate::ForwardReference);
+        }
         Ok(())
     }
 }
@@ -245,6 +263,27 @@ impl<'a> Reader<'a> {
 /// messages). On success yrs can decode it without panicking, over-allocating or recursing
 /// deeper than `limits` allow.
 pub fn check_update_v1(bytes: &[u8], limits: CheckLimits) -> std::result::Result<UpdateStats, InvalidUpdate> {
+    walk_update(bytes, limits, None)
+}
+
+/// [`check_update_v1`], and also rejects an update that would leave a hole in a client's
+/// clock sequence of the document whose state vector is `known` ([`InvalidUpdate::Gap`]).
+///
+/// Why: yrs 0.28 integrates such structs behind a placeholder Skip block and later fills it
+/// in `BlockStore::push`, which underflows (a debug panic) when the filler's boundaries differ
+/// from the hole's and can drop a live item that other items still point to (use after free:
+/// a segfault in release builds too). Stock clients can send such updates (an edit sent
+/// before the reconnect handshake delivers the edits the server missed), so a caller should
+/// hold or refuse them until the missing part has been applied, never hand them to yrs.
+pub fn check_update_in_order_v1(
+    bytes: &[u8],
+    limits: CheckLimits,
+    known: &yrs::StateVector,
+) -> std::result::Result<UpdateStats, InvalidUpdate> {
+    walk_update(bytes, limits, Some(known))
+}
+
+fn walk_update(bytes: &[u8], limits: CheckLimits, known: Option<&yrs::StateVector>) -> Res<UpdateStats> {
     let mut r = Reader::new(bytes);
     let mut stats = UpdateStats::default();
 
@@ -257,10 +296,18 @@ pub fn check_update_v1(bytes: &[u8], limits: CheckLimits) -> std::result::Result
         let client = r.client_id()?;
         let mut clock = r.clock()?;
         clients.push(client);
+        // End of what the document plus this update's earlier structs hold for `client`.
+        let mut covered = known.map(|sv| sv.get(&yrs::ClientID::new(client)));
         for _ in 0..num_structs {
-            let len = check_struct(&mut r, limits)?;
+            let (len, is_skip) = check_struct(&mut r, (client, clock), limits)?;
+            if let Some(end) = covered.as_mut().filter(|_| !is_skip) {
+                if clock > *end {
+                    return Err(InvalidUpdate::Gap { client, start: clock, known: *end });
+                }
+                *end = (*end).max(clock.saturating_add(len));
+            }
             // yrs adds each struct's length to a `u32` clock.
-            clock = clock.checked_add(len).ok_or(InvalidUpdate::ClockOverflow)?;
+            clock = clock_end(clock, len)?;
             stats.structs += 1;
         }
     }
@@ -279,7 +326,8 @@ pub fn check_state_vector_v1(bytes: &[u8]) -> std::result::Result<(), InvalidUpd
     let n = r.count(2)?;
     for _ in 0..n {
         r.client_id()?;
-        r.clock()?;
+        // Only compared against, never integrated: any u32 will do.
+        r.var_u32(InvalidUpdate::ClockOverflow)?;
     }
     r.finish()
 }
@@ -305,7 +353,7 @@ pub fn parse_awareness_v1(
     for _ in 0..n {
         let client_id = r.client_id()?;
         // yrs keeps awareness clocks as u32.
-        let clock = u64::from(r.clock()?);
+        let clock = u64::from(r.var_u32(InvalidUpdate::ClockOverflow)?);
         let state = r.var_str()?;
         // Parse into a value, not `IgnoredAny`: only the former applies serde_json's nesting
         // limit, which is what anyone parsing the state later will hit.
@@ -330,8 +378,8 @@ fn reject_duplicates(clients: &mut [u64]) -> Res<()> {
     }
 }
 
-/// Walks one struct and returns its clock length.
-fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Res<u32> {
+/// Walks one struct and returns its clock length and whether it is a Skip.
+fn check_struct(r: &mut Reader<'_>, at: (u64, u32), limits: CheckLimits) -> Res<(u32, bool)> {
     let info = r.u8()?;
     let content_ref = info & CONTENT_REF_MASK;
     if content_ref == REF_GC || content_ref == REF_SKIP {
@@ -339,7 +387,8 @@ fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Res<u32> {
         if info != content_ref {
             return Err(InvalidUpdate::FlaggedGcOrSkip(info));
         }
-        return nonzero(r.var_u32(InvalidUpdate::ClockOverflow)?);
+        let len = nonzero(r.var_u32(InvalidUpdate::ClockOverflow)?)?;
+        return Ok((len, content_ref == REF_SKIP));
     }
     // Yjs indexes a table of 11 readers with the low 5 bits; yrs masks with 0x0f, so refs
     // 17..=25 would alias known ones there.
@@ -351,10 +400,10 @@ fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Res<u32> {
     }
 
     if info & HAS_ORIGIN != 0 {
-        r.id()?;
+        r.reference(at)?;
     }
     if info & HAS_RIGHT_ORIGIN != 0 {
-        r.id()?;
+        r.reference(at)?;
     }
     // Parent info and parent sub are only present when no origin lets them be inferred.
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
@@ -362,14 +411,14 @@ fn check_struct(r: &mut Reader<'_>, limits: CheckLimits) -> Res<u32> {
             1 => {
                 r.var_str()?;
             }
-            0 => r.id()?,
+            0 => r.reference(at)?,
             other => return Err(InvalidUpdate::InvalidParentInfo(other)),
         }
         if info & HAS_PARENT_SUB != 0 {
             r.var_str()?;
         }
     }
-    check_content(r, content_ref, limits)
+    Ok((check_content(r, content_ref, limits)?, false))
 }
 
 /// Walks item content and returns its clock length.
@@ -426,6 +475,14 @@ fn check_content(r: &mut Reader<'_>, content_ref: u8, limits: CheckLimits) -> Re
     }
 }
 
+/// `clock + len`, if it stays within [`MAX_CLOCK`].
+fn clock_end(clock: u32, len: u32) -> Res<u32> {
+    match clock.checked_add(len) {
+        Some(end) if end <= MAX_CLOCK => Ok(end),
+        _ => Err(InvalidUpdate::ClockOverflow),
+    }
+}
+
 fn nonzero(len: u32) -> Res<u32> {
     if len == 0 {
         Err(InvalidUpdate::ZeroLength)
@@ -447,7 +504,7 @@ fn check_delete_set(r: &mut Reader<'_>) -> Res<usize> {
             let clock = r.clock()?;
             let len = nonzero(r.var_u32(InvalidUpdate::ClockOverflow)?)?;
             // yrs builds `clock..clock + len` with a checked (debug) u32 addition.
-            clock.checked_add(len).ok_or(InvalidUpdate::ClockOverflow)?;
+            clock_end(clock, len)?;
             ranges_seen += 1;
         }
     }
@@ -1095,34 +1152,39 @@ mod tests {
 
     #[test]
     fn clock_overflow_and_bad_ids() {
-        // Struct clock u32::MAX plus a struct of length 1.
+        let max = u64::from(MAX_CLOCK);
+        // A struct ending exactly at the limit is fine, and yrs applies it.
         let mut b = vec![1, 1, 1];
-        var(&mut b, u64::from(u32::MAX));
-        b.extend_from_slice(&[REF_GC, 1, 0]);
-        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
-        // Same, ending exactly at u32::MAX, is fine.
-        let mut b = vec![1, 1, 1];
-        var(&mut b, u64::from(u32::MAX - 1));
+        var(&mut b, max - 1);
         b.extend_from_slice(&[REF_GC, 1, 0]);
         assert!(check_update_v1(&b, limits()).is_ok());
-        // Clock beyond u32.
+        decode_and_apply(&b, &[0, 0]).expect("yrs applies it");
+        // One further, and yrs' i32 clock arithmetic would overflow.
         let mut b = vec![1, 1, 1];
-        var(&mut b, 1 << 32);
+        var(&mut b, max);
         b.extend_from_slice(&[REF_GC, 1, 0]);
         assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
-        // Lengths summing past u32.
-        let mut b = vec![1, 2, 1, 0, REF_GC];
-        var(&mut b, u64::from(u32::MAX));
-        b.extend_from_slice(&[REF_GC, 1, 0]);
-        assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
-        // Origin clock beyond u32.
-        let mut b = vec![1, 1, 1, 5, HAS_ORIGIN | REF_DELETED, 1];
-        var(&mut b, 1 << 32);
+        for clock in [1 << 31, u64::from(u32::MAX), 1 << 32] {
+            let mut b = vec![1, 1, 1];
+            var(&mut b, clock);
+            b.extend_from_slice(&[REF_GC, 1, 0]);
+            assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        }
+        // Lengths summing past the limit, or past u32.
+        for len in [max, u64::from(u32::MAX)] {
+            let mut b = vec![1, 2, 1, 0, REF_GC];
+            var(&mut b, len);
+            b.extend_from_slice(&[REF_GC, 1, 0]);
+            assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
+        }
+        // Origin clock beyond the limit.
+        let mut b = vec![1, 1, 2, 5, HAS_ORIGIN | REF_DELETED, 1];
+        var(&mut b, 1 << 31);
         b.extend_from_slice(&[1, 0]);
         assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
         // Delete range overflow.
         let mut b = vec![0, 1, 1, 1];
-        var(&mut b, u64::from(u32::MAX));
+        var(&mut b, max);
         b.push(1);
         assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ClockOverflow));
         // Client ids over 53 bits, in every position.
@@ -1188,6 +1250,76 @@ mod tests {
         );
         // A client with no structs or no delete ranges is odd but harmless.
         assert!(check_update_v1(&[1, 0, 7, 0, 1, 7, 0], limits()).is_ok());
+    }
+
+    #[test]
+    fn references_must_point_backwards_within_a_client() {
+        // Item (1, 5) whose origin, right origin or parent is (1, 5) itself or later.
+        for (info, tail) in [
+            (HAS_ORIGIN | REF_DELETED, vec![1, 5, 1]),
+            (HAS_ORIGIN | REF_DELETED, vec![1, 9, 1]),
+            (HAS_RIGHT_ORIGIN | REF_DELETED, vec![1, 6, 1]),
+            (REF_DELETED, vec![0, 1, 5, 1]),
+        ] {
+            let mut b = vec![1, 1, 1, 5, info];
+            b.extend_from_slice(&tail);
+            b.push(0);
+            assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ForwardReference), "{b:?}");
+        }
+        // A later struct of the same update may refer to an earlier one, and other clients'
+        // clocks are unconstrained.
+        let ok = [1, 2, 1, 5, REF_GC, 2, HAS_ORIGIN | REF_DELETED, 1, 6, 1, 0];
+        assert!(check_update_v1(&ok, limits()).is_ok());
+        let ok = [1, 1, 1, 5, HAS_ORIGIN | REF_DELETED, 2, 90, 1, 0];
+        assert!(check_update_v1(&ok, limits()).is_ok());
+    }
+
+    #[test]
+    fn in_order_check_rejects_gaps() {
+        let doc = new_doc(5);
+        let text = doc.get_or_insert_text("t");
+        let u1 = step(&doc, |t| text.insert(t, 0, "one "));
+        let u2 = step(&doc, |t| text.insert(t, 4, "two "));
+        let u3 = step(&doc, |t| {
+            text.remove_range(t, 0, 1);
+            text.insert(t, 0, "O");
+        });
+        let merged_gap = yrs::merge_updates_v1([u1.as_slice(), u3.as_slice()]).expect("merge");
+
+        let server = new_doc(1);
+        let sv = |d: &Doc| d.transact().state_vector();
+        let apply = |d: &Doc, u: &[u8]| {
+            let u = Update::decode_v1(u).expect("decode");
+            d.transact_mut().apply_update(u).expect("apply");
+        };
+        // Nothing known yet: u2 and the merged update would leave holes; u1 would not.
+        assert_eq!(
+            check_update_in_order_v1(&u2, limits(), &sv(&server)),
+            Err(InvalidUpdate::Gap { client: 5, start: 4, known: 0 })
+        );
+        assert!(matches!(
+            check_update_in_order_v1(&merged_gap, limits(), &sv(&server)),
+            Err(InvalidUpdate::Gap { client: 5, .. })
+        ));
+        assert!(check_update_in_order_v1(&u1, limits(), &sv(&server)).is_ok());
+        apply(&server, &u1);
+        // Once u1 is in, u2 follows on, and re-sending u1 (all known) is fine.
+        assert!(check_update_in_order_v1(&u2, limits(), &sv(&server)).is_ok());
+        assert!(check_update_in_order_v1(&u1, limits(), &sv(&server)).is_ok());
+        apply(&server, &u2);
+        // The merged update's Skip now covers known clocks, so it no longer leaves a hole.
+        assert!(check_update_in_order_v1(&merged_gap, limits(), &sv(&server)).is_ok());
+        apply(&server, &merged_gap);
+        let text = server.get_or_insert_text("t");
+        assert_eq!(text.get_string(&server.transact()), "One two ");
+        // Every sample passes against an empty document only if it starts at clock 0.
+        for (name, bytes) in samples() {
+            let plain = check_update_v1(&bytes, limits());
+            let ordered = check_update_in_order_v1(&bytes, limits(), &StateVector::default());
+            if name != "skip" && name != "text delete" && plain.is_ok() && ordered.is_err() {
+                assert!(matches!(ordered, Err(InvalidUpdate::Gap { .. })), "{name}");
+            }
+        }
     }
 
     #[test]
@@ -1259,20 +1391,27 @@ mod tests {
         b
     }
 
-    /// Decodes and applies `bytes` to a fresh doc and to one that already holds `base`.
+    /// Decodes and applies `bytes` to a fresh doc (twice, as a re-sent update would be) and,
+    /// if it passes the in-order check there, to one that already holds `base`.
     fn decode_and_apply(bytes: &[u8], base: &[u8]) -> Result<(), String> {
-        let update = Update::decode_v1(bytes).map_err(|e| format!("decode: {e}"))?;
+        let decode = || Update::decode_v1(bytes).map_err(|e| format!("decode: {e}"));
         let fresh = new_doc(999);
-        let _ = fresh.transact_mut().apply_update(update);
-        let _ = full_state(&fresh);
+        let _ = fresh.transact_mut().apply_update(decode()?);
+        let _ = fresh.transact_mut().apply_update(decode()?);
+        let state = full_state(&fresh);
+        check_update_v1(&state, limits()).map_err(|e| format!("own state rejected: {e}"))?;
+        let copy = new_doc(997);
+        let _ = copy.transact_mut().apply_update(Update::decode_v1(&state).map_err(|e| e.to_string())?);
+
         let existing = new_doc(998);
         if let Ok(u) = Update::decode_v1(base) {
             let _ = existing.transact_mut().apply_update(u);
         }
-        if let Ok(u) = Update::decode_v1(bytes) {
-            let _ = existing.transact_mut().apply_update(u);
+        let sv = existing.transact().state_vector();
+        if check_update_in_order_v1(bytes, limits(), &sv).is_ok() {
+            let _ = existing.transact_mut().apply_update(decode()?);
+            let _ = full_state(&existing);
         }
-        let _ = full_state(&existing);
         Ok(())
     }
 

@@ -36,7 +36,7 @@ pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
 }
@@ -65,7 +65,15 @@ async fn close_with(socket: &mut Socket, code: u16, reason: &str) {
         code: CloseCode::from(code),
         reason: reason[..end].to_string().into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(Some(frame))).await;
+    // Send our Close, then read (and discard) until the client answers with its own or
+    // hangs up: closing with unread data in the socket would reset the connection, and
+    // the client might never see the code.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if socket.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    })
+    .await;
 }
 
 /// Returns the close code and reason to send, or None when the peer already went away.

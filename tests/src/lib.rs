@@ -78,6 +78,8 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     backend: Backend,
+    /// Set when a restart took over the data folder.
+    handed_over: bool,
 }
 
 impl NodeProcess {
@@ -144,6 +146,7 @@ impl NodeProcess {
             data_dir,
             env,
             backend,
+            handed_over: false,
         })
     }
 
@@ -186,6 +189,7 @@ impl NodeProcess {
     /// Starts the node again on the same data folder, store and port.
     pub fn restart(mut self) -> anyhow::Result<Self> {
         self.kill9();
+        self.handed_over = true;
         let listen = self.addr;
         let (backend, data_dir, env) = (
             self.backend.clone(),
@@ -218,6 +222,10 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+        // A restarted node takes the folder over.
+        if !self.handed_over {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

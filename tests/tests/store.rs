@@ -6,7 +6,7 @@ use troupe_tests::{unique, Backend};
 async fn open(backend: &Backend) -> Store {
     let location = match backend {
         Backend::Sqlite => {
-            let dir = std::env::temp_dir().join(unique("troupe-store"));
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("troupe-store"));
             troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3"))
         }
         Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
@@ -62,6 +62,9 @@ async fn a_taken_position_is_refused_without_failing_the_batch() {
             .await
             .unwrap();
         assert_eq!(refused, vec![1], "{backend:?}");
+        // The same writer retrying a batch whose first attempt landed is not refused.
+        let retried = store.append("n1", &[append(&a, 1, b"first")]).await.unwrap();
+        assert!(retried.is_empty(), "{backend:?}: a landed retry was refused");
         assert_eq!(store.load(&a).await.unwrap().rows[0].data, b"first");
         assert_eq!(store.load(&b).await.unwrap().rows.len(), 1);
     }
@@ -113,7 +116,7 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     for backend in Backend::all() {
         let location = match &backend {
             Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(
-                std::env::temp_dir()
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
                     .join(unique("troupe-store"))
                     .join("t.sqlite3"),
             ),

@@ -23,6 +23,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create data folder {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error("the store did not answer in time")]
+    Timeout,
     #[error("sequence number {0} does not fit the store")]
     SeqRange(u64),
 }
@@ -114,10 +116,24 @@ impl Store {
             to_i64(b.seq)?;
             to_i64(b.epoch)?;
         }
-        match self {
-            Self::Postgres(s) => s.append(writer_node, batch).await,
-            Self::Sqlite(s) => s.append(writer_node, batch).await,
+        let taken = match self {
+            Self::Postgres(s) => s.append(writer_node, batch).await?,
+            Self::Sqlite(s) => s.append(writer_node, batch).await?,
+        };
+        // A position already holding our own row at our epoch is a retried commit whose
+        // first attempt landed (its answer was lost): that batch is stored, not refused.
+        let mut refused = Vec::new();
+        for i in taken {
+            let b = &batch[i];
+            let writer = match self {
+                Self::Postgres(s) => s.writer_of(&b.scene, b.seq).await?,
+                Self::Sqlite(s) => s.writer_of(&b.scene, b.seq).await?,
+            };
+            if writer != Some((writer_node.to_string(), b.epoch)) {
+                refused.push(i);
+            }
         }
+        Ok(refused)
     }
 
     /// Reads what is needed to rebuild a scene.

@@ -4,14 +4,24 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::Mutex;
 
 use super::{now_ms, LogAppend, LogRow, Snapshot, StoreError, StoredScene};
+
+/// A group commit that takes longer than this is abandoned and retried on a new connection.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    options: PgConnectOptions,
+    /// The group committer's own connection: pool check-out and check-in would add work
+    /// (and a round trip) to every commit. Reconnected after an error.
+    appender: Arc<Mutex<Option<PgConnection>>>,
 }
 
 impl PgStore {
@@ -19,10 +29,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            // A failed query surfaces as an error and is retried by the caller; a ping
+            // before every group commit would double its round trips.
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let options: PgConnectOptions = url.parse()?;
+        Ok(Self {
+            pool,
+            options,
+            appender: Arc::new(Mutex::new(None)),
+        })
     }
 
     pub async fn append(&self, writer_node: &str, batch: &[LogAppend]) -> Result<Vec<usize>, StoreError> {
@@ -30,6 +48,11 @@ impl PgStore {
         let seqs: Vec<i64> = batch.iter().map(|b| b.seq as i64).collect();
         let epochs: Vec<i64> = batch.iter().map(|b| b.epoch as i64).collect();
         let data: Vec<&[u8]> = batch.iter().map(|b| b.data.as_slice()).collect();
+        let mut appender = self.appender.lock().await;
+        let conn = match appender.as_mut() {
+            Some(conn) => conn,
+            None => appender.insert(self.options.connect().await?),
+        };
         let inserted = sqlx::query(
             "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
              SELECT s, q, e, $4, d, $6
@@ -43,8 +66,23 @@ impl PgStore {
         .bind(writer_node)
         .bind(&data)
         .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&mut *conn);
+        let inserted = match tokio::time::timeout(COMMIT_TIMEOUT, inserted).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => {
+                // The connection may be broken; the next commit opens a fresh one.
+                if let Some(conn) = appender.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                }
+                return Err(error.into());
+            }
+            Err(_) => {
+                // No answer: the outcome is unknown, so the caller retries the batch (rows
+                // that did land are then recognised as ours, see `Store::append`).
+                appender.take();
+                return Err(StoreError::Timeout);
+            }
+        };
         let stored: HashSet<(String, i64)> = inserted
             .iter()
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
@@ -126,6 +164,20 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Who wrote a log position, and at which epoch.
+    pub async fn writer_of(&self, scene: &str, seq: u64) -> Result<Option<(String, u64)>, StoreError> {
+        let row =
+            sqlx::query("SELECT writer_node, epoch FROM scene_versions WHERE scene_id = $1 AND seq = $2")
+                .bind(scene)
+                .bind(seq as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get(0)?, row.try_get::<i64, _>(1)? as u64)),
+            None => None,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

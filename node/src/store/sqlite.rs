@@ -134,6 +134,20 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Who wrote a log position, and at which epoch.
+    pub async fn writer_of(&self, scene: &str, seq: u64) -> Result<Option<(String, u64)>, StoreError> {
+        let row =
+            sqlx::query("SELECT writer_node, epoch FROM scene_versions WHERE scene_id = $1 AND seq = $2")
+                .bind(scene)
+                .bind(seq as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get(0)?, row.try_get::<i64, _>(1)? as u64)),
+            None => None,
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
