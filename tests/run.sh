@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# The project's test command: `tests/run.sh` (CI runs it through .ci/run).
+#
+# On a fresh Debian machine as root it installs what is missing (Node/npm, PostgreSQL,
+# a C toolchain, cargo-fuzz), starts a throwaway PostgreSQL (stopped again on exit), builds
+# the binaries and runs every check:
+#
+#   build        cargo build --workspace --bins        (target/debug/troupe-node, troupectl)
+#   nextest      cargo nextest run --workspace          (falls back to cargo test)
+#   doctests     cargo test --workspace --doc
+#   fmt          cargo fmt --all -- --check
+#   clippy       cargo clippy --workspace --all-targets -- -D warnings
+#   interop      node --test tests/interop/             (stock yjs + y-websocket clients)
+#   fuzz         cargo +nightly fuzz run <target> for each target, bounded (if fuzz/ exists)
+#
+# Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
+#
+# Environment:
+#   TROUPE_TEST_DATABASE_URL  use this PostgreSQL instead of starting one
+#   TROUPE_FUZZ_SECONDS       seconds per fuzz target (default 30; 0 skips fuzzing)
+#   CARGO_TARGET_DIR          respected when locating the built binaries
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+ROOT="$(pwd)"
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export DEBIAN_FRONTEND=noninteractive
+FUZZ_SECONDS="${TROUPE_FUZZ_SECONDS:-30}"
+
+RUN_START=$SECONDS
+declare -a RESULTS=()
+FAILED=0
+
+# --- output helpers ----------------------------------------------------------------------
+
+section() {
+    echo
+    echo "=================================================================================="
+    echo "== $*"
+    echo "=================================================================================="
+}
+note() { echo "run.sh: $*"; }
+
+fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+record() { # record NAME STATUS SECONDS [DETAIL]
+    RESULTS+=("$(printf '%-10s %-5s %8s  %s' "$1" "$2" "$(fmt_secs "$3")" "${4:-}")")
+    [ "$2" = "FAIL" ] && FAILED=$((FAILED + 1))
+    return 0
+}
+
+# step NAME CMD...: run a check, record PASS/FAIL with its duration.
+step() {
+    local name="$1"; shift
+    section "$name: $*"
+    local t0=$SECONDS
+    "$@"
+    local rc=$?
+    if [ $rc -eq 0 ]; then
+        record "$name" PASS $((SECONDS - t0))
+    else
+        note "$name FAILED (exit $rc)"
+        record "$name" FAIL $((SECONDS - t0)) "exit $rc"
+    fi
+    return $rc
+}
+
+skip() { # skip NAME REASON
+    section "$1: skipped"
+    note "skipping $1: $2"
+    record "$1" SKIP 0 "$2"
+}
+
+summary() {
+    section "summary"
+    local r passed=0 skipped=0
+    for r in "${RESULTS[@]}"; do
+        echo "  $r"
+        case "$r" in *" PASS "*) passed=$((passed + 1)) ;; *" SKIP "*) skipped=$((skipped + 1)) ;; esac
+    done
+    echo
+    if [ "$FAILED" -eq 0 ]; then
+        echo "run.sh: OK: $passed steps passed, $FAILED steps failed, $skipped steps skipped in $(fmt_secs $((SECONDS - RUN_START)))"
+    else
+        echo "run.sh: FAILED: $passed steps passed, $FAILED steps failed, $skipped steps skipped in $(fmt_secs $((SECONDS - RUN_START)))"
+    fi
+}
+
+# --- setup helpers -----------------------------------------------------------------------
+
+APT_UPDATED=""
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        note "need $* but not root: install it yourself"
+        return 1
+    fi
+    if [ -z "$APT_UPDATED" ]; then
+        apt-get update -qq || return 1
+        APT_UPDATED=1
+    fi
+    apt-get install -y -qq --no-install-recommends "$@"
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        note "cargo not found: install a Rust toolchain (rustup) first"
+        return 1
+    fi
+    cargo --version
+    if ! command -v cc >/dev/null 2>&1; then
+        note "no C compiler/linker: installing build-essential"
+        apt_install build-essential pkg-config || return 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        local comp
+        for comp in rustfmt clippy; do
+            if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+                note "installing rustup component $comp"
+                rustup component add "$comp" || note "could not add $comp"
+            fi
+        done
+    fi
+    return 0
+}
+
+HAVE_NEXTEST=""
+ensure_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        HAVE_NEXTEST=1
+        cargo nextest --version | head -n1
+    else
+        note "cargo-nextest not installed: falling back to cargo test"
+    fi
+    return 0
+}
+
+ensure_node() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        note "installing nodejs and npm (Debian packages)"
+        apt_install nodejs npm || return 1
+    fi
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]')" || return 1
+    if [ "$major" -lt 18 ]; then
+        note "node $(node --version) is too old for node:test (need >= 18)"
+        return 1
+    fi
+    echo "node $(node --version), npm $(npm --version)"
+}
+
+npm_ci() {
+    local dir
+    for dir in tests/interop chaos/reference; do
+        if [ -f "$dir/package-lock.json" ]; then
+            note "npm ci in $dir"
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+        fi
+    done
+}
+
+target_dir() {
+    if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+        (mkdir -p "$CARGO_TARGET_DIR" && cd "$CARGO_TARGET_DIR" && pwd)
+        return
+    fi
+    local meta
+    meta="$(cargo metadata --format-version 1 --no-deps 2>/dev/null)" || true
+    local dir
+    dir="$(printf '%s' "$meta" | grep -o '"target_directory":"[^"]*"' | head -n1 | sed 's/.*:"\(.*\)"/\1/')"
+    echo "${dir:-$ROOT/target}"
+}
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+PG_STARTED=""
+BOUNDED_PID=""
+cleanup() {
+    local rc=$?
+    # Finish cleaning up even if another Ctrl-C or TERM arrives meanwhile.
+    trap - EXIT
+    trap '' INT TERM
+    if [ -n "$PG_STARTED" ]; then
+        echo
+        note "stopping the test PostgreSQL"
+        "$ROOT/tests/pg.sh" stop || true
+        rm -rf "$PG_STATE_DIR"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+on_signal() {
+    echo
+    note "$1"
+    [ -n "$BOUNDED_PID" ] && kill -TERM "$BOUNDED_PID" 2>/dev/null
+    exit "$2"
+}
+trap 'on_signal interrupted 130' INT
+trap 'on_signal terminated 143' TERM
+
+# run_bounded SECS CMD...: run CMD under a time limit. `timeout` puts CMD in a process group of
+# its own and signals the whole group (so processes a test spawned go too); it runs in the
+# background here so that a Ctrl-C reaches our trap, which then stops it.
+run_bounded() {
+    local secs="$1"; shift
+    timeout -k 30 "$secs" "$@" &
+    BOUNDED_PID=$!
+    wait "$BOUNDED_PID"
+    local rc=$?
+    BOUNDED_PID=""
+    return $rc
+}
+
+start_pg() {
+    if [ -n "${TROUPE_TEST_DATABASE_URL:-}" ]; then
+        note "using TROUPE_TEST_DATABASE_URL from the environment"
+        return 0
+    fi
+    # A state dir of our own, so we never reuse or stop a server someone else started.
+    PG_STATE_DIR="$(mktemp -d /tmp/troupe-run-pg.XXXXXX)"
+    export PG_STATE_DIR
+    PG_STARTED=1
+    local url
+    url="$("$ROOT/tests/pg.sh" start)" || return 1
+    export TROUPE_TEST_DATABASE_URL="$url"
+    note "TROUPE_TEST_DATABASE_URL=$TROUPE_TEST_DATABASE_URL"
+}
+
+# --- checks ------------------------------------------------------------------------------
+
+run_nextest() {
+    if [ -n "$HAVE_NEXTEST" ]; then
+        cargo nextest run --workspace --profile ci --no-tests=warn
+    else
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+run_doctests() {
+    # nextest does not run doc tests.
+    cargo test --workspace --doc --no-fail-fast
+}
+
+run_interop() {
+    local files=()
+    local f
+    for f in tests/interop/*.test.mjs; do [ -f "$f" ] && files+=("$f"); done
+    if [ ${#files[@]} -eq 0 ]; then
+        note "no interop test files"
+        return 1
+    fi
+    run_bounded 900 node --test "${files[@]}"
+}
+
+FUZZ_SKIP_REASON=""
+ensure_fuzz_tools() {
+    if ! command -v rustup >/dev/null 2>&1; then
+        FUZZ_SKIP_REASON="rustup not available (nightly needed)"; return 1
+    fi
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        note "installing the nightly toolchain (minimal profile)"
+        if ! rustup toolchain install nightly --profile minimal; then
+            FUZZ_SKIP_REASON="nightly toolchain not available"; return 1
+        fi
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        note "installing cargo-fuzz"
+        if ! cargo install cargo-fuzz --locked; then
+            FUZZ_SKIP_REASON="cargo-fuzz could not be installed"; return 1
+        fi
+    fi
+    cargo fuzz --version
+}
+
+run_fuzz() {
+    local targets t rc=0
+    targets="$(cargo +nightly fuzz list)" || return 1
+    if [ -z "$targets" ]; then
+        note "fuzz/ has no targets"
+        return 0
+    fi
+    for t in $targets; do
+        note "fuzzing $t for ${FUZZ_SECONDS}s"
+        # -max_total_time bounds the run; timeout also bounds the (release + ASan) build.
+        if ! run_bounded $((FUZZ_SECONDS + 900)) cargo +nightly fuzz run "$t" -- \
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 -print_final_stats=1; then
+            note "fuzz target $t FAILED (artifacts under fuzz/artifacts/$t)"
+            rc=1
+        fi
+    done
+    return $rc
+}
+
+# --- main --------------------------------------------------------------------------------
+
+section "setup"
+SETUP_T0=$SECONDS
+if ! ensure_rust || ! ensure_node; then
+    record setup FAIL $((SECONDS - SETUP_T0)) "missing toolchain"
+    summary
+    exit 1
+fi
+ensure_nextest
+if ! npm_ci; then
+    record setup FAIL $((SECONDS - SETUP_T0)) "npm ci failed"
+    summary
+    exit 1
+fi
+record setup PASS $((SECONDS - SETUP_T0))
+
+TROUPE_BIN_DIR="$(target_dir)/debug"
+export TROUPE_BIN_DIR
+
+BUILD_OK=""
+step build cargo build --workspace --bins && BUILD_OK=1
+note "TROUPE_BIN_DIR=$TROUPE_BIN_DIR"
+
+section "postgres"
+PG_T0=$SECONDS
+PG_OK=""
+if start_pg; then
+    PG_OK=1
+    record postgres PASS $((SECONDS - PG_T0))
+else
+    record postgres FAIL $((SECONDS - PG_T0)) "could not start PostgreSQL"
+fi
+
+if [ -z "$BUILD_OK" ]; then
+    skip nextest "build failed"
+    skip doctests "build failed"
+else
+    if [ -n "$PG_OK" ]; then
+        step nextest run_nextest
+    else
+        skip nextest "no PostgreSQL"
+    fi
+    step doctests run_doctests
+fi
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -n "$BUILD_OK" ]; then
+    step interop run_interop
+else
+    skip interop "build failed"
+fi
+
+if [ ! -d fuzz ]; then
+    skip fuzz "no fuzz/ folder"
+elif [ "$FUZZ_SECONDS" = "0" ]; then
+    skip fuzz "TROUPE_FUZZ_SECONDS=0"
+elif ensure_fuzz_tools; then
+    step fuzz run_fuzz
+else
+    skip fuzz "$FUZZ_SKIP_REASON"
+fi
+
+summary
+[ "$FAILED" -eq 0 ]
