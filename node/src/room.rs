@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, MessageKind, ValidFrame};
 use crate::rooms::Rooms;
 use crate::store::{LogAppend, Snapshot, Store, StoredScene};
-use crate::update_check;
+use crate::update_check::{self, CheckLimits};
 use crate::writer::{CommitStatus, QueueError, WriteJob, WriterHandle};
 
 /// WebSocket close codes (see README, "Close codes").
@@ -48,6 +48,21 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Most awareness client ids one connection may speak for (one per Yjs doc it syncs).
 const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
+
+/// Most out-of-order updates a room holds, and their bytes, before it asks the sender to
+/// resync instead.
+const MAX_HELD_UPDATES: usize = 256;
+const MAX_HELD_BYTES: usize = 4 << 20;
+
+/// What a peer's update means for its acks.
+enum AckMark {
+    /// The update with this count was applied now.
+    Applied(u64),
+    /// The update with this count waits, out of order.
+    Held(u64),
+    /// The peer's oldest held update was applied now.
+    Released,
+}
 
 /// What the room sends to a connection's writer.
 #[derive(Debug)]
@@ -109,8 +124,9 @@ struct Peer {
     outbox: mpsc::Sender<Outbound>,
     /// Update-bearing messages received from this peer.
     updates_received: u64,
-    /// `(seq that must be committed, updates_received at the time)`, oldest first.
-    ack_marks: VecDeque<(u64, u64)>,
+    /// `(seq that must be committed, updates_received at the time)`, oldest first; the
+    /// seq is unknown (None) while that update is held out of order.
+    ack_marks: VecDeque<(Option<u64>, u64)>,
     /// Awareness client ids this connection speaks for.
     client_ids: Vec<u64>,
 }
@@ -145,6 +161,9 @@ pub struct Room {
     in_flight_bytes: u64,
     /// Changes applied but not yet handed to the writer.
     pending: Vec<Vec<u8>>,
+    /// Updates that arrived before what they follow: `(sender, update)`, oldest first.
+    held: VecDeque<(u64, Vec<u8>)>,
+    held_bytes: usize,
     status_tx: Arc<watch::Sender<CommitStatus>>,
     status_rx: watch::Receiver<CommitStatus>,
     uncompacted: Uncompacted,
@@ -228,6 +247,8 @@ impl Room {
             in_flight: None,
             in_flight_bytes: 0,
             pending: Vec::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             status_tx: Arc::new(status_tx),
             status_rx,
             uncompacted,
@@ -366,6 +387,12 @@ impl Room {
         let Some(peer) = self.peers.remove(&conn_id) else {
             return;
         };
+        // Its held updates go too: the client resends them in its next sync handshake.
+        let before = self.held.len();
+        self.held.retain(|(sender, _)| *sender != conn_id);
+        if self.held.len() != before {
+            self.held_bytes = self.held.iter().map(|(_, u)| u.len()).sum();
+        }
         // Remove the leaver's presence for everyone else (clock + 1, state null).
         let mut removed = Vec::new();
         for client in peer.client_ids {
@@ -416,14 +443,70 @@ impl Room {
             return;
         };
         peer.updates_received += 1;
+        let count = peer.updates_received;
         if peer.role == Role::View {
             self.ctx.metrics.viewer_updates_dropped.inc();
             return;
         }
+        if self.follows_the_document(update) {
+            if self.apply(conn_id, update) {
+                self.mark_for_ack(conn_id, AckMark::Applied(count));
+                self.apply_held();
+            }
+        } else {
+            self.hold(conn_id, update, count);
+        }
+        self.flush();
+    }
+
+    /// Whether `update` leaves no hole in any client's clock sequence of the document.
+    /// yrs mishandles the holes it would otherwise stash (see `update_check`), so such an
+    /// update waits until the missing part arrives, e.g. an edit a reconnecting client sent
+    /// before its sync step 2.
+    fn follows_the_document(&self, update: &[u8]) -> bool {
+        let known = self.doc.transact().state_vector();
+        update_check::check_update_in_order_v1(update, CheckLimits::default(), &known).is_ok()
+    }
+
+    /// Keeps an out-of-order update until what it follows has been applied.
+    fn hold(&mut self, conn_id: u64, update: &[u8], count: u64) {
+        if self.held.len() >= MAX_HELD_UPDATES
+            || self.held_bytes + update.len() > self.ctx.limits.max_frame_bytes.max(MAX_HELD_BYTES)
+        {
+            // Too much out of order: the client resyncs through the handshake on return.
+            self.ctx.metrics.error("out_of_order_overflow");
+            self.kick(conn_id, close::TRY_AGAIN, "too many updates out of order; resync");
+            return;
+        }
+        self.held_bytes += update.len();
+        self.held.push_back((conn_id, update.to_vec()));
+        self.mark_for_ack(conn_id, AckMark::Held(count));
+    }
+
+    /// Applies held updates that now follow the document, until none does.
+    fn apply_held(&mut self) {
+        loop {
+            let ready = self.held.iter().position(|(_, u)| self.follows_the_document(u));
+            let Some(i) = ready else {
+                return;
+            };
+            let Some((conn_id, update)) = self.held.remove(i) else {
+                return;
+            };
+            self.held_bytes -= update.len();
+            if self.peers.contains_key(&conn_id) && self.apply(conn_id, &update) {
+                self.mark_for_ack(conn_id, AckMark::Released);
+            }
+        }
+    }
+
+    /// Applies an update and fans out what it changed. Returns false when the sender was
+    /// disconnected instead.
+    fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
         if self.doc_bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
             self.ctx.metrics.error("document_too_large");
             self.kick(conn_id, close::TOO_LARGE, "scene document is at its size limit");
-            return;
+            return false;
         }
         let doc = &self.doc;
         let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -438,7 +521,7 @@ impl Room {
                 tracing::debug!(scene = %self.scene, %error, "update refused");
                 self.ctx.metrics.error("invalid_update");
                 self.kick(conn_id, close::BAD_MESSAGE, "invalid update");
-                return;
+                return false;
             }
             Err(_) => {
                 // yrs panicked half-way through a transaction: the in-memory document can
@@ -447,8 +530,9 @@ impl Room {
                 self.ctx.metrics.error("update_panic");
                 self.kick(conn_id, close::BAD_MESSAGE, "invalid update");
                 self.pending.clear();
+                self.held.clear();
                 self.stop(close::RESTARTING, "scene reloading");
-                return;
+                return false;
             }
         };
         if is_empty_update(&change) {
@@ -462,12 +546,12 @@ impl Room {
             self.broadcast(frame, Some(conn_id));
             self.pending.push(change);
         }
-        self.mark_for_ack(conn_id);
-        self.flush();
+        true
     }
 
-    /// Notes what must be committed before this peer's latest update can be acked.
-    fn mark_for_ack(&mut self, conn_id: u64) {
+    /// Records what must be committed before a peer's update can be acknowledged.
+    fn mark_for_ack(&mut self, conn_id: u64, mark: AckMark) {
+        // Everything applied so far is in the pending batch or an earlier one.
         let needed = if self.pending.is_empty() {
             self.last_seq
         } else {
@@ -480,18 +564,21 @@ impl Room {
         if !peer.acks {
             return;
         }
-        if needed <= committed && peer.ack_marks.is_empty() {
-            let count = peer.updates_received;
-            self.send(conn_id, protocol::encode_ack(count));
-        } else {
-            peer.ack_marks.push_back((needed, peer.updates_received));
+        match mark {
+            AckMark::Applied(count) if needed <= committed && peer.ack_marks.is_empty() => {
+                self.send(conn_id, protocol::encode_ack(count));
+            }
+            AckMark::Applied(count) => peer.ack_marks.push_back((Some(needed), count)),
+            AckMark::Held(count) => peer.ack_marks.push_back((None, count)),
+            AckMark::Released => {
+                // The oldest held update of this peer is the one applied now.
+                if let Some(slot) = peer.ack_marks.iter_mut().find(|(seq, _)| seq.is_none()) {
+                    slot.0 = Some(needed);
+                }
+            }
         }
     }
 
-    /// Applies presence from a connection. A connection speaks only for the client ids it
-    /// introduced (stock clients also echo other clients' entries: those are dropped), up
-    /// to a few per connection; a reconnecting user takes their ids over from their own
-    /// stale connection.
     fn on_awareness(&mut self, conn_id: u64, payload: &[u8]) {
         let Ok(entries) = update_check::parse_awareness_v1(payload, usize::MAX) else {
             return;
@@ -652,7 +739,7 @@ impl Room {
         for (id, peer) in self.peers.iter_mut() {
             let mut count = None;
             while let Some(&(needed, n)) = peer.ack_marks.front() {
-                if needed > committed {
+                if needed.is_none_or(|seq| seq > committed) {
                     break;
                 }
                 count = Some(n);
@@ -753,6 +840,15 @@ fn is_empty_update(update: &[u8]) -> bool {
     update == [0, 0]
 }
 
+/// A scene's document. Text positions count UTF-16 code units, as Yjs does in browsers:
+/// with yrs's default (bytes), a remote edit that splits a surrogate pair corrupts lengths.
+fn new_doc() -> Doc {
+    Doc::with_options(yrs::Options {
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::default()
+    })
+}
+
 /// Rebuilds a document from the newest readable snapshot plus the log after it.
 fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
     let mut last_error = String::new();
@@ -763,7 +859,7 @@ fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
         .chain(stored.snapshots.is_empty().then_some(None))
         .collect();
     for base in bases {
-        let doc = Doc::new();
+        let doc = new_doc();
         let upto = base.map_or(0, |s| s.upto_seq);
         let attempt = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();

@@ -10,6 +10,13 @@
 //! Where yrs and Yjs disagree about the format, the construct is rejected (see
 //! [`InvalidUpdate::UnsupportedJsonContent`] and [`InvalidUpdate::UnsupportedXmlHook`]).
 //! Every loop consumes at least one input byte per iteration, so work is linear in the input.
+//!
+//! A single accepted update applies cleanly to a fresh document. Applying a *sequence* is a
+//! different matter: yrs' integration code has arithmetic and memory-safety bugs that odd
+//! sequences reach. Before applying to a live document, use [`check_update_in_order_v1`]
+//! with the document's state vector, give room documents `OffsetKind::Utf16` (the default,
+//! `Bytes`, miscounts when a remote edit splits a surrogate pair), and keep `apply_update`
+//! inside `catch_unwind`.
 
 use std::ops::ControlFlow;
 
@@ -19,11 +26,17 @@ pub struct CheckLimits {
     /// Deepest nesting of `Any` (and embedded JSON) values accepted; a top-level value has
     /// depth 1. yrs decodes and drops these recursively, so this bounds its stack use.
     pub max_any_depth: usize,
+    /// Whether subdocuments (content ref 9) are accepted. Scenes have none, and yrs 0.28
+    /// leaks ~1.6 KB for every subdocument item it applies, so the node refuses them.
+    pub allow_subdocs: bool,
 }
 
 impl Default for CheckLimits {
     fn default() -> Self {
-        CheckLimits { max_any_depth: 32 }
+        CheckLimits {
+            max_any_depth: 32,
+            allow_subdocs: false,
+        }
     }
 }
 
@@ -42,6 +55,9 @@ pub enum InvalidUpdate {
     UnsupportedJsonContent,
     #[error("XmlHook type (type ref 5) is not supported: yrs 0.28 and Yjs encode it differently")]
     UnsupportedXmlHook,
+    /// A subdocument, which scenes do not use (see [`CheckLimits::allow_subdocs`]).
+    #[error("subdocuments are not accepted")]
+    Subdocument,
     #[error("unknown Any tag {0}")]
     UnknownAnyTag(u8),
     #[error("unknown type ref {0}")]
@@ -58,7 +74,9 @@ pub enum InvalidUpdate {
     ClientIdTooLarge(u64),
     #[error("an item refers to itself or to a later item of its own client")]
     ForwardReference,
-    #[error("client {client}'s structs start at clock {start} but the document only has clocks below {known}")]
+    #[error(
+        "client {client}'s structs start at clock {start} but the document only has clocks below {known}"
+    )]
     Gap { client: u64, start: u32, known: u32 },
     #[error("client {0} appears twice")]
     DuplicateClient(u64),
@@ -247,8 +265,8 @@ impl<'a> Reader<'a> {
 
     /// An ID (client, clock) that an item at `at` refers to (origin, right origin, parent).
     /// A client's items can only refer to its own earlier items: Yjs assigns clocks in
-    /// creation order. yrs follows such references without checking and corrupts memory on
-    /// self- and forward references.
+    /// creation order. yrs does not check this, and self- or forward references lead its
+    /// integration into states it does not expect (crashes seen together with gaps).
     fn reference(&mut self, at: (u64, u32)) -> Res<()> {
         let client = self.client_id()?;
         let clock = self.clock()?;
@@ -302,7 +320,11 @@ fn walk_update(bytes: &[u8], limits: CheckLimits, known: Option<&yrs::StateVecto
             let (len, is_skip) = check_struct(&mut r, (client, clock), limits)?;
             if let Some(end) = covered.as_mut().filter(|_| !is_skip) {
                 if clock > *end {
-                    return Err(InvalidUpdate::Gap { client, start: clock, known: *end });
+                    return Err(InvalidUpdate::Gap {
+                        client,
+                        start: clock,
+                        known: *end,
+                    });
                 }
                 *end = (*end).max(clock.saturating_add(len));
             }
@@ -467,6 +489,9 @@ fn check_content(r: &mut Reader<'_>, content_ref: u8, limits: CheckLimits) -> Re
             nonzero(n)
         }
         REF_DOC => {
+            if !limits.allow_subdocs {
+                return Err(InvalidUpdate::Subdocument);
+            }
             r.var_str()?;
             check_any(r, limits.max_any_depth)?;
             Ok(1)
@@ -625,7 +650,10 @@ mod tests {
     }
 
     fn limits() -> CheckLimits {
-        CheckLimits::default()
+        CheckLimits {
+            allow_subdocs: true,
+            ..CheckLimits::default()
+        }
     }
 
     // ---- builders for hand-made inputs ----
@@ -823,6 +851,18 @@ mod tests {
         out
     }
 
+    #[test]
+    fn subdocuments_are_refused_by_default() {
+        for (name, update) in array_and_subdoc() {
+            let strict = check_update_v1(&update, CheckLimits::default());
+            if name.contains("subdoc") {
+                assert_eq!(strict, Err(InvalidUpdate::Subdocument), "{name}");
+            } else {
+                assert!(strict.is_ok(), "{name}");
+            }
+        }
+    }
+
     /// Two concurrent editors: several clients in the struct section and the delete set.
     fn two_clients() -> Vec<(&'static str, Vec<u8>)> {
         let a = new_doc(1);
@@ -989,7 +1029,14 @@ mod tests {
         assert!(yrs_decodes(&ok));
         let over = map_item(REF_ANY, &nested_any(33));
         assert_eq!(check_update_v1(&over, limits()), Err(InvalidUpdate::TooDeep));
-        assert!(check_update_v1(&over, CheckLimits { max_any_depth: 33 }).is_ok());
+        assert!(check_update_v1(
+            &over,
+            CheckLimits {
+                max_any_depth: 33,
+                ..limits()
+            }
+        )
+        .is_ok());
         // The subdoc options Any is limited the same way.
         let mut c = vec![];
         vstr(&mut c, b"guid");
@@ -1264,7 +1311,11 @@ mod tests {
             let mut b = vec![1, 1, 1, 5, info];
             b.extend_from_slice(&tail);
             b.push(0);
-            assert_eq!(check_update_v1(&b, limits()), Err(InvalidUpdate::ForwardReference), "{b:?}");
+            assert_eq!(
+                check_update_v1(&b, limits()),
+                Err(InvalidUpdate::ForwardReference),
+                "{b:?}"
+            );
         }
         // A later struct of the same update may refer to an earlier one, and other clients'
         // clocks are unconstrained.
@@ -1295,7 +1346,11 @@ mod tests {
         // Nothing known yet: u2 and the merged update would leave holes; u1 would not.
         assert_eq!(
             check_update_in_order_v1(&u2, limits(), &sv(&server)),
-            Err(InvalidUpdate::Gap { client: 5, start: 4, known: 0 })
+            Err(InvalidUpdate::Gap {
+                client: 5,
+                start: 4,
+                known: 0
+            })
         );
         assert!(matches!(
             check_update_in_order_v1(&merged_gap, limits(), &sv(&server)),
@@ -1401,7 +1456,9 @@ mod tests {
         let state = full_state(&fresh);
         check_update_v1(&state, limits()).map_err(|e| format!("own state rejected: {e}"))?;
         let copy = new_doc(997);
-        let _ = copy.transact_mut().apply_update(Update::decode_v1(&state).map_err(|e| e.to_string())?);
+        let _ = copy
+            .transact_mut()
+            .apply_update(Update::decode_v1(&state).map_err(|e| e.to_string())?);
 
         let existing = new_doc(998);
         if let Ok(u) = Update::decode_v1(base) {

@@ -327,3 +327,62 @@ async fn rooms_cap_their_connections() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn out_of_order_updates_wait_for_what_they_follow() {
+    use yrs::{Doc, Text, Transact};
+    let node = node();
+    let scene = unique("s");
+    let tok = token("a", &[(scene.as_str(), Role::Edit)]);
+    let mut writer = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    let mut reader = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    writer.pump(Duration::from_millis(100)).await.unwrap();
+    let acked_before = writer.acked;
+    // Two edits of one client; the second is sent first, as a reconnecting client may do.
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("text");
+    let first = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "INT. ");
+        txn.encode_update_v1()
+    };
+    let second = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 5, "DINER - NIGHT");
+        txn.encode_update_v1()
+    };
+    writer.send_raw(protocol::encode_update(&second)).await.unwrap();
+    writer.pump(Duration::from_millis(300)).await.unwrap();
+    reader.pump(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(reader.text(), "", "an update was applied before what it follows");
+    assert_eq!(writer.acked, acked_before, "a held update was acknowledged");
+    writer.send_raw(protocol::encode_update(&first)).await.unwrap();
+    writer
+        .pump_until(Duration::from_secs(5), |c| c.acked >= acked_before + 2)
+        .await
+        .unwrap();
+    reader
+        .pump_until(Duration::from_secs(5), |c| c.text() == "INT. DINER - NIGHT")
+        .await
+        .unwrap();
+    let fresh = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    assert_eq!(fresh.text(), "INT. DINER - NIGHT");
+}
+
+#[tokio::test]
+async fn subdocuments_are_refused() {
+    use yrs::{Doc, Map, Transact};
+    let node = node();
+    let scene = unique("s");
+    let tok = token("a", &[(scene.as_str(), Role::Edit)]);
+    let mut client = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    let doc = Doc::new();
+    let map = doc.get_or_insert_map("docs");
+    let update = {
+        let mut txn = doc.transact_mut();
+        map.insert(&mut txn, "sub", Doc::new());
+        txn.encode_update_v1()
+    };
+    client.send_raw(protocol::encode_update(&update)).await.unwrap();
+    assert_eq!(client.expect_close().await.unwrap().code, 4400);
+}

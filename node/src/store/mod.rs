@@ -7,6 +7,103 @@
 //! them, so a snapshot that cannot be read falls back to the one before plus its tail.
 //! Everything older is deleted when a new snapshot is written.
 
+/// Methods whose SQL is the same on both backends (both accept `$n` placeholders); each
+/// backend struct has a `pool` field of its own pool type.
+macro_rules! shared_queries {
+    () => {
+        pub async fn load(&self, scene: &str) -> Result<StoredScene, StoreError> {
+            let mut tx = self.pool.begin().await?;
+            let snapshots = sqlx::query(
+                "SELECT upto_seq, data FROM scene_snapshots WHERE scene_id = $1 ORDER BY upto_seq DESC LIMIT 2",
+            )
+            .bind(scene)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(Snapshot {
+                    upto_seq: row.try_get::<i64, _>(0)? as u64,
+                    data: row.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let from = snapshots.last().map_or(0, |s| s.upto_seq as i64);
+            let rows = sqlx::query(
+                "SELECT seq, data, created_at_ms FROM scene_versions WHERE scene_id = $1 AND seq > $2 ORDER BY seq",
+            )
+            .bind(scene)
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(LogRow {
+                    seq: row.try_get::<i64, _>(0)? as u64,
+                    data: row.try_get(1)?,
+                    created_at_ms: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            tx.commit().await?;
+            Ok(StoredScene { snapshots, rows })
+        }
+
+        pub async fn write_snapshot(&self, scene: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO scene_snapshots (scene_id, upto_seq, data, created_at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scene_id, upto_seq) DO NOTHING",
+            )
+            .bind(scene)
+            .bind(snapshot.upto_seq as i64)
+            .bind(&snapshot.data)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            let older: Option<i64> = sqlx::query_scalar(
+                "SELECT upto_seq FROM scene_snapshots WHERE scene_id = $1 ORDER BY upto_seq DESC LIMIT 1 OFFSET 1",
+            )
+            .bind(scene)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(older) = older {
+                sqlx::query("DELETE FROM scene_snapshots WHERE scene_id = $1 AND upto_seq < $2")
+                    .bind(scene)
+                    .bind(older)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM scene_versions WHERE scene_id = $1 AND seq <= $2")
+                    .bind(scene)
+                    .bind(older)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Who wrote a log position, and at which epoch.
+        pub async fn writer_of(&self, scene: &str, seq: u64) -> Result<Option<(String, u64)>, StoreError> {
+            let row =
+                sqlx::query("SELECT writer_node, epoch FROM scene_versions WHERE scene_id = $1 AND seq = $2")
+                    .bind(scene)
+                    .bind(seq as i64)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(match row {
+                Some(row) => Some((row.try_get(0)?, row.try_get::<i64, _>(1)? as u64)),
+                None => None,
+            })
+        }
+
+        pub async fn ping(&self) -> Result<(), StoreError> {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        }
+    };
+}
+use shared_queries;
+
 mod postgres;
 mod sqlite;
 
