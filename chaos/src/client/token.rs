@@ -1,33 +1,19 @@
 //! Minting Troupe access tokens (HS256 JWTs) for simulated editors.
+//!
+//! The claims and the signing are the node's own ([`troupe_node::auth`]), so a token minted
+//! here is exactly what the node verifies.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
+use troupe_node::auth::{now_secs, Signer};
 
-/// The audience every Troupe token carries.
+/// The claims of a Troupe token (the node's [`troupe_node::auth::Claims`]).
+pub use troupe_node::auth::Claims;
+/// What a token allows in a scene (the node's [`troupe_node::auth::Role`]).
+pub use troupe_node::auth::Role as Access;
+
+/// The audience every Troupe token carries (the node's default `TROUPE_JWT_AUDIENCE`).
 pub const AUDIENCE: &str = "troupe";
-
-/// What a token allows in a scene.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Edit,
-    View,
-}
-
-/// The claims of a Troupe token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub exp: u64,
-    pub aud: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Scene id (or `*`) -> access.
-    pub scenes: BTreeMap<String, Access>,
-}
 
 /// Signs a token for `user` granting `scenes` (scene id or `*` -> access), valid for `ttl`.
 ///
@@ -42,10 +28,9 @@ pub fn mint_token(
     scenes: &[(&str, Access)],
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let claims = Claims {
         sub: user.to_owned(),
-        exp: (now + ttl).as_secs(),
+        exp: now_secs().saturating_add(ttl.as_secs()),
         aud: AUDIENCE.to_owned(),
         name: Some(user.to_owned()),
         scenes: scenes
@@ -58,17 +43,13 @@ pub fn mint_token(
 
 /// Signs arbitrary claims (for tests of expired tokens, wrong audiences, …).
 pub fn mint_claims(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
+    Signer::from_secret(secret).sign(claims)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     #[test]
     fn token_verifies_with_the_same_secret() {

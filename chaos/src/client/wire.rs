@@ -8,28 +8,22 @@
 //! ack          100, varuint n        (Troupe extension, only with `?acks=1`)
 //! ```
 //!
+//! The constants and encoders are the node's ([`troupe_node::protocol`]). Decoding is the
+//! client's own: the node only parses (and validates) client-to-server frames, while a client
+//! reads what a server sends, including auth and ack messages.
+//!
 //! Decoding never trusts a length: every count and size is checked against the bytes that are
 //! actually in the frame, and payloads are zero-copy slices of the frame.
 
 use bytes::Bytes;
+use troupe_node::protocol::{
+    encode_ack, encode_sync_step1, encode_sync_step2, encode_update, write_var_bytes, write_var_uint,
+};
 
-/// Top-level message type: document sync.
-pub const MSG_SYNC: u64 = 0;
-/// Top-level message type: awareness (presence).
-pub const MSG_AWARENESS: u64 = 1;
-/// Top-level message type: auth (permission denied / granted).
-pub const MSG_AUTH: u64 = 2;
-/// Top-level message type: ask the peer for its awareness states.
-pub const MSG_QUERY_AWARENESS: u64 = 3;
-/// Troupe extension: "the first n update-bearing messages you sent are committed".
-pub const MSG_ACK: u64 = 100;
-
-/// Sync sub-type: a state vector ("send me what I miss").
-pub const SYNC_STEP1: u64 = 0;
-/// Sync sub-type: the answer to a step 1 (an update).
-pub const SYNC_STEP2: u64 = 1;
-/// Sync sub-type: a live update.
-pub const SYNC_UPDATE: u64 = 2;
+// The message types and sync sub-types are the node's, so both ends share one definition.
+pub use troupe_node::protocol::{
+    MSG_ACK, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
+};
 
 /// One entry of an awareness update: a client's presence state at a logical clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,46 +66,34 @@ impl Message {
         matches!(self, Message::SyncStep2(_) | Message::Update(_))
     }
 
-    /// Encodes the message as one frame.
+    /// Encodes the message as one frame (with the node's encoders where it has one).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
         match self {
-            Message::SyncStep1(sv) => {
-                w.var_uint(MSG_SYNC);
-                w.var_uint(SYNC_STEP1);
-                w.var_bytes(sv);
-            }
-            Message::SyncStep2(u) => {
-                w.var_uint(MSG_SYNC);
-                w.var_uint(SYNC_STEP2);
-                w.var_bytes(u);
-            }
-            Message::Update(u) => {
-                w.var_uint(MSG_SYNC);
-                w.var_uint(SYNC_UPDATE);
-                w.var_bytes(u);
-            }
-            Message::Awareness(entries) => {
-                w.var_uint(MSG_AWARENESS);
-                w.var_bytes(&encode_awareness(entries));
-            }
+            Message::SyncStep1(sv) => encode_sync_step1(sv),
+            Message::SyncStep2(u) => encode_sync_step2(u),
+            Message::Update(u) => encode_update(u),
+            Message::Awareness(entries) => troupe_node::protocol::encode_awareness(
+                entries.iter().map(|e| (e.client_id, e.clock, e.state.as_str())),
+            ),
             Message::Auth(reason) => {
-                w.var_uint(MSG_AUTH);
+                let mut out = Vec::new();
+                write_var_uint(&mut out, MSG_AUTH);
                 match reason {
                     Some(reason) => {
-                        w.var_uint(0);
-                        w.var_bytes(reason.as_bytes());
+                        write_var_uint(&mut out, 0);
+                        write_var_bytes(&mut out, reason.as_bytes());
                     }
-                    None => w.var_uint(1),
+                    None => write_var_uint(&mut out, 1),
                 }
+                out
             }
-            Message::QueryAwareness => w.var_uint(MSG_QUERY_AWARENESS),
-            Message::Ack(n) => {
-                w.var_uint(MSG_ACK);
-                w.var_uint(*n);
+            Message::QueryAwareness => {
+                let mut out = Vec::new();
+                write_var_uint(&mut out, MSG_QUERY_AWARENESS);
+                out
             }
+            Message::Ack(n) => encode_ack(*n),
         }
-        w.buf
     }
 
     /// Decodes one frame. Trailing bytes after the message are an error.
@@ -153,18 +135,6 @@ impl Message {
         }
         Ok(msg)
     }
-}
-
-/// Encodes the payload of an awareness message.
-pub fn encode_awareness(entries: &[AwarenessEntry]) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.var_uint(entries.len() as u64);
-    for e in entries {
-        w.var_uint(e.client_id);
-        w.var_uint(e.clock);
-        w.var_bytes(e.state.as_bytes());
-    }
-    w.buf
 }
 
 /// Decodes the payload of an awareness message.
@@ -210,27 +180,6 @@ pub enum WireError {
     Utf8,
     #[error("trailing bytes after message")]
     TrailingBytes,
-}
-
-/// lib0 writer: varuint (7 bits per byte, little end first) and length-prefixed bytes.
-#[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn var_uint(&mut self, mut n: u64) {
-        while n >= 0x80 {
-            self.buf.push((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        self.buf.push(n as u8);
-    }
-
-    fn var_bytes(&mut self, b: &[u8]) {
-        self.var_uint(b.len() as u64);
-        self.buf.extend_from_slice(b);
-    }
 }
 
 /// lib0 reader over a frame; payloads are zero-copy slices.
@@ -393,9 +342,9 @@ mod tests {
     #[test]
     fn varuint_edges() {
         for n in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
-            let mut w = Writer::default();
-            w.var_uint(n);
-            let b = Bytes::from(w.buf);
+            let mut buf = Vec::new();
+            write_var_uint(&mut buf, n);
+            let b = Bytes::from(buf);
             let mut r = Reader::new(&b);
             assert_eq!(r.var_uint(), Ok(n));
             assert!(r.is_empty());
