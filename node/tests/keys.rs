@@ -22,7 +22,12 @@ fn claims() -> Claims {
 #[test]
 fn public_key_tokens_verify_and_refuse_other_keys() {
     for (alg, private, public, other_public) in [
-        ("EdDSA", "ed25519-private.pem", "ed25519-public.pem", "rsa-public.pem"),
+        (
+            "EdDSA",
+            "ed25519-private.pem",
+            "ed25519-public.pem",
+            "rsa-public.pem",
+        ),
         ("RS256", "rsa-private.pem", "rsa-public.pem", "ed25519-public.pem"),
     ] {
         let alg = parse_algorithm(alg).unwrap();
