@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(serve(settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("troupe-node: {error:#}");
+            eprintln!("troupe-node: {error}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -58,9 +58,9 @@ async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
         },
         "troupe-node starting"
     );
-    // Scripts and tests wait for this exact line to learn the bound address.
-    println!("troupe-node listening on {addr}");
-    server::run(settings, listener, shutdown_signal()).await?;
+    // Scripts and tests wait for this exact line: the store is open and the address bound.
+    let ready = move || println!("troupe-node listening on {addr}");
+    server::run(settings, listener, ready, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

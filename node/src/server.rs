@@ -58,10 +58,12 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, ServerError> {
 }
 
 /// Serves until `shutdown` resolves, then closes clients with 1001, flushes every room
-/// and waits for the last group commit.
+/// and waits for the last group commit. `on_ready` runs once the store is open and
+/// connections are about to be served.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
+    on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = Store::open(&settings.store).await?;
@@ -91,6 +93,7 @@ pub async fn run(
         conn_ids: AtomicU64::new(1),
     });
 
+    on_ready();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -26,20 +26,25 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        // One direct connection first: its error says why (refused, auth, unknown
+        // database), where the pool would only report a time-out.
+        let first = tokio::time::timeout(Duration::from_secs(10), options.connect())
+            .await
+            .map_err(|_| StoreError::Timeout)??;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             // A failed query surfaces as an error and is retried by the caller; a ping
             // before every group commit would double its round trips.
             .test_before_acquire(false)
-            .connect(url)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        let options: PgConnectOptions = url.parse()?;
         Ok(Self {
             pool,
             options: Arc::new(options),
-            appender: Arc::new(Mutex::new(None)),
+            appender: Arc::new(Mutex::new(Some(first))),
         })
     }
 
