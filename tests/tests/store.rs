@@ -65,6 +65,10 @@ async fn a_taken_position_is_refused_without_failing_the_batch() {
         // The same writer retrying a batch whose first attempt landed is not refused.
         let retried = store.append("n1", &[append(&a, 1, b"first")]).await.unwrap();
         assert!(retried.is_empty(), "{backend:?}: a landed retry was refused");
+        // The same writer id with other bytes at that position (a second node misconfigured
+        // with the same id, say) is refused.
+        let clash = store.append("n1", &[append(&a, 1, b"other")]).await.unwrap();
+        assert_eq!(clash, vec![0], "{backend:?}");
         assert_eq!(store.load(&a).await.unwrap().rows[0].data, b"first");
         assert_eq!(store.load(&b).await.unwrap().rows.len(), 1);
     }

@@ -83,15 +83,17 @@ macro_rules! shared_queries {
         }
 
         /// Who wrote a log position, and at which epoch.
-        pub async fn writer_of(&self, scene: &str, seq: u64) -> Result<Option<(String, u64)>, StoreError> {
-            let row =
-                sqlx::query("SELECT writer_node, epoch FROM scene_versions WHERE scene_id = $1 AND seq = $2")
-                    .bind(scene)
-                    .bind(seq as i64)
-                    .fetch_optional(&self.pool)
-                    .await?;
+        /// The row at a log position, as `(writer_node, epoch, data)`.
+        pub async fn row_at(&self, scene: &str, seq: u64) -> Result<Option<(String, u64, Vec<u8>)>, StoreError> {
+            let row = sqlx::query(
+                "SELECT writer_node, epoch, data FROM scene_versions WHERE scene_id = $1 AND seq = $2",
+            )
+            .bind(scene)
+            .bind(seq as i64)
+            .fetch_optional(&self.pool)
+            .await?;
             Ok(match row {
-                Some(row) => Some((row.try_get(0)?, row.try_get::<i64, _>(1)? as u64)),
+                Some(row) => Some((row.try_get(0)?, row.try_get::<i64, _>(1)? as u64, row.try_get(2)?)),
                 None => None,
             })
         }
@@ -217,16 +219,19 @@ impl Store {
             Self::Postgres(s) => s.append(writer_node, batch).await?,
             Self::Sqlite(s) => s.append(writer_node, batch).await?,
         };
-        // A position already holding our own row at our epoch is a retried commit whose
-        // first attempt landed (its answer was lost): that batch is stored, not refused.
+        // The backends name the batches that may not have landed. A position holding this
+        // very row (same writer, epoch and bytes) is stored, by this commit or by a retried
+        // one whose answer was lost; anything else there means the batch is refused.
         let mut refused = Vec::new();
         for i in taken {
             let b = &batch[i];
-            let writer = match self {
-                Self::Postgres(s) => s.writer_of(&b.scene, b.seq).await?,
-                Self::Sqlite(s) => s.writer_of(&b.scene, b.seq).await?,
+            let stored = match self {
+                Self::Postgres(s) => s.row_at(&b.scene, b.seq).await?,
+                Self::Sqlite(s) => s.row_at(&b.scene, b.seq).await?,
             };
-            if writer != Some((writer_node.to_string(), b.epoch)) {
+            let ours = stored
+                .is_some_and(|(node, epoch, data)| node == writer_node && epoch == b.epoch && data == b.data);
+            if !ours {
                 refused.push(i);
             }
         }

@@ -1,7 +1,6 @@
 //! Postgres backend: the whole group commit is one `INSERT … SELECT FROM UNNEST`, a single
 //! round trip and a single transaction for the pending batches of every room.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -62,8 +61,7 @@ impl PgStore {
             "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
              SELECT s, q, e, $4, d, $6
              FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::bytea[]) AS t(s, q, e, d)
-             ON CONFLICT (scene_id, seq) DO NOTHING
-             RETURNING scene_id, seq",
+             ON CONFLICT (scene_id, seq) DO NOTHING",
         )
         .bind(&scenes)
         .bind(&seqs)
@@ -71,9 +69,9 @@ impl PgStore {
         .bind(writer_node)
         .bind(&data)
         .bind(now_ms())
-        .fetch_all(&mut *conn);
+        .execute(&mut *conn);
         let inserted = match tokio::time::timeout(COMMIT_TIMEOUT, inserted).await {
-            Ok(Ok(rows)) => rows,
+            Ok(Ok(done)) => done.rows_affected(),
             Ok(Err(error)) => {
                 // The connection may be broken; the next commit opens a fresh one.
                 if let Some(conn) = appender.take() {
@@ -88,16 +86,13 @@ impl PgStore {
                 return Err(StoreError::Timeout);
             }
         };
-        let stored: HashSet<(String, i64)> = inserted
-            .iter()
-            .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok(batch
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| !stored.contains(&(b.scene.clone(), b.seq as i64)))
-            .map(|(i, _)| i)
-            .collect())
+        // The common case: every row landed. Otherwise some position was taken, and
+        // `Store::append` looks up which rows are not ours.
+        if inserted == batch.len() as u64 {
+            Ok(Vec::new())
+        } else {
+            Ok((0..batch.len()).collect())
+        }
     }
 
     super::shared_queries!();
