@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_CLIENT_QUEUE", default_value_t = 1024)]
     pub client_queue: usize,
 
+    /// Bytes queued for one slow client before it is disconnected (at least one full
+    /// document plus one frame, whatever is set here).
+    #[arg(long, env = "TROUPE_CLIENT_QUEUE_BYTES", default_value_t = 8 << 20)]
+    pub client_queue_bytes: usize,
+
     /// Largest awareness (presence) message, in bytes.
     #[arg(long, env = "TROUPE_MAX_AWARENESS_BYTES", default_value_t = 16 * 1024)]
     pub max_awareness_bytes: usize,
@@ -130,6 +135,7 @@ pub struct Limits {
     pub max_doc_bytes: usize,
     pub max_connections_per_room: usize,
     pub client_queue: usize,
+    pub client_queue_bytes: usize,
     pub max_awareness_bytes: usize,
     pub awareness_rate: u32,
     pub message_rate: u32,
@@ -212,6 +218,7 @@ impl Config {
             max_doc_bytes: self.max_doc_bytes,
             max_connections_per_room: self.max_connections_per_room,
             client_queue: self.client_queue,
+            client_queue_bytes: self.client_queue_bytes,
             max_awareness_bytes: self.max_awareness_bytes,
             awareness_rate: self.awareness_rate,
             message_rate: self.message_rate,

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,14 +55,25 @@ const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
 const MAX_HELD_UPDATES: usize = 256;
 const MAX_HELD_BYTES: usize = 4 << 20;
 
+/// Most out-of-order updates one connection may have held at once.
+const MAX_HELD_PER_PEER: usize = 64;
+
+/// An update waiting for what it follows.
+struct Held {
+    conn_id: u64,
+    /// Its number among the sender's update-bearing messages (for the ack).
+    count: u64,
+    update: Vec<u8>,
+}
+
 /// What a peer's update means for its acks.
 enum AckMark {
     /// The update with this count was applied now.
     Applied(u64),
     /// The update with this count waits, out of order.
     Held(u64),
-    /// The peer's oldest held update was applied now.
-    Released,
+    /// The held update with this count was applied now.
+    Released(u64),
 }
 
 /// What the room sends to a connection's writer.
@@ -71,6 +83,78 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// The room's side of the queue to one connection, bounded in messages and in bytes, so
+/// a client that stops reading holds a bounded amount of memory before it is dropped.
+#[derive(Clone)]
+pub struct ClientQueue {
+    tx: mpsc::Sender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The connection's side of a [`ClientQueue`].
+pub struct ClientInbox {
+    rx: mpsc::Receiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl ClientQueue {
+    pub fn new(max_messages: usize, max_bytes: usize) -> (Self, ClientInbox) {
+        let (tx, rx) = mpsc::channel(max_messages.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let inbox = ClientInbox {
+            rx,
+            queued: queued.clone(),
+        };
+        (
+            Self {
+                tx,
+                queued,
+                max_bytes,
+            },
+            inbox,
+        )
+    }
+
+    /// Queues a frame; false when the client is too far behind.
+    fn push(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(Outbound::Frame(frame)).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        let _ = self.tx.try_send(Outbound::Close(code, reason.to_string()));
+    }
+}
+
+impl ClientInbox {
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.recv().await;
+        self.taken(&out);
+        out
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.try_recv().ok();
+        self.taken(&out);
+        out
+    }
+
+    fn taken(&self, out: &Option<Outbound>) {
+        if let Some(Outbound::Frame(frame)) = out {
+            self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+        }
+    }
+}
+
 /// A connection asking to join.
 pub struct Joiner {
     pub conn_id: u64,
@@ -78,7 +162,7 @@ pub struct Joiner {
     pub user: String,
     pub role: Role,
     pub acks: bool,
-    pub outbox: mpsc::Sender<Outbound>,
+    pub outbox: ClientQueue,
 }
 
 /// Why a join was refused.
@@ -121,7 +205,7 @@ struct Peer {
     user: String,
     role: Role,
     acks: bool,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: ClientQueue,
     /// Update-bearing messages received from this peer.
     updates_received: u64,
     /// `(seq that must be committed, updates_received at the time)`, oldest first; the
@@ -161,8 +245,8 @@ pub struct Room {
     in_flight_bytes: u64,
     /// Changes applied but not yet handed to the writer.
     pending: Vec<Vec<u8>>,
-    /// Updates that arrived before what they follow: `(sender, update)`, oldest first.
-    held: VecDeque<(u64, Vec<u8>)>,
+    /// Updates that arrived before what they follow, oldest first.
+    held: VecDeque<Held>,
     held_bytes: usize,
     status_tx: Arc<watch::Sender<CommitStatus>>,
     status_rx: watch::Receiver<CommitStatus>,
@@ -170,6 +254,8 @@ pub struct Room {
     idle_since: Option<Instant>,
     /// Set when the document can no longer be trusted or written: the room closes.
     stopping: Option<(u16, &'static str)>,
+    /// yrs panicked inside this document: it must never be snapshotted.
+    poisoned: bool,
 }
 
 impl Room {
@@ -254,6 +340,7 @@ impl Room {
             uncompacted,
             idle_since: Some(Instant::now()),
             stopping: None,
+            poisoned: false,
         }
     }
 
@@ -389,9 +476,9 @@ impl Room {
         };
         // Its held updates go too: the client resends them in its next sync handshake.
         let before = self.held.len();
-        self.held.retain(|(sender, _)| *sender != conn_id);
+        self.held.retain(|h| h.conn_id != conn_id);
         if self.held.len() != before {
-            self.held_bytes = self.held.iter().map(|(_, u)| u.len()).sum();
+            self.held_bytes = self.held.iter().map(|h| h.update.len()).sum();
         }
         // Remove the leaver's presence for everyone else (clock + 1, state null).
         let mut removed = Vec::new();
@@ -457,6 +544,8 @@ impl Room {
             self.hold(conn_id, update, count);
         }
         self.flush();
+        // A released update may have been a no-op whose mark is already covered.
+        self.release_acks();
     }
 
     /// Whether `update` leaves no hole in any client's clock sequence of the document.
@@ -464,13 +553,14 @@ impl Room {
     /// update waits until the missing part arrives, e.g. an edit a reconnecting client sent
     /// before its sync step 2.
     fn follows_the_document(&self, update: &[u8]) -> bool {
-        let known = self.doc.transact().state_vector();
-        update_check::check_update_in_order_v1(update, CheckLimits::default(), &known).is_ok()
+        follows(update, &self.doc.transact().state_vector())
     }
 
     /// Keeps an out-of-order update until what it follows has been applied.
     fn hold(&mut self, conn_id: u64, update: &[u8], count: u64) {
-        if self.held.len() >= MAX_HELD_UPDATES
+        let from_peer = self.held.iter().filter(|h| h.conn_id == conn_id).count();
+        if from_peer >= MAX_HELD_PER_PEER
+            || self.held.len() >= MAX_HELD_UPDATES
             || self.held_bytes + update.len() > self.ctx.limits.max_frame_bytes.max(MAX_HELD_BYTES)
         {
             // Too much out of order: the client resyncs through the handshake on return.
@@ -479,23 +569,25 @@ impl Room {
             return;
         }
         self.held_bytes += update.len();
-        self.held.push_back((conn_id, update.to_vec()));
+        self.held.push_back(Held {
+            conn_id,
+            count,
+            update: update.to_vec(),
+        });
         self.mark_for_ack(conn_id, AckMark::Held(count));
     }
 
     /// Applies held updates that now follow the document, until none does.
     fn apply_held(&mut self) {
         loop {
-            let ready = self.held.iter().position(|(_, u)| self.follows_the_document(u));
-            let Some(i) = ready else {
+            let known = self.doc.transact().state_vector();
+            let ready = self.held.iter().position(|h| follows(&h.update, &known));
+            let Some(held) = ready.and_then(|i| self.held.remove(i)) else {
                 return;
             };
-            let Some((conn_id, update)) = self.held.remove(i) else {
-                return;
-            };
-            self.held_bytes -= update.len();
-            if self.peers.contains_key(&conn_id) && self.apply(conn_id, &update) {
-                self.mark_for_ack(conn_id, AckMark::Released);
+            self.held_bytes -= held.update.len();
+            if self.peers.contains_key(&held.conn_id) && self.apply(held.conn_id, &held.update) {
+                self.mark_for_ack(held.conn_id, AckMark::Released(held.count));
             }
         }
     }
@@ -531,6 +623,7 @@ impl Room {
                 self.kick(conn_id, close::BAD_MESSAGE, "invalid update");
                 self.pending.clear();
                 self.held.clear();
+                self.poisoned = true;
                 self.stop(close::RESTARTING, "scene reloading");
                 return false;
             }
@@ -570,9 +663,8 @@ impl Room {
             }
             AckMark::Applied(count) => peer.ack_marks.push_back((Some(needed), count)),
             AckMark::Held(count) => peer.ack_marks.push_back((None, count)),
-            AckMark::Released => {
-                // The oldest held update of this peer is the one applied now.
-                if let Some(slot) = peer.ack_marks.iter_mut().find(|(seq, _)| seq.is_none()) {
+            AckMark::Released(count) => {
+                if let Some(slot) = peer.ack_marks.iter_mut().find(|mark| **mark == (None, count)) {
                     slot.0 = Some(needed);
                 }
             }
@@ -675,9 +767,13 @@ impl Room {
                     merged
                 }
                 Err(error) => {
-                    // Not expected for updates yrs produced itself; write them one by one.
-                    tracing::warn!(scene = %self.scene, %error, "merge failed; writing updates one by one");
-                    self.pending.remove(0)
+                    // Not expected for updates yrs produced itself. The document's full
+                    // state holds every pending change, so the batch is still complete.
+                    tracing::warn!(scene = %self.scene, %error, "merge failed; writing the full state");
+                    self.pending.clear();
+                    self.doc
+                        .transact()
+                        .encode_state_as_update_v1(&StateVector::default())
                 }
             }
         };
@@ -759,7 +855,7 @@ impl Room {
     fn maybe_compact(&mut self, unloading: bool) {
         let limits = &self.ctx.limits;
         let u = &self.uncompacted;
-        if u.rows == 0 || self.in_flight.is_some() || !self.pending.is_empty() {
+        if u.rows == 0 || self.in_flight.is_some() || !self.pending.is_empty() || self.poisoned {
             return;
         }
         let due = unloading
@@ -798,7 +894,7 @@ impl Room {
         let ok = self
             .peers
             .get(&conn_id)
-            .is_some_and(|p| p.outbox.try_send(Outbound::Frame(frame.into())).is_ok());
+            .is_some_and(|p| p.outbox.push(frame.into()));
         if !ok {
             self.drop_slow(conn_id);
         }
@@ -810,7 +906,7 @@ impl Room {
             if Some(*id) == except {
                 continue;
             }
-            if peer.outbox.try_send(Outbound::Frame(frame.clone())).is_err() {
+            if !peer.outbox.push(frame.clone()) {
                 slow.push(*id);
             }
         }
@@ -829,10 +925,15 @@ impl Room {
 
     fn kick(&mut self, conn_id: u64, code: u16, reason: &str) {
         if let Some(peer) = self.peers.get(&conn_id) {
-            let _ = peer.outbox.try_send(Outbound::Close(code, reason.to_string()));
+            peer.outbox.close(code, reason);
             self.leave(conn_id);
         }
     }
+}
+
+/// Whether `update` leaves no hole in any client's clock sequence after `known`.
+fn follows(update: &[u8], known: &StateVector) -> bool {
+    update_check::check_update_in_order_v1(update, CheckLimits::default(), known).is_ok()
 }
 
 /// An encoded update with no structs and no deletions: nothing changed.

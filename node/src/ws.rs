@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Role};
 use crate::protocol::{self, MessageKind, ParseLimits};
-use crate::room::{close, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::room::{close, ClientQueue, JoinRefused, Joiner, Outbound, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
 
@@ -104,7 +104,11 @@ async fn run(
     };
 
     let limits = &app.settings.limits;
-    let (outbox, mut inbox) = mpsc::channel(limits.client_queue);
+    // Room enough for at least one full document (a sync step 2), whatever the setting.
+    let queue_bytes = limits
+        .client_queue_bytes
+        .max(limits.max_doc_bytes + limits.max_frame_bytes);
+    let (outbox, mut inbox) = ClientQueue::new(limits.client_queue, queue_bytes);
     let room = match join(app, &scene, conn_id, &claims.sub, role, request.acks, outbox).await {
         Ok(room) => room,
         Err(JoinRefused::Full) => {
@@ -120,6 +124,11 @@ async fn run(
     let parse_limits = ParseLimits::default();
     let mut messages = TokenBucket::new(limits.message_rate, Instant::now());
     let mut awareness = TokenBucket::new(limits.awareness_rate, Instant::now());
+    // Each sync step 1 makes the room encode what the client misses, up to the whole
+    // document: a client needs one per connection, and a few more at most.
+    let mut sync_requests = TokenBucket::new(SYNC_REQUESTS_PER_SECOND, Instant::now());
+    // A client that stops reading must not stall its task in a write forever.
+    let write_timeout = limits.ping_interval * 2;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.reset();
     let mut last_heard = Instant::now();
@@ -134,15 +143,17 @@ async fn run(
                     while let Some(out) = next.take() {
                         match out {
                             Outbound::Frame(frame) => {
-                                if socket.feed(Message::Binary(frame)).await.is_err() {
+                                let fed = tokio::time::timeout(write_timeout, socket.feed(Message::Binary(frame))).await;
+                                if !matches!(fed, Ok(Ok(()))) {
                                     break;
                                 }
-                                next = inbox.try_recv().ok();
+                                next = inbox.try_recv();
                             }
                             Outbound::Close(code, reason) => close_after = Some((code, reason)),
                         }
                     }
-                    if socket.flush().await.is_err() {
+                    if !matches!(tokio::time::timeout(write_timeout, socket.flush()).await, Ok(Ok(()))) {
+                        app.metrics.error("write_stalled");
                         break None;
                     }
                     if close_after.is_some() {
@@ -191,15 +202,20 @@ async fn run(
                         break Some((close::BAD_MESSAGE, format!("bad message: {error}")));
                     }
                 };
-                if frame.kind == MessageKind::Awareness {
-                    if frame.payload().len() > limits.max_awareness_bytes {
+                match frame.kind {
+                    MessageKind::Awareness if frame.payload().len() > limits.max_awareness_bytes => {
                         app.metrics.error("awareness_too_large");
                         break Some((close::TOO_LARGE, "awareness message too large".into()));
                     }
-                    if !awareness.take(now) {
+                    MessageKind::Awareness | MessageKind::QueryAwareness if !awareness.take(now) => {
                         app.metrics.awareness_dropped.inc();
                         continue;
                     }
+                    MessageKind::SyncStep1 if !sync_requests.take(now) => {
+                        app.metrics.error("rate_limited");
+                        break Some((close::RATE_LIMITED, "too many sync requests".into()));
+                    }
+                    _ => {}
                 }
                 let bytes = u32::try_from(frame.payload().len().max(1)).unwrap_or(u32::MAX);
                 let Ok(permit) = room.budget.clone().acquire_many_owned(bytes).await else {
@@ -216,7 +232,8 @@ async fn run(
                     tracing::debug!(conn_id, "peer silent for two ping intervals; dropping");
                     break None;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(write_timeout, socket.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -234,7 +251,7 @@ async fn join(
     user: &str,
     role: Role,
     acks: bool,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: ClientQueue,
 ) -> Result<RoomHandle, JoinRefused> {
     for _ in 0..5 {
         let room = app.rooms.get_or_start(scene);
@@ -259,6 +276,9 @@ async fn join(
     }
     Err(JoinRefused::Unavailable)
 }
+
+/// Sync requests (step 1) per second one connection may make, in bursts of twice that.
+const SYNC_REQUESTS_PER_SECOND: u32 = 2;
 
 /// A token bucket: `rate` per second, bursts of twice that.
 struct TokenBucket {

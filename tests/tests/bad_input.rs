@@ -386,3 +386,17 @@ async fn subdocuments_are_refused() {
     client.send_raw(protocol::encode_update(&update)).await.unwrap();
     assert_eq!(client.expect_close().await.unwrap().code, 4400);
 }
+
+#[tokio::test]
+async fn a_flood_of_sync_requests_is_refused() {
+    use yrs::updates::encoder::Encode;
+    let node = node();
+    let scene = unique("s");
+    let tok = token("a", &[(scene.as_str(), Role::Edit)]);
+    let mut client = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    let sv = yrs::StateVector::default().encode_v1();
+    for _ in 0..10 {
+        client.send_raw(protocol::encode_sync_step1(&sv)).await.unwrap();
+    }
+    assert_eq!(client.expect_close().await.unwrap().code, 4429);
+}
