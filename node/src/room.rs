@@ -270,7 +270,12 @@ impl Room {
         ctx.metrics.scenes_active.inc();
         let started = Instant::now();
         let loaded = match ctx.store.load(&scene).await {
-            Ok(stored) => rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored)),
+            // Rebuilding a large scene takes a while: off the thread that serves the rooms.
+            Ok(stored) => {
+                tokio::task::spawn_blocking(move || rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored)))
+                    .await
+                    .unwrap_or_else(|_| Err("rebuilding the scene panicked".into()))
+            }
             Err(error) => Err(error.to_string()),
         };
         match loaded {
