@@ -170,6 +170,8 @@ pub struct Joiner {
 pub enum JoinRefused {
     Full,
     Unavailable,
+    /// Another node holds the scene's lease.
+    Moved,
 }
 
 pub enum RoomCmd {
@@ -195,6 +197,8 @@ pub struct RoomContext {
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// This node's id: the lease owner and log writer.
+    pub node_id: String,
     /// Placement epoch this node writes at.
     pub epoch: u64,
     /// Turns true when the node shuts down.
@@ -269,14 +273,27 @@ impl Room {
     ) {
         ctx.metrics.scenes_active.inc();
         let started = Instant::now();
-        let loaded = match ctx.store.load(&scene).await {
-            // Rebuilding a large scene takes a while: off the thread that serves the rooms.
-            Ok(stored) => {
-                tokio::task::spawn_blocking(move || rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored)))
-                    .await
-                    .unwrap_or_else(|_| Err("rebuilding the scene panicked".into()))
+        // Claim the scene first: from here on no former owner's append is accepted.
+        let mut refusal = JoinRefused::Unavailable;
+        let claimed = match ctx.store.claim_lease(&scene, ctx.epoch, &ctx.node_id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                refusal = JoinRefused::Moved;
+                Err("the scene's lease is held by another node at this epoch or a newer one".to_string())
             }
             Err(error) => Err(error.to_string()),
+        };
+        let loaded = match claimed {
+            Err(error) => Err(error),
+            Ok(()) => match ctx.store.load(&scene).await {
+                // Rebuilding a large scene takes a while: off the thread that serves the rooms.
+                Ok(stored) => tokio::task::spawn_blocking(move || {
+                    rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored))
+                })
+                .await
+                .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
+                Err(error) => Err(error.to_string()),
+            },
         };
         match loaded {
             Ok((doc, doc_bytes, stored)) => {
@@ -297,7 +314,7 @@ impl Room {
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
             if let RoomCmd::Join { reply, .. } = cmd {
-                let _ = reply.send(Err(JoinRefused::Unavailable));
+                let _ = reply.send(Err(refusal));
             }
         }
         ctx.metrics.scenes_active.dec();
@@ -883,12 +900,14 @@ impl Room {
         let store = self.ctx.store.clone();
         let metrics = self.ctx.metrics.clone();
         let scene = self.scene.clone();
+        let (owner, epoch) = (self.ctx.node_id.clone(), self.ctx.epoch);
         tokio::spawn(async move {
-            match store.write_snapshot(&scene, &snapshot).await {
-                Ok(()) => {
+            match store.write_snapshot(&scene, &snapshot, &owner, epoch).await {
+                Ok(true) => {
                     metrics.compaction_runs.inc();
                     tracing::debug!(%scene, upto = snapshot.upto_seq, bytes = snapshot.data.len(), "snapshot written");
                 }
+                Ok(false) => tracing::warn!(%scene, "snapshot not written: another node holds the scene"),
                 Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),
             }
         });

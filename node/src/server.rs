@@ -81,6 +81,7 @@ pub async fn run(
         writer,
         metrics: metrics.clone(),
         limits: settings.limits.clone(),
+        node_id: settings.node_id.clone(),
         epoch: 0,
         shutdown: shutdown_rx,
     });

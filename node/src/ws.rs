@@ -118,6 +118,10 @@ async fn run(
         Err(JoinRefused::Unavailable) => {
             return Some((close::INTERNAL, "scene unavailable, try again".into()));
         }
+        Err(JoinRefused::Moved) => {
+            app.metrics.error("moved");
+            return Some((close::MOVED, String::new()));
+        }
     };
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
 
@@ -268,7 +272,7 @@ async fn join(
         }
         match answer.await {
             Ok(Ok(())) => return Ok(room),
-            Ok(Err(JoinRefused::Full)) => return Err(JoinRefused::Full),
+            Ok(Err(refused @ (JoinRefused::Full | JoinRefused::Moved))) => return Err(refused),
             Ok(Err(JoinRefused::Unavailable)) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -190,3 +190,27 @@ async fn silent_peers_are_dropped_by_the_heartbeat() {
     assert_eq!(node.metric("websocket_connections_active").await.unwrap(), 0.0);
     drop(stream);
 }
+
+#[tokio::test]
+async fn a_second_node_cannot_take_a_leased_scene_at_the_same_epoch() {
+    let Some(backend) = Backend::all()
+        .into_iter()
+        .find(|b| matches!(b, Backend::Postgres(_)))
+    else {
+        return; // TROUPE_TEST_SKIP_POSTGRES: only one node can share the embedded store
+    };
+    let first = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "first")]).unwrap();
+    let second = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "second")]).unwrap();
+    let scene = unique("scene");
+    let tok = token("w", &[(scene.as_str(), Role::Edit)]);
+    let mut owner = TestClient::connect(&first.ws_base(), &scene, &tok).await.unwrap();
+    owner.type_text("only one writer").await.unwrap();
+    owner.wait_acked().await.unwrap();
+    let mut intruder = TestClient::open(&second.ws_base(), &scene, &format!("token={tok}"))
+        .await
+        .unwrap();
+    assert_eq!(intruder.expect_close().await.unwrap().code, 4301);
+    // The owner carries on.
+    owner.type_text("!").await.unwrap();
+    owner.wait_acked().await.unwrap();
+}

@@ -14,6 +14,16 @@ async fn open(backend: &Backend) -> Store {
     Store::open(&location).await.expect("open store")
 }
 
+/// Claims each scene for `owner` at epoch 0, as a room does when it loads.
+async fn claim(store: &Store, scenes: &[&str], owner: &str) {
+    for scene in scenes {
+        assert!(
+            store.claim_lease(scene, 0, owner).await.unwrap(),
+            "claim of {scene} refused"
+        );
+    }
+}
+
 fn append(scene: &str, seq: u64, data: &[u8]) -> LogAppend {
     LogAppend {
         scene: scene.into(),
@@ -28,6 +38,7 @@ async fn appends_and_loads_in_order_on_every_backend() {
     for backend in Backend::all() {
         let store = open(&backend).await;
         let (a, b) = (unique("scene-a"), unique("scene-b"));
+        claim(&store, &[&a, &b], "n1").await;
         // One group commit spanning two scenes.
         let refused = store
             .append(
@@ -55,6 +66,8 @@ async fn a_taken_position_is_refused_without_failing_the_batch() {
     for backend in Backend::all() {
         let store = open(&backend).await;
         let (a, b) = (unique("scene-a"), unique("scene-b"));
+        claim(&store, &[&a], "n1").await;
+        claim(&store, &[&b], "n2").await;
         store.append("n1", &[append(&a, 1, b"first")]).await.unwrap();
         // Another writer tries the same position of `a` in a batch with `b`.
         let refused = store
@@ -79,6 +92,7 @@ async fn snapshots_follow_the_retention_policy() {
     for backend in Backend::all() {
         let store = open(&backend).await;
         let scene = unique("scene");
+        claim(&store, &[&scene], "n1").await;
         for seq in 1..=10u64 {
             store
                 .append("n1", &[append(&scene, seq, &[seq as u8])])
@@ -89,13 +103,13 @@ async fn snapshots_follow_the_retention_policy() {
             upto_seq: upto,
             data: vec![b's', upto as u8],
         };
-        store.write_snapshot(&scene, &snap(5)).await.unwrap();
+        assert!(store.write_snapshot(&scene, &snap(5), "n1", 0).await.unwrap());
         let loaded = store.load(&scene).await.unwrap();
         assert_eq!(loaded.snapshots, vec![snap(5)], "{backend:?}");
         assert_eq!(loaded.rows.first().map(|r| r.seq), Some(6));
         assert_eq!(loaded.tail_after(5).count(), 5);
 
-        store.write_snapshot(&scene, &snap(8)).await.unwrap();
+        assert!(store.write_snapshot(&scene, &snap(8), "n1", 0).await.unwrap());
         let loaded = store.load(&scene).await.unwrap();
         // Two newest snapshots, and the log after the older one for fallback.
         assert_eq!(loaded.snapshots, vec![snap(8), snap(5)], "{backend:?}");
@@ -104,13 +118,13 @@ async fn snapshots_follow_the_retention_policy() {
             vec![6, 7, 8, 9, 10]
         );
 
-        store.write_snapshot(&scene, &snap(10)).await.unwrap();
+        assert!(store.write_snapshot(&scene, &snap(10), "n1", 0).await.unwrap());
         let loaded = store.load(&scene).await.unwrap();
         assert_eq!(loaded.snapshots, vec![snap(10), snap(8)], "{backend:?}");
         assert_eq!(loaded.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![9, 10]);
         assert_eq!(loaded.last_seq(), 10);
         // Writing the same snapshot twice is harmless.
-        store.write_snapshot(&scene, &snap(10)).await.unwrap();
+        assert!(store.write_snapshot(&scene, &snap(10), "n1", 0).await.unwrap());
         assert_eq!(store.load(&scene).await.unwrap().snapshots.len(), 2);
     }
 }
@@ -128,6 +142,7 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
         };
         let scene = unique("scene");
         let store = Store::open(&location).await.unwrap();
+        claim(&store, &[&scene], "n1").await;
         store.append("n1", &[append(&scene, 1, b"kept")]).await.unwrap();
         drop(store);
         let store = Store::open(&location).await.unwrap();
@@ -137,5 +152,47 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
             "{backend:?}"
         );
         store.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn leases_fence_former_owners() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let scene = unique("scene");
+        assert!(store.claim_lease(&scene, 0, "n1").await.unwrap(), "{backend:?}");
+        // Same epoch: only the holder may renew.
+        assert!(!store.claim_lease(&scene, 0, "n2").await.unwrap(), "{backend:?}");
+        assert!(store.claim_lease(&scene, 0, "n1").await.unwrap(), "{backend:?}");
+        store.append("n1", &[append(&scene, 1, b"by n1")]).await.unwrap();
+        // A newer epoch takes the scene over; the older one cannot take it back.
+        assert!(store.claim_lease(&scene, 1, "n2").await.unwrap(), "{backend:?}");
+        assert!(!store.claim_lease(&scene, 0, "n1").await.unwrap(), "{backend:?}");
+        // The former owner's appends and snapshots are refused from now on.
+        let stale = store.append("n1", &[append(&scene, 2, b"zombie")]).await.unwrap();
+        assert_eq!(stale, vec![0], "{backend:?}");
+        let snapshot = Snapshot {
+            upto_seq: 1,
+            data: b"zombie".to_vec(),
+        };
+        assert!(
+            !store.write_snapshot(&scene, &snapshot, "n1", 0).await.unwrap(),
+            "{backend:?}"
+        );
+        // The new owner writes at its epoch.
+        let fresh = LogAppend {
+            scene: scene.clone(),
+            seq: 2,
+            epoch: 1,
+            data: b"by n2".to_vec(),
+        };
+        assert!(
+            store.append("n2", &[fresh]).await.unwrap().is_empty(),
+            "{backend:?}"
+        );
+        let loaded = store.load(&scene).await.unwrap();
+        let data: Vec<&[u8]> = loaded.rows.iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, [&b"by n1"[..], &b"by n2"[..]], "{backend:?}");
+        assert!(loaded.snapshots.is_empty());
     }
 }

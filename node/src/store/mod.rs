@@ -48,8 +48,25 @@ macro_rules! shared_queries {
             Ok(StoredScene { snapshots, rows })
         }
 
-        pub async fn write_snapshot(&self, scene: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        pub async fn write_snapshot(
+            &self,
+            scene: &str,
+            snapshot: &Snapshot,
+            owner: &str,
+            epoch: u64,
+        ) -> Result<bool, StoreError> {
             let mut tx = self.pool.begin().await?;
+            let holds: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
+            )
+            .bind(scene)
+            .bind(epoch as i64)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if holds.is_none() {
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO scene_snapshots (scene_id, upto_seq, data, created_at_ms) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (scene_id, upto_seq) DO NOTHING",
@@ -79,10 +96,29 @@ macro_rules! shared_queries {
                     .await?;
             }
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         }
 
         /// Who wrote a log position, and at which epoch.
+        /// Claims a scene for `owner` at `epoch`: succeeds over an older epoch, or renews
+        /// the same owner's claim at the same epoch; refused otherwise.
+        pub async fn claim_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
+            let done = sqlx::query(
+                "INSERT INTO scene_leases (scene_id, epoch, owner, claimed_at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scene_id) DO UPDATE
+                 SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
+                 WHERE scene_leases.epoch < excluded.epoch
+                    OR (scene_leases.epoch = excluded.epoch AND scene_leases.owner = excluded.owner)",
+            )
+            .bind(scene)
+            .bind(epoch as i64)
+            .bind(owner)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         /// The row at a log position, as `(writer_node, epoch, data)`.
         pub async fn row_at(&self, scene: &str, seq: u64) -> Result<Option<(String, u64, Vec<u8>)>, StoreError> {
             let row = sqlx::query(
@@ -205,8 +241,9 @@ impl Store {
         }
     }
 
-    /// Appends the batches of many scenes at once. Returns the batches that were refused
-    /// because their position was already taken: another writer owns that scene now.
+    /// Appends the batches of many scenes at once, each only if its writer holds the
+    /// scene's lease at the batch's epoch. Returns the batches that were refused (lease
+    /// lost, or position taken): another writer owns that scene now.
     pub async fn append(&self, writer_node: &str, batch: &[LogAppend]) -> Result<Vec<usize>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -238,6 +275,17 @@ impl Store {
         Ok(refused)
     }
 
+    /// Claims the lease of `scene` for `owner` at `epoch`. Appends are accepted only from
+    /// the lease holder at its epoch, so once a newer epoch is claimed a former owner
+    /// (paused, partitioned) can never write again. Returns false when refused.
+    pub async fn claim_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
+        to_i64(epoch)?;
+        match self {
+            Self::Postgres(s) => s.claim_lease(scene, epoch, owner).await,
+            Self::Sqlite(s) => s.claim_lease(scene, epoch, owner).await,
+        }
+    }
+
     /// Reads what is needed to rebuild a scene.
     pub async fn load(&self, scene: &str) -> Result<StoredScene, StoreError> {
         match self {
@@ -247,11 +295,19 @@ impl Store {
     }
 
     /// Writes a snapshot and prunes what the retention policy no longer needs.
-    pub async fn write_snapshot(&self, scene: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+    /// Only the lease holder at `epoch` writes; returns false when `owner` lost the lease.
+    pub async fn write_snapshot(
+        &self,
+        scene: &str,
+        snapshot: &Snapshot,
+        owner: &str,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
         to_i64(snapshot.upto_seq)?;
+        to_i64(epoch)?;
         match self {
-            Self::Postgres(s) => s.write_snapshot(scene, snapshot).await,
-            Self::Sqlite(s) => s.write_snapshot(scene, snapshot).await,
+            Self::Postgres(s) => s.write_snapshot(scene, snapshot, owner, epoch).await,
+            Self::Sqlite(s) => s.write_snapshot(scene, snapshot, owner, epoch).await,
         }
     }
 

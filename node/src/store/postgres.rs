@@ -61,6 +61,8 @@ impl PgStore {
             "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
              SELECT s, q, e, $4, d, $6
              FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::bytea[]) AS t(s, q, e, d)
+             WHERE EXISTS (SELECT 1 FROM scene_leases l
+                           WHERE l.scene_id = t.s AND l.epoch = t.e AND l.owner = $4)
              ON CONFLICT (scene_id, seq) DO NOTHING",
         )
         .bind(&scenes)
@@ -86,8 +88,8 @@ impl PgStore {
                 return Err(StoreError::Timeout);
             }
         };
-        // The common case: every row landed. Otherwise some position was taken, and
-        // `Store::append` looks up which rows are not ours.
+        // The common case: every row landed. Otherwise a position was taken or a lease
+        // lost, and `Store::append` looks up which rows are not ours.
         if inserted == batch.len() as u64 {
             Ok(Vec::new())
         } else {

@@ -45,7 +45,10 @@ impl SqliteStore {
         for (i, b) in batch.iter().enumerate() {
             let done = sqlx::query(
                 "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scene_id, seq) DO NOTHING",
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE EXISTS (SELECT 1 FROM scene_leases
+                               WHERE scene_id = $1 AND epoch = $3 AND owner = $4)
+                 ON CONFLICT (scene_id, seq) DO NOTHING",
             )
             .bind(&b.scene)
             .bind(b.seq as i64)
