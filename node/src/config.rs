@@ -146,12 +146,6 @@ pub struct Limits {
     pub compact_age: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Config::parse_from(["troupe-node"]).limits()
-    }
-}
-
 /// Browser origins allowed to connect.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {

@@ -560,14 +560,15 @@ impl Room {
         if self.follows_the_document(update) {
             if self.apply(conn_id, update) {
                 self.mark_for_ack(conn_id, AckMark::Applied(count));
-                self.apply_held();
+                if self.apply_held() {
+                    // A released update may have been a no-op whose mark is already covered.
+                    self.release_acks();
+                }
             }
         } else {
             self.hold(conn_id, update, count);
         }
         self.flush();
-        // A released update may have been a no-op whose mark is already covered.
-        self.release_acks();
     }
 
     /// Whether `update` leaves no hole in any client's clock sequence of the document.
@@ -599,19 +600,23 @@ impl Room {
         self.mark_for_ack(conn_id, AckMark::Held(count));
     }
 
-    /// Applies held updates that now follow the document, until none does.
-    fn apply_held(&mut self) {
-        loop {
+    /// Applies held updates that now follow the document, until none does. Returns
+    /// whether any was released.
+    fn apply_held(&mut self) -> bool {
+        let mut released = false;
+        while !self.held.is_empty() {
             let known = self.doc.transact().state_vector();
             let ready = self.held.iter().position(|h| follows(&h.update, &known));
             let Some(held) = ready.and_then(|i| self.held.remove(i)) else {
-                return;
+                break;
             };
             self.held_bytes -= held.update.len();
             if self.peers.contains_key(&held.conn_id) && self.apply(held.conn_id, &held.update) {
                 self.mark_for_ack(held.conn_id, AckMark::Released(held.count));
+                released = true;
             }
         }
+        released
     }
 
     /// Applies an update and fans out what it changed. Returns false when the sender was

@@ -92,9 +92,11 @@ async fn compaction_folds_the_log_and_loses_nothing() {
         }
         // The store now holds snapshots and only the retained tail of the log.
         let store = match &backend {
-            Backend::Sqlite => Store::open_sqlite(&node.data_dir.join("troupe.sqlite3"))
-                .await
-                .unwrap(),
+            Backend::Sqlite => Store::open(&troupe_node::config::StoreLocation::Sqlite(
+                node.data_dir.join("troupe.sqlite3"),
+            ))
+            .await
+            .unwrap(),
             Backend::Postgres(url) => Store::open(&troupe_node::config::StoreLocation::Postgres(url.clone()))
                 .await
                 .unwrap(),

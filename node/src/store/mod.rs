@@ -145,7 +145,6 @@ use shared_queries;
 mod postgres;
 mod sqlite;
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::StoreLocation;
@@ -227,11 +226,6 @@ impl Store {
             StoreLocation::Postgres(url) => Ok(Self::Postgres(postgres::PgStore::open(url).await?)),
             StoreLocation::Sqlite(path) => Ok(Self::Sqlite(sqlite::SqliteStore::open(path).await?)),
         }
-    }
-
-    /// Opens an SQLite store at `path` (tests and tools).
-    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(sqlite::SqliteStore::open(path).await?))
     }
 
     pub fn backend(&self) -> &'static str {
