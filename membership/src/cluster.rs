@@ -1,0 +1,364 @@
+//! One node's membership service: its Raft instance, the bootstrap from seed peers, the
+//! admin operations (which run on the leader) and the watch of the applied state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::Raft;
+use crate::rpc::RpcClient;
+use crate::state::{Command, CommandError, NodeId, NodeState};
+use crate::view::{AdmitRequest, ClusterView};
+
+/// Timings of the Raft protocol.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// How to start a node's membership service.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub id: NodeId,
+    /// This node's public WebSocket base URL.
+    pub url: String,
+    /// This node's internal address as other nodes reach it.
+    pub rpc_addr: String,
+    /// The initial voters (`id -> rpc address`), the same on each of them. Empty: this
+    /// node forms a cluster of its own.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Folder of the Raft log, vote and snapshot.
+    pub dir: PathBuf,
+    pub timing: RaftTiming,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Raft storage in {dir}: {source}")]
+    Storage { dir: PathBuf, source: std::io::Error },
+    #[error("Raft: {0}")]
+    Raft(String),
+}
+
+/// Why an admin operation did not happen. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node is not the Raft leader")]
+    NotLeader { leader_addr: Option<String> },
+    #[error("{0}")]
+    Command(#[from] CommandError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the cluster cannot decide now: {0}")]
+    Unavailable(String),
+}
+
+pub struct Cluster {
+    raft: Raft,
+    opts: ClusterOptions,
+    view: watch::Receiver<Arc<ClusterView>>,
+}
+
+impl Cluster {
+    /// Opens the durable Raft state and starts Raft. A pristine node that is the lowest id
+    /// of its peers (or has none) forms the cluster; the others wait to hear from it.
+    pub async fn start(opts: ClusterOptions, client: RpcClient) -> Result<Arc<Cluster>, ClusterError> {
+        let storage_err = |source| ClusterError::Storage {
+            dir: opts.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&opts.dir).map_err(storage_err)?;
+        let log = LogStore::open(&opts.dir).map_err(storage_err)?;
+        let (sm, view) = StateMachine::open(&opts.dir).map_err(storage_err)?;
+        let config = openraft::Config {
+            cluster_name: "troupe".into(),
+            heartbeat_interval: millis(opts.timing.heartbeat),
+            election_timeout_min: millis(opts.timing.election_timeout_min),
+            election_timeout_max: millis(opts.timing.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let raft = Raft::new(opts.id, Arc::new(config), Network { client: client.clone() }, log, sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+        let initialized = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let forms_cluster = match opts.peers.keys().next() {
+            None => true,
+            Some(lowest) => *lowest == opts.id,
+        };
+        if !initialized && forms_cluster {
+            let mut voters: BTreeMap<NodeId, BasicNode> =
+                opts.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            voters.entry(opts.id).or_insert_with(|| BasicNode::new(&opts.rpc_addr));
+            tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
+            raft.initialize(voters)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        let cluster = Arc::new(Cluster { raft, opts, view });
+        tokio::spawn(register_self(Arc::downgrade(&cluster), client));
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.opts.id
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Changes of the applied state (placement included), as they are applied here.
+    pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// The applied state with the leader as this node knows it.
+    pub fn view(&self) -> ClusterView {
+        let mut view = ClusterView::clone(&self.view.borrow());
+        view.leader = self.leader();
+        view
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node belongs to a cluster (formed it, or was added).
+    pub fn is_initialized(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let initialized = m.membership_config.membership().nodes().next().is_some();
+        initialized
+    }
+
+    /// The view once its version passes `after`, or the current one after `wait`.
+    pub async fn view_after(&self, after: u64, wait: Duration) -> ClusterView {
+        let mut rx = self.view.clone();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|v| v.version > after)).await;
+        self.view()
+    }
+
+    fn leader_addr(&self, leader: Option<NodeId>) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = leader?;
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    fn ensure_leader(&self) -> Result<(), AdminError> {
+        let leader = self.leader();
+        if leader == Some(self.opts.id) {
+            Ok(())
+        } else {
+            Err(AdminError::NotLeader {
+                leader_addr: self.leader_addr(leader),
+            })
+        }
+    }
+
+    /// Replicates one command; the state machine's verdict comes back.
+    async fn write(&self, command: Command) -> Result<crate::state::Applied, AdminError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data?),
+            Err(error) => Err(self.map_write_error(error)),
+        }
+    }
+
+    fn map_write_error(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> AdminError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError::NotLeader {
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => AdminError::Refused(e.to_string()),
+            RaftError::Fatal(e) => AdminError::Unavailable(e.to_string()),
+        }
+    }
+
+    /// Admits a node: it becomes a Raft learner, is registered, and goes active. A known
+    /// node only has its addresses refreshed (and is activated if it was still joining).
+    pub async fn admit(&self, node: &AdmitRequest) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        let register = Command::Register {
+            id: node.id,
+            url: node.url.clone(),
+            rpc_addr: node.rpc_addr.clone(),
+        };
+        // Check first, so that a bad address changes nothing, not even Raft's membership.
+        let current = self.view();
+        current.state.clone().apply(&register)?;
+        if let Some(other) = current
+            .state
+            .nodes
+            .values()
+            .find(|n| n.id != node.id && n.rpc_addr == node.rpc_addr)
+        {
+            return Err(AdminError::Refused(format!(
+                "address {} already belongs to node {}",
+                node.rpc_addr, other.id
+            )));
+        }
+        let in_raft = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&node.id).is_some()
+        };
+        if !in_raft {
+            tracing::info!(id = node.id, addr = %node.rpc_addr, "adding a learner");
+            self.raft
+                .add_learner(node.id, BasicNode::new(&node.rpc_addr), true)
+                .await
+                .map_err(|e| self.map_write_error(e))?;
+        }
+        let before = current.state.nodes.get(&node.id).map(|n| n.state);
+        self.write(register).await?;
+        if matches!(before, None | Some(NodeState::Joining)) {
+            self.write(Command::Activate { id: node.id }).await?;
+        }
+        Ok(self.view())
+    }
+
+    /// Drains (`Drain`), reactivates (`Activate`) or marks down a node.
+    pub async fn set_state(&self, command: Command) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        self.write(command).await?;
+        Ok(self.view())
+    }
+
+    /// Forgets a node: off the ring and out of Raft. A voter is replaced by a learner so
+    /// that the number of voters stays the same; without one the removal is refused.
+    pub async fn remove(&self, id: NodeId) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        let view = self.view();
+        let (voters, learners, in_raft) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+            (voters, learners, membership.get_node(&id).is_some())
+        };
+        let in_state = view.state.nodes.contains_key(&id);
+        if !in_state && !in_raft {
+            return Err(CommandError::UnknownNode { id }.into());
+        }
+        if in_state {
+            view.state.clone().apply(&Command::Remove { id })?;
+        }
+        let mut change: Option<ChangeMembers<NodeId, BasicNode>> = None;
+        if voters.contains(&id) {
+            // Prefer an active learner as the replacement, then any other learner.
+            let rank = |n: &NodeId| match view.state.nodes.get(n).map(|n| n.state) {
+                Some(NodeState::Active) => 0,
+                Some(NodeState::Joining | NodeState::Draining) => 1,
+                _ => 2,
+            };
+            let replacement = learners.iter().copied().min_by_key(|n| (rank(n), *n));
+            let mut remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+            if let Some(r) = replacement {
+                remaining.insert(r);
+            }
+            if remaining.len() < voters.len() {
+                return Err(AdminError::Refused(format!(
+                    "node {id} is one of {} voters and no other node can take its place; \
+                     add a node first (it becomes a learner and then replaces {id})",
+                    voters.len()
+                )));
+            }
+            change = Some(ChangeMembers::ReplaceAllVoters(remaining));
+        } else if in_raft {
+            change = Some(ChangeMembers::RemoveNodes([id].into()));
+        }
+        if in_state {
+            self.write(Command::Remove { id }).await?;
+        }
+        if let Some(change) = change {
+            tracing::info!(id, ?change, "changing Raft membership");
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(|e| self.map_write_error(e))?;
+        }
+        Ok(self.view())
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+/// Makes sure this node's entry in the state names its current addresses. An initial
+/// peer registers itself once it is a voter; a node added by an operator was registered by
+/// `add`, and only refreshes its entry if its addresses changed since.
+async fn register_self(cluster: std::sync::Weak<Cluster>, client: RpcClient) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        let Some(cluster) = cluster.upgrade() else { return };
+        let view = cluster.view();
+        let me = cluster.opts.id;
+        let entry = view.state.nodes.get(&me);
+        if entry.is_some_and(|n| n.url == cluster.opts.url && n.rpc_addr == cluster.opts.rpc_addr) {
+            return;
+        }
+        let member = view.voters.contains(&me) || view.learners.contains(&me);
+        let initial_peer = cluster.opts.peers.is_empty() || cluster.opts.peers.contains_key(&me);
+        if !member || (entry.is_none() && !initial_peer) {
+            continue;
+        }
+        let request = AdmitRequest {
+            id: me,
+            url: cluster.opts.url.clone(),
+            rpc_addr: cluster.opts.rpc_addr.clone(),
+        };
+        let result = match view.leader {
+            None => continue,
+            Some(leader) if leader == me => cluster.admit(&request).await.map(|_| ()).map_err(|e| e.to_string()),
+            Some(leader) => {
+                let Some(addr) = cluster.leader_addr(Some(leader)) else { continue };
+                client
+                    .post::<_, ClusterView>(&addr, "/cluster/nodes", &request, Duration::from_secs(10))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!(id = me, "registered with the cluster"),
+            Err(error) => tracing::debug!(%error, "registering with the cluster; will retry"),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! A small JSON-over-HTTP client for the cluster's internal port: Raft messages between
+//! nodes, and the admin and watch calls of routers and `troupectl`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::view::ErrorBody;
+
+/// Largest response body read (a Raft snapshot of the membership is a few KiB).
+const MAX_RESPONSE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Nothing answers at the address (connection refused, no route).
+    #[error("{addr} is unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("{addr} did not answer within {0:?}", .timeout)]
+    Timeout { addr: String, timeout: Duration },
+    /// The peer answered with an error body.
+    #[error("{}", .body.message)]
+    Refused { status: u16, body: ErrorBody },
+    #[error("bad answer from {addr}: {reason}")]
+    BadResponse { addr: String, reason: String },
+}
+
+impl RpcError {
+    /// The leader's address when the peer said it is not the leader.
+    pub fn leader_hint(&self) -> Option<&str> {
+        match self {
+            RpcError::Refused { body, .. } if body.error == "not_leader" => body.leader.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether another node might answer (the peer is down or slow).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, RpcError::Unreachable { .. } | RpcError::Timeout { .. })
+    }
+}
+
+/// Shares pooled connections; cheap to clone.
+#[derive(Clone)]
+pub struct RpcClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for RpcClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RpcClient {
+    pub fn new() -> RpcClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        RpcClient { http }
+    }
+
+    /// `POST http://{addr}{path}` with a JSON body.
+    pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| RpcError::BadResponse {
+            addr: addr.into(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        self.call(Method::POST, addr, path, Bytes::from(bytes), timeout).await
+    }
+
+    /// `GET http://{addr}{path}`.
+    pub async fn get<Resp: DeserializeOwned>(&self, addr: &str, path: &str, timeout: Duration) -> Result<Resp, RpcError> {
+        self.call(Method::GET, addr, path, Bytes::new(), timeout).await
+    }
+
+    async fn call<Resp: DeserializeOwned>(
+        &self,
+        method: Method,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let bad = |reason: String| RpcError::BadResponse {
+            addr: addr.into(),
+            reason,
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| bad(format!("bad request: {e}")))?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| RpcError::Unreachable {
+                addr: addr.into(),
+                reason: error_chain(&e),
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| bad(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, RpcError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| RpcError::Timeout {
+                addr: addr.into(),
+                timeout,
+            })??;
+        if status != StatusCode::OK {
+            let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+                error: "http".into(),
+                message: format!("{addr} answered {status}: {}", String::from_utf8_lossy(&body).trim()),
+                leader: None,
+            });
+            return Err(RpcError::Refused {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

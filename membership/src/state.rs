@@ -1,0 +1,450 @@
+//! The replicated membership state: the node list, the placement epoch and cluster config.
+//!
+//! Every voter and learner applies the same [`Command`]s in the same order (Raft decides
+//! the order), so [`ClusterState::apply`] must be deterministic: it checks a command against
+//! the state and either changes the state or returns a [`CommandError`] and changes nothing.
+//! The epoch is bumped by exactly the commands that change the set of active nodes or an
+//! active node's address, that is, whenever placement or routes change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::{Ring, RingError};
+
+/// A node's id in the cluster (its Raft id).
+pub type NodeId = u64;
+
+/// Where a node stands in placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Known to the cluster, following its state, not serving scenes yet.
+    Joining,
+    /// On the ring: owns the scenes the ring gives it.
+    Active,
+    /// Off the ring by an operator's request; stays up and owns nothing.
+    Draining,
+    /// Off the ring because it stopped answering.
+    Down,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Down => "down",
+        })
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// The WebSocket base URL clients use, e.g. `ws://10.0.0.5:4000`.
+    pub url: String,
+    /// The internal address for Raft and admin calls, e.g. `10.0.0.5:4100`.
+    pub rpc_addr: String,
+    pub state: NodeState,
+}
+
+/// A change to the membership state, replicated through the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Command {
+    /// Adds a node as `joining`, or updates a known node's addresses.
+    Register { id: NodeId, url: String, rpc_addr: String },
+    /// Puts a node on the ring (from joining, draining or down).
+    Activate { id: NodeId },
+    /// Takes a node off the ring at an operator's request.
+    Drain { id: NodeId },
+    /// Takes a node that stopped answering off the ring.
+    MarkDown { id: NodeId },
+    /// Forgets a node.
+    Remove { id: NodeId },
+    /// Sets (or, with `None`, clears) a cluster setting.
+    SetConfig { key: String, value: Option<String> },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The epoch after the command.
+    pub epoch: u64,
+    /// Whether the command changed placement (and so bumped the epoch).
+    pub epoch_changed: bool,
+}
+
+/// Why a command was refused. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "error")]
+pub enum CommandError {
+    #[error("node {id} is not a member of this cluster")]
+    UnknownNode { id: NodeId },
+    #[error("node {id} is the last active node: its scenes would have no owner")]
+    LastActiveNode { id: NodeId },
+    #[error("node {id} is the last node of the cluster")]
+    LastNode { id: NodeId },
+    #[error("invalid address for node {id}: {reason}")]
+    BadAddress { id: NodeId, reason: String },
+    #[error("invalid cluster setting: {reason}")]
+    BadConfig { reason: String },
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Bumped on every change of placement or of an active node's URL.
+    pub epoch: u64,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Cluster-wide settings (feature flags), by name.
+    pub config: BTreeMap<String, String>,
+}
+
+impl ClusterState {
+    /// Applies `command`, or refuses it and changes nothing.
+    pub fn apply(&mut self, command: &Command) -> Result<Applied, CommandError> {
+        let changed = match command {
+            Command::Register { id, url, rpc_addr } => self.register(*id, url, rpc_addr)?,
+            Command::Activate { id } => self.set_state(*id, NodeState::Active)?,
+            Command::Drain { id } => self.set_state(*id, NodeState::Draining)?,
+            Command::MarkDown { id } => self.set_state(*id, NodeState::Down)?,
+            Command::Remove { id } => self.remove(*id)?,
+            Command::SetConfig { key, value } => {
+                if key.is_empty() || key.len() > 64 || value.as_ref().is_some_and(|v| v.len() > 1024) {
+                    return Err(CommandError::BadConfig {
+                        reason: "names are 1-64 bytes and values at most 1024".into(),
+                    });
+                }
+                match value {
+                    Some(value) => self.config.insert(key.clone(), value.clone()),
+                    None => self.config.remove(key),
+                };
+                false
+            }
+        };
+        if changed {
+            self.epoch += 1;
+        }
+        Ok(Applied {
+            epoch: self.epoch,
+            epoch_changed: changed,
+        })
+    }
+
+    fn register(&mut self, id: NodeId, url: &str, rpc_addr: &str) -> Result<bool, CommandError> {
+        check_url(id, url)?;
+        check_rpc_addr(id, rpc_addr)?;
+        match self.nodes.get_mut(&id) {
+            Some(node) => {
+                let moved = node.url != url;
+                node.url = url.to_string();
+                node.rpc_addr = rpc_addr.to_string();
+                // Routes to an active node changed: clients must be told.
+                Ok(moved && node.state == NodeState::Active)
+            }
+            None => {
+                self.nodes.insert(
+                    id,
+                    NodeInfo {
+                        id,
+                        url: url.to_string(),
+                        rpc_addr: rpc_addr.to_string(),
+                        state: NodeState::Joining,
+                    },
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: NodeId, to: NodeState) -> Result<bool, CommandError> {
+        let from = self.nodes.get(&id).ok_or(CommandError::UnknownNode { id })?.state;
+        if from == to {
+            return Ok(false);
+        }
+        // Draining the only active node would leave its scenes nowhere to go. A node that
+        // died is marked down regardless: nobody can serve its scenes either way.
+        if from == NodeState::Active && to == NodeState::Draining && self.active_count() == 1 {
+            return Err(CommandError::LastActiveNode { id });
+        }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.state = to;
+        }
+        Ok(from == NodeState::Active || to == NodeState::Active)
+    }
+
+    fn remove(&mut self, id: NodeId) -> Result<bool, CommandError> {
+        let node = self.nodes.get(&id).ok_or(CommandError::UnknownNode { id })?;
+        if self.nodes.len() == 1 {
+            return Err(CommandError::LastNode { id });
+        }
+        let was_active = node.state == NodeState::Active;
+        if was_active && self.active_count() == 1 {
+            return Err(CommandError::LastActiveNode { id });
+        }
+        self.nodes.remove(&id);
+        Ok(was_active)
+    }
+
+    fn active_count(&self) -> usize {
+        self.nodes.values().filter(|n| n.state == NodeState::Active).count()
+    }
+
+    /// The ids of the nodes on the ring.
+    pub fn active_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .map(|n| n.id)
+    }
+
+    /// The placement this state implies.
+    pub fn placement(&self) -> Result<Placement, RingError> {
+        Placement::new(self)
+    }
+}
+
+fn check_url(id: NodeId, url: &str) -> Result<(), CommandError> {
+    let ok = (url.starts_with("ws://") || url.starts_with("wss://"))
+        && url.len() <= 200
+        && !url.contains(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::BadAddress {
+            id,
+            reason: format!("{url:?} is not a ws:// or wss:// URL"),
+        })
+    }
+}
+
+fn check_rpc_addr(id: NodeId, addr: &str) -> Result<(), CommandError> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+        && addr.len() <= 200
+        && !addr.contains(['/', ' ']);
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::BadAddress {
+            id,
+            reason: format!("{addr:?} is not host:port"),
+        })
+    }
+}
+
+/// Who owns what at one epoch: the ring over the active nodes plus their URLs.
+#[derive(Debug)]
+pub struct Placement {
+    pub epoch: u64,
+    ring: Ring,
+    urls: BTreeMap<NodeId, String>,
+}
+
+/// The owner of a scene at an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub scene: String,
+    pub node: NodeId,
+    pub url: String,
+    pub epoch: u64,
+}
+
+impl Placement {
+    pub fn new(state: &ClusterState) -> Result<Placement, RingError> {
+        let ring = Ring::new(state.active_ids().map(|id| id.to_string()))?;
+        let urls = state
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .map(|n| (n.id, n.url.clone()))
+            .collect();
+        Ok(Placement {
+            epoch: state.epoch,
+            ring,
+            urls,
+        })
+    }
+
+    /// A placement with no nodes: nothing is served.
+    pub fn empty() -> Placement {
+        Placement {
+            epoch: 0,
+            ring: Ring::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!("an empty ring is valid")),
+            urls: BTreeMap::new(),
+        }
+    }
+
+    /// The owner of `scene`, or `None` when no node is active.
+    pub fn route(&self, scene: &str) -> Option<Route> {
+        let owner = self.ring.owner(scene)?;
+        let node: NodeId = owner.as_str().parse().ok()?;
+        Some(Route {
+            scene: scene.to_string(),
+            node,
+            url: self.urls.get(&node)?.clone(),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Whether `node` owns `scene`.
+    pub fn owns(&self, node: NodeId, scene: &str) -> bool {
+        self.route(scene).is_some_and(|r| r.node == node)
+    }
+
+    pub fn active_nodes(&self) -> usize {
+        self.urls.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut ClusterState, id: NodeId) {
+        state
+            .apply(&Command::Register {
+                id,
+                url: format!("ws://127.0.0.1:40{id:02}"),
+                rpc_addr: format!("127.0.0.1:41{id:02}"),
+            })
+            .unwrap();
+    }
+
+    fn cluster(n: NodeId) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 1..=n {
+            register(&mut state, id);
+            state.apply(&Command::Activate { id }).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn joining_then_active_bumps_the_epoch_once() {
+        let mut state = ClusterState::default();
+        register(&mut state, 1);
+        assert_eq!(state.epoch, 0);
+        assert_eq!(state.nodes[&1].state, NodeState::Joining);
+        let applied = state.apply(&Command::Activate { id: 1 }).unwrap();
+        assert_eq!(applied, Applied { epoch: 1, epoch_changed: true });
+        // Repeating is harmless and changes nothing.
+        let again = state.apply(&Command::Activate { id: 1 }).unwrap();
+        assert_eq!(again, Applied { epoch: 1, epoch_changed: false });
+    }
+
+    #[test]
+    fn drain_and_down_take_nodes_off_the_ring() {
+        let mut state = cluster(3);
+        assert_eq!(state.epoch, 3);
+        state.apply(&Command::Drain { id: 2 }).unwrap();
+        assert_eq!(state.epoch, 4);
+        state.apply(&Command::MarkDown { id: 3 }).unwrap();
+        assert_eq!(state.epoch, 5);
+        assert_eq!(state.active_ids().collect::<Vec<_>>(), vec![1]);
+        // A drained node that goes down changes no placement.
+        state.apply(&Command::MarkDown { id: 2 }).unwrap();
+        assert_eq!(state.epoch, 5);
+        let placement = state.placement().unwrap();
+        assert!(placement.owns(1, "any-scene"));
+    }
+
+    #[test]
+    fn invalid_commands_change_nothing() {
+        let mut state = cluster(1);
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&Command::Drain { id: 1 }),
+            Err(CommandError::LastActiveNode { id: 1 })
+        );
+        assert_eq!(state.apply(&Command::Remove { id: 1 }), Err(CommandError::LastNode { id: 1 }));
+        assert_eq!(
+            state.apply(&Command::Activate { id: 9 }),
+            Err(CommandError::UnknownNode { id: 9 })
+        );
+        assert_eq!(state.apply(&Command::Remove { id: 9 }), Err(CommandError::UnknownNode { id: 9 }));
+        for (url, rpc) in [("http://x:1", "x:1"), ("ws://x:1", "x"), ("ws://x:1", "x:0"), ("ws://a b", "x:1")] {
+            let err = state.apply(&Command::Register {
+                id: 2,
+                url: url.into(),
+                rpc_addr: rpc.into(),
+            });
+            assert!(matches!(err, Err(CommandError::BadAddress { .. })), "{url} {rpc}");
+        }
+        assert!(state
+            .apply(&Command::SetConfig {
+                key: String::new(),
+                value: None
+            })
+            .is_err());
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn removing_the_last_active_node_is_refused_while_others_drain() {
+        let mut state = cluster(2);
+        state.apply(&Command::Drain { id: 2 }).unwrap();
+        assert_eq!(
+            state.apply(&Command::Remove { id: 1 }),
+            Err(CommandError::LastActiveNode { id: 1 })
+        );
+        let epoch = state.epoch;
+        state.apply(&Command::Remove { id: 2 }).unwrap();
+        assert_eq!(state.epoch, epoch, "removing a drained node moves no scene");
+        assert_eq!(state.nodes.len(), 1);
+    }
+
+    #[test]
+    fn a_new_url_for_an_active_node_bumps_the_epoch() {
+        let mut state = cluster(2);
+        let epoch = state.epoch;
+        let applied = state
+            .apply(&Command::Register {
+                id: 2,
+                url: "ws://10.0.0.2:4000".into(),
+                rpc_addr: "10.0.0.2:4100".into(),
+            })
+            .unwrap();
+        assert!(applied.epoch_changed);
+        assert_eq!(state.epoch, epoch + 1);
+        let route = state.placement().unwrap();
+        assert_eq!(route.active_nodes(), 2);
+    }
+
+    #[test]
+    fn placement_follows_the_active_nodes_only() {
+        let mut state = cluster(3);
+        let before = state.placement().unwrap();
+        state.apply(&Command::Drain { id: 3 }).unwrap();
+        let after = state.placement().unwrap();
+        for i in 0..2000 {
+            let scene = format!("scene-{i}");
+            let old = before.route(&scene).unwrap();
+            let new = after.route(&scene).unwrap();
+            assert_ne!(new.node, 3);
+            if old.node != 3 {
+                assert_eq!(old.node, new.node, "only the drained node's scenes move");
+            }
+            assert_eq!(new.epoch, state.epoch);
+        }
+        assert!(Placement::empty().route("x").is_none());
+    }
+
+    #[test]
+    fn commands_round_trip_through_json() {
+        let command = Command::Register {
+            id: 4,
+            url: "ws://h:1".into(),
+            rpc_addr: "h:2".into(),
+        };
+        let json = serde_json::to_string(&command).unwrap();
+        assert_eq!(json, r#"{"op":"register","id":4,"url":"ws://h:1","rpc_addr":"h:2"}"#);
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
+    }
+}

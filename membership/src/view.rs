@@ -1,0 +1,76 @@
+//! What a node tells the outside about the cluster: the replicated state at a version,
+//! the Raft roles and the leader. Routers and `troupectl` read this over RPC.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ClusterState, NodeId, Placement};
+
+/// The membership state as applied on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The Raft log index of the last applied entry: grows with every change.
+    pub version: u64,
+    pub state: ClusterState,
+    /// Raft voters and learners (ids).
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The current leader as the answering node knows it.
+    #[serde(default)]
+    pub leader: Option<NodeId>,
+}
+
+impl ClusterView {
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    /// The placement at this view's epoch (an empty one if the ring cannot be built, which
+    /// only happens for ids the state machine never admits).
+    pub fn placement(&self) -> Placement {
+        self.state.placement().unwrap_or_else(|_| Placement::empty())
+    }
+
+    /// The node's role in Raft: `voter`, `learner` or `none`.
+    pub fn role(&self, id: NodeId) -> &'static str {
+        if self.voters.contains(&id) {
+            "voter"
+        } else if self.learners.contains(&id) {
+            "learner"
+        } else {
+            "none"
+        }
+    }
+}
+
+/// What a node says about itself (`GET /cluster/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSelf {
+    pub id: NodeId,
+    pub url: String,
+    pub rpc_addr: String,
+    /// Whether this node belongs to a cluster yet.
+    pub initialized: bool,
+    /// Rooms loaded on this node.
+    pub rooms: u64,
+    /// The epoch this node serves at.
+    pub epoch: u64,
+}
+
+/// An admin call's failure as sent over RPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable kind: `not_leader`, `unknown_node`, `refused`, `unavailable`, `bad_request`.
+    pub error: String,
+    pub message: String,
+    /// For `not_leader`: the leader's RPC address, when known.
+    #[serde(default)]
+    pub leader: Option<String>,
+}
+
+/// `POST /cluster/nodes`: admit a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    pub id: NodeId,
+    pub url: String,
+    pub rpc_addr: String,
+}
