@@ -3,6 +3,7 @@
 //! Defaults run a local node with nothing to install; [`Config::validate`] turns the raw
 //! settings into what the node uses and fails with one clear line on a bad setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,15 +24,32 @@ pub struct Config {
     #[arg(long, env = "TROUPE_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
 
-    /// This node's id in the cluster and in the store's writer column.
-    #[arg(long, env = "TROUPE_NODE_ID", default_value = "node-1")]
-    pub node_id: String,
+    /// This node's id in the cluster (a positive integer, unique in the cluster); also
+    /// recorded as the writer of each log row.
+    #[arg(long, env = "TROUPE_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+
+    /// Internal address for Raft between nodes and for admin calls (troupectl, routers).
+    #[arg(long, env = "TROUPE_RPC_LISTEN", default_value = "127.0.0.1:4100")]
+    pub rpc_listen: SocketAddr,
+
+    /// The internal address other nodes reach this one at (default: this node's entry in
+    /// TROUPE_PEERS, else the bound TROUPE_RPC_LISTEN address).
+    #[arg(long, env = "TROUPE_RPC_ADVERTISE")]
+    pub rpc_advertise: Option<String>,
+
+    /// The initial voters as `id=host:port,…` (their internal addresses), the same value on
+    /// each of them. Empty: this node is a cluster of its own. A node that is not listed
+    /// starts empty and waits for `troupectl add`.
+    #[arg(long, env = "TROUPE_PEERS", default_value = "")]
+    pub peers: String,
 
     /// The URL clients use to reach this node (default: ws://<listen>).
     #[arg(long, env = "TROUPE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Folder for the embedded store (a SQLite file) when no database URL is set.
+    /// Folder for the Raft state (`raft-<id>/`) and the embedded store (a SQLite file,
+    /// used when no database URL is set).
     #[arg(long, env = "TROUPE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
@@ -195,7 +213,13 @@ pub enum StoreLocation {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub node_id: String,
+    pub node_id: u64,
+    pub rpc_listen: SocketAddr,
+    pub rpc_advertise: Option<String>,
+    /// Initial voters: id -> internal address.
+    pub peers: BTreeMap<u64, String>,
+    /// Folder of this node's Raft log, vote and snapshot.
+    pub raft_dir: PathBuf,
     pub public_url: Option<String>,
     pub store: StoreLocation,
     pub verifier: Verifier,
@@ -250,17 +274,12 @@ impl Config {
                 Verifier::from_public_key_file(path, alg, &self.jwt_audience).map_err(|e| e.to_string())?
             }
         };
-        if self.node_id.is_empty()
-            || self.node_id.len() > 64
-            || !self
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "TROUPE_NODE_ID {:?} must be 1-64 characters of letters, digits, - and _",
-                self.node_id
-            ));
+        if self.node_id == 0 {
+            return Err("TROUPE_NODE_ID must be a positive integer".into());
+        }
+        let peers = parse_peers(&self.peers)?;
+        if let Some(addr) = &self.rpc_advertise {
+            check_host_port("TROUPE_RPC_ADVERTISE", addr)?;
         }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).map_err(|e| format!("TROUPE_PUBLIC_URL {url:?}: {e}"))?;
@@ -300,7 +319,11 @@ impl Config {
         }
         Ok(Settings {
             listen: self.listen,
-            node_id: self.node_id.clone(),
+            node_id: self.node_id,
+            rpc_listen: self.rpc_listen,
+            rpc_advertise: self.rpc_advertise.clone(),
+            peers,
+            raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
             public_url: self.public_url.clone(),
             store,
             verifier,
@@ -309,6 +332,46 @@ impl Config {
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
         })
+    }
+}
+
+/// Parses `TROUPE_PEERS`: `id=host:port` items separated by commas.
+fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("TROUPE_PEERS: {item:?} must look like id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("TROUPE_PEERS: {id:?} is not a positive node id"))?;
+        let addr = addr.trim();
+        check_host_port("TROUPE_PEERS", addr)?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("TROUPE_PEERS: node {id} is listed twice"));
+        }
+    }
+    if peers.len() == 2 || peers.len() == 4 {
+        return Err(format!(
+            "TROUPE_PEERS lists {} voters: use 1, 3 or 5 (an even count tolerates no more failures and can stall)",
+            peers.len()
+        ));
+    }
+    Ok(peers)
+}
+
+fn check_host_port(name: &str, addr: &str) -> Result<(), String> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+        && !addr.contains(['/', ' ']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name}: {addr:?} must be host:port"))
     }
 }
 
@@ -327,13 +390,30 @@ mod tests {
         let settings = config(&[]).validate().unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:4000");
         assert!(matches!(settings.store, StoreLocation::Sqlite(_)));
+        assert!(settings.peers.is_empty());
+        assert_eq!(settings.rpc_listen.to_string(), "127.0.0.1:4100");
+    }
+
+    #[test]
+    fn peers_parse() {
+        let settings = config(&["--peers", " 1=10.0.0.1:4100, 2=h2:4100,3=h3:4100 ", "--node-id", "2"])
+            .validate()
+            .unwrap();
+        assert_eq!(settings.peers.len(), 3);
+        assert_eq!(settings.peers[&2], "h2:4100");
+        assert!(settings.raft_dir.ends_with("raft-2"));
     }
 
     #[test]
     fn bad_settings_fail_with_one_line() {
         for args in [
             &["--database-url", "mysql://x"][..],
-            &["--node-id", "bad id"],
+            &["--node-id", "0"],
+            &["--peers", "1=a:1,2=b:2"],
+            &["--peers", "1=a:1,x=b:2,3=c:3"],
+            &["--peers", "1=a:1,1=b:2,3=c:3"],
+            &["--peers", "1=a"],
+            &["--rpc-advertise", "nohost"],
             &["--public-url", "http://x"],
             &["--max-frame-bytes", "10"],
             &["--allowed-origins", "example.com"],

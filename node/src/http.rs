@@ -12,6 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::placement::Verdict;
 use crate::server::App;
 use crate::ws::{self, ConnectRequest};
 
@@ -46,6 +47,8 @@ async fn healthz(app: &App) -> Response<Body> {
         "node": app.settings.node_id,
         "store": { "backend": app.store.backend(), "ok": store_ok },
         "rooms": app.rooms.len(),
+        "epoch": app.placement.borrow().epoch(),
+        "leader": app.cluster.leader(),
     });
     let status = if store_ok {
         StatusCode::OK
@@ -74,6 +77,26 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (is_upgrade, key) else {
+        // A plain GET (a tool, a curl) is sent to the owner, as the router would.
+        let raw_scene = &req.uri().path()[SCENES_PREFIX.len()..];
+        if let Some(scene) = scene_id(raw_scene) {
+            if let Verdict::Elsewhere(route) = app.placement.borrow().verdict(app.settings.node_id, &scene) {
+                let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                let location = format!("{}{SCENES_PREFIX}{raw_scene}{query}", route.url);
+                let mut response = text(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    "text/plain",
+                    format!("scene {scene} is served by node {} at {}\n", route.node, route.url),
+                );
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return response;
+            }
+        }
         return text(
             StatusCode::UPGRADE_REQUIRED,
             "text/plain",

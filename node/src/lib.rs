@@ -7,6 +7,7 @@ pub mod config;
 pub mod duration;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod protocol;
 pub mod room;
 pub mod rooms;

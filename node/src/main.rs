@@ -9,7 +9,7 @@ use troupe_node::server;
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+            EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,openraft=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -47,11 +47,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
-    let listener = server::bind(&settings).await?;
-    let addr = listener.local_addr()?;
+    let listeners = server::bind(&settings).await?;
+    let addr = listeners.public.local_addr()?;
+    let rpc_addr = listeners.rpc.local_addr()?;
     tracing::info!(
-        node = %settings.node_id,
+        node = settings.node_id,
         %addr,
+        %rpc_addr,
         store = match &settings.store {
             troupe_node::config::StoreLocation::Postgres(_) => "postgres",
             troupe_node::config::StoreLocation::Sqlite(_) => "sqlite",
@@ -59,8 +61,8 @@ async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
         "troupe-node starting"
     );
     // Scripts and tests wait for this exact line: the store is open and the address bound.
-    let ready = move || println!("troupe-node listening on {addr}");
-    server::run(settings, listener, ready, shutdown_signal()).await?;
+    let ready = move || println!("troupe-node listening on {addr} rpc {rpc_addr}");
+    server::run(settings, listeners, ready, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

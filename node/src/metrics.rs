@@ -26,6 +26,7 @@ pub struct Metrics {
     pub scenes_active: Gauge,
     pub users_collaborating: Counter,
     pub ring_epoch: Gauge,
+    pub handoffs: Counter,
     pub rehydration_seconds: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: Counter,
@@ -47,6 +48,7 @@ impl Metrics {
             scenes_active: Gauge::default(),
             users_collaborating: Counter::default(),
             ring_epoch: Gauge::default(),
+            handoffs: Counter::default(),
             rehydration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             store_commit_failures: Counter::default(),
@@ -94,6 +96,11 @@ impl Metrics {
             "users_collaborating",
             "Client sessions that joined a scene on this node",
             m.users_collaborating.clone(),
+        );
+        registry.register(
+            "troupe_handoffs",
+            "Scenes this node handed to a new owner after a placement change",
+            m.handoffs.clone(),
         );
         registry.register(
             "troupe_ring_epoch",

@@ -16,11 +16,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
+use troupe_membership::NodeId;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::auth::Role;
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::placement::{PlacementView, Verdict};
 use crate::protocol::{self, MessageKind, ValidFrame};
 use crate::rooms::Rooms;
 use crate::store::{LogAppend, Snapshot, Store, StoredScene};
@@ -166,12 +168,12 @@ pub struct Joiner {
 }
 
 /// Why a join was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinRefused {
     Full,
     Unavailable,
-    /// Another node holds the scene's lease.
-    Moved,
+    /// Another node owns the scene: its URL when known.
+    Moved(Option<String>),
 }
 
 pub enum RoomCmd {
@@ -197,10 +199,12 @@ pub struct RoomContext {
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// This node's id: the lease owner and log writer.
+    /// This node's cluster id.
+    pub node: NodeId,
+    /// The same id as the store records it: the lease owner and log writer.
     pub node_id: String,
-    /// Placement epoch this node writes at.
-    pub epoch: u64,
+    /// The cluster's placement: a room serves its scene only while it names this node.
+    pub placement: watch::Receiver<Arc<PlacementView>>,
     /// Turns true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -260,6 +264,12 @@ pub struct Room {
     stopping: Option<(u16, &'static str)>,
     /// yrs panicked inside this document: it must never be snapshotted.
     poisoned: bool,
+    /// The epoch of this room's lease: its appends and snapshots are fenced by it.
+    epoch: u64,
+    /// Set when placement moved the scene away: the new owner's URL (if any). The room
+    /// takes no more updates, flushes, releases its lease, then closes its clients with 4301.
+    handoff: Option<Option<String>>,
+    placement: watch::Receiver<Arc<PlacementView>>,
 }
 
 impl Room {
@@ -273,15 +283,29 @@ impl Room {
     ) {
         ctx.metrics.scenes_active.inc();
         let started = Instant::now();
-        // Claim the scene first: from here on no former owner's append is accepted.
+        // Serve only what placement gives this node, and claim the scene first: from
+        // here on no former owner's append is accepted.
         let mut refusal = JoinRefused::Unavailable;
-        let claimed = match ctx.store.claim_lease(&scene, ctx.epoch, &ctx.node_id).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                refusal = JoinRefused::Moved;
-                Err("the scene's lease is held by another node at this epoch or a newer one".to_string())
+        let mut epoch = 0;
+        let current = ctx.placement.borrow().clone();
+        let claimed = match current.verdict(ctx.node, &scene) {
+            Verdict::Elsewhere(route) => {
+                refusal = JoinRefused::Moved(Some(route.url));
+                Err(format!("node {} owns the scene", route.node))
             }
-            Err(error) => Err(error.to_string()),
+            Verdict::NoOwner => Err("no node owns the scene at this epoch".to_string()),
+            Verdict::Mine { epoch: e } => {
+                epoch = e;
+                wait_for_release(&ctx, &scene, epoch, &current).await;
+                match ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        refusal = JoinRefused::Moved(None);
+                        Err("the scene's lease is held by another node at this epoch or a newer one".to_string())
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
         };
         let loaded = match claimed {
             Err(error) => Err(error),
@@ -302,7 +326,12 @@ impl Room {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, "scene loaded");
                 let mut room = Room::new(scene, id, ctx.clone(), rooms.clone(), doc, doc_bytes, &stored);
+                room.epoch = epoch;
                 room.serve(&mut inbox).await;
+            }
+            Err(error) if matches!(refusal, JoinRefused::Moved(_)) => {
+                tracing::debug!(%scene, %error, "not serving the scene here");
+                rooms.remove(&scene, id);
             }
             Err(error) => {
                 tracing::error!(%scene, %error, "cannot load scene");
@@ -314,7 +343,7 @@ impl Room {
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
             if let RoomCmd::Join { reply, .. } = cmd {
-                let _ = reply.send(Err(refusal));
+                let _ = reply.send(Err(refusal.clone()));
             }
         }
         ctx.metrics.scenes_active.dec();
@@ -344,7 +373,6 @@ impl Room {
         Self {
             scene,
             id,
-            ctx,
             rooms,
             doc,
             peers: HashMap::new(),
@@ -363,11 +391,18 @@ impl Room {
             idle_since: Some(Instant::now()),
             stopping: None,
             poisoned: false,
+            epoch: 0,
+            handoff: None,
+            placement: ctx.placement.clone(),
+            ctx,
         }
     }
 
     async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
         let mut shutdown = self.ctx.shutdown.clone();
+        self.placement.mark_unchanged();
+        // Placement may have moved on while the scene loaded.
+        self.on_placement();
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -381,6 +416,7 @@ impl Room {
                     self.flush();
                     self.maybe_compact(false);
                 }
+                Ok(()) = self.placement.changed() => self.on_placement(),
                 Ok(()) = shutdown.changed() => {
                     if *shutdown.borrow() {
                         self.stop(close::GOING_AWAY, "server shutting down");
@@ -396,6 +432,24 @@ impl Room {
     fn is_idle_long_enough(&self) -> bool {
         self.idle_since
             .is_some_and(|since| since.elapsed() >= self.ctx.limits.room_idle)
+    }
+
+    /// Starts a handoff when placement no longer names this node.
+    fn on_placement(&mut self) {
+        let current = self.placement.borrow_and_update().clone();
+        let url = match current.verdict(self.ctx.node, &self.scene) {
+            Verdict::Mine { .. } => return,
+            Verdict::Elsewhere(route) => Some(route.url),
+            Verdict::NoOwner => None,
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!(scene = %self.scene, epoch = current.epoch(), to = ?url, "handing the scene off");
+        self.ctx.metrics.handoffs.inc();
+        self.handoff = Some(url);
+        self.stopping = Some((close::MOVED, ""));
+        self.flush();
     }
 
     /// Closes every client with `code` and unloads once the log is flushed.
@@ -422,7 +476,22 @@ impl Room {
             return false;
         }
         if !refused {
-            self.maybe_compact(true);
+            // Last snapshot, then let the lease go, so that whoever serves the scene next
+            // loads little and need not wait for this node.
+            if let Some(write) = self.compaction(true) {
+                write.await;
+            }
+            match self.ctx.store.release_lease(&self.scene, self.epoch, &self.ctx.node_id).await {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(scene = %self.scene, %error, "cannot release the lease"),
+            }
+        }
+        if let Some(url) = self.handoff.take() {
+            let reason = url.unwrap_or_default();
+            let ids: Vec<u64> = self.peers.keys().copied().collect();
+            for id in ids {
+                self.kick(id, close::MOVED, &reason);
+            }
         }
         // Drop out of the directory first, then refuse whatever is still queued.
         self.rooms.remove(&self.scene, self.id);
@@ -458,6 +527,10 @@ impl Room {
     }
 
     fn join(&mut self, joiner: Joiner, reply: oneshot::Sender<Result<(), JoinRefused>>) {
+        if let Some(url) = &self.handoff {
+            let _ = reply.send(Err(JoinRefused::Moved(url.clone())));
+            return;
+        }
         if self.stopping.is_some() {
             let _ = reply.send(Err(JoinRefused::Unavailable));
             return;
@@ -519,7 +592,9 @@ impl Room {
     }
 
     fn on_frame(&mut self, conn_id: u64, frame: &ValidFrame) {
-        if !self.peers.contains_key(&conn_id) {
+        // While handing off nothing new is taken: clients resend it to the new owner in
+        // their sync handshake.
+        if !self.peers.contains_key(&conn_id) || self.handoff.is_some() {
             return;
         }
         match frame.kind {
@@ -810,7 +885,7 @@ impl Room {
             append: LogAppend {
                 scene: self.scene.clone(),
                 seq,
-                epoch: self.ctx.epoch,
+                epoch: self.epoch,
                 data,
             },
             status: self.status_tx.clone(),
@@ -880,17 +955,24 @@ impl Room {
     /// Folds the log into a snapshot when it has grown by rows, bytes or age, or (when
     /// `unloading`) whenever anything is uncovered, so reloads read little.
     fn maybe_compact(&mut self, unloading: bool) {
+        if let Some(write) = self.compaction(unloading) {
+            tokio::spawn(write);
+        }
+    }
+
+    /// The snapshot write that is due, if any.
+    fn compaction(&mut self, unloading: bool) -> Option<impl std::future::Future<Output = ()> + use<>> {
         let limits = &self.ctx.limits;
         let u = &self.uncompacted;
         if u.rows == 0 || self.in_flight.is_some() || !self.pending.is_empty() || self.poisoned {
-            return;
+            return None;
         }
         let due = unloading
             || u.rows >= limits.compact_rows
             || u.bytes >= limits.compact_bytes
             || u.since.is_some_and(|t| t.elapsed() >= limits.compact_age);
         if !due {
-            return;
+            return None;
         }
         let data = self
             .doc
@@ -905,8 +987,8 @@ impl Room {
         let store = self.ctx.store.clone();
         let metrics = self.ctx.metrics.clone();
         let scene = self.scene.clone();
-        let (owner, epoch) = (self.ctx.node_id.clone(), self.ctx.epoch);
-        tokio::spawn(async move {
+        let (owner, epoch) = (self.ctx.node_id.clone(), self.epoch);
+        Some(async move {
             match store.write_snapshot(&scene, &snapshot, &owner, epoch).await {
                 Ok(true) => {
                     metrics.compaction_runs.inc();
@@ -915,7 +997,7 @@ impl Room {
                 Ok(false) => tracing::warn!(%scene, "snapshot not written: another node holds the scene"),
                 Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),
             }
-        });
+        })
     }
 
     /// Queues a frame for one peer; a peer that cannot keep up is disconnected.
@@ -956,6 +1038,31 @@ impl Room {
         if let Some(peer) = self.peers.get(&conn_id) {
             peer.outbox.close(code, reason);
             self.leave(conn_id);
+        }
+    }
+}
+
+/// How long a new owner waits for the former owner to flush and release a scene it is
+/// handing over (planned moves take milliseconds; a former owner that is down is not
+/// waited for, and after this long the claim goes ahead: fencing keeps it safe).
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the scene's lease is free for this node: released, already ours, or held
+/// by a node that is not up. Returns early on any store error (the claim reports it).
+async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement: &PlacementView) {
+    let deadline = Instant::now() + HANDOFF_WAIT;
+    loop {
+        match ctx.store.lease(scene).await {
+            Ok(Some((held_epoch, owner)))
+                if held_epoch < epoch && !owner.is_empty() && owner != ctx.node_id && placement.is_up(&owner) =>
+            {
+                if Instant::now() >= deadline {
+                    tracing::warn!(%scene, %owner, "former owner did not release the scene in time; taking it over");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return,
         }
     }
 }

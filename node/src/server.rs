@@ -11,8 +11,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use troupe_membership::rpc::RpcClient;
+use troupe_membership::server::LocalStatus;
+use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
+
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::placement::{self, PlacementView};
 use crate::room::RoomContext;
 use crate::rooms::Rooms;
 use crate::store::{Store, StoreError};
@@ -25,6 +30,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub enum ServerError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("membership: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,7 +45,25 @@ pub struct App {
     pub store: Store,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
+    pub cluster: Arc<Cluster>,
+    pub placement: watch::Receiver<Arc<PlacementView>>,
     conn_ids: AtomicU64,
+}
+
+/// What the internal endpoint reports about this node.
+struct NodeStatus {
+    rooms: Arc<Rooms>,
+    placement: watch::Receiver<Arc<PlacementView>>,
+}
+
+impl LocalStatus for NodeStatus {
+    fn rooms(&self) -> u64 {
+        self.rooms.len() as u64
+    }
+
+    fn epoch(&self) -> u64 {
+        self.placement.borrow().epoch()
+    }
 }
 
 impl App {
@@ -47,30 +72,80 @@ impl App {
     }
 }
 
-/// Binds the configured address.
-pub async fn bind(settings: &Settings) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: settings.listen,
-            source,
-        })
+/// The node's two listeners: clients (WebSocket, health, metrics) and internal (Raft, admin).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub rpc: TcpListener,
 }
+
+/// Binds the configured addresses.
+pub async fn bind(settings: &Settings) -> Result<Listeners, ServerError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    Ok(Listeners {
+        public: bind(settings.listen).await?,
+        rpc: bind(settings.rpc_listen).await?,
+    })
+}
+
+/// How long a node that forms a cluster of its own waits to serve before it says so.
+const SELF_CLUSTER_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves, then closes clients with 1001, flushes every room
 /// and waits for the last group commit. `on_ready` runs once the store is open and
 /// connections are about to be served.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let Listeners { public: listener, rpc } = listeners;
     let store = Store::open(&settings.store).await?;
     let metrics = Arc::new(Metrics::new());
+    let public_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+    let rpc_addr = rpc
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: settings.rpc_listen, source })?;
+    let cluster = Cluster::start(
+        ClusterOptions {
+            id: settings.node_id,
+            url: settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("ws://{public_addr}")),
+            rpc_addr: settings
+                .rpc_advertise
+                .clone()
+                .or_else(|| settings.peers.get(&settings.node_id).cloned())
+                .unwrap_or_else(|| rpc_addr.to_string()),
+            peers: settings.peers.clone(),
+            dir: settings.raft_dir.clone(),
+            timing: RaftTiming::default(),
+        },
+        RpcClient::new(),
+    )
+    .await?;
+    let placement = placement::follow(cluster.watch());
+    {
+        let (mut watch, gauge) = (placement.clone(), metrics.ring_epoch.clone());
+        tokio::spawn(async move {
+            loop {
+                gauge.set(watch.borrow_and_update().epoch() as i64);
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (writer, writer_task) = writer::spawn(
         store.clone(),
-        settings.node_id.clone(),
+        settings.node_id.to_string(),
         metrics.clone(),
         settings.commit_batch,
         65_536,
@@ -81,16 +156,41 @@ pub async fn run(
         writer,
         metrics: metrics.clone(),
         limits: settings.limits.clone(),
-        node_id: settings.node_id.clone(),
-        epoch: 0,
-        shutdown: shutdown_rx,
+        node: settings.node_id,
+        node_id: settings.node_id.to_string(),
+        placement: placement.clone(),
+        shutdown: shutdown_rx.clone(),
     });
     let rooms = Rooms::new(ctx);
+    let status = Arc::new(NodeStatus {
+        rooms: rooms.clone(),
+        placement: placement.clone(),
+    });
+    let mut rpc_shutdown = shutdown_rx.clone();
+    let rpc_task = tokio::spawn(troupe_membership::server::serve(
+        rpc,
+        cluster.clone(),
+        status,
+        async move {
+            let _ = rpc_shutdown.wait_for(|stop| *stop).await;
+        },
+    ));
+    if settings.peers.is_empty() {
+        // A node of its own serves every scene as soon as it has put itself on the ring.
+        let me = settings.node_id;
+        let mut watch = placement.clone();
+        let on_ring = watch.wait_for(|p| p.view.state.active_ids().any(|id| id == me));
+        if tokio::time::timeout(SELF_CLUSTER_WAIT, on_ring).await.is_err() {
+            tracing::warn!("this node is not on the ring yet; scenes are refused until it is");
+        }
+    }
     let app = Arc::new(App {
         settings,
         store,
         rooms: rooms.clone(),
         metrics,
+        cluster: cluster.clone(),
+        placement,
         conn_ids: AtomicU64::new(1),
     });
 
@@ -136,5 +236,7 @@ pub async fn run(
     drop(rooms);
     // The writer ends once the last room let go of its handle.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer_task).await;
+    let _ = rpc_task.await;
+    cluster.shutdown().await;
     Ok(())
 }

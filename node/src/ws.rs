@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Role};
 use crate::protocol::{self, MessageKind, ParseLimits};
+use crate::placement::Verdict;
 use crate::room::{close, ClientQueue, JoinRefused, Joiner, Outbound, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
@@ -103,6 +104,20 @@ async fn run(
         return Some((close::FORBIDDEN, "token does not grant this scene".into()));
     };
 
+    // Only the owner serves a scene; the others say where it lives.
+    let verdict = app.placement.borrow().verdict(app.settings.node_id, &scene);
+    match verdict {
+        Verdict::Mine { .. } => {}
+        Verdict::Elsewhere(route) => {
+            app.metrics.error("moved");
+            return Some((close::MOVED, route.url));
+        }
+        Verdict::NoOwner => {
+            app.metrics.error("no_owner");
+            return Some((close::TRY_AGAIN, "no node serves this scene yet; try again".into()));
+        }
+    }
+
     let limits = &app.settings.limits;
     // Room enough for at least one full document (a sync step 2), whatever the setting.
     let queue_bytes = limits
@@ -118,9 +133,9 @@ async fn run(
         Err(JoinRefused::Unavailable) => {
             return Some((close::INTERNAL, "scene unavailable, try again".into()));
         }
-        Err(JoinRefused::Moved) => {
+        Err(JoinRefused::Moved(url)) => {
             app.metrics.error("moved");
-            return Some((close::MOVED, String::new()));
+            return Some((close::MOVED, url.unwrap_or_default()));
         }
     };
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
@@ -272,7 +287,7 @@ async fn join(
         }
         match answer.await {
             Ok(Ok(())) => return Ok(room),
-            Ok(Err(refused @ (JoinRefused::Full | JoinRefused::Moved))) => return Err(refused),
+            Ok(Err(refused @ (JoinRefused::Full | JoinRefused::Moved(_)))) => return Err(refused),
             Ok(Err(JoinRefused::Unavailable)) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

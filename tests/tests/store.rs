@@ -196,3 +196,29 @@ async fn leases_fence_former_owners() {
         assert!(loaded.snapshots.is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_released_lease_stops_its_holder_and_keeps_the_epoch() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let scene = unique("scene");
+        assert!(store.claim_lease(&scene, 3, "n1").await.unwrap(), "{backend:?}");
+        assert_eq!(store.lease(&scene).await.unwrap(), Some((3, "n1".to_string())));
+        // Only the holder at its epoch can release.
+        assert!(!store.release_lease(&scene, 3, "n2").await.unwrap(), "{backend:?}");
+        assert!(!store.release_lease(&scene, 2, "n1").await.unwrap(), "{backend:?}");
+        assert!(store.release_lease(&scene, 3, "n1").await.unwrap(), "{backend:?}");
+        assert_eq!(store.lease(&scene).await.unwrap(), Some((3, String::new())));
+        // A released lease accepts no append, not even from its former holder…
+        let late = LogAppend {
+            epoch: 3,
+            ..append(&scene, 1, b"late")
+        };
+        assert_eq!(store.append("n1", &[late]).await.unwrap(), vec![0], "{backend:?}");
+        // …and no claim at an epoch that is not newer: the epoch stays fenced.
+        assert!(!store.claim_lease(&scene, 2, "n3").await.unwrap(), "{backend:?}");
+        assert!(!store.claim_lease(&scene, 3, "n3").await.unwrap(), "{backend:?}");
+        assert!(store.claim_lease(&scene, 4, "n3").await.unwrap(), "{backend:?}");
+        assert_eq!(store.lease(&unique("none")).await.unwrap(), None);
+    }
+}

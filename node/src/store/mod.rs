@@ -119,6 +119,27 @@ macro_rules! shared_queries {
             Ok(done.rows_affected() == 1)
         }
 
+        pub async fn lease(&self, scene: &str) -> Result<Option<(u64, String)>, StoreError> {
+            let row: Option<(i64, String)> =
+                sqlx::query_as("SELECT epoch, owner FROM scene_leases WHERE scene_id = $1")
+                    .bind(scene)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(row.map(|(epoch, owner)| (epoch.max(0) as u64, owner)))
+        }
+
+        pub async fn release_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
+            let done = sqlx::query(
+                "UPDATE scene_leases SET owner = '' WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
+            )
+            .bind(scene)
+            .bind(epoch as i64)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         /// The row at a log position, as `(writer_node, epoch, data)`.
         pub async fn row_at(&self, scene: &str, seq: u64) -> Result<Option<(String, u64, Vec<u8>)>, StoreError> {
             let row = sqlx::query(
@@ -277,6 +298,24 @@ impl Store {
         match self {
             Self::Postgres(s) => s.claim_lease(scene, epoch, owner).await,
             Self::Sqlite(s) => s.claim_lease(scene, epoch, owner).await,
+        }
+    }
+
+    /// The lease of `scene` as `(epoch, owner)`; the owner is empty once released.
+    pub async fn lease(&self, scene: &str) -> Result<Option<(u64, String)>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.lease(scene).await,
+            Self::Sqlite(s) => s.lease(scene).await,
+        }
+    }
+
+    /// Gives up `owner`'s lease at `epoch` after its last write, so that the next owner
+    /// need not wait for it. The epoch stays, so no older claim can succeed afterwards.
+    pub async fn release_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
+        to_i64(epoch)?;
+        match self {
+            Self::Postgres(s) => s.release_lease(scene, epoch, owner).await,
+            Self::Sqlite(s) => s.release_lease(scene, epoch, owner).await,
         }
     }
 

@@ -1,0 +1,139 @@
+//! `troupectl`: operator tool. Cluster commands (`nodes`, `status`, `add`, `drain`,
+//! `activate`, `remove`, `route`) talk to any node's internal address; `troupectl token`
+//! mints an access token with the configured key, the way an app's backend would.
+
+mod cluster;
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use troupe_node::auth::{self, Claims, Role, Signer};
+use troupe_node::duration::parse_duration;
+
+#[derive(Parser)]
+#[command(name = "troupectl", version, about = "Operate a Troupe cluster")]
+struct Cli {
+    /// Internal (RPC) addresses of one or more cluster nodes, comma-separated.
+    #[arg(long, env = "TROUPE_CLUSTER", default_value = "127.0.0.1:4100", value_delimiter = ',', global = true)]
+    cluster: Vec<String>,
+    /// Print JSON instead of text (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the nodes with their states and Raft roles, and the epoch.
+    Nodes,
+    /// Leader, epoch, and rooms per node.
+    Status,
+    /// Add a started node (give its internal address): it joins as a learner, then goes active.
+    Add {
+        /// The new node's internal address (its TROUPE_RPC_LISTEN / TROUPE_RPC_ADVERTISE).
+        addr: String,
+    },
+    /// Move every scene off a node; it stays up and owns nothing.
+    Drain { id: u64 },
+    /// Put a drained (or down) node back on the ring.
+    Activate { id: u64 },
+    /// Remove a node from the cluster (its scenes move first).
+    Remove { id: u64 },
+    /// Which node serves a scene.
+    Route { scene: String },
+    /// Print a signed access token (JWT) for a user.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    user: String,
+    /// Scene id the token grants, or `*` for every scene; repeat for several.
+    #[arg(long = "scene", required = true)]
+    scenes: Vec<String>,
+    /// What the token allows in those scenes.
+    #[arg(long, default_value = "edit")]
+    role: Role,
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: std::time::Duration,
+    /// Display name shown to collaborators.
+    #[arg(long)]
+    name: Option<String>,
+    /// `aud` claim; must match the node's TROUPE_JWT_AUDIENCE.
+    #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
+    audience: String,
+    /// HS256 secret shared with the nodes.
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// PEM private key for RS256 or EdDSA (instead of a secret).
+    #[arg(long, env = "TROUPE_JWT_PRIVATE_KEY_FILE")]
+    private_key_file: Option<String>,
+    /// Algorithm for the private key: RS256 or EdDSA.
+    #[arg(long, env = "TROUPE_JWT_ALGORITHM", default_value = "RS256")]
+    algorithm: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Token(args) => token(args),
+        command => run_cluster_command(&cli.cluster, cli.json, command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("troupectl: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow::Result<()> {
+    let addrs: Vec<String> = addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    if addrs.is_empty() {
+        anyhow::bail!("give the cluster's internal addresses with --cluster or TROUPE_CLUSTER");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = troupe_membership::ClusterClient::new(addrs);
+    runtime.block_on(async {
+        let work = async {
+            match command {
+                Command::Nodes => cluster::nodes(&client, json).await,
+                Command::Status => cluster::status(&client, json).await,
+                Command::Add { addr } => cluster::add(&client, &addr, json).await,
+                Command::Drain { id } => cluster::drain(&client, id, json).await,
+                Command::Activate { id } => cluster::activate(&client, id, json).await,
+                Command::Remove { id } => cluster::remove(&client, id, json).await,
+                Command::Route { scene } => cluster::route(&client, &scene, json).await,
+                Command::Token(_) => Ok(()),
+            }
+        };
+        tokio::time::timeout(cluster::COMMAND_TIMEOUT, work)
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster did not answer within {:?}", cluster::COMMAND_TIMEOUT))?
+    })
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let signer = match (&args.secret, &args.private_key_file) {
+        (Some(secret), None) => Signer::from_secret(secret.as_bytes()),
+        (None, Some(path)) => Signer::from_private_key_file(path, auth::parse_algorithm(&args.algorithm)?)?,
+        (Some(_), Some(_)) => anyhow::bail!("give either --secret or --private-key-file, not both"),
+        (None, None) => anyhow::bail!("no signing key: set TROUPE_JWT_SECRET (or --private-key-file)"),
+    };
+    let scenes: BTreeMap<String, Role> = args.scenes.iter().map(|s| (s.clone(), args.role)).collect();
+    let claims = Claims {
+        sub: args.user,
+        exp: auth::now_secs() + args.ttl.as_secs(),
+        aud: args.audience,
+        name: args.name,
+        scenes,
+    };
+    println!("{}", signer.sign(&claims).context("signing the token")?);
+    Ok(())
+}
