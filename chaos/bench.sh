@@ -115,6 +115,7 @@ if wants troupe; then
     node_port="$(free_port)"
     mkdir -p "$WORK/data"
     TROUPE_LISTEN="127.0.0.1:$node_port" \
+    TROUPE_RPC_LISTEN="127.0.0.1:0" \
     TROUPE_DATABASE_URL="$DB_URL" \
     TROUPE_JWT_SECRET="$SECRET" \
     TROUPE_DATA_DIR="$WORK/data" \

@@ -88,7 +88,11 @@ impl ClusterClient {
     }
 
     /// Runs an admin call on the leader, following redirects from followers.
-    async fn on_leader<Req: Serialize, Resp: DeserializeOwned>(&self, path: &str, body: &Req) -> Result<Resp, RpcError> {
+    async fn on_leader<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, RpcError> {
         let first = self
             .any(|addr| async move { self.rpc.post::<_, Resp>(&addr, path, body, CALL_TIMEOUT).await })
             .await;
@@ -104,8 +108,10 @@ impl ClusterClient {
                 Some(addr) => result = self.rpc.post(&addr, path, body, CALL_TIMEOUT).await,
                 None => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    result = self
-                        .any(|addr| async move { self.rpc.post::<_, Resp>(&addr, path, body, CALL_TIMEOUT).await })
+                    result =
+                        self.any(|addr| async move {
+                            self.rpc.post::<_, Resp>(&addr, path, body, CALL_TIMEOUT).await
+                        })
                         .await;
                 }
             }
@@ -122,7 +128,8 @@ impl ClusterClient {
     }
 
     pub async fn activate(&self, id: NodeId) -> Result<ClusterView, RpcError> {
-        self.on_leader(&format!("/cluster/nodes/{id}/activate"), &()).await
+        self.on_leader(&format!("/cluster/nodes/{id}/activate"), &())
+            .await
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<ClusterView, RpcError> {

@@ -101,19 +101,35 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let raft = Raft::new(opts.id, Arc::new(config), Network { client: client.clone() }, log, sm)
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            Network {
+                client: client.clone(),
+            },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+        let initialized = raft
+            .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-
-        let initialized = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
         let forms_cluster = match opts.peers.keys().next() {
             None => true,
             Some(lowest) => *lowest == opts.id,
         };
         if !initialized && forms_cluster {
-            let mut voters: BTreeMap<NodeId, BasicNode> =
-                opts.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-            voters.entry(opts.id).or_insert_with(|| BasicNode::new(&opts.rpc_addr));
+            let mut voters: BTreeMap<NodeId, BasicNode> = opts
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            voters
+                .entry(opts.id)
+                .or_insert_with(|| BasicNode::new(&opts.rpc_addr));
             tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
             raft.initialize(voters)
                 .await
@@ -171,7 +187,10 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let id = leader?;
-        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     fn ensure_leader(&self) -> Result<(), AdminError> {
@@ -198,7 +217,9 @@ impl Cluster {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError::NotLeader {
                 leader_addr: f.leader_node.map(|n| n.addr),
             },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => AdminError::Refused(e.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                AdminError::Refused(e.to_string())
+            }
             RaftError::Fatal(e) => AdminError::Unavailable(e.to_string()),
         }
     }
@@ -346,9 +367,15 @@ async fn register_self(cluster: std::sync::Weak<Cluster>, client: RpcClient) {
         };
         let result = match view.leader {
             None => continue,
-            Some(leader) if leader == me => cluster.admit(&request).await.map(|_| ()).map_err(|e| e.to_string()),
+            Some(leader) if leader == me => cluster
+                .admit(&request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Some(leader) => {
-                let Some(addr) = cluster.leader_addr(Some(leader)) else { continue };
+                let Some(addr) = cluster.leader_addr(Some(leader)) else {
+                    continue;
+                };
                 client
                     .post::<_, ClusterView>(&addr, "/cluster/nodes", &request, Duration::from_secs(10))
                     .await

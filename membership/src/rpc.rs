@@ -81,11 +81,17 @@ impl RpcClient {
             addr: addr.into(),
             reason: format!("cannot encode the request: {e}"),
         })?;
-        self.call(Method::POST, addr, path, Bytes::from(bytes), timeout).await
+        self.call(Method::POST, addr, path, Bytes::from(bytes), timeout)
+            .await
     }
 
     /// `GET http://{addr}{path}`.
-    pub async fn get<Resp: DeserializeOwned>(&self, addr: &str, path: &str, timeout: Duration) -> Result<Resp, RpcError> {
+    pub async fn get<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
         self.call(Method::GET, addr, path, Bytes::new(), timeout).await
     }
 
@@ -108,10 +114,14 @@ impl RpcClient {
             .body(Full::new(body))
             .map_err(|e| bad(format!("bad request: {e}")))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| RpcError::Unreachable {
-                addr: addr.into(),
-                reason: error_chain(&e),
-            })?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| RpcError::Unreachable {
+                    addr: addr.into(),
+                    reason: error_chain(&e),
+                })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
@@ -120,16 +130,20 @@ impl RpcClient {
                 .to_bytes();
             Ok::<_, RpcError>((status, body))
         };
-        let (status, body) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| RpcError::Timeout {
-                addr: addr.into(),
-                timeout,
-            })??;
+        let (status, body) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| RpcError::Timeout {
+                    addr: addr.into(),
+                    timeout,
+                })??;
         if status != StatusCode::OK {
             let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
                 error: "http".into(),
-                message: format!("{addr} answered {status}: {}", String::from_utf8_lossy(&body).trim()),
+                message: format!(
+                    "{addr} answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
                 leader: None,
             });
             return Err(RpcError::Refused {

@@ -136,7 +136,12 @@ async fn handle(
                         "remove" => admin(cluster.remove(id).await),
                         _ => not_found(),
                     },
-                    Err(_) => error(StatusCode::BAD_REQUEST, "bad_request", format!("{id:?} is not a node id"), None),
+                    Err(_) => error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("{id:?} is not a node id"),
+                        None,
+                    ),
                 },
                 None => not_found(),
             }
@@ -151,8 +156,14 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
         Ok(collected) => collected.to_bytes(),
         Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_request", e.to_string(), None)),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", format!("bad JSON body: {e}"), None))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("bad JSON body: {e}"),
+            None,
+        )
+    })
 }
 
 fn admin<T: Serialize>(result: Result<T, AdminError>) -> Response<Body> {
@@ -161,14 +172,21 @@ fn admin<T: Serialize>(result: Result<T, AdminError>) -> Response<Body> {
         Err(e) => {
             let message = e.to_string();
             match e {
-                AdminError::NotLeader { leader_addr } => {
-                    error(StatusCode::MISDIRECTED_REQUEST, "not_leader", message, leader_addr)
-                }
+                AdminError::NotLeader { leader_addr } => error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "not_leader",
+                    message,
+                    leader_addr,
+                ),
                 AdminError::Command(CommandError::UnknownNode { .. }) => {
                     error(StatusCode::NOT_FOUND, "unknown_node", message, None)
                 }
-                AdminError::Command(_) | AdminError::Refused(_) => error(StatusCode::CONFLICT, "refused", message, None),
-                AdminError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+                AdminError::Command(_) | AdminError::Refused(_) => {
+                    error(StatusCode::CONFLICT, "refused", message, None)
+                }
+                AdminError::Unavailable(_) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None)
+                }
             }
         }
     }
@@ -204,5 +222,10 @@ fn error(status: StatusCode, kind: &str, message: String, leader: Option<String>
 }
 
 fn not_found() -> Response<Body> {
-    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into(), None)
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint".into(),
+        None,
+    )
 }

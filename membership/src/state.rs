@@ -57,7 +57,11 @@ pub struct NodeInfo {
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Command {
     /// Adds a node as `joining`, or updates a known node's addresses.
-    Register { id: NodeId, url: String, rpc_addr: String },
+    Register {
+        id: NodeId,
+        url: String,
+        rpc_addr: String,
+    },
     /// Puts a node on the ring (from joining, draining or down).
     Activate { id: NodeId },
     /// Takes a node off the ring at an operator's request.
@@ -192,7 +196,10 @@ impl ClusterState {
     }
 
     fn active_count(&self) -> usize {
-        self.nodes.values().filter(|n| n.state == NodeState::Active).count()
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .count()
     }
 
     /// The ids of the nodes on the ring.
@@ -333,10 +340,22 @@ mod tests {
         assert_eq!(state.epoch, 0);
         assert_eq!(state.nodes[&1].state, NodeState::Joining);
         let applied = state.apply(&Command::Activate { id: 1 }).unwrap();
-        assert_eq!(applied, Applied { epoch: 1, epoch_changed: true });
+        assert_eq!(
+            applied,
+            Applied {
+                epoch: 1,
+                epoch_changed: true
+            }
+        );
         // Repeating is harmless and changes nothing.
         let again = state.apply(&Command::Activate { id: 1 }).unwrap();
-        assert_eq!(again, Applied { epoch: 1, epoch_changed: false });
+        assert_eq!(
+            again,
+            Applied {
+                epoch: 1,
+                epoch_changed: false
+            }
+        );
     }
 
     #[test]
@@ -363,13 +382,24 @@ mod tests {
             state.apply(&Command::Drain { id: 1 }),
             Err(CommandError::LastActiveNode { id: 1 })
         );
-        assert_eq!(state.apply(&Command::Remove { id: 1 }), Err(CommandError::LastNode { id: 1 }));
+        assert_eq!(
+            state.apply(&Command::Remove { id: 1 }),
+            Err(CommandError::LastNode { id: 1 })
+        );
         assert_eq!(
             state.apply(&Command::Activate { id: 9 }),
             Err(CommandError::UnknownNode { id: 9 })
         );
-        assert_eq!(state.apply(&Command::Remove { id: 9 }), Err(CommandError::UnknownNode { id: 9 }));
-        for (url, rpc) in [("http://x:1", "x:1"), ("ws://x:1", "x"), ("ws://x:1", "x:0"), ("ws://a b", "x:1")] {
+        assert_eq!(
+            state.apply(&Command::Remove { id: 9 }),
+            Err(CommandError::UnknownNode { id: 9 })
+        );
+        for (url, rpc) in [
+            ("http://x:1", "x:1"),
+            ("ws://x:1", "x"),
+            ("ws://x:1", "x:0"),
+            ("ws://a b", "x:1"),
+        ] {
             let err = state.apply(&Command::Register {
                 id: 2,
                 url: url.into(),
@@ -444,7 +474,10 @@ mod tests {
             rpc_addr: "h:2".into(),
         };
         let json = serde_json::to_string(&command).unwrap();
-        assert_eq!(json, r#"{"op":"register","id":4,"url":"ws://h:1","rpc_addr":"h:2"}"#);
+        assert_eq!(
+            json,
+            r#"{"op":"register","id":4,"url":"ws://h:1","rpc_addr":"h:2"}"#
+        );
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
     }
 }

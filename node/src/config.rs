@@ -396,9 +396,14 @@ mod tests {
 
     #[test]
     fn peers_parse() {
-        let settings = config(&["--peers", " 1=10.0.0.1:4100, 2=h2:4100,3=h3:4100 ", "--node-id", "2"])
-            .validate()
-            .unwrap();
+        let settings = config(&[
+            "--peers",
+            " 1=10.0.0.1:4100, 2=h2:4100,3=h3:4100 ",
+            "--node-id",
+            "2",
+        ])
+        .validate()
+        .unwrap();
         assert_eq!(settings.peers.len(), 3);
         assert_eq!(settings.peers[&2], "h2:4100");
         assert!(settings.raft_dir.ends_with("raft-2"));

@@ -86,7 +86,10 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
                 let mut response = text(
                     StatusCode::TEMPORARY_REDIRECT,
                     "text/plain",
-                    format!("scene {scene} is served by node {} at {}\n", route.node, route.url),
+                    format!(
+                        "scene {scene} is served by node {} at {}\n",
+                        route.node, route.url
+                    ),
                 );
                 if let Ok(value) = HeaderValue::from_str(&location) {
                     response.headers_mut().insert(header::LOCATION, value);

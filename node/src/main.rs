@@ -9,7 +9,8 @@ use troupe_node::server;
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,openraft=error")),
+            EnvFilter::try_from_env("TROUPE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,openraft=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -52,11 +52,12 @@ impl PlacementView {
         let Ok(id) = node.parse::<NodeId>() else {
             return false;
         };
-        self.view
-            .state
-            .nodes
-            .get(&id)
-            .is_some_and(|n| matches!(n.state, NodeState::Active | NodeState::Draining | NodeState::Joining))
+        self.view.state.nodes.get(&id).is_some_and(|n| {
+            matches!(
+                n.state,
+                NodeState::Active | NodeState::Draining | NodeState::Joining
+            )
+        })
     }
 }
 
@@ -67,7 +68,8 @@ pub fn follow(mut cluster: watch::Receiver<Arc<ClusterView>>) -> watch::Receiver
     tokio::spawn(async move {
         while cluster.changed().await.is_ok() {
             let view = cluster.borrow_and_update().clone();
-            let moved = tx.borrow().epoch() != view.epoch() || tx.borrow().view.state.nodes != view.state.nodes;
+            let moved =
+                tx.borrow().epoch() != view.epoch() || tx.borrow().view.state.nodes != view.state.nodes;
             if moved {
                 tracing::info!(epoch = view.epoch(), "placement changed");
                 tx.send_replace(Arc::new(PlacementView::new(view)));

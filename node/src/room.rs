@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use troupe_membership::NodeId;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use troupe_membership::NodeId;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::auth::Role;
@@ -301,7 +301,10 @@ impl Room {
                     Ok(true) => Ok(()),
                     Ok(false) => {
                         refusal = JoinRefused::Moved(None);
-                        Err("the scene's lease is held by another node at this epoch or a newer one".to_string())
+                        Err(
+                            "the scene's lease is held by another node at this epoch or a newer one"
+                                .to_string(),
+                        )
                     }
                     Err(error) => Err(error.to_string()),
                 }
@@ -481,7 +484,12 @@ impl Room {
             if let Some(write) = self.compaction(true) {
                 write.await;
             }
-            match self.ctx.store.release_lease(&self.scene, self.epoch, &self.ctx.node_id).await {
+            match self
+                .ctx
+                .store
+                .release_lease(&self.scene, self.epoch, &self.ctx.node_id)
+                .await
+            {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(scene = %self.scene, %error, "cannot release the lease"),
             }
@@ -1054,7 +1062,10 @@ async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement:
     loop {
         match ctx.store.lease(scene).await {
             Ok(Some((held_epoch, owner)))
-                if held_epoch < epoch && !owner.is_empty() && owner != ctx.node_id && placement.is_up(&owner) =>
+                if held_epoch < epoch
+                    && !owner.is_empty()
+                    && owner != ctx.node_id
+                    && placement.is_up(&owner) =>
             {
                 if Instant::now() >= deadline {
                     tracing::warn!(%scene, %owner, "former owner did not release the scene in time; taking it over");

@@ -103,15 +103,20 @@ pub async fn run(
     on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let Listeners { public: listener, rpc } = listeners;
+    let Listeners {
+        public: listener,
+        rpc,
+    } = listeners;
     let store = Store::open(&settings.store).await?;
     let metrics = Arc::new(Metrics::new());
-    let public_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
-    let rpc_addr = rpc
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr: settings.rpc_listen, source })?;
+    let public_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    let rpc_addr = rpc.local_addr().map_err(|source| ServerError::Bind {
+        addr: settings.rpc_listen,
+        source,
+    })?;
     let cluster = Cluster::start(
         ClusterOptions {
             id: settings.node_id,

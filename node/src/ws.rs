@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Role};
-use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::placement::Verdict;
+use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{close, ClientQueue, JoinRefused, Joiner, Outbound, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
@@ -114,7 +114,10 @@ async fn run(
         }
         Verdict::NoOwner => {
             app.metrics.error("no_owner");
-            return Some((close::TRY_AGAIN, "no node serves this scene yet; try again".into()));
+            return Some((
+                close::TRY_AGAIN,
+                "no node serves this scene yet; try again".into(),
+            ));
         }
     }
 

@@ -44,7 +44,7 @@ process.on('exit', () => {
   }
 })
 
-const LISTEN_RE = /^troupe-node listening on (127\.0\.0\.1):(\d+)\s*$/
+const LISTEN_RE = /^troupe-node listening on (127\.0\.0\.1):(\d+) rpc \S+\s*$/
 
 /**
  * Start `troupe-node` and wait for its listening line.
@@ -57,6 +57,7 @@ async function startNode ({ dataDir, secret, listen = '127.0.0.1:0' }) {
   const env = {
     ...process.env,
     TROUPE_LISTEN: listen,
+    TROUPE_RPC_LISTEN: '127.0.0.1:0',
     TROUPE_DATA_DIR: dataDir,
     TROUPE_JWT_SECRET: secret
   }

@@ -75,6 +75,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct NodeProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The internal (Raft and admin) address.
+    pub rpc_addr: SocketAddr,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     backend: Backend,
@@ -88,7 +90,29 @@ impl NodeProcess {
         let data_dir = std::env::temp_dir().join(unique("troupe-test-data"));
         std::fs::create_dir_all(&data_dir)?;
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::spawn(backend.clone(), data_dir, env, "127.0.0.1:0".parse()?)
+        Self::spawn(
+            backend.clone(),
+            data_dir,
+            env,
+            "127.0.0.1:0".parse()?,
+            "127.0.0.1:0".parse()?,
+        )
+    }
+
+    /// Starts a node on the given data folder and addresses (a cluster shares one folder:
+    /// each node keeps its Raft state in `raft-<id>/`, and SQLite is one shared file).
+    pub fn start_at(
+        backend: &Backend,
+        data_dir: &Path,
+        listen: SocketAddr,
+        rpc: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut node = Self::spawn(backend.clone(), data_dir.to_path_buf(), env, listen, rpc)?;
+        // The folder belongs to the cluster, not to this node.
+        node.handed_over = true;
+        Ok(node)
     }
 
     fn spawn(
@@ -96,12 +120,14 @@ impl NodeProcess {
         data_dir: PathBuf,
         env: Vec<(String, String)>,
         listen: SocketAddr,
+        rpc: SocketAddr,
     ) -> anyhow::Result<Self> {
         let bin = bin_dir().join("troupe-node");
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TROUPE_LISTEN", listen.to_string())
+            .env("TROUPE_RPC_LISTEN", rpc.to_string())
             .env("TROUPE_DATA_DIR", &data_dir)
             .env("TROUPE_JWT_SECRET", SECRET)
             .env(
@@ -136,13 +162,14 @@ impl NodeProcess {
                 bail!("troupe-node did not start ({status})");
             }
         };
-        let addr = line
+        let (addr, rpc_addr) = line
             .strip_prefix("troupe-node listening on ")
-            .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?
-            .parse()?;
+            .and_then(|rest| rest.split_once(" rpc "))
+            .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?;
         Ok(Self {
             child,
-            addr,
+            addr: addr.parse()?,
+            rpc_addr: rpc_addr.trim().parse()?,
             data_dir,
             env,
             backend,
@@ -189,8 +216,9 @@ impl NodeProcess {
     /// Starts the node again on the same data folder, store and port.
     pub fn restart(mut self) -> anyhow::Result<Self> {
         self.kill9();
+        let owned_dir = !self.handed_over;
         self.handed_over = true;
-        let listen = self.addr;
+        let (listen, rpc) = (self.addr, self.rpc_addr);
         let (backend, data_dir, env) = (
             self.backend.clone(),
             self.data_dir.clone(),
@@ -199,8 +227,11 @@ impl NodeProcess {
         // The old socket may linger briefly; retry the bind a few times.
         let mut last = None;
         for _ in 0..50 {
-            match Self::spawn(backend.clone(), data_dir.clone(), env.clone(), listen) {
-                Ok(node) => return Ok(node),
+            match Self::spawn(backend.clone(), data_dir.clone(), env.clone(), listen, rpc) {
+                Ok(mut node) => {
+                    node.handed_over = !owned_dir;
+                    return Ok(node);
+                }
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -201,8 +201,8 @@ async fn a_second_node_cannot_take_a_leased_scene_at_the_same_epoch() {
     else {
         return; // TROUPE_TEST_SKIP_POSTGRES: only one node can share the embedded store
     };
-    let first = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "first")]).unwrap();
-    let second = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "second")]).unwrap();
+    let first = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "1")]).unwrap();
+    let second = NodeProcess::start(&backend, &[("TROUPE_NODE_ID", "2")]).unwrap();
     let scene = unique("scene");
     let tok = token("w", &[(scene.as_str(), Role::Edit)]);
     let mut owner = TestClient::connect(&first.ws_base(), &scene, &tok).await.unwrap();

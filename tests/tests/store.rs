@@ -205,8 +205,14 @@ async fn a_released_lease_stops_its_holder_and_keeps_the_epoch() {
         assert!(store.claim_lease(&scene, 3, "n1").await.unwrap(), "{backend:?}");
         assert_eq!(store.lease(&scene).await.unwrap(), Some((3, "n1".to_string())));
         // Only the holder at its epoch can release.
-        assert!(!store.release_lease(&scene, 3, "n2").await.unwrap(), "{backend:?}");
-        assert!(!store.release_lease(&scene, 2, "n1").await.unwrap(), "{backend:?}");
+        assert!(
+            !store.release_lease(&scene, 3, "n2").await.unwrap(),
+            "{backend:?}"
+        );
+        assert!(
+            !store.release_lease(&scene, 2, "n1").await.unwrap(),
+            "{backend:?}"
+        );
         assert!(store.release_lease(&scene, 3, "n1").await.unwrap(), "{backend:?}");
         assert_eq!(store.lease(&scene).await.unwrap(), Some((3, String::new())));
         // A released lease accepts no append, not even from its former holder…
@@ -215,8 +221,10 @@ async fn a_released_lease_stops_its_holder_and_keeps_the_epoch() {
             ..append(&scene, 1, b"late")
         };
         assert_eq!(store.append("n1", &[late]).await.unwrap(), vec![0], "{backend:?}");
-        // …and no claim at an epoch that is not newer: the epoch stays fenced.
+        // …and no claim at an older epoch: the epoch stays fenced. At the same epoch the
+        // scene can be claimed again (by its owner at that epoch, as it reloads).
         assert!(!store.claim_lease(&scene, 2, "n3").await.unwrap(), "{backend:?}");
+        assert!(store.claim_lease(&scene, 3, "n1").await.unwrap(), "{backend:?}");
         assert!(!store.claim_lease(&scene, 3, "n3").await.unwrap(), "{backend:?}");
         assert!(store.claim_lease(&scene, 4, "n3").await.unwrap(), "{backend:?}");
         assert_eq!(store.lease(&unique("none")).await.unwrap(), None);

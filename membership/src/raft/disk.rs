@@ -49,7 +49,11 @@ impl RecordFile {
     /// Opens (creating) the file and returns it with every intact record, oldest first.
     /// A torn or corrupt tail is cut off so that new records follow the last good one.
     pub fn open(path: &Path) -> io::Result<(RecordFile, Vec<Vec<u8>>)> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (records, good_len) = parse_records(&bytes);

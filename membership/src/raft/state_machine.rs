@@ -89,7 +89,12 @@ impl StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
@@ -146,7 +151,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: state.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        disk::replace_file(&self.snapshot_path, &bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        disk::replace_file(&self.snapshot_path, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         self.state = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -155,7 +161,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let Some(bytes) = disk::read_file(&self.snapshot_path).map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        let Some(bytes) =
+            disk::read_file(&self.snapshot_path).map_err(|e| StorageIOError::read_snapshot(None, &e))?
         else {
             return Ok(None);
         };

@@ -108,7 +108,8 @@ macro_rules! shared_queries {
                  ON CONFLICT (scene_id) DO UPDATE
                  SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
                  WHERE scene_leases.epoch < excluded.epoch
-                    OR (scene_leases.epoch = excluded.epoch AND scene_leases.owner = excluded.owner)",
+                    OR (scene_leases.epoch = excluded.epoch
+                        AND (scene_leases.owner = excluded.owner OR scene_leases.owner = ''))",
             )
             .bind(scene)
             .bind(epoch as i64)
@@ -290,9 +291,11 @@ impl Store {
         Ok(refused)
     }
 
-    /// Claims the lease of `scene` for `owner` at `epoch`. Appends are accepted only from
-    /// the lease holder at its epoch, so once a newer epoch is claimed a former owner
-    /// (paused, partitioned) can never write again. Returns false when refused.
+    /// Claims the lease of `scene` for `owner` at `epoch`: over an older epoch, or at the
+    /// same epoch when `owner` holds it or it was released (placement names one owner per
+    /// epoch, so only that owner claims at it). Appends are accepted only from the lease
+    /// holder at its epoch, so once a newer epoch is claimed a former owner (paused,
+    /// partitioned) can never write again. Returns false when refused.
     pub async fn claim_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
         to_i64(epoch)?;
         match self {

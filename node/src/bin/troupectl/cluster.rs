@@ -56,7 +56,8 @@ pub async fn status(client: &ClusterClient, as_json: bool) -> anyhow::Result<()>
         });
     }
     if as_json {
-        let out = json!({ "leader": view.leader, "epoch": view.epoch(), "version": view.version, "nodes": nodes });
+        let out =
+            json!({ "leader": view.leader, "epoch": view.epoch(), "version": view.version, "nodes": nodes });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -66,9 +67,16 @@ pub async fn status(client: &ClusterClient, as_json: bool) -> anyhow::Result<()>
         view.epoch(),
         view.version
     );
-    println!("{:<6} {:<9} {:<8} {:>6} {:>6}  URL", "ID", "STATE", "ROLE", "ROOMS", "EPOCH");
+    println!(
+        "{:<6} {:<9} {:<8} {:>6} {:>6}  URL",
+        "ID", "STATE", "ROLE", "ROOMS", "EPOCH"
+    );
     for n in &nodes {
-        let field = |k: &str| n.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+        let field = |k: &str| {
+            n.get(k)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
         if n["reachable"] == json!(true) {
             println!(
                 "{:<6} {:<9} {:<8} {:>6} {:>6}  {}",
@@ -159,7 +167,10 @@ pub async fn route(client: &ClusterClient, scene: &str, as_json: bool) -> anyhow
     if as_json {
         println!("{}", serde_json::to_string_pretty(&route)?);
     } else {
-        println!("{scene} -> node {} at {} (epoch {})", route.node, route.url, route.epoch);
+        println!(
+            "{scene} -> node {} at {} (epoch {})",
+            route.node, route.url, route.epoch
+        );
     }
     Ok(())
 }

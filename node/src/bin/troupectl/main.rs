@@ -15,7 +15,13 @@ use troupe_node::duration::parse_duration;
 #[command(name = "troupectl", version, about = "Operate a Troupe cluster")]
 struct Cli {
     /// Internal (RPC) addresses of one or more cluster nodes, comma-separated.
-    #[arg(long, env = "TROUPE_CLUSTER", default_value = "127.0.0.1:4100", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "TROUPE_CLUSTER",
+        default_value = "127.0.0.1:4100",
+        value_delimiter = ',',
+        global = true
+    )]
     cluster: Vec<String>,
     /// Print JSON instead of text (for scripts).
     #[arg(long, global = true)]
@@ -94,11 +100,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow::Result<()> {
-    let addrs: Vec<String> = addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    let addrs: Vec<String> = addrs
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
     if addrs.is_empty() {
         anyhow::bail!("give the cluster's internal addresses with --cluster or TROUPE_CLUSTER");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = troupe_membership::ClusterClient::new(addrs);
     runtime.block_on(async {
         let work = async {
@@ -115,7 +127,9 @@ fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow
         };
         tokio::time::timeout(cluster::COMMAND_TIMEOUT, work)
             .await
-            .map_err(|_| anyhow::anyhow!("the cluster did not answer within {:?}", cluster::COMMAND_TIMEOUT))?
+            .map_err(|_| {
+                anyhow::anyhow!("the cluster did not answer within {:?}", cluster::COMMAND_TIMEOUT)
+            })?
     })
 }
 
