@@ -5,6 +5,8 @@
 //! `target/debug`. Postgres comes from `TROUPE_TEST_DATABASE_URL`, which the test command
 //! starts; without it the Postgres variants fail unless `TROUPE_TEST_SKIP_POSTGRES=1`.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -141,6 +141,19 @@ macro_rules! shared_queries {
             Ok(done.rows_affected() == 1)
         }
 
+        pub async fn writers(&self, scene: &str) -> Result<Vec<(u64, String, u64)>, StoreError> {
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                "SELECT seq, writer_node, epoch FROM scene_versions WHERE scene_id = $1 ORDER BY seq",
+            )
+            .bind(scene)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(seq, writer, epoch)| (seq.max(0) as u64, writer, epoch.max(0) as u64))
+                .collect())
+        }
+
         /// The row at a log position, as `(writer_node, epoch, data)`.
         pub async fn row_at(&self, scene: &str, seq: u64) -> Result<Option<(String, u64, Vec<u8>)>, StoreError> {
             let row = sqlx::query(
@@ -319,6 +332,15 @@ impl Store {
         match self {
             Self::Postgres(s) => s.release_lease(scene, epoch, owner).await,
             Self::Sqlite(s) => s.release_lease(scene, epoch, owner).await,
+        }
+    }
+
+    /// Who wrote each log row still kept, as `(seq, writer_node, epoch)` in log order: the
+    /// epochs of one scene's log never go down, and each epoch has one writer.
+    pub async fn writers(&self, scene: &str) -> Result<Vec<(u64, String, u64)>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.writers(scene).await,
+            Self::Sqlite(s) => s.writers(scene).await,
         }
     }
 

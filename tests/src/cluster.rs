@@ -1,0 +1,506 @@
+//! Real clusters for tests: voters formed from `TROUPE_PEERS`, extra nodes added with
+//! `troupectl`, a `troupe-router`, and editors that follow moves the way clients should.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::watch;
+use troupe_chaos::client::{scene_url, ClientOptions, EditorClient};
+use troupe_membership::{ClusterClient, ClusterView, NodeState};
+use troupe_node::config::StoreLocation;
+use troupe_node::store::Store;
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, Transact, Update};
+
+use crate::{bin_dir, unique, Backend, NodeProcess, SECRET};
+
+/// A free loopback address (bound, read, released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The store cluster tests use: the test command's Postgres, or else one SQLite file
+/// shared by the cluster's nodes.
+pub fn cluster_backend() -> Backend {
+    match std::env::var("TROUPE_TEST_DATABASE_URL") {
+        Ok(url) => Backend::Postgres(url),
+        Err(_) => Backend::Sqlite,
+    }
+}
+
+pub struct TestCluster {
+    pub backend: Backend,
+    pub dir: PathBuf,
+    pub voters: u64,
+    peers: String,
+    addrs: BTreeMap<u64, (SocketAddr, SocketAddr)>,
+    pub nodes: BTreeMap<u64, NodeProcess>,
+    env: Vec<(String, String)>,
+}
+
+impl TestCluster {
+    /// Starts `voters` nodes (ids 1..=voters) and waits until all are active.
+    pub async fn start(voters: u64, env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+        let dir = std::env::temp_dir().join(unique("troupe-cluster"));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = TestCluster {
+            backend: cluster_backend(),
+            dir,
+            voters,
+            peers: String::new(),
+            addrs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        for id in 1..=voters {
+            cluster.addrs.insert(id, (free_addr(), free_addr()));
+        }
+        cluster.peers = cluster
+            .addrs
+            .iter()
+            .map(|(id, (_, rpc))| format!("{id}={rpc}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for id in 1..=voters {
+            cluster.start_node(id)?;
+        }
+        cluster
+            .wait_for(Duration::from_secs(30), |v| {
+                v.state.nodes.values().filter(|n| n.state == NodeState::Active).count() == voters as usize
+            })
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Starts node `id` (again, on its addresses and Raft folder). Ids beyond the voters
+    /// are not in `TROUPE_PEERS`: they wait for `troupectl add`.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<&NodeProcess> {
+        let (listen, rpc) = *self.addrs.entry(id).or_insert_with(|| (free_addr(), free_addr()));
+        let id_text = id.to_string();
+        let mut env: Vec<(&str, &str)> = vec![("TROUPE_NODE_ID", &id_text), ("TROUPE_PEERS", &self.peers)];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut last = None;
+        // A port released by a killed process may linger for a moment.
+        for _ in 0..50 {
+            match NodeProcess::start_at(&self.backend, &self.dir, listen, rpc, &env) {
+                Ok(node) => {
+                    self.nodes.insert(id, node);
+                    return self.node(id);
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow!("cannot start node {id}")))
+    }
+
+    pub fn node(&self, id: u64) -> anyhow::Result<&NodeProcess> {
+        self.nodes.get(&id).ok_or_else(|| anyhow!("node {id} is not running"))
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut NodeProcess> {
+        self.nodes.get_mut(&id).ok_or_else(|| anyhow!("node {id} is not running"))
+    }
+
+    /// The internal addresses of the nodes that run.
+    pub fn rpc_addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.rpc_addr.to_string()).collect()
+    }
+
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.rpc_addrs())
+    }
+
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        Ok(self.client().view().await?)
+    }
+
+    /// Polls the membership (through the running nodes) until `done` holds.
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&ClusterView) -> bool) -> anyhow::Result<ClusterView> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.view().await {
+                Ok(view) if done(&view) => return Ok(view),
+                Ok(view) if Instant::now() > deadline => bail!("membership never got there: {view:?}"),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until every running node serves at `epoch` (or a newer one).
+    pub async fn wait_all_at(&self, epoch: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in self.nodes.values() {
+            loop {
+                let served = node.metric("troupe_ring_epoch").await.unwrap_or(0.0) as u64;
+                if served >= epoch {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("node at {} still serves epoch {served}, not {epoch}", node.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `troupectl --cluster <running nodes> args…`.
+    pub fn troupectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let output = Command::new(bin_dir().join("troupectl"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--cluster")
+            .arg(self.rpc_addrs().join(","))
+            .args(args)
+            .output()
+            .context("running troupectl")?;
+        Ok(output)
+    }
+
+    /// Runs troupectl and fails unless it succeeded.
+    pub fn troupectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.troupectl(args)?;
+        if !out.status.success() {
+            bail!(
+                "troupectl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Opens the cluster's store (to read what was written, as a fresh node would).
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        let location = match &self.backend {
+            Backend::Sqlite => StoreLocation::Sqlite(self.dir.join("troupe.sqlite3")),
+            Backend::Postgres(url) => StoreLocation::Postgres(url.clone()),
+        };
+        Ok(Store::open(&location).await?)
+    }
+
+    /// The scene's text (`Y.Text` "t") rebuilt from the store: snapshots, then the log.
+    pub async fn stored_text(&self, scene: &str) -> anyhow::Result<String> {
+        let stored = self.store().await?.load(scene).await?;
+        let doc = yrs::Doc::with_options(yrs::Options {
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..Default::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        {
+            let mut txn = doc.transact_mut();
+            for s in stored.snapshots.iter().rev() {
+                txn.apply_update(Update::decode_v1(&s.data)?)?;
+            }
+            for row in &stored.rows {
+                txn.apply_update(Update::decode_v1(&row.data)?)?;
+            }
+        }
+        let txn = doc.transact();
+        Ok(text.get_string(&txn))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `troupe-router`, killed when dropped.
+pub struct RouterProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RouterProcess {
+    /// Starts a router following the nodes at `cluster` (internal addresses).
+    pub fn start(cluster: &[String]) -> anyhow::Result<RouterProcess> {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(bin_dir().join("troupe-router"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TROUPE_LISTEN", "127.0.0.1:0")
+            .env("TROUPE_CLUSTER", cluster.join(","))
+            .env("TROUPE_LOG", std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting troupe-router")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("troupe-router did not start");
+            }
+        };
+        let addr = line
+            .strip_prefix("troupe-router listening on ")
+            .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?
+            .trim()
+            .parse()?;
+        Ok(RouterProcess { child, addr })
+    }
+
+    /// `GET /v1/route/{scene}` as `(node, url, epoch)`.
+    pub async fn route(&self, scene: &str) -> anyhow::Result<(u64, String, u64)> {
+        let (status, _, body) = http_request(self.addr, &format!("/v1/route/{scene}")).await?;
+        if status != 200 {
+            bail!("route {scene}: HTTP {status}: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok((
+            v["node"].as_u64().ok_or_else(|| anyhow!("no node in {body}"))?,
+            v["url"].as_str().ok_or_else(|| anyhow!("no url in {body}"))?.to_string(),
+            v["epoch"].as_u64().ok_or_else(|| anyhow!("no epoch in {body}"))?,
+        ))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal (STOP, CONT, …) to a node.
+pub fn signal(node: &NodeProcess, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), node.pid().to_string()])
+        .status();
+}
+
+/// A bare HTTP/1.1 GET: `(status, headers (lowercase names), body)`.
+pub async fn http_request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    let raw = tokio::time::timeout(Duration::from_secs(10), crate::http_get(addr, path))
+        .await
+        .map_err(|_| anyhow!("GET {path} timed out"))??;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad response {raw:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
+/// An editor that types into `Y.Text` "t" of one scene and follows the scene wherever it
+/// goes: a 4301 close names the new owner; any other loss asks the router again.
+pub struct FollowingEditor {
+    pub scene: String,
+    client: Arc<EditorClient>,
+    typed: Arc<Mutex<Vec<String>>>,
+    /// Time from each close until the editor was synced with the scene's new host.
+    gaps: Arc<Mutex<Vec<Duration>>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    router: SocketAddr,
+    token: String,
+}
+
+impl FollowingEditor {
+    /// Resolves the owner through `router`, connects with durable acks, and types a token
+    /// `{prefix}-{n};` every `interval`.
+    pub async fn start(router: SocketAddr, scene: &str, token: &str, prefix: &str, interval: Duration) -> anyhow::Result<Self> {
+        let (_, url, _) = resolve(router, scene).await?;
+        let opts = ClientOptions {
+            acks: true,
+            ..Default::default()
+        };
+        let client = Arc::new(EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?);
+        client.wait_synced(Duration::from_secs(10)).await?;
+        let typed = Arc::new(Mutex::new(Vec::new()));
+        let gaps = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(type_and_follow(
+            client.clone(),
+            router,
+            scene.to_string(),
+            token.to_string(),
+            prefix.to_string(),
+            interval,
+            typed.clone(),
+            gaps.clone(),
+            stop_rx,
+        ));
+        Ok(FollowingEditor {
+            scene: scene.to_string(),
+            client,
+            typed,
+            gaps,
+            stop,
+            task,
+            router,
+            token: token.to_string(),
+        })
+    }
+
+    /// Leaves the current connection for the owner the router names now, as a client
+    /// does when its heartbeat times out.
+    pub async fn move_on(&self) -> anyhow::Result<()> {
+        let (_, url, _) = resolve(self.router, &self.scene).await?;
+        follow(&self.client, Some(url), &self.scene, &self.token).await
+    }
+
+    /// Stops typing; returns once the editor is connected, synced, and every update it
+    /// sent on its connection is acknowledged: what it typed is stored.
+    pub async fn finish(self) -> anyhow::Result<FinishedEditor> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.client.status();
+            if status.connected && status.synced && status.acked >= status.sent_updates {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("editor of {} never settled: {status:?}", self.scene);
+            }
+            if status.closed.is_some() || !status.connected {
+                let base = resolve(self.router, &self.scene).await.ok().map(|(_, url, _)| url);
+                if base.is_some() {
+                    let _ = follow(&self.client, base, &self.scene, &self.token).await;
+                    let _ = self.client.wait_synced(Duration::from_secs(5)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = self.client.text("t").await?;
+        let typed = self.typed.lock().map(|t| t.clone()).unwrap_or_default();
+        let gaps = self.gaps.lock().map(|g| g.clone()).unwrap_or_default();
+        Ok(FinishedEditor {
+            scene: self.scene,
+            typed,
+            text,
+            gaps,
+        })
+    }
+
+}
+
+pub struct FinishedEditor {
+    pub scene: String,
+    pub typed: Vec<String>,
+    pub text: String,
+    pub gaps: Vec<Duration>,
+}
+
+/// The owner of `scene` according to `router`.
+pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, String, u64)> {
+    let (status, _, body) = http_request(router, &format!("/v1/route/{scene}")).await?;
+    if status != 200 {
+        bail!("route {scene}: HTTP {status}: {body}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok((
+        v["node"].as_u64().unwrap_or(0),
+        v["url"].as_str().unwrap_or_default().to_string(),
+        v["epoch"].as_u64().unwrap_or(0),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn type_and_follow(
+    client: Arc<EditorClient>,
+    router: SocketAddr,
+    scene: String,
+    token: String,
+    prefix: String,
+    interval: Duration,
+    typed: Arc<Mutex<Vec<String>>>,
+    gaps: Arc<Mutex<Vec<Duration>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut status = client.watch_status();
+    let mut tick = tokio::time::interval(interval);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let item = format!("{prefix}-{n};");
+                n += 1;
+                if client.push("t", &item).await.is_ok() {
+                    if let Ok(mut t) = typed.lock() {
+                        t.push(item);
+                    }
+                }
+            }
+            Ok(()) = status.changed() => {
+                let closed = status.borrow_and_update().closed.clone();
+                if let Some(info) = closed {
+                    let moved_to = (info.code == Some(4301) && !info.reason.is_empty()).then(|| info.reason.clone());
+                    let router = if moved_to.is_some() { None } else { Some(router) };
+                    let target = match moved_to {
+                        Some(url) => Some(url),
+                        None => match router {
+                            Some(r) => resolve(r, &scene).await.ok().map(|(_, url, _)| url),
+                            None => None,
+                        },
+                    };
+                    if follow(&client, target, &scene, &token).await.is_ok()
+                        && client.wait_synced(Duration::from_secs(10)).await.is_ok()
+                    {
+                        if let Ok(mut g) = gaps.lock() {
+                            g.push(info.at.elapsed());
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            Ok(()) = stop.changed() => return,
+        }
+    }
+}
+
+/// Reconnects to `base` (a node's ws URL), or to the same URL when `None`.
+async fn follow(client: &EditorClient, base: Option<String>, scene: &str, token: &str) -> anyhow::Result<()> {
+    match base {
+        Some(base) => {
+            let url = scene_url(&format!("{base}/ws/scenes"), scene, token, true)?;
+            client.reconnect_to(&url).await?;
+        }
+        None => client.reconnect().await?,
+    }
+    Ok(())
+}
+
+/// The token every cluster test editor uses.
+pub fn editor_token(scenes: &[&str]) -> String {
+    let grants: Vec<(&str, troupe_node::auth::Role)> =
+        scenes.iter().map(|s| (*s, troupe_node::auth::Role::Edit)).collect();
+    crate::token_with("editor", &grants, troupe_node::auth::now_secs() + 3600, "troupe", SECRET)
+}
