@@ -130,6 +130,7 @@ fn parse_records(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
