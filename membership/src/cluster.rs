@@ -206,9 +206,33 @@ impl Cluster {
 
     /// Replicates one command; the state machine's verdict comes back.
     async fn write(&self, command: Command) -> Result<crate::state::Applied, AdminError> {
+        self.write_at(command).await.map(|(applied, _)| applied)
+    }
+
+    /// Like [`Self::write`], also returning the log index the command was committed at.
+    async fn write_at(&self, command: Command) -> Result<(crate::state::Applied, u64), AdminError> {
         match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data?),
+            Ok(response) => Ok((response.data?, response.log_id.index)),
             Err(error) => Err(self.map_write_error(error)),
+        }
+    }
+
+    /// Waits (bounded) until `node` has the log up to `index`, so that a node about to be
+    /// cut off from the log learns first that its scenes moved.
+    async fn wait_replicated(&self, node: NodeId, index: u64, limit: Duration) {
+        let mut metrics = self.raft.metrics();
+        let reached = metrics.wait_for(|m| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&node).copied().flatten())
+                .is_some_and(|matched| matched.index >= index)
+        });
+        if tokio::time::timeout(limit, reached).await.is_err() {
+            tracing::warn!(
+                node,
+                index,
+                "node did not receive its removal in time; removing it anyway"
+            );
         }
     }
 
@@ -319,7 +343,13 @@ impl Cluster {
             change = Some(ChangeMembers::RemoveNodes([id].into()));
         }
         if in_state {
-            self.write(Command::Remove { id }).await?;
+            let (_, index) = self.write_at(Command::Remove { id }).await?;
+            // Let the node hear that it owns nothing before it stops hearing anything.
+            if id != self.opts.id && in_raft {
+                self.wait_replicated(id, index, Duration::from_secs(3)).await;
+                // It knows the entry is committed with the next message; give it one.
+                tokio::time::sleep(self.opts.timing.heartbeat * 2).await;
+            }
         }
         if let Some(change) = change {
             tracing::info!(id, ?change, "changing Raft membership");

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod raft;
 pub mod ring;
 pub mod rpc;
+pub mod scene;
 pub mod server;
 pub mod state;
 pub mod view;

@@ -69,18 +69,28 @@ fn random_command_sequences_keep_the_invariants() {
             let result = state.apply(&command);
             log.push(command.clone());
             match result {
-                Err(_) => assert_eq!(state, before, "seed {seed}: a refused {command:?} changed the state"),
+                Err(_) => assert_eq!(
+                    state, before,
+                    "seed {seed}: a refused {command:?} changed the state"
+                ),
                 Ok(applied) => {
                     let moved = active(&before) != active(&state);
                     assert_eq!(applied.epoch_changed, moved, "seed {seed}: {command:?}");
-                    assert_eq!(state.epoch, before.epoch + u64::from(moved), "seed {seed}: {command:?}");
+                    assert_eq!(
+                        state.epoch,
+                        before.epoch + u64::from(moved),
+                        "seed {seed}: {command:?}"
+                    );
                     if matches!(command, Command::MarkDown { .. }) {
                         marked_down = true;
                     }
                 }
             }
             if !active(&before).is_empty() && !marked_down {
-                assert!(!active(&state).is_empty(), "seed {seed}: {command:?} emptied the ring");
+                assert!(
+                    !active(&state).is_empty(),
+                    "seed {seed}: {command:?} emptied the ring"
+                );
             }
             // Every new placement names only active nodes.
             if state.epoch != before.epoch {
@@ -94,6 +104,9 @@ fn random_command_sequences_keep_the_invariants() {
         for command in &log {
             let _ = replica.apply(command);
         }
-        assert_eq!(replica, state, "seed {seed}: replaying the log gave another state");
+        assert_eq!(
+            replica, state,
+            "seed {seed}: replaying the log gave another state"
+        );
     }
 }

@@ -73,7 +73,12 @@ impl TestCluster {
         }
         cluster
             .wait_for(Duration::from_secs(30), |v| {
-                v.state.nodes.values().filter(|n| n.state == NodeState::Active).count() == voters as usize
+                v.state
+                    .nodes
+                    .values()
+                    .filter(|n| n.state == NodeState::Active)
+                    .count()
+                    == voters as usize
             })
             .await?;
         Ok(cluster)
@@ -102,11 +107,15 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u64) -> anyhow::Result<&NodeProcess> {
-        self.nodes.get(&id).ok_or_else(|| anyhow!("node {id} is not running"))
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| anyhow!("node {id} is not running"))
     }
 
     pub fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut NodeProcess> {
-        self.nodes.get_mut(&id).ok_or_else(|| anyhow!("node {id} is not running"))
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("node {id} is not running"))
     }
 
     /// The internal addresses of the nodes that run.
@@ -123,7 +132,11 @@ impl TestCluster {
     }
 
     /// Polls the membership (through the running nodes) until `done` holds.
-    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&ClusterView) -> bool) -> anyhow::Result<ClusterView> {
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&ClusterView) -> bool,
+    ) -> anyhow::Result<ClusterView> {
         let deadline = Instant::now() + limit;
         loop {
             match self.view().await {
@@ -135,10 +148,12 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every running node serves at `epoch` (or a newer one).
+    /// Waits until every running member serves at `epoch` (or a newer one). Removed
+    /// nodes no longer hear the membership and are left out.
     pub async fn wait_all_at(&self, epoch: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        for node in self.nodes.values() {
+        let members = self.view().await?.state.nodes;
+        for (_, node) in self.nodes.iter().filter(|(id, _)| members.contains_key(id)) {
             loop {
                 let served = node.metric("troupe_ring_epoch").await.unwrap_or(0.0) as u64;
                 if served >= epoch {
@@ -188,14 +203,14 @@ impl TestCluster {
         Ok(Store::open(&location).await?)
     }
 
-    /// The scene's text (`Y.Text` "t") rebuilt from the store: snapshots, then the log.
+    /// The scene's text (`Y.Text` "text") rebuilt from the store: snapshots, then the log.
     pub async fn stored_text(&self, scene: &str) -> anyhow::Result<String> {
         let stored = self.store().await?.load(scene).await?;
         let doc = yrs::Doc::with_options(yrs::Options {
             offset_kind: yrs::OffsetKind::Utf16,
             ..Default::default()
         });
-        let text = doc.get_or_insert_text("t");
+        let text = doc.get_or_insert_text("text");
         {
             let mut txn = doc.transact_mut();
             for s in stored.snapshots.iter().rev() {
@@ -224,15 +239,37 @@ pub struct RouterProcess {
 }
 
 impl RouterProcess {
-    /// Starts a router following the nodes at `cluster` (internal addresses).
-    pub fn start(cluster: &[String]) -> anyhow::Result<RouterProcess> {
+    /// Starts a router following the nodes at `cluster` (internal addresses) and waits
+    /// until it has heard from the cluster.
+    pub async fn start(cluster: &[String]) -> anyhow::Result<RouterProcess> {
+        let router = Self::spawn(cluster)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_request(router.addr, "/healthz")
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
+            != 200
+        {
+            if Instant::now() > deadline {
+                bail!("the router never heard from the cluster");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(router)
+    }
+
+    /// Starts a router without waiting for the membership.
+    pub fn spawn(cluster: &[String]) -> anyhow::Result<RouterProcess> {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(bin_dir().join("troupe-router"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TROUPE_LISTEN", "127.0.0.1:0")
             .env("TROUPE_CLUSTER", cluster.join(","))
-            .env("TROUPE_LOG", std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "TROUPE_LOG",
+                std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -271,7 +308,10 @@ impl RouterProcess {
         let v: serde_json::Value = serde_json::from_str(&body)?;
         Ok((
             v["node"].as_u64().ok_or_else(|| anyhow!("no node in {body}"))?,
-            v["url"].as_str().ok_or_else(|| anyhow!("no url in {body}"))?.to_string(),
+            v["url"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no url in {body}"))?
+                .to_string(),
             v["epoch"].as_u64().ok_or_else(|| anyhow!("no epoch in {body}"))?,
         ))
     }
@@ -299,7 +339,10 @@ pub fn signal(node: &NodeProcess, signal: &str) {
 }
 
 /// A bare HTTP/1.1 GET: `(status, headers (lowercase names), body)`.
-pub async fn http_request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
     let raw = tokio::time::timeout(Duration::from_secs(10), crate::http_get(addr, path))
         .await
         .map_err(|_| anyhow!("GET {path} timed out"))??;
@@ -317,7 +360,7 @@ pub async fn http_request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, 
     Ok((status, headers, body.to_string()))
 }
 
-/// An editor that types into `Y.Text` "t" of one scene and follows the scene wherever it
+/// An editor that types into `Y.Text` "text" of one scene and follows the scene wherever it
 /// goes: a 4301 close names the new owner; any other loss asks the router again.
 pub struct FollowingEditor {
     pub scene: String,
@@ -334,7 +377,13 @@ pub struct FollowingEditor {
 impl FollowingEditor {
     /// Resolves the owner through `router`, connects with durable acks, and types a token
     /// `{prefix}-{n};` every `interval`.
-    pub async fn start(router: SocketAddr, scene: &str, token: &str, prefix: &str, interval: Duration) -> anyhow::Result<Self> {
+    pub async fn start(
+        router: SocketAddr,
+        scene: &str,
+        token: &str,
+        prefix: &str,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
         let (_, url, _) = resolve(router, scene).await?;
         let opts = ClientOptions {
             acks: true,
@@ -390,7 +439,10 @@ impl FollowingEditor {
                 bail!("editor of {} never settled: {status:?}", self.scene);
             }
             if status.closed.is_some() || !status.connected {
-                let base = resolve(self.router, &self.scene).await.ok().map(|(_, url, _)| url);
+                let base = resolve(self.router, &self.scene)
+                    .await
+                    .ok()
+                    .map(|(_, url, _)| url);
                 if base.is_some() {
                     let _ = follow(&self.client, base, &self.scene, &self.token).await;
                     let _ = self.client.wait_synced(Duration::from_secs(5)).await;
@@ -398,7 +450,7 @@ impl FollowingEditor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let text = self.client.text("t").await?;
+        let text = self.client.text("text").await?;
         let typed = self.typed.lock().map(|t| t.clone()).unwrap_or_default();
         let gaps = self.gaps.lock().map(|g| g.clone()).unwrap_or_default();
         Ok(FinishedEditor {
@@ -408,7 +460,6 @@ impl FollowingEditor {
             gaps,
         })
     }
-
 }
 
 pub struct FinishedEditor {
@@ -452,7 +503,7 @@ async fn type_and_follow(
             _ = tick.tick() => {
                 let item = format!("{prefix}-{n};");
                 n += 1;
-                if client.push("t", &item).await.is_ok() {
+                if client.push("text", &item).await.is_ok() {
                     if let Ok(mut t) = typed.lock() {
                         t.push(item);
                     }
@@ -500,7 +551,15 @@ async fn follow(client: &EditorClient, base: Option<String>, scene: &str, token:
 
 /// The token every cluster test editor uses.
 pub fn editor_token(scenes: &[&str]) -> String {
-    let grants: Vec<(&str, troupe_node::auth::Role)> =
-        scenes.iter().map(|s| (*s, troupe_node::auth::Role::Edit)).collect();
-    crate::token_with("editor", &grants, troupe_node::auth::now_secs() + 3600, "troupe", SECRET)
+    let grants: Vec<(&str, troupe_node::auth::Role)> = scenes
+        .iter()
+        .map(|s| (*s, troupe_node::auth::Role::Edit))
+        .collect();
+    crate::token_with(
+        "editor",
+        &grants,
+        troupe_node::auth::now_secs() + 3600,
+        "troupe",
+        SECRET,
+    )
 }

@@ -55,7 +55,7 @@ macro_rules! shared_queries {
             owner: &str,
             epoch: u64,
         ) -> Result<bool, StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let holds: Option<i64> = sqlx::query_scalar(
                 "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
             )

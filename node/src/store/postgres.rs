@@ -97,5 +97,9 @@ impl PgStore {
         }
     }
 
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
     super::shared_queries!();
 }

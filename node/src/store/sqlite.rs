@@ -38,10 +38,17 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// A transaction that writes: it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// that nodes sharing the file wait for each other (busy timeout) instead of failing
+    /// when a read inside the transaction would have to be upgraded.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub async fn append(&self, writer_node: &str, batch: &[LogAppend]) -> Result<Vec<usize>, StoreError> {
         let now = now_ms();
         let mut refused = Vec::new();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (i, b) in batch.iter().enumerate() {
             let done = sqlx::query(
                 "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)

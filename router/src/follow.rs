@@ -1,0 +1,195 @@
+//! Following the membership: a long-poll watch on every configured node, all feeding one
+//! view.
+//!
+//! Each watcher asks its node for a version newer than the router's
+//! ([`ClusterClient::view_after`]: the node answers as soon as it applies a change, or after
+//! about 25 s with what it has); the first call, before any view is known, is a plain
+//! [`ClusterClient::view`]. The newest version any node reports wins. Watching every node at
+//! once, rather than one after the other, keeps the router current when the node it was
+//! asking freezes (a paused process, a partition): such a node holds the call open until the
+//! client's timeout, while the others report the change at once. A failing watcher backs
+//! off (200 ms doubling to 2 s) and the router keeps answering from the last view it has.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use troupe_membership::{ClusterClient, ClusterView, Placement};
+
+use crate::metrics::Metrics;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A watch that ends this quickly with nothing new is not repeated at once, so that a
+/// misbehaving node cannot make the router spin.
+const QUICK_ANSWER: Duration = Duration::from_secs(1);
+
+/// What the router answers from: one membership version and the placement it implies.
+pub struct RouterState {
+    pub view: ClusterView,
+    pub placement: Placement,
+    /// When a node last confirmed this is the newest membership: this version arrived, or
+    /// a watch ended with nothing newer. Stays within ~25 s while the cluster answers.
+    pub refreshed: Instant,
+}
+
+impl RouterState {
+    pub fn new(view: ClusterView) -> RouterState {
+        RouterState {
+            placement: view.placement(),
+            view,
+            refreshed: Instant::now(),
+        }
+    }
+
+    /// Time since a node last confirmed this view.
+    pub fn age(&self) -> Duration {
+        self.refreshed.elapsed()
+    }
+}
+
+/// The latest membership; `None` until some node answered.
+pub type Latest = watch::Receiver<Option<Arc<RouterState>>>;
+
+/// The running watches; dropping it stops them.
+pub struct Follower {
+    pub latest: Latest,
+    _watches: JoinSet<()>,
+}
+
+/// Starts one watch per node address.
+pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
+    let (tx, latest) = watch::channel(None);
+    let tx = Arc::new(tx);
+    let mut watches = JoinSet::new();
+    for addr in addrs {
+        let client = ClusterClient::new(vec![addr.clone()]);
+        watches.spawn(watch_node(addr.clone(), client, tx.clone(), metrics.clone()));
+    }
+    Follower {
+        latest,
+        _watches: watches,
+    }
+}
+
+async fn watch_node(
+    addr: String,
+    client: ClusterClient,
+    latest: Arc<watch::Sender<Option<Arc<RouterState>>>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
+    loop {
+        let known = latest.borrow().as_ref().map(|s| s.view.version);
+        let asked = Instant::now();
+        let answer = match known {
+            None => client.view().await,
+            Some(version) => client.view_after(version).await,
+        };
+        match answer {
+            Ok(view) => {
+                if failing {
+                    tracing::info!(%addr, "membership watch answers again");
+                    failing = false;
+                }
+                backoff = MIN_BACKOFF;
+                if !publish(&latest, view, &metrics) && asked.elapsed() < QUICK_ANSWER {
+                    tokio::time::sleep(MIN_BACKOFF).await;
+                }
+            }
+            Err(error) => {
+                metrics.watch_errors.inc();
+                if failing {
+                    tracing::debug!(%addr, %error, "membership watch failed again");
+                } else {
+                    tracing::warn!(%addr, %error, "membership watch failed; keeping the last view");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Takes `view` if it is newer than the router's, or marks the current view refreshed if
+/// it is the same version. Returns whether the view changed.
+fn publish(latest: &watch::Sender<Option<Arc<RouterState>>>, view: ClusterView, metrics: &Metrics) -> bool {
+    latest.send_if_modified(|current| match current {
+        Some(known) if view.version < known.view.version => false,
+        Some(known) if view.version == known.view.version => {
+            // Same version: only the time changes, nobody needs waking.
+            *current = Some(Arc::new(RouterState::new(view)));
+            false
+        }
+        _ => {
+            tracing::info!(
+                version = view.version,
+                epoch = view.epoch(),
+                active = view.state.active_ids().count(),
+                "membership updated"
+            );
+            metrics.membership_updates.inc();
+            metrics.epoch.set(i64::try_from(view.epoch()).unwrap_or(i64::MAX));
+            *current = Some(Arc::new(RouterState::new(view)));
+            true
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn view(version: u64) -> ClusterView {
+        ClusterView {
+            version,
+            ..Default::default()
+        }
+    }
+
+    fn version(rx: &Latest) -> Option<u64> {
+        rx.borrow().as_ref().map(|s| s.view.version)
+    }
+
+    #[test]
+    fn only_newer_versions_replace_the_view() {
+        let (tx, rx) = watch::channel(None);
+        let metrics = Metrics::new();
+        assert!(publish(&tx, view(5), &metrics));
+        assert!(!publish(&tx, view(3), &metrics));
+        assert_eq!(version(&rx), Some(5));
+        assert!(publish(&tx, view(7), &metrics));
+        assert_eq!(version(&rx), Some(7));
+        assert!(metrics.encode().contains("router_membership_updates_total 2"));
+    }
+
+    #[test]
+    fn the_same_version_refreshes_the_view() {
+        let (tx, rx) = watch::channel(None);
+        let metrics = Metrics::new();
+        publish(&tx, view(5), &metrics);
+        let first = rx.borrow().as_ref().unwrap().refreshed;
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!publish(&tx, view(5), &metrics));
+        assert!(rx.borrow().as_ref().unwrap().refreshed > first);
+        assert!(!publish(&tx, view(4), &metrics));
+        assert!(metrics.encode().contains("router_membership_updates_total 1"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_nodes_count_errors_and_leave_no_view() {
+        // A port nothing listens on: connections are refused at once.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap().to_string();
+        drop(free);
+        let metrics = Arc::new(Metrics::new());
+        let follower = follow(&[addr], metrics.clone());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(follower.latest.borrow().is_none());
+        assert!(!metrics.encode().contains("router_watch_errors_total 0"));
+    }
+}
