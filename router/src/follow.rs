@@ -104,7 +104,7 @@ async fn watch_node(
                 if failing {
                     tracing::debug!(%addr, %error, "membership watch failed again");
                 } else {
-                    tracing::warn!(%addr, %error, "membership watch failed; keeping the last view");
+                    tracing::warn!(%addr, %error, "membership watch failed; answering from the last view while retrying");
                     failing = true;
                 }
                 tokio::time::sleep(backoff).await;
@@ -178,6 +178,73 @@ mod tests {
         assert!(rx.borrow().as_ref().unwrap().refreshed > first);
         assert!(!publish(&tx, view(4), &metrics));
         assert!(metrics.encode().contains("router_membership_updates_total 1"));
+    }
+
+    /// A stand-in for a node's `GET /cluster/view[?after=V]`, serving the versions sent on
+    /// the returned channel.
+    async fn fake_node() -> (String, watch::Sender<u64>) {
+        use http_body_util::Full;
+        use hyper::body::Incoming;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = watch::channel(1u64);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let rx = rx.clone();
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    let mut rx = rx.clone();
+                    async move {
+                        let after = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("after="))
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if let Some(after) = after {
+                            let newer = rx.wait_for(|v| *v > after);
+                            let _ = tokio::time::timeout(Duration::from_secs(2), newer).await;
+                        }
+                        let version = *rx.borrow();
+                        let body = serde_json::to_vec(&view(version)).unwrap();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, tx)
+    }
+
+    async fn wait_version(latest: &mut Latest, version: u64) {
+        let reached = latest.wait_for(|s| s.as_ref().is_some_and(|s| s.view.version >= version));
+        tokio::time::timeout(Duration::from_secs(5), reached)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frozen_node_does_not_hold_the_view_back() {
+        // Accepts connections (the kernel does) but never answers: a paused process.
+        let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let frozen_addr = frozen.local_addr().unwrap().to_string();
+        let (live_addr, versions) = fake_node().await;
+        let metrics = Arc::new(Metrics::new());
+        let mut follower = follow(&[frozen_addr, live_addr], metrics.clone());
+        wait_version(&mut follower.latest, 1).await;
+        versions.send_replace(2);
+        wait_version(&mut follower.latest, 2).await;
+        versions.send_replace(5);
+        wait_version(&mut follower.latest, 5).await;
+        assert!(metrics.encode().contains("router_membership_updates_total 3"));
+        drop(frozen);
     }
 
     #[tokio::test]

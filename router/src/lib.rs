@@ -1,28 +1,32 @@
 //! `troupe-router`: a stateless resolver from scene to owner node.
 //!
-//! It follows the cluster's membership (long-poll watches on one or more nodes, see
+//! It follows the cluster's membership (long-poll watches on the configured nodes, see
 //! [`follow`]) and answers from the newest placement it has: `GET /v1/route/{scene}` with
-//! the owner, `GET /ws/scenes/{scene}` with a 307 to it. Several routers can run side by
-//! side: they share nothing but the cluster they follow.
+//! the owner, `GET /ws/scenes/{scene}` with a 307 to it (see [`http`]). It keeps nothing
+//! else, so any number of routers can run side by side and restart at will; a router that
+//! falls behind only costs clients one extra hop, since nodes send them on (close 4301).
 
-#![deny(clippy::unwrap_used)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
 pub mod follow;
 pub mod http;
 pub mod metrics;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::config::Settings;
-use crate::http::Shared;
+pub use crate::config::{Config, Settings};
+pub use crate::follow::RouterState;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,8 @@ pub enum RouterError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("no cluster address to follow")]
+    NoCluster,
 }
 
 /// Binds the configured address.
@@ -44,41 +50,54 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, RouterError> {
         })
 }
 
-/// Serves until `shutdown` resolves. `on_ready` runs once the watches are started.
+/// Serves on `listener` until `shutdown` resolves. `on_ready` runs once the membership
+/// watches are started (before any node has answered: `/healthz` says when one has).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
+    if settings.cluster.is_empty() {
+        return Err(RouterError::NoCluster);
+    }
     let metrics = Arc::new(Metrics::new());
-    let latest = follow::follow(&settings.cluster, metrics.clone());
-    let shared = Arc::new(Shared { metrics, latest });
+    // Dropped when this function returns, which stops the watches.
+    let follower = follow::follow(&settings.cluster, metrics.clone());
+    let latest = follower.latest.clone();
+
     on_ready();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
+                let (latest, metrics) = (latest.clone(), metrics.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let shared = shared.clone();
-                        async move {
-                            let state = shared.latest.borrow().clone();
-                            http::handle(req.method(), req.uri().path(), req.uri().query(), state.as_deref(), &shared.metrics)
-                        }
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        // One snapshot per request: the route and its epoch agree.
+                        let state = latest.borrow().clone();
+                        let response = http::handle(&req, state.as_deref(), &metrics);
+                        async move { Ok::<_, Infallible>(response) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         }
     }
+    tracing::info!("stopped");
+    drop(follower);
+    Ok(())
 }

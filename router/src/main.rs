@@ -1,44 +1,61 @@
 //! `troupe-router`: tells clients which node serves a scene. Configuration: flags or
 //! `TROUPE_*` variables (`troupe-router --help`).
 
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use troupe_router::config::Config;
+use troupe_router::{Config, Settings};
 
-fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let settings = match Config::parse().validate() {
+fn main() -> ExitCode {
+    let settings = match Config::try_parse() {
+        Ok(config) => config.validate(),
+        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            error.exit()
+        }
+        // clap explains on several lines; the first one names the problem.
+        Err(error) => Err(error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string()),
+    };
+    let settings = match settings {
         Ok(settings) => settings,
         Err(line) => {
             eprintln!("troupe-router: bad configuration: {line}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("troupe-router: cannot start the runtime: {error}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(settings)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("troupe-router: {error:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(settings: troupe_router::config::Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = troupe_router::bind(&settings).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, cluster = ?settings.cluster, "troupe-router starting");
-    // Scripts and tests wait for this exact line.
+    // Scripts and tests wait for this exact line, then read the address from it.
     let ready = move || println!("troupe-router listening on {addr}");
     troupe_router::run(settings, listener, ready, shutdown_signal()).await?;
     Ok(())
@@ -46,12 +63,20 @@ async fn serve(settings: troupe_router::config::Settings) -> anyhow::Result<()> 
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
     }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use tokio::sync::watch;
-use troupe_chaos::client::{scene_url, ClientOptions, EditorClient};
+use troupe_chaos::client::{scene_url, ClientError, ClientOptions, EditorClient};
 use troupe_membership::{ClusterClient, ClusterView, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
@@ -384,13 +384,28 @@ impl FollowingEditor {
         prefix: &str,
         interval: Duration,
     ) -> anyhow::Result<Self> {
-        let (_, url, _) = resolve(router, scene).await?;
-        let opts = ClientOptions {
-            acks: true,
-            ..Default::default()
+        let (_, mut url, _) = resolve(router, scene).await?;
+        let mut attempts = 0;
+        // The router may be a moment behind a change: follow 4301 as any client would.
+        let client = loop {
+            attempts += 1;
+            let opts = ClientOptions {
+                acks: true,
+                ..Default::default()
+            };
+            let client = EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?;
+            match client.wait_synced(Duration::from_secs(10)).await {
+                Ok(()) => break Arc::new(client),
+                Err(ClientError::Closed(info)) if info.code == Some(4301) && attempts < 5 => {
+                    url = if info.reason.is_empty() {
+                        resolve(router, scene).await?.1
+                    } else {
+                        info.reason
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let client = Arc::new(EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?);
-        client.wait_synced(Duration::from_secs(10)).await?;
         let typed = Arc::new(Mutex::new(Vec::new()));
         let gaps = Arc::new(Mutex::new(Vec::new()));
         let (stop, stop_rx) = watch::channel(false);
