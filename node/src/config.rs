@@ -354,9 +354,10 @@ fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, String> {
             return Err(format!("TROUPE_PEERS: node {id} is listed twice"));
         }
     }
-    if peers.len() == 2 || peers.len() == 4 {
+    if !matches!(peers.len(), 0 | 1 | 3 | 5) {
         return Err(format!(
-            "TROUPE_PEERS lists {} voters: use 1, 3 or 5 (an even count tolerates no more failures and can stall)",
+            "TROUPE_PEERS lists {} voters: use 1, 3 or 5 (an even count tolerates no more failures \
+             than one fewer, and more voters only slow every change down)",
             peers.len()
         ));
     }
@@ -415,6 +416,7 @@ mod tests {
             &["--database-url", "mysql://x"][..],
             &["--node-id", "0"],
             &["--peers", "1=a:1,2=b:2"],
+            &["--peers", "1=a:1,2=b:2,3=c:3,4=d:4,5=e:5,6=f:6,7=g:7"],
             &["--peers", "1=a:1,x=b:2,3=c:3"],
             &["--peers", "1=a:1,1=b:2,3=c:3"],
             &["--peers", "1=a"],

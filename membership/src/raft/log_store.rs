@@ -221,3 +221,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(store: &LogStore) -> Vec<(u64, u64)> {
+        store
+            .lock()
+            .entries
+            .values()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    #[test]
+    fn a_reopened_log_replays_appends_truncations_purges_and_commits() {
+        let dir = std::env::temp_dir().join(format!("troupe-raft-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let store = LogStore::open(&dir).unwrap();
+            let mut inner = store.lock();
+            inner
+                .write((1..=5).map(|i| Record::Append(entry(i, 1))).collect())
+                .unwrap();
+            // A new leader overwrites the uncommitted tail.
+            inner.write(vec![Record::Truncate(4)]).unwrap();
+            inner.write(vec![Record::Append(entry(4, 2))]).unwrap();
+            inner.write(vec![Record::Purge(entry(2, 1).log_id)]).unwrap();
+            inner
+                .write(vec![Record::Committed(Some(entry(3, 1).log_id))])
+                .unwrap();
+        }
+        let store = LogStore::open(&dir).unwrap();
+        assert_eq!(indexes(&store), vec![(3, 1), (4, 2)]);
+        assert_eq!(store.lock().last_purged, Some(entry(2, 1).log_id));
+        assert_eq!(store.lock().committed, Some(entry(3, 1).log_id));
+        // Rewriting the file keeps exactly the same log.
+        store.lock().compact().unwrap();
+        drop(store);
+        let store = LogStore::open(&dir).unwrap();
+        assert_eq!(indexes(&store), vec![(3, 1), (4, 2)]);
+        assert_eq!(store.lock().committed, Some(entry(3, 1).log_id));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
