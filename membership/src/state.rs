@@ -230,13 +230,17 @@ fn check_url(id: NodeId, url: &str) -> Result<(), CommandError> {
     }
 }
 
-fn check_rpc_addr(id: NodeId, addr: &str) -> Result<(), CommandError> {
-    let ok = addr
-        .rsplit_once(':')
+/// Whether `addr` is an internal address as the cluster accepts it: `host:port`, port not
+/// zero, no path or spaces. Nodes, routers and `troupectl` check settings with it too.
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
         && addr.len() <= 200
-        && !addr.contains(['/', ' ']);
-    if ok {
+        && !addr.contains(['/', ' '])
+}
+
+fn check_rpc_addr(id: NodeId, addr: &str) -> Result<(), CommandError> {
+    if is_host_port(addr) {
         Ok(())
     } else {
         Err(CommandError::BadAddress {

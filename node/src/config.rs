@@ -365,11 +365,7 @@ fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, String> {
 }
 
 fn check_host_port(name: &str, addr: &str) -> Result<(), String> {
-    let ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
-        && !addr.contains(['/', ' ']);
-    if ok {
+    if troupe_membership::state::is_host_port(addr) {
         Ok(())
     } else {
         Err(format!("{name}: {addr:?} must be host:port"))

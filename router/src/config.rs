@@ -89,12 +89,7 @@ impl Config {
 
 /// The same rule the cluster applies to a node's internal address.
 fn check_host_port(addr: &str) -> Result<(), String> {
-    let ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
-        && addr.len() <= 200
-        && !addr.contains(['/', ' ']);
-    if ok {
+    if troupe_membership::state::is_host_port(addr) {
         Ok(())
     } else {
         Err(format!(

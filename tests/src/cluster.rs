@@ -260,7 +260,6 @@ impl RouterProcess {
 
     /// Starts a router without waiting for the membership.
     pub fn spawn(cluster: &[String]) -> anyhow::Result<RouterProcess> {
-        use std::io::{BufRead, BufReader};
         let mut child = Command::new(bin_dir().join("troupe-router"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -274,23 +273,8 @@ impl RouterProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting troupe-router")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("troupe-router did not start");
-            }
-        };
+        let line =
+            crate::ready_line(&mut child, Duration::from_secs(20)).context("troupe-router did not start")?;
         let addr = line
             .strip_prefix("troupe-router listening on ")
             .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?

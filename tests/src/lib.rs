@@ -147,23 +147,7 @@ impl NodeProcess {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait()?;
-                bail!("troupe-node did not start ({status})");
-            }
-        };
+        let line = ready_line(&mut child, Duration::from_secs(30)).context("troupe-node did not start")?;
         let (addr, rpc_addr) = line
             .strip_prefix("troupe-node listening on ")
             .and_then(|rest| rest.split_once(" rpc "))
@@ -258,6 +242,28 @@ impl Drop for NodeProcess {
         // A restarted node takes the folder over.
         if !self.handed_over {
             let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// The first stdout line of a starting process (its "listening on" line); the rest of its
+/// output is drained so that it never blocks. Kills the process if none comes in time.
+pub fn ready_line(child: &mut Child, limit: Duration) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    match rx.recv_timeout(limit) {
+        Ok(line) => Ok(line),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!("no ready line within {limit:?} ({status})");
         }
     }
 }
