@@ -141,6 +141,9 @@ async fn routes_moved_closes_and_redirects() {
     assert_eq!(location, Some(format!("{url}/ws/scenes/{scene}?token=x")));
     let (status, _, body) = http_request(router.addr, "/healthz").await.unwrap();
     assert_eq!(status, 200, "{body}");
+    // Routers share nothing: a second one, following other nodes, answers the same.
+    let second = RouterProcess::start(&cluster.rpc_addrs()[1..]).await.unwrap();
+    assert_eq!(second.route(&scene).await.unwrap(), (owner, url.clone(), epoch));
 
     // Bad input gets a clear answer, not a crash.
     let (status, _, _) = http_request(router.addr, "/v1/route/bad%2Fscene").await.unwrap();
