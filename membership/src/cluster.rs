@@ -29,9 +29,11 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            // A follower starts an election after the leader lease (the maximum timeout)
+            // plus a random timeout: 0.75-1 s after the leader's last heartbeat.
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
         }
     }
 }
@@ -50,6 +52,8 @@ pub struct ClusterOptions {
     /// Folder of the Raft log, vote and snapshot.
     pub dir: PathBuf,
     pub timing: RaftTiming,
+    /// The leader marks an active node `down` after it has not answered for this long.
+    pub down_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +139,14 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
+        let down_after = opts.down_after;
         let cluster = Arc::new(Cluster { raft, opts, view });
-        tokio::spawn(register_self(Arc::downgrade(&cluster), client));
+        tokio::spawn(register_self(Arc::downgrade(&cluster), client.clone()));
+        tokio::spawn(crate::health::detect(
+            Arc::downgrade(&cluster),
+            client,
+            down_after,
+        ));
         Ok(cluster)
     }
 

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod health;
 pub mod raft;
 pub mod ring;
 pub mod rpc;

@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_PEERS", default_value = "")]
     pub peers: String,
 
+    /// The Raft leader marks a node `down` (and moves its scenes) after it has not
+    /// answered for this long.
+    #[arg(long, env = "TROUPE_DOWN_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub down_after: Duration,
+
     /// The URL clients use to reach this node (default: ws://<listen>).
     #[arg(long, env = "TROUPE_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -220,6 +225,7 @@ pub struct Settings {
     pub peers: BTreeMap<u64, String>,
     /// Folder of this node's Raft log, vote and snapshot.
     pub raft_dir: PathBuf,
+    pub down_after: Duration,
     pub public_url: Option<String>,
     pub store: StoreLocation,
     pub verifier: Verifier,
@@ -314,6 +320,9 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.down_after < Duration::from_millis(200) {
+            return Err("TROUPE_DOWN_AFTER must be at least 200ms".into());
+        }
         if self.ping_interval < Duration::from_millis(100) {
             return Err("TROUPE_PING_INTERVAL must be at least 100ms".into());
         }
@@ -324,6 +333,7 @@ impl Config {
             rpc_advertise: self.rpc_advertise.clone(),
             peers,
             raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
+            down_after: self.down_after,
             public_url: self.public_url.clone(),
             store,
             verifier,

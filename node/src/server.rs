@@ -132,6 +132,7 @@ pub async fn run(
             peers: settings.peers.clone(),
             dir: settings.raft_dir.clone(),
             timing: RaftTiming::default(),
+            down_after: settings.down_after,
         },
         RpcClient::new(),
     )

@@ -15,32 +15,30 @@
 // Debugging: TROUPE_TEST_LOG=info sets the processes' TROUPE_LOG, and TROUPE_TEST_LOG_DIR=dir
 // writes each process's stderr to dir/<name>.log as well.
 //
-// This file is independent of interop.test.mjs: the small helpers are copied, not shared.
+// Process start-up, tokens, stock clients and polling come from harness.mjs (shared with
+// interop.test.mjs).
 
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFile, spawn } from 'node:child_process'
-import { createHmac, randomBytes } from 'node:crypto'
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdirSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
+import {
+  binPath, describeTail, destroyClients, mintToken, removeDir, requireBin, startProcess,
+  stockClient, tempDir, waitFor as waitForWithin, withLogs
+} from './harness.mjs'
 
 // ---------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------
 
-const BIN_DIR = resolve(process.env.TROUPE_BIN_DIR ?? 'target/debug')
-const NODE_BIN = join(BIN_DIR, 'troupe-node')
-const ROUTER_BIN = join(BIN_DIR, 'troupe-router')
-const CTL_BIN = join(BIN_DIR, 'troupectl')
-const STARTUP_TIMEOUT_MS = 30_000 // a debug build may run migrations on first start
+const NODE_BIN = binPath('troupe-node')
+const ROUTER_BIN = binPath('troupe-router')
+const CTL_BIN = binPath('troupectl')
 const WAIT_MS = 20_000 // default limit for wait-until helpers
 const TEST_TIMEOUT_MS = 180_000
 const LOG_FILTER = process.env.TROUPE_TEST_LOG ?? 'warn'
@@ -59,15 +57,6 @@ const MAX_MOVE_GAP_MS = 1_000
 
 // Each WebsocketProvider adds a process 'exit' listener in Node: 60 of them are expected here.
 process.setMaxListeners(200)
-
-/** Every process this file started, so that exit hooks can kill stragglers. */
-const liveProcs = new Set()
-
-process.on('exit', () => {
-  for (const child of liveProcs) {
-    try { child.kill('SIGKILL') } catch { /* already gone */ }
-  }
-})
 
 /** Free loopback ports: all bound at once (so they differ), read, then released. */
 async function freePorts (n) {
@@ -95,100 +84,6 @@ function childEnv (extra) {
   }
   return { ...env, TROUPE_LOG: LOG_FILTER, ...extra }
 }
-
-/**
- * Spawn `bin` and wait for the first stdout line matching `readyRe`.
- * @param {{name: string, bin: string, env: Record<string, string>, readyRe: RegExp}} o
- */
-async function startProcess ({ name, bin, env, readyRe }) {
-  if (!existsSync(bin)) {
-    throw new Error(`${bin} does not exist: build it (cargo build --workspace --bins) or set TROUPE_BIN_DIR`)
-  }
-  const child = spawn(bin, [], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-  liveProcs.add(child)
-  const logFile = LOG_DIR ? createWriteStream(join(LOG_DIR, `${name}.log`), { flags: 'a' }) : null
-
-  const proc = {
-    name,
-    child,
-    match: null, // the ready line's match
-    stdoutLines: [],
-    stderr: '',
-    exited: null, // {code, signal} once the process has exited
-    logTail (n = 40) {
-      const lines = proc.stderr.split('\n')
-      return lines.slice(Math.max(0, lines.length - n)).join('\n')
-    },
-    /** SIGKILL. Resolves once the process has exited. */
-    async kill () {
-      if (proc.exited) return
-      child.kill('SIGKILL')
-      await waitExit(child, 5_000)
-    }
-  }
-
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (chunk) => {
-    proc.stderr += chunk
-    if (proc.stderr.length > 1_000_000) proc.stderr = proc.stderr.slice(-500_000)
-    if (logFile) logFile.write(chunk)
-  })
-  child.on('exit', (code, signal) => {
-    proc.exited = { code, signal }
-    liveProcs.delete(child)
-    if (logFile) logFile.end(`--- ${name} exited (code ${code}, signal ${signal})\n`)
-  })
-
-  const ready = new Promise((resolve, reject) => {
-    let buf = ''
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', (chunk) => {
-      buf += chunk
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        proc.stdoutLines.push(line)
-        const m = readyRe.exec(line)
-        if (m && !proc.match) {
-          proc.match = m
-          resolve()
-        }
-      }
-    })
-    child.on('exit', (code, signal) => reject(new Error(
-      `${name} exited before it was ready (code ${code}, signal ${signal})\n` +
-      `stdout: ${JSON.stringify(proc.stdoutLines)}\n--- stderr ---\n${proc.logTail()}`)))
-    child.on('error', reject)
-  })
-  let timer
-  const timeout = new Promise((resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(
-      `${name} printed no line matching ${readyRe} within ${STARTUP_TIMEOUT_MS} ms\n` +
-      `stdout: ${JSON.stringify(proc.stdoutLines)}\n--- stderr ---\n${proc.logTail()}`)), STARTUP_TIMEOUT_MS)
-  })
-  try {
-    await Promise.race([ready, timeout])
-  } catch (err) {
-    await proc.kill()
-    throw err
-  } finally {
-    clearTimeout(timer)
-  }
-  return proc
-}
-
-function waitExit (child, ms) {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true)
-  return new Promise((resolve) => {
-    const t = setTimeout(() => { child.off('exit', onExit); resolve(false) }, ms)
-    const onExit = () => { clearTimeout(t); resolve(true) }
-    child.once('exit', onExit)
-  })
-}
-
-/** Providers created by this file; destroyed in after(), before the processes are killed. */
-const liveClients = new Set()
 
 const NODE_RE = /^troupe-node listening on (127\.0\.0\.1:\d+) rpc (127\.0\.0\.1:\d+)\s*$/
 const ROUTER_RE = /^troupe-router listening on (127\.0\.0\.1:\d+)\s*$/
@@ -223,7 +118,7 @@ function suiteCluster () {
       let last
       for (let attempt = 0; attempt < 5; attempt++) {
         try {
-          const proc = await startProcess({ name: `node-${id}`, bin: NODE_BIN, env: childEnv(env), readyRe: NODE_RE })
+          const proc = await startProcess({ name: `node-${id}`, bin: NODE_BIN, env: childEnv(env), readyRe: NODE_RE, logDir: LOG_DIR })
           ctx.procs.push(proc)
           proc.id = id
           proc.listen = proc.match[1]
@@ -273,19 +168,14 @@ function suiteCluster () {
 
     /** Log tails of every process, for failure messages. */
     logTails (n = 30) {
-      return ctx.procs.map((p) => {
-        const state = p.exited ? `exited ${JSON.stringify(p.exited)}` : 'running'
-        return `--- ${p.name} (${state}) stderr tail ---\n${p.logTail(n)}`
-      }).join('\n')
+      return ctx.procs.map((p) => describeTail(p, n)).join('\n')
     }
   }
 
   before(async () => {
-    if (!existsSync(ROUTER_BIN)) {
-      throw new Error(`${ROUTER_BIN} does not exist: build it (cargo build --workspace --bins) or set TROUPE_BIN_DIR`)
-    }
+    requireBin(ROUTER_BIN)
     if (LOG_DIR) mkdirSync(LOG_DIR, { recursive: true })
-    ctx.dataDir = mkdtempSync(join(tmpdir(), 'troupe-interop-cluster-'))
+    ctx.dataDir = tempDir('troupe-interop-cluster-')
     // Nodes 1-3 are the voters; node 4 gets its addresses now too, it is started later.
     const ports = await freePorts(8)
     for (let id = 1; id <= 4; id++) {
@@ -302,7 +192,8 @@ function suiteCluster () {
       name: 'router',
       bin: ROUTER_BIN,
       env: childEnv({ TROUPE_LISTEN: '127.0.0.1:0', TROUPE_CLUSTER: [1, 2, 3].map((id) => ctx.addrs.get(id).rpc).join(',') }),
-      readyRe: ROUTER_RE
+      readyRe: ROUTER_RE,
+      logDir: LOG_DIR
     })
     ctx.procs.push(router)
     router.base = `http://${router.match[1]}`
@@ -315,68 +206,21 @@ function suiteCluster () {
   }, { timeout: 120_000 })
 
   after(async () => {
-    for (const c of liveClients) c.destroy()
-    liveClients.clear()
+    // Clients first, so that no provider reconnects while the processes die.
+    destroyClients()
     await Promise.all(ctx.procs.map((p) => p.kill()))
-    if (ctx.dataDir) rmSync(ctx.dataDir, { recursive: true, force: true })
+    removeDir(ctx.dataDir)
   })
 
   return ctx
-}
-
-/** Run a test body; on failure, append the processes' log tails to the error. */
-function withLogs (ctx, fn) {
-  return async (t) => {
-    try {
-      await fn(t)
-    } catch (err) {
-      if (err && typeof err === 'object') {
-        try { err.message += `\n${ctx.logTails()}` } catch { /* message not writable */ }
-      }
-      throw err
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Tokens (HS256 JWTs, minted like the app's backend would)
-// ---------------------------------------------------------------------------------------
-
-const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url')
-
-function signJwt (claims, secret) {
-  const data = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`
-  const sig = createHmac('sha256', secret).update(data).digest('base64url')
-  return `${data}.${sig}`
-}
-
-function mintToken (secret, { sub = 'user-' + randomBytes(3).toString('hex'), scenes, expIn = 3600, aud = 'troupe' }) {
-  return signJwt({ sub, exp: Math.floor(Date.now() / 1000) + expIn, aud, scenes }, secret)
 }
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/** Poll `pred` until it returns truthy; fail with `what` (and the last observed value). */
-async function waitFor (what, pred, { timeout = WAIT_MS, interval = 20, observe } = {}) {
-  const deadline = Date.now() + timeout
-  for (;;) {
-    let ok = false
-    let err = null
-    try { ok = await pred() } catch (e) { err = e }
-    if (ok) return ok
-    if (Date.now() > deadline) {
-      let detail = ''
-      if (observe) {
-        try { detail = `\nlast observed: ${JSON.stringify(observe(), null, 1)}` } catch { /* ignore */ }
-      }
-      if (err) detail += `\nlast error: ${err.stack || err}`
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}${detail}`)
-    }
-    await sleep(interval)
-  }
-}
+/** The harness's waitFor with this file's longer default limit (WAIT_MS). */
+const waitFor = (what, pred, opts = {}) => waitForWithin(what, pred, { timeout: WAIT_MS, ...opts })
 
 const sceneUrl = (base, scene, token) => `${base}/ws/scenes/${encodeURIComponent(scene)}?token=${token}`
 
@@ -389,27 +233,18 @@ const median = (xs) => {
 
 const round = (x) => Math.round(x * 10) / 10
 
-
 /**
- * A stock y-websocket client connected to `base` (an owner's ws:// URL) that follows moves
- * as an app on y-websocket 1.5 should: on 4301 it points `provider.url` at the owner named
- * in the close reason, or asks the router again when the reason is empty.
- * `disableBc: true` because Node has a global BroadcastChannel: without it, providers in this
- * one process would sync with each other locally, bypassing the servers under test.
+ * A stock y-websocket client (see the harness) connected to `base` (an owner's ws:// URL)
+ * that follows moves as an app on y-websocket 1.5 should: on 4301 it points `provider.url`
+ * at the owner named in the close reason, or asks the router again when the reason is empty.
  */
 function connectFollowing (ctx, { scene, token, base, label }) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(`${base}/ws/scenes`, scene, doc, {
-    params: { token },
-    WebSocketPolyfill: WebSocket,
-    disableBc: true
-  })
-  const c = {
+  const c = stockClient(`${base}/ws/scenes`, scene, token)
+  const { doc, provider } = c
+  Object.assign(c, {
     label,
     scene,
     token,
-    doc,
-    provider,
     text: doc.getText('t'),
     base, // the owner this client currently connects to
     bases: [base], // every owner it was pointed at
@@ -418,21 +253,13 @@ function connectFollowing (ctx, { scene, token, base, label }) {
     pendingMove: null,
     typed: [], // every token this client typed, in order
     typedAt: [], // performance.now() of each typed token
-    destroyed: false,
     setBase (next) {
       if (next === c.base) return
       c.base = next
       c.bases.push(next)
       provider.url = sceneUrl(next, scene, token)
-    },
-    destroy () {
-      if (c.destroyed) return
-      c.destroyed = true
-      provider.destroy()
-      doc.destroy()
-      liveClients.delete(c)
     }
-  }
+  })
   provider.on('connection-close', (event) => {
     const at = performance.now()
     const code = event ? event.code : null
@@ -454,7 +281,6 @@ function connectFollowing (ctx, { scene, token, base, label }) {
     c.moves.push({ ...c.pendingMove, syncedAt, gapMs: syncedAt - c.pendingMove.closedAt, to: c.base })
     c.pendingMove = null
   })
-  liveClients.add(c)
   return c
 }
 

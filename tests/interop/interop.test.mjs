@@ -6,43 +6,31 @@
 //
 // Each suite starts its own node on 127.0.0.1:0 with a fresh TROUPE_DATA_DIR and a random
 // TROUPE_JWT_SECRET, parses the `troupe-node listening on 127.0.0.1:PORT` line, and kills the
-// process in after() hooks (and on process exit), also when a test fails.
+// process in after() hooks (and on process exit), also when a test fails. The helpers for
+// that, tokens, stock clients and polling are in harness.mjs (shared with cluster.test.mjs).
 
 import { after, afterEach, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { createHmac, randomBytes } from 'node:crypto'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
+
+import {
+  b64url, binPath, describeTail, destroyClients, mintToken, removeDir, startProcess, stockClient,
+  tempDir, waitFor, withLogs
+} from './harness.mjs'
 
 // ---------------------------------------------------------------------------------------
-// Configuration
+// Configuration (waitFor's default limit, 10 s, is the harness's)
 // ---------------------------------------------------------------------------------------
 
-const BIN_DIR = resolve(process.env.TROUPE_BIN_DIR ?? 'target/debug')
-const NODE_BIN = join(BIN_DIR, 'troupe-node')
-const STARTUP_TIMEOUT_MS = 30_000 // a debug build may run migrations on first start
-const WAIT_MS = 10_000 // default limit for wait-until helpers
+const NODE_BIN = binPath('troupe-node')
 const TEST_TIMEOUT_MS = 90_000
 
 // ---------------------------------------------------------------------------------------
 // troupe-node processes
 // ---------------------------------------------------------------------------------------
-
-/** Every node process this file started, so that exit hooks can kill stragglers. */
-const liveProcs = new Set()
-
-process.on('exit', () => {
-  for (const child of liveProcs) {
-    try { child.kill('SIGKILL') } catch { /* already gone */ }
-  }
-})
 
 const LISTEN_RE = /^troupe-node listening on (127\.0\.0\.1):(\d+) rpc \S+\s*$/
 
@@ -51,9 +39,6 @@ const LISTEN_RE = /^troupe-node listening on (127\.0\.0\.1):(\d+) rpc \S+\s*$/
  * @param {{dataDir: string, secret: string, listen?: string}} opts
  */
 async function startNode ({ dataDir, secret, listen = '127.0.0.1:0' }) {
-  if (!existsSync(NODE_BIN)) {
-    throw new Error(`${NODE_BIN} does not exist: build it (cargo build --workspace --bins) or set TROUPE_BIN_DIR`)
-  }
   const env = {
     ...process.env,
     TROUPE_LISTEN: listen,
@@ -61,97 +46,20 @@ async function startNode ({ dataDir, secret, listen = '127.0.0.1:0' }) {
     TROUPE_DATA_DIR: dataDir,
     TROUPE_JWT_SECRET: secret
   }
-  const child = spawn(NODE_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-  liveProcs.add(child)
-
-  const node = {
-    child,
-    port: 0,
-    stdoutLines: [],
-    stderr: '',
-    exited: null, // {code, signal} once the process has exited
-    /** Last lines of the node's stderr, for failure messages. */
-    logTail (n = 60) {
-      const lines = node.stderr.split('\n')
-      return lines.slice(Math.max(0, lines.length - n)).join('\n')
-    },
-    /** SIGTERM, then SIGKILL after `graceMs`. Resolves once the process has exited. */
-    async stop (graceMs = 5_000) {
-      if (node.exited) return
-      child.kill('SIGTERM')
-      if (!(await waitExit(child, graceMs))) {
-        child.kill('SIGKILL')
-        await waitExit(child, 5_000)
-      }
-    },
-    /** SIGKILL at once (crash). Resolves once the process has exited. */
-    async kill () {
-      if (node.exited) return
-      child.kill('SIGKILL')
-      await waitExit(child, 5_000)
-    }
-  }
-
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (chunk) => {
-    node.stderr += chunk
-    if (node.stderr.length > 1_000_000) node.stderr = node.stderr.slice(-500_000)
+  const node = await startProcess({
+    name: 'troupe-node',
+    bin: NODE_BIN,
+    env,
+    readyRe: LISTEN_RE,
+    readyDesc: '"troupe-node listening on 127.0.0.1:PORT" line',
+    tailLines: 60
   })
-  child.on('exit', (code, signal) => {
-    node.exited = { code, signal }
-    liveProcs.delete(child)
-  })
-
-  const ready = new Promise((resolve, reject) => {
-    let buf = ''
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', (chunk) => {
-      buf += chunk
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        node.stdoutLines.push(line)
-        const m = LISTEN_RE.exec(line)
-        if (m && !node.port) {
-          node.port = Number(m[2])
-          resolve()
-        }
-      }
-    })
-    child.on('exit', (code, signal) => reject(new Error(
-      `troupe-node exited before it was ready (code ${code}, signal ${signal})\n` +
-      `stdout: ${JSON.stringify(node.stdoutLines)}\n--- stderr ---\n${node.logTail()}`)))
-    child.on('error', reject)
-  })
-  let timer
-  const timeout = new Promise((resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(
-      `troupe-node printed no "troupe-node listening on 127.0.0.1:PORT" line within ${STARTUP_TIMEOUT_MS} ms\n` +
-      `stdout: ${JSON.stringify(node.stdoutLines)}\n--- stderr ---\n${node.logTail()}`)), STARTUP_TIMEOUT_MS)
-  })
-  try {
-    await Promise.race([ready, timeout])
-  } catch (err) {
-    await node.kill()
-    throw err
-  } finally {
-    clearTimeout(timer)
-  }
+  node.port = Number(node.match[2])
   return node
 }
 
-function waitExit (child, ms) {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true)
-  return new Promise((resolve) => {
-    const t = setTimeout(() => { child.off('exit', onExit); resolve(false) }, ms)
-    const onExit = () => { clearTimeout(t); resolve(true) }
-    child.once('exit', onExit)
-  })
-}
-
 /**
- * A node for one suite: started in before(), killed and its data dir removed in after().
+ * A node for one suite: started in before(), stopped and its data dir removed in after().
  * Errors thrown by a test get the node's stderr tail appended (see `withLogs`).
  */
 function suiteNode () {
@@ -159,126 +67,40 @@ function suiteNode () {
     node: null,
     secret: randomBytes(32).toString('hex'),
     dataDir: null,
-    get url () { return `ws://127.0.0.1:${ctx.node.port}/ws/scenes` }
+    get url () { return `ws://127.0.0.1:${ctx.node.port}/ws/scenes` },
+    logTails: () => ctx.node ? describeTail(ctx.node, 40) : ''
   }
   before(async () => {
-    ctx.dataDir = mkdtempSync(join(tmpdir(), 'troupe-interop-'))
+    ctx.dataDir = tempDir('troupe-interop-')
     ctx.node = await startNode({ dataDir: ctx.dataDir, secret: ctx.secret })
   })
   after(async () => {
     if (ctx.node) await ctx.node.stop()
-    if (ctx.dataDir) rmSync(ctx.dataDir, { recursive: true, force: true })
+    removeDir(ctx.dataDir)
   })
   return ctx
-}
-
-/** Run a test body; on failure, append the node's log tail to the error. */
-function withLogs (ctx, fn) {
-  return async (t) => {
-    try {
-      await fn(t)
-    } catch (err) {
-      const node = ctx.node
-      if (node && err && typeof err === 'object') {
-        const state = node.exited ? `exited ${JSON.stringify(node.exited)}` : 'running'
-        try {
-          err.message += `\n--- troupe-node (${state}) stderr tail ---\n${node.logTail(40)}`
-        } catch { /* message not writable */ }
-      }
-      throw err
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Tokens (HS256 JWTs, minted like the app's backend would)
-// ---------------------------------------------------------------------------------------
-
-const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url')
-
-function signJwt (claims, secret) {
-  const data = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`
-  const sig = createHmac('sha256', secret).update(data).digest('base64url')
-  return `${data}.${sig}`
-}
-
-/**
- * @param {string} secret
- * @param {{sub?: string, name?: string, scenes: Record<string, 'edit'|'view'>, expIn?: number, aud?: string}} o
- */
-function mintToken (secret, { sub = 'user-' + randomBytes(3).toString('hex'), name, scenes, expIn = 3600, aud = 'troupe' }) {
-  const claims = { sub, exp: Math.floor(Date.now() / 1000) + expIn, aud, scenes }
-  if (name !== undefined) claims.name = name
-  return signJwt(claims, secret)
 }
 
 // ---------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------
 
-/** Providers and docs created by the current test; destroyed in afterEach. */
-const liveClients = new Set()
-
-afterEach(() => {
-  for (const c of liveClients) c.destroy()
-  liveClients.clear()
-})
+// Providers and docs created by the current test are destroyed after it.
+afterEach(destroyClients)
 
 let sceneCounter = 0
 const newSceneId = (tag) => `interop-${tag}-${process.pid}-${++sceneCounter}-${randomBytes(3).toString('hex')}`
 
-/**
- * A stock y-websocket client, exactly as a browser would build it.
- * `disableBc: true` because Node has a global BroadcastChannel: without it, providers in this
- * one process would sync with each other locally, bypassing the server under test.
- */
+/** A stock y-websocket client (see the harness) that records close codes. */
 function connectClient (url, sceneId, token, { connect = true } = {}) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(url, sceneId, doc, {
-    params: { token },
-    WebSocketPolyfill: WebSocket,
-    disableBc: true,
-    connect
-  })
+  const client = stockClient(url, sceneId, token, { connect })
   const closes = []
-  provider.on('connection-close', (event) => { closes.push(event ? event.code : null) })
-  const client = {
-    doc,
-    provider,
+  client.provider.on('connection-close', (event) => { closes.push(event ? event.code : null) })
+  return Object.assign(client, {
     closes,
-    text: doc.getText('notes'),
-    frag: doc.getXmlFragment('prosemirror'),
-    destroyed: false,
-    destroy () {
-      if (client.destroyed) return
-      client.destroyed = true
-      provider.destroy()
-      doc.destroy()
-      liveClients.delete(client)
-    }
-  }
-  liveClients.add(client)
-  return client
-}
-
-/** Poll `pred` until it returns truthy; fail with `what` (and the last observed value). */
-async function waitFor (what, pred, { timeout = WAIT_MS, interval = 20, observe } = {}) {
-  const deadline = Date.now() + timeout
-  for (;;) {
-    let ok = false
-    let err = null
-    try { ok = await pred() } catch (e) { err = e }
-    if (ok) return ok
-    if (Date.now() > deadline) {
-      let detail = ''
-      if (observe) {
-        try { detail = `\nlast observed: ${JSON.stringify(observe(), null, 1)}` } catch { /* ignore */ }
-      }
-      if (err) detail += `\nlast error: ${err.stack || err}`
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}${detail}`)
-    }
-    await sleep(interval)
-  }
+    text: client.doc.getText('notes'),
+    frag: client.doc.getXmlFragment('prosemirror')
+  })
 }
 
 const waitSynced = (client, label = 'client') =>

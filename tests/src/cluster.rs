@@ -19,8 +19,21 @@ use yrs::{GetString, Transact, Update};
 
 use crate::{bin_dir, unique, Backend, NodeProcess, SECRET};
 
-/// A free loopback address (bound, read, released).
+/// A free loopback address for a node that must keep it across restarts. It is picked
+/// below the kernel's ephemeral range (32768+), where processes that bind port 0 (other
+/// tests' nodes, clients) never land, so a restarted node finds its port free again.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()).wrapping_mul(7919)
+        ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);
+    for i in 0..1000u64 {
+        let port = 20_000 + ((seed.wrapping_add(i * 7_001)) % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -482,6 +495,74 @@ pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, St
     ))
 }
 
+/// What one editor task needs.
+struct Typist {
+    client: Arc<EditorClient>,
+    router: SocketAddr,
+    scene: String,
+    token: String,
+    prefix: String,
+    n: u64,
+    typed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Typist {
+    /// Types the next token (offline too: it goes out with the next sync handshake).
+    async fn type_one(&mut self) {
+        let item = format!("{}-{};", self.prefix, self.n);
+        self.n += 1;
+        if self.client.push("text", &item).await.is_ok() {
+            if let Ok(mut t) = self.typed.lock() {
+                t.push(item);
+            }
+        }
+    }
+
+    /// Gets back to the scene after a lost connection: to the URL of a 4301, else wherever
+    /// the router says, retrying with a growing pause (and typing on meanwhile). Returns
+    /// once synced with the scene's host.
+    async fn recover(
+        &mut self,
+        mut moved_to: Option<String>,
+        interval: Duration,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            let target = match moved_to.take() {
+                Some(url) => Some(url),
+                None => resolve(self.router, &self.scene)
+                    .await
+                    .ok()
+                    .map(|(_, url, _)| url),
+            };
+            if target.is_some()
+                && follow(&self.client, target, &self.scene, &self.token)
+                    .await
+                    .is_ok()
+            {
+                match self.client.wait_synced(Duration::from_secs(5)).await {
+                    Ok(()) => return true,
+                    Err(ClientError::Closed(info)) if info.code == Some(4301) && !info.reason.is_empty() => {
+                        moved_to = Some(info.reason);
+                        continue;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let until = tokio::time::Instant::now() + pause;
+            while tokio::time::Instant::now() < until {
+                self.type_one().await;
+                tokio::time::sleep(interval.min(pause)).await;
+            }
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn type_and_follow(
     client: Arc<EditorClient>,
@@ -496,39 +577,28 @@ async fn type_and_follow(
 ) {
     let mut status = client.watch_status();
     let mut tick = tokio::time::interval(interval);
-    let mut n = 0u64;
+    let mut typist = Typist {
+        client: client.clone(),
+        router,
+        scene,
+        token,
+        prefix,
+        n: 0,
+        typed,
+    };
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let item = format!("{prefix}-{n};");
-                n += 1;
-                if client.push("text", &item).await.is_ok() {
-                    if let Ok(mut t) = typed.lock() {
-                        t.push(item);
-                    }
-                }
-            }
+            _ = tick.tick() => typist.type_one().await,
             Ok(()) = status.changed() => {
                 let closed = status.borrow_and_update().closed.clone();
                 if let Some(info) = closed {
                     let moved_to = (info.code == Some(4301) && !info.reason.is_empty()).then(|| info.reason.clone());
-                    let router = if moved_to.is_some() { None } else { Some(router) };
-                    let target = match moved_to {
-                        Some(url) => Some(url),
-                        None => match router {
-                            Some(r) => resolve(r, &scene).await.ok().map(|(_, url, _)| url),
-                            None => None,
-                        },
-                    };
-                    if follow(&client, target, &scene, &token).await.is_ok()
-                        && client.wait_synced(Duration::from_secs(10)).await.is_ok()
-                    {
+                    if typist.recover(moved_to, interval, &stop).await {
                         if let Ok(mut g) = gaps.lock() {
                             g.push(info.at.elapsed());
                         }
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    status.borrow_and_update();
                 }
             }
             Ok(()) = stop.changed() => return,

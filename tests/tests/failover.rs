@@ -1,0 +1,162 @@
+//! Node loss: `kill -9` the owner of busy scenes (a follower, then the Raft leader) while
+//! ack-aware editors type. The leader marks the node down, its scenes spread over the
+//! survivors, and each editor is back within about two seconds with every edit; when the
+//! node returns it is made active again and its scenes move back by planned handoff.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use troupe_membership::NodeState;
+use troupe_tests::cluster::{editor_token, resolve, FollowingEditor, RouterProcess, TestCluster};
+use troupe_tests::{unique, TestClient};
+
+const TYPING: Duration = Duration::from_millis(40);
+
+/// `count` scene ids that `node` owns in the cluster's current placement.
+async fn scenes_owned_by(cluster: &TestCluster, node: u64, count: usize) -> Vec<String> {
+    let placement = cluster.view().await.unwrap().placement();
+    let base = unique("busy");
+    (0..)
+        .map(|i| format!("{base}-{i}"))
+        .filter(|s| placement.route(s).unwrap().node == node)
+        .take(count)
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(at).copied().unwrap_or_default()
+}
+
+/// Kills `victim` under `count` busy scenes and proves nothing was lost. Returns the
+/// times from the kill until each editor was editing again on a survivor.
+async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count: usize) -> Vec<Duration> {
+    let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
+    let scenes = scenes_owned_by(cluster, victim, count).await;
+    let names: Vec<&str> = scenes.iter().map(String::as_str).collect();
+    let token = editor_token(&names);
+    let mut editors = Vec::new();
+    for (i, scene) in scenes.iter().enumerate() {
+        editors.push(
+            FollowingEditor::start(router.addr, scene, &token, &format!("k{i}"), TYPING)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let killed_at = Instant::now();
+    cluster.node_mut(victim).unwrap().kill9();
+    let view = cluster
+        .wait_for(Duration::from_secs(10), |v| {
+            v.state
+                .nodes
+                .get(&victim)
+                .is_some_and(|n| n.state == NodeState::Down)
+        })
+        .await
+        .unwrap();
+    let detected = killed_at.elapsed();
+    // Keep typing across the failover, then a little more on the new owners.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut finished = Vec::new();
+    for editor in editors {
+        finished.push(editor.finish().await.unwrap());
+    }
+    let mut new_owners = BTreeSet::new();
+    for done in &finished {
+        assert!(done.typed.len() > 50, "{} typed too little", done.scene);
+        for item in &done.typed {
+            assert_eq!(
+                done.text.matches(item.as_str()).count(),
+                1,
+                "{}: {item} lost or doubled",
+                done.scene
+            );
+        }
+        let (owner, url, _) = resolve(router.addr, &done.scene).await.unwrap();
+        assert_ne!(owner, victim);
+        new_owners.insert(owner);
+        let fresh = TestClient::connect(&format!("{url}/ws/scenes"), &done.scene, &token)
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh.text(),
+            done.text,
+            "{}: a fresh client sees other text",
+            done.scene
+        );
+        assert_eq!(
+            cluster.stored_text(&done.scene).await.unwrap(),
+            done.text,
+            "{}: store differs",
+            done.scene
+        );
+    }
+    assert!(
+        new_owners.len() >= 2 || view.placement().active_nodes() < 2,
+        "the dead node's scenes piled onto one node"
+    );
+
+    let mut gaps: Vec<Duration> = finished.iter().filter_map(|f| f.gaps.first().copied()).collect();
+    assert_eq!(gaps.len(), finished.len(), "every editor reconnected");
+    gaps.sort();
+    eprintln!(
+        "kill -9 node {victim} under {count} scenes: marked down after {detected:?}; editors back: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 0.99),
+        gaps.last().copied().unwrap_or_default()
+    );
+    gaps
+}
+
+#[tokio::test]
+async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
+    let mut cluster = TestCluster::start(3, &[]).await.unwrap();
+    let leader = cluster.view().await.unwrap().leader.unwrap();
+    let victim = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let gaps = kill_owner_of_busy_scenes(&mut cluster, victim, 20).await;
+    let p99 = percentile(&gaps, 0.99);
+    assert!(
+        p99 < Duration::from_secs(3),
+        "editors were back only after {p99:?} (p99)"
+    );
+
+    // The node returns: it is made active again and its scenes move back to it.
+    cluster.start_node(victim).unwrap();
+    let view = cluster
+        .wait_for(Duration::from_secs(10), |v| {
+            v.state
+                .nodes
+                .get(&victim)
+                .is_some_and(|n| n.state == NodeState::Active)
+        })
+        .await
+        .unwrap();
+    cluster.wait_all_at(view.epoch()).await.unwrap();
+    // A scene the returning node owns again is served by it.
+    let scene = scenes_owned_by(&cluster, victim, 1).await.remove(0);
+    let owner = view.placement().route(&scene).unwrap();
+    assert_eq!(owner.node, victim);
+    let token = editor_token(&[&scene]);
+    let mut client = TestClient::connect(&format!("{}/ws/scenes", owner.url), &scene, &token)
+        .await
+        .unwrap();
+    client.type_text("FADE IN.").await.unwrap();
+    client.wait_acked().await.unwrap();
+}
+
+#[tokio::test]
+async fn killing_the_raft_leader_fails_over_too() {
+    let mut cluster = TestCluster::start(3, &[]).await.unwrap();
+    let leader = cluster.view().await.unwrap().leader.unwrap();
+    let gaps = kill_owner_of_busy_scenes(&mut cluster, leader, 10).await;
+    let view = cluster.view().await.unwrap();
+    assert_ne!(view.leader, Some(leader), "a new leader took over");
+    let p99 = percentile(&gaps, 0.99);
+    assert!(
+        p99 < Duration::from_secs(4),
+        "editors were back only after {p99:?} (p99)"
+    );
+}
