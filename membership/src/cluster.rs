@@ -81,6 +81,15 @@ pub struct Cluster {
     raft: Raft,
     opts: ClusterOptions,
     view: watch::Receiver<Arc<ClusterView>>,
+    detections: tokio::sync::broadcast::Sender<Detection>,
+}
+
+/// A node this node, as the leader, marked down.
+#[derive(Debug, Clone, Copy)]
+pub struct Detection {
+    pub node: NodeId,
+    /// How long the node had been silent (or refusing) when the epoch changed.
+    pub after: Duration,
 }
 
 impl Cluster {
@@ -140,7 +149,13 @@ impl Cluster {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
         let down_after = opts.down_after;
-        let cluster = Arc::new(Cluster { raft, opts, view });
+        let (detections, _) = tokio::sync::broadcast::channel(64);
+        let cluster = Arc::new(Cluster {
+            raft,
+            opts,
+            view,
+            detections,
+        });
         tokio::spawn(register_self(Arc::downgrade(&cluster), client.clone()));
         tokio::spawn(crate::health::detect(
             Arc::downgrade(&cluster),
@@ -148,6 +163,15 @@ impl Cluster {
             down_after,
         ));
         Ok(cluster)
+    }
+
+    /// Nodes this node marks down while it leads, as it happens.
+    pub fn detections(&self) -> tokio::sync::broadcast::Receiver<Detection> {
+        self.detections.subscribe()
+    }
+
+    pub(crate) fn detected(&self, detection: Detection) {
+        let _ = self.detections.send(detection);
     }
 
     pub fn id(&self) -> NodeId {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Detection};
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::{Command, NodeId, NodeState};
 use crate::view::NodeSelf;
@@ -82,7 +82,13 @@ pub async fn detect(cluster: Weak<Cluster>, client: RpcClient, down_after: Durat
                     refused_ms = refused.as_millis() as u64,
                     "node is down: moving its scenes"
                 );
-                report(cluster.set_state(Command::MarkDown { id: *id }).await);
+                if cluster.set_state(Command::MarkDown { id: *id }).await.is_ok() {
+                    cluster.detected(Detection {
+                        node: *id,
+                        // From its last answer until the change was committed.
+                        after: silent + now.elapsed(),
+                    });
+                }
             }
         }
     }

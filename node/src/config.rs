@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Redis URL (redis://…) for presence and failover notices; unset: no presence outside
+    /// rooms and no notices (editing is unaffected either way).
+    #[arg(long, env = "TROUPE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Shared secret for HS256 tokens.
     #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -226,6 +231,7 @@ pub struct Settings {
     /// Folder of this node's Raft log, vote and snapshot.
     pub raft_dir: PathBuf,
     pub down_after: Duration,
+    pub redis_url: Option<String>,
     pub public_url: Option<String>,
     pub store: StoreLocation,
     pub verifier: Verifier,
@@ -320,6 +326,14 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+            {
+                return Err("TROUPE_REDIS_URL must start with redis:// or rediss://".into());
+            }
+        }
         if self.down_after < Duration::from_millis(200) {
             return Err("TROUPE_DOWN_AFTER must be at least 200ms".into());
         }
@@ -334,6 +348,7 @@ impl Config {
             peers,
             raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
             down_after: self.down_after,
+            redis_url: self.redis_url.clone(),
             public_url: self.public_url.clone(),
             store,
             verifier,
@@ -427,6 +442,7 @@ mod tests {
             &["--peers", "1=a:1,1=b:2,3=c:3"],
             &["--peers", "1=a"],
             &["--rpc-advertise", "nohost"],
+            &["--redis-url", "http://localhost:6379"],
             &["--public-url", "http://x"],
             &["--max-frame-bytes", "10"],
             &["--allowed-origins", "example.com"],

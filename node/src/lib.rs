@@ -8,6 +8,7 @@ pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod placement;
+pub mod presence;
 pub mod protocol;
 pub mod room;
 pub mod rooms;

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub users_collaborating: Counter,
     pub ring_epoch: Gauge,
     pub handoffs: Counter,
+    pub failovers: Counter,
+    pub failover_detection_seconds: Histogram,
+    pub redis_up: Gauge,
+    pub presence_published: Counter,
+    pub presence_dropped: Counter,
     pub rehydration_seconds: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: Counter,
@@ -49,6 +54,11 @@ impl Metrics {
             users_collaborating: Counter::default(),
             ring_epoch: Gauge::default(),
             handoffs: Counter::default(),
+            failovers: Counter::default(),
+            failover_detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
+            redis_up: Gauge::default(),
+            presence_published: Counter::default(),
+            presence_dropped: Counter::default(),
             rehydration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             store_commit_failures: Counter::default(),
@@ -96,6 +106,31 @@ impl Metrics {
             "users_collaborating",
             "Client sessions that joined a scene on this node",
             m.users_collaborating.clone(),
+        );
+        registry.register(
+            "troupe_failovers",
+            "Nodes this node, as the Raft leader, marked down (their scenes moved to survivors)",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "troupe_failover_detection_seconds",
+            "Time from a node's last answer to the epoch change that moved its scenes",
+            m.failover_detection_seconds.clone(),
+        );
+        registry.register(
+            "troupe_redis_up",
+            "1 while the last Redis write (presence, notices) succeeded, else 0",
+            m.redis_up.clone(),
+        );
+        registry.register(
+            "troupe_presence_published",
+            "Presence changes and notices written to Redis",
+            m.presence_published.clone(),
+        );
+        registry.register(
+            "troupe_presence_dropped",
+            "Presence changes and notices dropped (Redis down or the queue full)",
+            m.presence_dropped.clone(),
         );
         registry.register(
             "troupe_handoffs",

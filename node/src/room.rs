@@ -6,7 +6,7 @@
 //! batch holding its edit is committed. A client whose queue fills up is disconnected
 //! rather than allowed to hold memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::auth::Role;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::placement::{PlacementView, Verdict};
+use crate::presence::{Notice, PresenceRecord, RedisHandle, PRESENCE_REFRESH};
 use crate::protocol::{self, MessageKind, ValidFrame};
 use crate::rooms::Rooms;
 use crate::store::{LogAppend, Snapshot, Store, StoredScene};
@@ -205,6 +206,8 @@ pub struct RoomContext {
     pub node_id: String,
     /// The cluster's placement: a room serves its scene only while it names this node.
     pub placement: watch::Receiver<Arc<PlacementView>>,
+    /// Presence and notices on Redis, when configured.
+    pub presence: Option<RedisHandle>,
     /// Turns true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -226,6 +229,8 @@ struct Peer {
 struct PresenceEntry {
     clock: u64,
     state: String,
+    /// The token subject of the connection that speaks for this client id.
+    user: String,
 }
 
 /// The compaction counters: how much log the latest snapshot does not cover yet.
@@ -269,6 +274,9 @@ pub struct Room {
     /// Set when placement moved the scene away: the new owner's URL (if any). The room
     /// takes no more updates, flushes, releases its lease, then closes its clients with 4301.
     handoff: Option<Option<String>>,
+    /// Awareness client ids whose presence changed since it was last published to Redis.
+    presence_dirty: HashSet<u64>,
+    presence_published: Instant,
     placement: watch::Receiver<Arc<PlacementView>>,
 }
 
@@ -328,6 +336,10 @@ impl Room {
                     .rehydration_seconds
                     .observe(started.elapsed().as_secs_f64());
                 tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, "scene loaded");
+                // Whatever a former owner said about this scene's presence is stale now.
+                if let Some(presence) = &ctx.presence {
+                    presence.clear(&scene);
+                }
                 let mut room = Room::new(scene, id, ctx.clone(), rooms.clone(), doc, doc_bytes, &stored);
                 room.epoch = epoch;
                 room.serve(&mut inbox).await;
@@ -396,6 +408,8 @@ impl Room {
             poisoned: false,
             epoch: 0,
             handoff: None,
+            presence_dirty: HashSet::new(),
+            presence_published: Instant::now(),
             placement: ctx.placement.clone(),
             ctx,
         }
@@ -418,6 +432,7 @@ impl Room {
                 _ = tick.tick() => {
                     self.flush();
                     self.maybe_compact(false);
+                    self.publish_presence();
                 }
                 Ok(()) = self.placement.changed() => self.on_placement(),
                 Ok(()) = shutdown.changed() => {
@@ -450,6 +465,14 @@ impl Room {
         }
         tracing::info!(scene = %self.scene, epoch = current.epoch(), to = ?url, "handing the scene off");
         self.ctx.metrics.handoffs.inc();
+        if let Some(presence) = &self.ctx.presence {
+            presence.notice(Notice::SceneMoved {
+                scene: self.scene.clone(),
+                from: self.ctx.node,
+                to: current.placement.route(&self.scene).map(|r| r.node),
+                epoch: current.epoch(),
+            });
+        }
         self.handoff = Some(url);
         self.stopping = Some((close::MOVED, ""));
         self.flush();
@@ -511,6 +534,7 @@ impl Room {
                 RoomCmd::Frame { .. } | RoomCmd::Leave { .. } => {}
             }
         }
+        self.publish_presence();
         tracing::debug!(scene = %self.scene, "room unloaded");
         true
     }
@@ -588,6 +612,7 @@ impl Room {
         for client in peer.client_ids {
             if let Some(entry) = self.presence.remove(&client) {
                 removed.push((client, entry.clock + 1));
+                self.presence_dirty.insert(client);
             }
         }
         if !removed.is_empty() {
@@ -801,14 +826,21 @@ impl Room {
             if entry.state == "null" {
                 self.presence.remove(&entry.client_id);
             } else {
+                let user = self
+                    .peers
+                    .get(&conn_id)
+                    .map(|p| p.user.clone())
+                    .unwrap_or_default();
                 self.presence.insert(
                     entry.client_id,
                     PresenceEntry {
                         clock: entry.clock,
                         state: entry.state.to_string(),
+                        user,
                     },
                 );
             }
+            self.presence_dirty.insert(entry.client_id);
             accepted.push((entry.client_id, entry.clock, entry.state));
         }
         if !accepted.is_empty() {
@@ -1006,6 +1038,44 @@ impl Room {
                 Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),
             }
         })
+    }
+
+    /// Publishes presence changes to Redis (at most once per housekeeping tick), and
+    /// everyone present now and then so that the scene's entry does not expire.
+    fn publish_presence(&mut self) {
+        let Some(redis) = &self.ctx.presence else {
+            self.presence_dirty.clear();
+            return;
+        };
+        let refresh = !self.presence.is_empty() && self.presence_published.elapsed() >= PRESENCE_REFRESH;
+        if self.presence_dirty.is_empty() && !refresh {
+            return;
+        }
+        let mut ids: Vec<u64> = self.presence_dirty.drain().collect();
+        if refresh {
+            ids.extend(
+                self.presence
+                    .keys()
+                    .filter(|c| !ids.contains(c))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            self.presence_published = Instant::now();
+        }
+        let at_ms = crate::presence::now_ms();
+        let changes = ids
+            .into_iter()
+            .map(|client| {
+                let record = self.presence.get(&client).map(|e| PresenceRecord {
+                    user: e.user.clone(),
+                    state: e.state.clone(),
+                    node: self.ctx.node,
+                    at_ms,
+                });
+                (client, record)
+            })
+            .collect();
+        redis.presence(&self.scene, changes);
     }
 
     /// Queues a frame for one peer; a peer that cannot keep up is disconnected.

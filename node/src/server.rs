@@ -18,6 +18,7 @@ use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::placement::{self, PlacementView};
+use crate::presence::{Notice, RedisHandle};
 use crate::room::RoomContext;
 use crate::rooms::Rooms;
 use crate::store::{Store, StoreError};
@@ -138,6 +139,16 @@ pub async fn run(
     )
     .await?;
     let placement = placement::follow(cluster.watch());
+    let presence = settings
+        .redis_url
+        .clone()
+        .map(|url| RedisHandle::spawn(url, metrics.clone()));
+    tokio::spawn(report_failovers(
+        cluster.clone(),
+        placement.clone(),
+        presence.clone(),
+        metrics.clone(),
+    ));
     {
         let (mut watch, gauge) = (placement.clone(), metrics.ring_epoch.clone());
         tokio::spawn(async move {
@@ -165,6 +176,7 @@ pub async fn run(
         node: settings.node_id,
         node_id: settings.node_id.to_string(),
         placement: placement.clone(),
+        presence,
         shutdown: shutdown_rx.clone(),
     });
     let rooms = Rooms::new(ctx);
@@ -245,4 +257,44 @@ pub async fn run(
     let _ = rpc_task.await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// While this node leads: counts and times the nodes it marks down, and tells routers of
+/// every epoch change and node loss on Redis (hints; the membership stays the truth).
+async fn report_failovers(
+    cluster: Arc<Cluster>,
+    mut placement: watch::Receiver<Arc<PlacementView>>,
+    presence: Option<RedisHandle>,
+    metrics: Arc<Metrics>,
+) {
+    let mut detections = cluster.detections();
+    let mut epoch = placement.borrow().epoch();
+    loop {
+        tokio::select! {
+            detection = detections.recv() => match detection {
+                Ok(d) => {
+                    metrics.failovers.inc();
+                    metrics.failover_detection_seconds.observe(d.after.as_secs_f64());
+                    let epoch = cluster.view().epoch();
+                    if let Some(p) = &presence {
+                        p.notice(Notice::NodeDown { node: d.node, epoch });
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
+            changed = placement.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = placement.borrow_and_update().epoch();
+                if now != epoch && cluster.leader() == Some(cluster.id()) {
+                    if let Some(p) = &presence {
+                        p.notice(Notice::EpochChanged { epoch: now });
+                    }
+                }
+                epoch = now;
+            }
+        }
+    }
 }

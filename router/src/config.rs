@@ -30,6 +30,10 @@ pub struct Config {
     /// Log filter, e.g. `info` or `troupe_router=debug,warn`.
     #[arg(long, env = "TROUPE_LOG", default_value = DEFAULT_LOG)]
     pub log: String,
+
+    /// Redis URL (redis://…) for presence answers and failover notices; unset: none.
+    #[arg(long, env = "TROUPE_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// A checked configuration.
@@ -40,6 +44,7 @@ pub struct Settings {
     pub cluster: Vec<String>,
     /// A filter [`EnvFilter::try_new`] accepts.
     pub log: String,
+    pub redis_url: Option<String>,
 }
 
 impl Settings {
@@ -50,6 +55,7 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster,
             log: DEFAULT_LOG.into(),
+            redis_url: None,
         }
     }
 }
@@ -79,10 +85,21 @@ impl Config {
             check_host_port(addr)?;
         }
         EnvFilter::try_new(&self.log).map_err(|e| format!("TROUPE_LOG {:?}: {e}", self.log))?;
+        let redis_url = self
+            .redis_url
+            .as_ref()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err("TROUPE_REDIS_URL must start with redis:// or rediss://".into());
+            }
+        }
         Ok(Settings {
             listen,
             cluster,
             log: self.log.clone(),
+            redis_url,
         })
     }
 }

@@ -56,6 +56,9 @@ pub type Latest = watch::Receiver<Option<Arc<RouterState>>>;
 pub struct Follower {
     pub latest: Latest,
     _watches: JoinSet<()>,
+    addrs: Vec<String>,
+    tx: Arc<watch::Sender<Option<Arc<RouterState>>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Starts one watch per node address.
@@ -70,6 +73,28 @@ pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
     Follower {
         latest,
         _watches: watches,
+        addrs: addrs.to_vec(),
+        tx,
+        metrics,
+    }
+}
+
+impl Follower {
+    /// Asks every followed node for its membership now (a failover notice said it
+    /// changed); the watches go on as they were.
+    pub fn refresh_now(&self) {
+        for addr in &self.addrs {
+            let (client, tx, metrics) = (
+                ClusterClient::new(vec![addr.clone()]),
+                self.tx.clone(),
+                self.metrics.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(view) = client.view().await {
+                    publish(&tx, view, &metrics);
+                }
+            });
+        }
     }
 }
 

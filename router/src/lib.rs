@@ -12,6 +12,7 @@ pub mod config;
 pub mod follow;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -63,8 +64,15 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new());
     // Dropped when this function returns, which stops the watches.
-    let follower = follow::follow(&settings.cluster, metrics.clone());
+    let follower = Arc::new(follow::follow(&settings.cluster, metrics.clone()));
     let latest = follower.latest.clone();
+    let presence = match &settings.redis_url {
+        Some(url) => {
+            tokio::spawn(presence::follow_notices(url.clone(), follower.clone()));
+            presence::PresenceReader::new(url).ok().map(Arc::new)
+        }
+        None => None,
+    };
 
     on_ready();
     tokio::pin!(shutdown);
@@ -81,13 +89,24 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (latest, metrics) = (latest.clone(), metrics.clone());
+                let (latest, metrics, presence) = (latest.clone(), metrics.clone(), presence.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         // One snapshot per request: the route and its epoch agree.
                         let state = latest.borrow().clone();
-                        let response = http::handle(&req, state.as_deref(), &metrics);
-                        async move { Ok::<_, Infallible>(response) }
+                        let presence = presence.clone();
+                        let scene = presence::presence_path(req.uri().path()).map(str::to_string);
+                        let response = match scene {
+                            Some(_) => None,
+                            None => Some(http::handle(&req, state.as_deref(), &metrics)),
+                        };
+                        async move {
+                            let response = match (response, scene) {
+                                (Some(r), _) => r,
+                                (None, scene) => presence::answer(scene.as_deref().unwrap_or(""), presence.as_deref()).await,
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)

@@ -1,0 +1,210 @@
+//! Presence and notices from Redis: who is in a scene without joining it
+//! (`GET /v1/scenes/{scene}/presence`), and failover notices that make the router refresh
+//! its membership at once instead of waiting for its watch.
+//!
+//! Both are optional and best effort: without Redis (or while it is down) presence answers
+//! 503 and routes keep coming from the membership watch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use troupe_membership::scene::scene_id;
+
+use crate::follow::Follower;
+use crate::http::Body;
+
+/// Entries older than this are ignored: their node stopped refreshing them (it died).
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+pub const PRESENCE_PREFIX: &str = "/v1/scenes/";
+pub const PRESENCE_SUFFIX: &str = "/presence";
+const NOTICES_CHANNEL: &str = "troupe:notices";
+
+/// One client's presence as nodes store it.
+#[derive(Debug, Deserialize)]
+struct Record {
+    user: String,
+    state: String,
+    node: u64,
+    at_ms: u64,
+}
+
+/// Reads scenes' presence from Redis.
+pub struct PresenceReader {
+    client: redis::Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl PresenceReader {
+    pub fn new(url: &str) -> Result<PresenceReader, redis::RedisError> {
+        Ok(PresenceReader {
+            client: redis::Client::open(url)?,
+            conn: Mutex::new(None),
+        })
+    }
+
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The scene's presence entries as JSON values, newest state per client.
+    async fn read(&self, scene: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
+        let mut conn = self.connection().await?;
+        let key = format!("troupe:presence:{scene}");
+        let fields: std::collections::HashMap<String, String> = match conn.hgetall(&key).await {
+            Ok(fields) => fields,
+            Err(e) => {
+                // Reconnect next time.
+                *self.conn.lock().await = None;
+                return Err(e);
+            }
+        };
+        let now = now_ms();
+        let mut users: Vec<serde_json::Value> = fields
+            .into_iter()
+            .filter_map(|(client, value)| {
+                let record: Record = serde_json::from_str(&value).ok()?;
+                if now.saturating_sub(record.at_ms) > STALE_AFTER.as_millis() as u64 {
+                    return None;
+                }
+                let state: serde_json::Value =
+                    serde_json::from_str(&record.state).unwrap_or(serde_json::Value::Null);
+                Some(serde_json::json!({
+                    "client": client.parse::<u64>().ok(),
+                    "user": record.user,
+                    "node": record.node,
+                    "state": state,
+                    "at_ms": record.at_ms,
+                }))
+            })
+            .collect();
+        users.sort_by_key(|u| u["client"].as_u64());
+        Ok(users)
+    }
+}
+
+/// The scene id of a presence path, undecoded (`None` if the path is not one).
+pub fn presence_path(path: &str) -> Option<&str> {
+    path.strip_prefix(PRESENCE_PREFIX)?.strip_suffix(PRESENCE_SUFFIX)
+}
+
+/// `GET /v1/scenes/{scene}/presence`.
+pub async fn answer(raw_scene: &str, reader: Option<&PresenceReader>) -> Response<Body> {
+    let Some(scene) = scene_id(raw_scene) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "bad_scene", "message": "a scene id is 1-128 characters of letters, digits and -_.:~" }),
+        );
+    };
+    let Some(reader) = reader else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "presence_unavailable", "message": "this router has no Redis (TROUPE_REDIS_URL)" }),
+        );
+    };
+    match tokio::time::timeout(Duration::from_secs(3), reader.read(&scene)).await {
+        Ok(Ok(users)) => json(
+            StatusCode::OK,
+            serde_json::json!({ "scene": scene, "users": users }),
+        ),
+        Ok(Err(e)) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "presence_unavailable", "message": format!("Redis: {e}") }),
+        ),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "presence_unavailable", "message": "Redis did not answer in time" }),
+        ),
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{value}\n"))));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Listens for failover notices and refreshes the membership on each. A plain pub/sub
+/// connection does not reconnect by itself: on any error it is opened again, and the
+/// membership refreshed, since notices sent meanwhile were lost.
+pub async fn follow_notices(url: String, follower: Arc<Follower>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match listen(&url, &follower).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(error) => tracing::debug!(%error, "notices subscription lost; reconnecting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        follower.refresh_now();
+    }
+}
+
+async fn listen(url: &str, follower: &Follower) -> redis::RedisResult<()> {
+    use futures_util::StreamExt;
+    let client = redis::Client::open(url)?;
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    pubsub.subscribe(NOTICES_CHANNEL).await?;
+    tracing::info!("following failover notices on Redis");
+    follower.refresh_now();
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let payload: String = message.get_payload().unwrap_or_default();
+        tracing::debug!(notice = %payload, "failover notice");
+        follower.refresh_now();
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_paths() {
+        assert_eq!(presence_path("/v1/scenes/s1/presence"), Some("s1"));
+        assert_eq!(presence_path("/v1/scenes/s1"), None);
+        assert_eq!(presence_path("/v1/route/s1"), None);
+    }
+
+    #[tokio::test]
+    async fn without_redis_presence_is_unavailable_not_an_error() {
+        let r = answer("s1", None).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = answer("a%2Fb", None).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+}
