@@ -4,6 +4,9 @@
 #   tests/pg.sh start   start a server (or reuse the running one); prints its URL on stdout
 #   tests/pg.sh url     print the URL of the running server (exit 1 if none)
 #   tests/pg.sh stop    stop the server and delete its data folder (no-op if none)
+#   tests/pg.sh pause   stop the server but keep its data folder and port (an outage)
+#   tests/pg.sh restart start the paused (or stop and start the running) server again on the
+#                       same port with the same data; prints its URL (exit 1 if there is none)
 #
 # Only the URL goes to stdout (`postgres://postgres@127.0.0.1:PORT/troupe`); everything else
 # goes to stderr. State lives in $PG_STATE_DIR (default /tmp/troupe-pg), so several
@@ -79,7 +82,7 @@ as_pg() {
 # Sets PG_BIN, PG_DATA, PG_DB, PG_PORT, PG_RUN_USER from the state file; returns 1 if there is none.
 load_state() {
     [ -f "$STATE_FILE" ] || return 1
-    PG_BIN="" PG_DATA="" PG_PORT="" PG_RUN_USER=""
+    PG_BIN="" PG_DATA="" PG_PORT="" PG_RUN_USER="" PG_PAUSED=""
     local k v
     while IFS='=' read -r k v; do
         case "$k" in
@@ -87,6 +90,7 @@ load_state() {
             data) PG_DATA="$v" ;;
             port) PG_PORT="$v" ;;
             user) PG_RUN_USER="$v" ;;
+            paused) PG_PAUSED="$v" ;;
         esac
     done <"$STATE_FILE"
     [ -n "$PG_BIN" ] && [ -n "$PG_DATA" ] && [ -n "$PG_PORT" ] || return 1
@@ -95,6 +99,22 @@ load_state() {
 }
 
 url_for() { echo "postgres://$DB_USER@127.0.0.1:$1/$DB_NAME"; }
+
+# pg_start BIN CLUSTER LOGFILE PORT: start the cluster on 127.0.0.1:PORT and wait for it.
+pg_start() {
+    as_pg "$1/pg_ctl" start -D "$2" -l "$3" -w -t 60 -s -o \
+        "-p $4 -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c fsync=on -c max_connections=300 -c shared_buffers=64MB" \
+        >&2
+}
+
+# pg_halt BIN CLUSTER: stop the cluster (fast, else immediate); its data stays.
+pg_halt() {
+    as_pg "$1/pg_ctl" status -D "$2" >/dev/null 2>&1 || return 0
+    if ! as_pg "$1/pg_ctl" stop -D "$2" -m fast -w -t 20 >&2; then
+        log "fast stop failed; trying immediate"
+        as_pg "$1/pg_ctl" stop -D "$2" -m immediate -w -t 30 >&2 || true
+    fi
+}
 
 is_running() {
     # $1 = bin dir, $2 = data dir, $3 = port
@@ -112,10 +132,7 @@ stop_from_state() {
             [ -f "$PG_DB/postmaster.pid" ] && pm_pid="$(head -n1 "$PG_DB/postmaster.pid" 2>/dev/null || true)"
             if as_pg "$PG_BIN/pg_ctl" status -D "$PG_DB" >/dev/null 2>&1; then
                 log "stopping server on port $PG_PORT"
-                if ! as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DB" -m fast -w -t 20 >&2; then
-                    log "fast stop failed; trying immediate"
-                    as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DB" -m immediate -w -t 30 >&2 || true
-                fi
+                pg_halt "$PG_BIN" "$PG_DB"
             fi
             # Last resort: a postmaster that pg_ctl could not stop.
             if [ -f "$PG_DB/postmaster.pid" ]; then
@@ -180,6 +197,11 @@ cmd_start() {
             url_for "$PG_PORT"
             return 0
         fi
+        if [ -n "$PG_PAUSED" ]; then
+            log "server on port $PG_PORT is paused; starting it again"
+            restart_from_state
+            return
+        fi
         log "found stale state; cleaning it up"
         stop_from_state
     fi
@@ -210,13 +232,9 @@ cmd_start() {
     for attempt in 1 2 3 4 5; do
         port="$(pick_port)"
         # Record state before starting, so a `stop` always finds what we created.
-        printf 'bin=%s\ndata=%s\nport=%s\nuser=%s\n' "$bin" "$data" "$port" "$RUN_USER" \
-            >"$STATE_FILE.tmp"
-        mv "$STATE_FILE.tmp" "$STATE_FILE"
+        write_state "$bin" "$data" "$port" "$RUN_USER"
         log "starting server on 127.0.0.1:$port (attempt $attempt)"
-        if as_pg "$bin/pg_ctl" start -D "$data/db" -l "$logfile" -w -t 60 -s -o \
-            "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c fsync=on -c max_connections=300 -c shared_buffers=64MB" \
-            >&2; then
+        if pg_start "$bin" "$data/db" "$logfile" "$port"; then
             started=1
             break
         fi
@@ -241,6 +259,68 @@ cmd_start() {
     fi
     log "ready: $(url_for "$port")"
     url_for "$port"
+}
+
+# write_state BIN DATA PORT USER [PAUSED]
+write_state() {
+    printf 'bin=%s\ndata=%s\nport=%s\nuser=%s\npaused=%s\n' "$1" "$2" "$3" "$4" "${5:-}" \
+        >"$STATE_FILE.tmp"
+    mv "$STATE_FILE.tmp" "$STATE_FILE"
+}
+
+# Starts the server the (loaded) state describes on its port and data, retrying for a while
+# in case the port is briefly taken. Prints the URL.
+restart_from_state() {
+    local logfile="$PG_DATA/server.log" attempt
+    [ -d "$PG_DB" ] || die "the data folder $PG_DB is gone"
+    for attempt in $(seq 1 20); do
+        log "starting server on 127.0.0.1:$PG_PORT with data $PG_DATA (attempt $attempt)"
+        if pg_start "$PG_BIN" "$PG_DB" "$logfile" "$PG_PORT"; then
+            write_state "$PG_BIN" "$PG_DATA" "$PG_PORT" "$PG_RUN_USER"
+            for _ in $(seq 1 100); do
+                "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" >/dev/null 2>&1 && break
+                sleep 0.1
+            done
+            log "ready: $(url_for "$PG_PORT")"
+            url_for "$PG_PORT"
+            return 0
+        fi
+        log "server failed to start on port $PG_PORT; log tail:"
+        tail -n 5 "$logfile" >&2 || true
+        as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DB" -m immediate -w >/dev/null 2>&1 || true
+        sleep 0.5
+    done
+    die "could not start PostgreSQL again on port $PG_PORT"
+}
+
+lock_state() {
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$STATE_DIR/lock"
+        flock -w 120 9 || die "timed out waiting for the lock on $STATE_DIR"
+    fi
+}
+
+cmd_pause() {
+    [ -d "$STATE_DIR" ] || die "no server (no state in $STATE_DIR)"
+    lock_state
+    load_state || die "no server (no state in $STATE_DIR)"
+    RUN_USER="$PG_RUN_USER"
+    write_state "$PG_BIN" "$PG_DATA" "$PG_PORT" "$PG_RUN_USER" 1
+    log "pausing server on port $PG_PORT (data kept in $PG_DATA)"
+    pg_halt "$PG_BIN" "$PG_DB"
+    log "paused"
+}
+
+cmd_restart() {
+    [ -d "$STATE_DIR" ] || die "no server (no state in $STATE_DIR)"
+    lock_state
+    load_state || die "no server (no state in $STATE_DIR)"
+    RUN_USER="$PG_RUN_USER"
+    if as_pg "$PG_BIN/pg_ctl" status -D "$PG_DB" >/dev/null 2>&1; then
+        log "stopping server on port $PG_PORT for a restart"
+        pg_halt "$PG_BIN" "$PG_DB"
+    fi
+    restart_from_state
 }
 
 cmd_url() {
@@ -268,5 +348,7 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     url) cmd_url ;;
-    *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+    pause) cmd_pause ;;
+    restart) cmd_restart ;;
+    *) echo "usage: $0 start|stop|url|pause|restart" >&2; exit 2 ;;
 esac

@@ -2,8 +2,9 @@
 # The project's test command: `tests/run.sh` (CI runs it through .ci/run).
 #
 # On a fresh Debian machine as root it installs what is missing (Node/npm, PostgreSQL,
-# a C toolchain, cargo-fuzz), starts a throwaway PostgreSQL (stopped again on exit), builds
-# the binaries and runs every check:
+# redis-server, a C toolchain, cargo-fuzz), starts a throwaway PostgreSQL (tests/pg.sh) and a
+# throwaway Redis (tests/redis.sh), both stopped again on exit, builds the binaries and runs
+# every check:
 #
 #   build        cargo build --workspace --bins        (target/debug/troupe-node, troupectl)
 #   nextest      cargo nextest run --workspace          (falls back to cargo test)
@@ -17,6 +18,9 @@
 #
 # Environment:
 #   TROUPE_TEST_DATABASE_URL  use this PostgreSQL instead of starting one
+#   TROUPE_TEST_REDIS_URL     use this Redis (redis://host:port) instead of starting one; the
+#                             tests that stop and restart Redis still start their own
+#                             redis-server, so it must be installed either way
 #   TROUPE_FUZZ_SECONDS       seconds per fuzz target (default 0: skipped, since building the
 #                             sanitized fuzz binaries alone takes ~10 minutes; the decoders'
 #                             seeded mutation tests run in nextest every time)
@@ -181,6 +185,7 @@ target_dir() {
 # --- PostgreSQL --------------------------------------------------------------------------
 
 PG_STARTED=""
+REDIS_STARTED=""
 BOUNDED_PID=""
 cleanup() {
     local rc=$?
@@ -192,6 +197,12 @@ cleanup() {
         note "stopping the test PostgreSQL"
         "$ROOT/tests/pg.sh" stop || true
         rm -rf "$PG_STATE_DIR"
+    fi
+    if [ -n "$REDIS_STARTED" ]; then
+        echo
+        note "stopping the test Redis"
+        "$ROOT/tests/redis.sh" stop || true
+        rm -rf "$REDIS_STATE_DIR"
     fi
     exit $rc
 }
@@ -231,6 +242,41 @@ start_pg() {
     url="$("$ROOT/tests/pg.sh" start)" || return 1
     export TROUPE_TEST_DATABASE_URL="$url"
     note "TROUPE_TEST_DATABASE_URL=$TROUPE_TEST_DATABASE_URL"
+}
+
+# --- Redis -------------------------------------------------------------------------------
+
+redis_server_bin() {
+    local b
+    if b="$(command -v redis-server 2>/dev/null)"; then echo "$b"; return 0; fi
+    for b in /usr/bin/redis-server /usr/local/bin/redis-server; do
+        [ -x "$b" ] && { echo "$b"; return 0; }
+    done
+    return 1
+}
+
+ensure_redis() {
+    # Needed even with TROUPE_TEST_REDIS_URL: outage tests start their own redis-server.
+    if ! redis_server_bin >/dev/null; then
+        note "installing redis-server (Debian package; its system service is never used)"
+        apt_install redis-server || return 1
+    fi
+    "$(redis_server_bin)" --version
+}
+
+start_redis() {
+    if [ -n "${TROUPE_TEST_REDIS_URL:-}" ]; then
+        note "using TROUPE_TEST_REDIS_URL from the environment"
+        return 0
+    fi
+    # A state dir of our own, so we never reuse or stop a server someone else started.
+    REDIS_STATE_DIR="$(mktemp -d /tmp/troupe-run-redis.XXXXXX)"
+    export REDIS_STATE_DIR
+    REDIS_STARTED=1
+    local url
+    url="$("$ROOT/tests/redis.sh" start)" || return 1
+    export TROUPE_TEST_REDIS_URL="$url"
+    note "TROUPE_TEST_REDIS_URL=$TROUPE_TEST_REDIS_URL"
 }
 
 # --- checks ------------------------------------------------------------------------------
@@ -332,14 +378,26 @@ else
     record postgres FAIL $((SECONDS - PG_T0)) "could not start PostgreSQL"
 fi
 
+section "redis"
+REDIS_T0=$SECONDS
+REDIS_OK=""
+if ensure_redis && start_redis; then
+    REDIS_OK=1
+    record redis PASS $((SECONDS - REDIS_T0))
+else
+    record redis FAIL $((SECONDS - REDIS_T0)) "could not install or start Redis"
+fi
+
 if [ -z "$BUILD_OK" ]; then
     skip nextest "build failed"
     skip doctests "build failed"
 else
-    if [ -n "$PG_OK" ]; then
-        step nextest run_nextest
-    else
+    if [ -z "$PG_OK" ]; then
         skip nextest "no PostgreSQL"
+    elif [ -z "$REDIS_OK" ]; then
+        skip nextest "no Redis"
+    else
+        step nextest run_nextest
     fi
     step doctests run_doctests
 fi

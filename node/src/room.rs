@@ -26,7 +26,7 @@ use crate::placement::{PlacementView, Verdict};
 use crate::presence::{Notice, PresenceRecord, RedisHandle, PRESENCE_REFRESH};
 use crate::protocol::{self, MessageKind, ValidFrame};
 use crate::rooms::Rooms;
-use crate::store::{LogAppend, Snapshot, Store, StoredScene};
+use crate::store::{LogAppend, Snapshot, Store, StoreError, StoredScene};
 use crate::update_check::{self, CheckLimits};
 use crate::writer::{CommitStatus, QueueError, WriteJob, WriterHandle};
 
@@ -172,7 +172,10 @@ pub struct Joiner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinRefused {
     Full,
+    /// The room is unloading: try a fresh one.
     Unavailable,
+    /// The scene could not be claimed or read from the store.
+    StoreDown,
     /// Another node owns the scene: its URL when known.
     Moved(Option<String>),
 }
@@ -191,6 +194,10 @@ pub enum RoomCmd {
     },
     Leave {
         conn_id: u64,
+    },
+    /// The store says another node holds the scene's lease (checked at `checked_at`).
+    LeaseLost {
+        checked_at: Instant,
     },
 }
 
@@ -278,6 +285,8 @@ pub struct Room {
     presence_dirty: HashSet<u64>,
     presence_published: Instant,
     placement: watch::Receiver<Arc<PlacementView>>,
+    /// When this room claimed its lease: older lease checks do not concern it.
+    claimed_at: Instant,
 }
 
 impl Room {
@@ -293,7 +302,7 @@ impl Room {
         let started = Instant::now();
         // Serve only what placement gives this node, and claim the scene first: from
         // here on no former owner's append is accepted.
-        let mut refusal = JoinRefused::Unavailable;
+        let mut refusal = JoinRefused::StoreDown;
         let mut epoch = 0;
         let current = ctx.placement.borrow().clone();
         let claimed = match current.verdict(ctx.node, &scene) {
@@ -301,26 +310,37 @@ impl Room {
                 refusal = JoinRefused::Moved(Some(route.url));
                 Err(format!("node {} owns the scene", route.node))
             }
-            Verdict::NoOwner => Err("no node owns the scene at this epoch".to_string()),
+            Verdict::NoOwner => {
+                refusal = JoinRefused::Unavailable;
+                Err("no node owns the scene at this epoch".to_string())
+            }
             Verdict::Mine { epoch: e } => {
                 epoch = e;
-                wait_for_release(&ctx, &scene, epoch, &current).await;
-                match ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
+                let claim = async {
+                    wait_for_release(&ctx, &scene, epoch, &current).await;
+                    ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await
+                };
+                // A store that does not answer must not leave joining clients waiting.
+                match tokio::time::timeout(LOAD_TIMEOUT, claim).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => {
                         refusal = JoinRefused::Moved(None);
                         Err(
                             "the scene's lease is held by another node at this epoch or a newer one"
                                 .to_string(),
                         )
                     }
-                    Err(error) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(StoreError::Timeout.to_string()),
                 }
             }
         };
         let loaded = match claimed {
             Err(error) => Err(error),
-            Ok(()) => match ctx.store.load(&scene).await {
+            Ok(()) => match tokio::time::timeout(LOAD_TIMEOUT, ctx.store.load(&scene))
+                .await
+                .unwrap_or(Err(StoreError::Timeout))
+            {
                 // Rebuilding a large scene takes a while: off the thread that serves the rooms.
                 Ok(stored) => tokio::task::spawn_blocking(move || {
                     rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored))
@@ -410,6 +430,7 @@ impl Room {
             handoff: None,
             presence_dirty: HashSet::new(),
             presence_published: Instant::now(),
+            claimed_at: Instant::now(),
             placement: ctx.placement.clone(),
             ctx,
         }
@@ -478,6 +499,32 @@ impl Room {
         self.flush();
     }
 
+    /// Another node took the scene over (this node was cut off, paused, or behind on
+    /// placement): nothing more is taken or written; clients go to the owner placement
+    /// names now, or ask the router.
+    fn on_lease_lost(&mut self, checked_at: Instant) {
+        if checked_at < self.claimed_at || self.stopping.is_some() {
+            return;
+        }
+        tracing::warn!(scene = %self.scene, "another node holds the scene's lease: closing the room");
+        self.ctx.metrics.error("fenced");
+        let url = match self.placement.borrow().verdict(self.ctx.node, &self.scene) {
+            Verdict::Elsewhere(route) => route.url,
+            _ => String::new(),
+        };
+        self.pending.clear();
+        self.held.clear();
+        self.stopping = Some((close::MOVED, ""));
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.kick(id, close::MOVED, &url);
+        }
+        let _ = self.status_tx.send(CommitStatus {
+            committed_seq: self.committed_seq,
+            refused: true,
+        });
+    }
+
     /// Closes every client with `code` and unloads once the log is flushed.
     fn stop(&mut self, code: u16, reason: &'static str) {
         if self.stopping.is_none() {
@@ -531,7 +578,7 @@ impl Room {
                 RoomCmd::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Unavailable));
                 }
-                RoomCmd::Frame { .. } | RoomCmd::Leave { .. } => {}
+                RoomCmd::Frame { .. } | RoomCmd::Leave { .. } | RoomCmd::LeaseLost { .. } => {}
             }
         }
         self.publish_presence();
@@ -555,6 +602,7 @@ impl Room {
                     .observe(received.elapsed().as_secs_f64() * 1000.0);
             }
             RoomCmd::Leave { conn_id } => self.leave(conn_id),
+            RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),
         }
     }
 
@@ -1124,6 +1172,10 @@ impl Room {
 /// handing over (planned moves take milliseconds; a former owner that is down is not
 /// waited for, and after this long the claim goes ahead: fencing keeps it safe).
 const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// How long claiming and loading a scene may each take before its clients are told to
+/// come back later (1011).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until the scene's lease is free for this node: released, already ours, or held
 /// by a node that is not up. Returns early on any store error (the claim reports it).

@@ -74,6 +74,11 @@ impl Rooms {
         }
     }
 
+    /// The live rooms: scene and inbox.
+    pub fn snapshot(&self) -> Vec<(String, RoomHandle)> {
+        self.lock().iter().map(|(s, h)| (s.clone(), h.clone())).collect()
+    }
+
     /// Number of live rooms.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -180,6 +180,12 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
     });
     let rooms = Rooms::new(ctx);
+    tokio::spawn(check_leases(
+        store.clone(),
+        rooms.clone(),
+        settings.node_id.to_string(),
+        shutdown_rx.clone(),
+    ));
     let status = Arc::new(NodeStatus {
         rooms: rooms.clone(),
         placement: placement.clone(),
@@ -294,6 +300,39 @@ async fn report_failovers(
                     }
                 }
                 epoch = now;
+            }
+        }
+    }
+}
+
+/// How often this node checks that it still holds the leases of its rooms.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// Closes rooms whose lease another node has claimed: a node cut off from the cluster (or
+/// paused, or behind on placement) stops serving within about a second of the new owner
+/// taking over, even if none of its clients writes. The store decides, not Raft contact:
+/// while nobody claims a scene — no quorum anywhere, say — its room keeps serving.
+async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LEASE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let live = rooms.snapshot();
+        if live.is_empty() {
+            continue;
+        }
+        let checked_at = std::time::Instant::now();
+        let scenes: Vec<String> = live.iter().map(|(s, _)| s.clone()).collect();
+        let Ok(held) = store.leases_held(&node_id, &scenes).await else {
+            continue;
+        };
+        let held: std::collections::HashSet<String> = held.into_iter().collect();
+        for (scene, handle) in live {
+            if !held.contains(&scene) {
+                let _ = handle.tx.try_send(crate::room::RoomCmd::LeaseLost { checked_at });
             }
         }
     }

@@ -133,7 +133,8 @@ async fn run(
             app.metrics.error("room_full");
             return Some((close::RATE_LIMITED, "scene has too many connections".into()));
         }
-        Err(JoinRefused::Unavailable) => {
+        Err(JoinRefused::Unavailable | JoinRefused::StoreDown) => {
+            app.metrics.error("scene_unavailable");
             return Some((close::INTERNAL, "scene unavailable, try again".into()));
         }
         Err(JoinRefused::Moved(url)) => {
@@ -290,7 +291,9 @@ async fn join(
         }
         match answer.await {
             Ok(Ok(())) => return Ok(room),
-            Ok(Err(refused @ (JoinRefused::Full | JoinRefused::Moved(_)))) => return Err(refused),
+            Ok(Err(refused @ (JoinRefused::Full | JoinRefused::Moved(_) | JoinRefused::StoreDown))) => {
+                return Err(refused)
+            }
             Ok(Err(JoinRefused::Unavailable)) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

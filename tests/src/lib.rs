@@ -6,6 +6,7 @@
 //! starts; without it the Postgres variants fail unless `TROUPE_TEST_SKIP_POSTGRES=1`.
 
 pub mod cluster;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -344,6 +344,17 @@ impl Store {
         }
     }
 
+    /// Which of `scenes` `owner` still holds the lease of.
+    pub async fn leases_held(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
+        if scenes.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Postgres(s) => s.leases_held(owner, scenes).await,
+            Self::Sqlite(s) => s.leases_held(owner, scenes).await,
+        }
+    }
+
     /// Reads what is needed to rebuild a scene.
     pub async fn load(&self, scene: &str) -> Result<StoredScene, StoreError> {
         match self {

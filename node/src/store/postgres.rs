@@ -101,5 +101,15 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    pub async fn leases_held(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT scene_id FROM scene_leases WHERE owner = $1 AND scene_id = ANY($2)")
+                .bind(owner)
+                .bind(scenes)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     super::shared_queries!();
 }

@@ -45,6 +45,17 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    pub async fn leases_held(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
+        let list = serde_json::to_string(scenes).unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query_scalar(
+            "SELECT scene_id FROM scene_leases WHERE owner = $1 AND scene_id IN (SELECT value FROM json_each($2))",
+        )
+        .bind(owner)
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn append(&self, writer_node: &str, batch: &[LogAppend]) -> Result<Vec<usize>, StoreError> {
         let now = now_ms();
         let mut refused = Vec::new();
