@@ -80,10 +80,19 @@ pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
 }
 
 impl Follower {
-    /// Asks every followed node for its membership now (a failover notice said it
-    /// changed); the watches go on as they were.
+    /// Asks every followed node, and every member the router knows of, for its membership
+    /// now (a failover notice said it changed); the watches go on as they were. Asking the
+    /// known members too lets a notice help even when the followed nodes are cut off.
     pub fn refresh_now(&self) {
-        for addr in &self.addrs {
+        let mut addrs = self.addrs.clone();
+        if let Some(state) = self.tx.borrow().as_ref() {
+            for node in state.view.state.nodes.values() {
+                if !addrs.contains(&node.rpc_addr) {
+                    addrs.push(node.rpc_addr.clone());
+                }
+            }
+        }
+        for addr in &addrs {
             let (client, tx, metrics) = (
                 ClusterClient::new(vec![addr.clone()]),
                 self.tx.clone(),

@@ -255,7 +255,12 @@ impl RouterProcess {
     /// Starts a router following the nodes at `cluster` (internal addresses) and waits
     /// until it has heard from the cluster.
     pub async fn start(cluster: &[String]) -> anyhow::Result<RouterProcess> {
-        let router = Self::spawn(cluster)?;
+        Self::start_with(cluster, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra `TROUPE_*` settings.
+    pub async fn start_with(cluster: &[String], env: &[(&str, &str)]) -> anyhow::Result<RouterProcess> {
+        let router = Self::spawn_with(cluster, env)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while http_request(router.addr, "/healthz")
             .await
@@ -273,6 +278,10 @@ impl RouterProcess {
 
     /// Starts a router without waiting for the membership.
     pub fn spawn(cluster: &[String]) -> anyhow::Result<RouterProcess> {
+        Self::spawn_with(cluster, &[])
+    }
+
+    fn spawn_with(cluster: &[String], env: &[(&str, &str)]) -> anyhow::Result<RouterProcess> {
         let mut child = Command::new(bin_dir().join("troupe-router"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -282,6 +291,7 @@ impl RouterProcess {
                 "TROUPE_LOG",
                 std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
