@@ -30,6 +30,7 @@ pub struct Metrics {
     pub failovers: Counter,
     pub failover_detection_seconds: Histogram,
     pub redis_up: Gauge,
+    pub store_up: Gauge,
     pub presence_published: Counter,
     pub presence_dropped: Counter,
     pub rehydration_seconds: Histogram,
@@ -57,6 +58,7 @@ impl Metrics {
             failovers: Counter::default(),
             failover_detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
             redis_up: Gauge::default(),
+            store_up: Gauge::default(),
             presence_published: Counter::default(),
             presence_dropped: Counter::default(),
             rehydration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -116,6 +118,11 @@ impl Metrics {
             "troupe_failover_detection_seconds",
             "Time from a node's last answer to the epoch change that moved its scenes",
             m.failover_detection_seconds.clone(),
+        );
+        registry.register(
+            "troupe_store_up",
+            "1 while the last group commit succeeded, 0 while commits fail and are retried",
+            m.store_up.clone(),
         );
         registry.register(
             "troupe_redis_up",

@@ -110,6 +110,7 @@ pub async fn run(
     } = listeners;
     let store = Store::open(&settings.store).await?;
     let metrics = Arc::new(Metrics::new());
+    metrics.store_up.set(1);
     let public_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: settings.listen,
         source,

@@ -116,6 +116,7 @@ async fn commit_with_retry(
         let started = Instant::now();
         match store.append(node_id, appends).await {
             Ok(refused) => {
+                metrics.store_up.set(1);
                 metrics
                     .store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -125,6 +126,7 @@ async fn commit_with_retry(
                 return refused;
             }
             Err(error) => {
+                metrics.store_up.set(0);
                 metrics.store_commit_failures.inc();
                 tracing::warn!(%error, batches = appends.len(), retry_in_ms = backoff.as_millis() as u64, "group commit failed; retrying");
                 tokio::time::sleep(backoff).await;
