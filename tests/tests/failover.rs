@@ -160,3 +160,42 @@ async fn killing_the_raft_leader_fails_over_too() {
         "editors were back only after {p99:?} (p99)"
     );
 }
+
+#[tokio::test]
+async fn a_node_whose_scene_was_taken_over_closes_it_without_writing() {
+    // A node cut off from the cluster keeps its clients until another node claims the
+    // scene; from then on it must stop within about a second, even if nobody types. The
+    // claim is made here straight in the store, as a new owner in the majority would.
+    let cluster = TestCluster::start(1, &[]).await.unwrap();
+    let node = cluster.node(1).unwrap();
+    let scene = unique("cutoff");
+    let token = editor_token(&[&scene]);
+    let mut client = TestClient::connect(&node.ws_base(), &scene, &token)
+        .await
+        .unwrap();
+    client.type_text("INT. ISLAND - NIGHT").await.unwrap();
+    client.wait_acked().await.unwrap();
+
+    let store = cluster.store().await.unwrap();
+    let (epoch, owner) = store.lease(&scene).await.unwrap().unwrap();
+    assert_eq!(owner, "1");
+    assert!(store.claim_lease(&scene, epoch + 1, "2").await.unwrap());
+    let taken = Instant::now();
+    let closed = client.expect_close().await.unwrap();
+    assert_eq!(closed.code, 4301);
+    assert!(
+        taken.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        taken.elapsed()
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"fenced\"}")
+            .await
+            .unwrap()
+            >= 1.0,
+        "the lost lease was not counted"
+    );
+    // Nothing after the takeover was written by the former holder.
+    let writers = store.writers(&scene).await.unwrap();
+    assert!(writers.iter().all(|(_, writer, e)| writer == "1" && *e <= epoch));
+}
