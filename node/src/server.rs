@@ -53,13 +53,15 @@ pub struct App {
 
 /// What the internal endpoint reports about this node.
 struct NodeStatus {
-    rooms: Arc<Rooms>,
+    /// Weak: a watch call held open by a router must not keep the rooms (and with them the
+    /// writer) alive past shutdown.
+    rooms: std::sync::Weak<Rooms>,
     placement: watch::Receiver<Arc<PlacementView>>,
 }
 
 impl LocalStatus for NodeStatus {
     fn rooms(&self) -> u64 {
-        self.rooms.len() as u64
+        self.rooms.upgrade().map_or(0, |r| r.len() as u64)
     }
 
     fn epoch(&self) -> u64 {
@@ -188,7 +190,7 @@ pub async fn run(
         shutdown_rx.clone(),
     ));
     let status = Arc::new(NodeStatus {
-        rooms: rooms.clone(),
+        rooms: Arc::downgrade(&rooms),
         placement: placement.clone(),
     });
     let mut rpc_shutdown = shutdown_rx.clone();

@@ -1,0 +1,77 @@
+//! `troupe-chaos up`, the one command that starts a local cluster: it prints the router and a
+//! working token, the cluster serves, and SIGTERM stops every process it started.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use troupe_tests::cluster::{free_addr, http_request};
+use troupe_tests::{bin_dir, unique, TestClient};
+
+#[tokio::test]
+async fn up_starts_a_working_cluster_and_stops_it() {
+    let data = std::env::temp_dir().join(unique("troupe-up"));
+    let base = free_addr().port().min(30_000);
+    let router_port = free_addr().port();
+    let mut child = Command::new(bin_dir().join("troupe-chaos"))
+        .args(["up", "--nodes", "3", "--base-port", &base.to_string()])
+        .args(["--router-port", &router_port.to_string(), "--data-dir"])
+        .arg(&data)
+        .env_remove("TROUPE_DATABASE_URL")
+        .env("TROUPE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut router, mut token) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while router.is_none() || token.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("troupe-chaos up printed no router and token");
+        if let Some(url) = line.strip_prefix("router   http://") {
+            router = Some(url.trim().to_string());
+        }
+        if let Some(t) = line.strip_prefix("token    ") {
+            token = Some(t.trim().to_string());
+        }
+    }
+    let (router, token) = (router.unwrap(), token.unwrap());
+    let router_addr = router.parse().unwrap();
+    let (status, _, body) = http_request(router_addr, "/v1/route/s1").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let route: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let owner = route["url"].as_str().unwrap();
+    let mut client = TestClient::connect(&format!("{owner}/ws/scenes"), "s1", &token)
+        .await
+        .unwrap();
+    client.type_text("FADE IN:").await.unwrap();
+    client.wait_acked().await.unwrap();
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "troupe-chaos did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    // Its nodes are gone: their ports refuse connections.
+    let node_port = owner.rsplit(':').next().unwrap();
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{node_port}")).is_err());
+    let _ = std::fs::remove_dir_all(&data);
+}
