@@ -18,6 +18,9 @@ use crate::rpc::RpcClient;
 use crate::state::{Command, CommandError, NodeId, NodeState};
 use crate::view::{AdmitRequest, ClusterView};
 
+/// How long a membership change may wait for a majority.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timings of the Raft protocol.
 #[derive(Debug, Clone)]
 pub struct RaftTiming {
@@ -245,9 +248,14 @@ impl Cluster {
 
     /// Like [`Self::write`], also returning the log index the command was committed at.
     async fn write_at(&self, command: Command) -> Result<(crate::state::Applied, u64), AdminError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok((response.data?, response.log_id.index)),
-            Err(error) => Err(self.map_write_error(error)),
+        // Without a quorum nothing commits: say so instead of waiting forever (the entry
+        // may still commit once a majority is back; every command is safe to repeat).
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok((response.data?, response.log_id.index)),
+            Ok(Err(error)) => Err(self.map_write_error(error)),
+            Err(_) => Err(AdminError::Unavailable(format!(
+                "no majority of voters confirmed the change within {WRITE_TIMEOUT:?}"
+            ))),
         }
     }
 

@@ -199,3 +199,31 @@ async fn a_node_whose_scene_was_taken_over_closes_it_without_writing() {
     let writers = store.writers(&scene).await.unwrap();
     assert!(writers.iter().all(|(_, writer, e)| writer == "1" && *e <= epoch));
 }
+
+#[tokio::test]
+async fn without_a_quorum_placement_freezes_and_rooms_keep_serving() {
+    let mut cluster = TestCluster::start(3, &[]).await.unwrap();
+    let view = cluster.view().await.unwrap();
+    // A scene on one node; the two others die, taking the majority with them.
+    let survivor = *cluster.nodes.keys().next().unwrap();
+    let scene = scenes_owned_by(&cluster, survivor, 1).await.remove(0);
+    let token = editor_token(&[&scene]);
+    let base = cluster.node(survivor).unwrap().ws_base();
+    let mut client = TestClient::connect(&base, &scene, &token).await.unwrap();
+    client.type_text("EXT. DESERT - DAY").await.unwrap();
+    client.wait_acked().await.unwrap();
+    for id in view.state.nodes.keys().filter(|id| **id != survivor) {
+        cluster.node_mut(*id).unwrap().kill9();
+    }
+    cluster.nodes.retain(|id, _| *id == survivor);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Nobody can move scenes: the survivor still serves at the old epoch, and editing
+    // (stored and acknowledged) carries on.
+    let frozen = cluster.view().await.unwrap();
+    assert_eq!(frozen.epoch(), view.epoch(), "placement changed without a quorum");
+    client.type_text(" A lone figure walks.").await.unwrap();
+    client.wait_acked().await.unwrap();
+    let fresh = TestClient::connect(&base, &scene, &token).await.unwrap();
+    assert_eq!(fresh.text(), "EXT. DESERT - DAY A lone figure walks.");
+}
