@@ -34,7 +34,13 @@ pub struct LocalCluster {
     pub router_url: String,
     pub nodes: BTreeMap<u64, NodeInfo>,
     pub redis_url: Option<String>,
+    /// Redis and the router (started first, stopped last / first).
     children: Vec<(String, Child)>,
+    /// Each node's process while it runs.
+    procs: BTreeMap<u64, Child>,
+    spec: ClusterSpec,
+    peers: String,
+    redis_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,27 +70,13 @@ impl LocalCluster {
             nodes: BTreeMap::new(),
             redis_url: None,
             children: Vec::new(),
+            procs: BTreeMap::new(),
+            spec: spec.clone(),
+            peers: String::new(),
+            redis_port: spec.redis_port,
         };
         if let Some(port) = spec.redis_port {
-            let mut cmd = Command::new("redis-server");
-            die_with_parent(&mut cmd);
-            let child = cmd
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting redis-server (install it: apt-get install -y redis-server)")?;
-            cluster.children.push(("redis".into(), child));
-            cluster.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+            cluster.start_redis(port)?;
         }
         let voters = voters_for(spec.nodes);
         let addr = |port: u16| format!("127.0.0.1:{port}");
@@ -102,24 +94,9 @@ impl LocalCluster {
             .map(|id| format!("{id}={}", cluster.nodes[&id].rpc))
             .collect::<Vec<_>>()
             .join(",");
-        for (id, node) in cluster.nodes.clone() {
-            let listen = node.url.trim_start_matches("ws://").to_string();
-            let mut cmd = Command::new(spec.bin_dir.join("troupe-node"));
-            cmd.env("TROUPE_NODE_ID", id.to_string())
-                .env("TROUPE_LISTEN", &listen)
-                .env("TROUPE_RPC_LISTEN", &node.rpc)
-                .env("TROUPE_PEERS", &peers)
-                .env("TROUPE_DATA_DIR", &spec.data_dir)
-                .env("TROUPE_JWT_SECRET", &spec.secret);
-            if let Some(url) = &spec.database_url {
-                cmd.env("TROUPE_DATABASE_URL", url);
-            }
-            if let Some(url) = &cluster.redis_url {
-                cmd.env("TROUPE_REDIS_URL", url);
-            }
-            let child = spawn_ready(cmd, "troupe-node listening on")
-                .with_context(|| format!("starting node {id}"))?;
-            cluster.children.push((format!("node {id}"), child));
+        cluster.peers = peers;
+        for id in 1..=spec.nodes {
+            cluster.start_node(id)?;
         }
         let client = ClusterClient::new(cluster.nodes.values().map(|n| n.rpc.clone()).collect());
         wait_until(
@@ -180,16 +157,161 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    fn start_redis(&mut self, port: u16) -> anyhow::Result<()> {
+        let mut cmd = Command::new("redis-server");
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting redis-server (install it: apt-get install -y redis-server)")?;
+        self.children.insert(0, ("redis".into(), child));
+        self.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+        Ok(())
+    }
+
+    /// Starts (or starts again) node `id` on its addresses and Raft folder.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let spec = &self.spec;
+        let offset = u16::try_from(id).map_err(|_| anyhow!("node id {id} too large"))?;
+        let node = self.nodes.entry(id).or_insert_with(|| NodeInfo {
+            url: format!("ws://127.0.0.1:{}", spec.base_port + offset),
+            rpc: format!("127.0.0.1:{}", spec.base_port + 100 + offset),
+        });
+        let listen = node.url.trim_start_matches("ws://").to_string();
+        let mut cmd = Command::new(spec.bin_dir.join("troupe-node"));
+        cmd.env("TROUPE_NODE_ID", id.to_string())
+            .env("TROUPE_LISTEN", &listen)
+            .env("TROUPE_RPC_LISTEN", &node.rpc)
+            .env("TROUPE_PEERS", &self.peers)
+            .env("TROUPE_DATA_DIR", &spec.data_dir)
+            .env("TROUPE_JWT_SECRET", &spec.secret);
+        if let Some(url) = &spec.database_url {
+            cmd.env("TROUPE_DATABASE_URL", url);
+        }
+        if let Some(url) = &self.redis_url {
+            cmd.env("TROUPE_REDIS_URL", url);
+        }
+        // A port freed by a killed node may linger for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let child = loop {
+            match spawn_ready(
+                {
+                    let mut c = Command::new(cmd.get_program());
+                    c.envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+                    c
+                },
+                "troupe-node listening on",
+            ) {
+                Ok(child) => break child,
+                Err(e) if Instant::now() > deadline => return Err(e.context(format!("starting node {id}"))),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    /// A client of the cluster through every node's internal address.
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.nodes.values().map(|n| n.rpc.clone()).collect())
+    }
+
+    /// Adds a node with the next id: started, then admitted (learner, then active).
+    pub async fn add_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        self.start_node(id)?;
+        let node = self.nodes[&id].clone();
+        self.client()
+            .admit(&AdmitRequest {
+                id,
+                url: node.url,
+                rpc_addr: node.rpc,
+            })
+            .await
+            .with_context(|| format!("adding node {id}"))?;
+        Ok(id)
+    }
+
+    /// `kill -9` of a node.
+    pub fn kill_node(&mut self, id: u64) -> bool {
+        match self.procs.remove(&id) {
+            Some(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) to a node.
+    pub fn signal_node(&self, id: u64, signal: &str) -> bool {
+        self.procs.get(&id).is_some_and(|child| {
+            Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.procs.contains_key(&id)
+    }
+
+    /// Stops Redis and starts it again on the same port (empty, as Redis without
+    /// persistence comes back).
+    pub fn restart_redis(&mut self) -> anyhow::Result<bool> {
+        let Some(port) = self.redis_port else {
+            return Ok(false);
+        };
+        if let Some(i) = self.children.iter().position(|(n, _)| n == "redis") {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        self.start_redis(port)?;
+        Ok(true)
+    }
+
     /// Stops every process: SIGTERM (nodes flush and close their clients), then SIGKILL
     /// whatever is still running after a grace period.
     pub fn stop(&mut self) {
-        for (_, child) in self.children.iter().rev() {
+        for child in self.procs.values() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        let nodes: Vec<(String, Child)> = std::mem::take(&mut self.procs)
+            .into_iter()
+            .map(|(id, c)| (format!("node {id}"), c))
+            .collect();
+        let router_and_redis = std::mem::take(&mut self.children);
+        // The router first, then the nodes, Redis last.
+        let mut order: Vec<(String, Child)> = router_and_redis.into_iter().rev().collect();
+        let redis_at = order.iter().position(|(n, _)| n == "redis");
+        let redis = redis_at.map(|i| order.remove(i));
+        order.extend(nodes);
+        order.extend(redis);
+        self.children = order;
+        for (_, child) in self.children.iter() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (name, child) in self.children.iter_mut().rev() {
+        for (name, child) in self.children.iter_mut() {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -208,9 +330,15 @@ impl LocalCluster {
 
     /// The first child that exited on its own, if any.
     pub fn exited(&mut self) -> Option<String> {
-        self.children
+        let node = self
+            .procs
             .iter_mut()
-            .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
+            .find_map(|(id, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| format!("node {id}")));
+        node.or_else(|| {
+            self.children
+                .iter_mut()
+                .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
+        })
     }
 }
 

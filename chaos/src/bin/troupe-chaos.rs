@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use troupe_chaos::chart::{render_svg, ChartSpec, FaultMark, Sample};
 use troupe_chaos::client::{mint_token, Access};
 use troupe_chaos::launcher::{own_bin_dir, voters_for, ClusterSpec, LocalCluster};
+use troupe_chaos::run::{Report, RunOptions};
+use troupe_chaos::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +32,29 @@ struct Cli {
 enum Cmd {
     /// Start a local cluster in the foreground; Ctrl-C stops it.
     Up(UpArgs),
+    /// Run a chaos scenario (a name from chaos/scenarios/ or a path to a .toml file).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    scenario: String,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long editors type and faults fire (default: the scenario's).
+    #[arg(long, value_parser = troupe_node::duration::parse_duration)]
+    duration: Option<Duration>,
+    /// Node i listens on BASE+i and BASE+100+i.
+    #[arg(long, default_value_t = 14000)]
+    base_port: u16,
+    #[arg(long, default_value_t = 14080)]
+    router_port: u16,
+    /// Where the report (report.json, latency.svg) goes.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use this Postgres instead of the embedded store.
+    #[arg(long, env = "TROUPE_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +96,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Up(args) => up(args).await,
+            Cmd::Run(args) => run(args).await,
         }
     });
     match result {
@@ -159,4 +186,145 @@ async fn stop_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// Finds a scenario by name in `chaos/scenarios/` (next to the sources) or by path.
+fn scenario_path(name: &str) -> PathBuf {
+    let direct = PathBuf::from(name);
+    if direct.exists() {
+        return direct;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    dir.join(format!("{name}.toml"))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let path = scenario_path(&args.scenario);
+    let scenario =
+        Scenario::load(&path).map_err(|e| anyhow::anyhow!("scenario {}: {e:#}", path.display()))?;
+    let seed = args.seed.unwrap_or(scenario.seed);
+    let duration = args.duration.unwrap_or(scenario.duration);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("chaos-report/{}-{seed}", scenario.name)));
+    std::fs::create_dir_all(&out)?;
+    let data_dir = out.join("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    eprintln!(
+        "troupe-chaos: scenario {} (seed {seed}, {duration:?}): {} nodes, {} scenes x {} editors",
+        scenario.name, scenario.nodes, scenario.scenes, scenario.editors_per_scene
+    );
+    let report = troupe_chaos::run::run(RunOptions {
+        scenario: scenario.clone(),
+        seed,
+        duration,
+        base_port: args.base_port,
+        router_port: args.router_port,
+        data_dir: data_dir.clone(),
+        bin_dir: own_bin_dir(),
+        database_url: args.database_url.clone(),
+    })
+    .await?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(out.join("latency.svg"), chart(&report))?;
+    print_summary(&report, &out);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if report.passed {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} problem(s): {}",
+            report.problems.len(),
+            report.problems.join("; ")
+        )
+    }
+}
+
+fn chart(report: &Report) -> String {
+    let samples: Vec<Sample> = report
+        .samples
+        .iter()
+        .map(|(at_ms, latency_ms)| Sample {
+            at_ms: *at_ms,
+            latency_ms: *latency_ms,
+        })
+        .collect();
+    let faults: Vec<FaultMark> = report
+        .faults
+        .iter()
+        .filter(|f| f.fired)
+        .map(|f| FaultMark {
+            at_ms: f.at_ms,
+            label: format!("{:?} {}", f.kind, f.target),
+            recovered_ms: f.recovered_ms,
+        })
+        .collect();
+    let title = format!(
+        "{} (seed {}): edit latency to durable ack",
+        report.scenario, report.seed
+    );
+    render_svg(&ChartSpec {
+        title: &title,
+        samples: &samples,
+        faults: &faults,
+        duration_ms: report.duration_ms,
+    })
+}
+
+fn print_summary(report: &Report, out: &std::path::Path) {
+    println!(
+        "{} {} (seed {}, {:.0} s): {} nodes, {} editors",
+        if report.passed { "PASS" } else { "FAIL" },
+        report.scenario,
+        report.seed,
+        report.duration_ms as f64 / 1000.0,
+        report.nodes,
+        report.editors
+    );
+    let fired = report.faults.iter().filter(|f| f.fired).count();
+    println!("faults     {fired} fired of {} planned", report.faults.len());
+    for f in &report.faults {
+        let recovery = f
+            .recovered_ms
+            .map(|ms| format!("recovered in {:.2} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let status = if f.fired { "fired" } else { "skipped" };
+        println!(
+            "  {:>7.1} s  {:<13} {:<8} {status:<8} {recovery} {}",
+            f.at_ms as f64 / 1000.0,
+            format!("{:?}", f.kind),
+            f.target,
+            f.note
+        );
+    }
+    println!(
+        "edits      {} typed, {} acknowledged, {} lost",
+        report.edits_typed, report.edits_acknowledged, report.edits_lost
+    );
+    println!(
+        "ack        p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        report.ack_latency_ms.p50, report.ack_latency_ms.p99, report.ack_latency_ms.max
+    );
+    println!(
+        "recovery   p50 {:.2} s, p99 {:.2} s, max {:.2} s over {} faults",
+        report.recovery_ms.p50 / 1000.0,
+        report.recovery_ms.p99 / 1000.0,
+        report.recovery_ms.max / 1000.0,
+        report.recovery_ms.count
+    );
+    println!(
+        "checks     {} divergent scenes, {} store mismatches, {} fenced writes accepted",
+        report.divergent_scenes.len(),
+        report.store_mismatches.len(),
+        report.fenced_writes_accepted
+    );
+    for p in &report.problems {
+        println!("problem    {p}");
+    }
+    println!(
+        "report     {}/report.json, {}/latency.svg",
+        out.display(),
+        out.display()
+    );
 }

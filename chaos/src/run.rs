@@ -1,0 +1,525 @@
+//! `troupe-chaos run`: a local cluster, simulated editors with durable acks, a fault
+//! schedule, and a checker that proves nothing was lost.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+use troupe_membership::NodeState;
+use troupe_node::config::StoreLocation;
+use troupe_node::store::Store;
+
+use crate::check::{fenced_rows, stored_text};
+use crate::client::{mint_token, Access, ClientOptions, EditorClient};
+use crate::editor::{resolve, FinishedEditor, FollowingEditor};
+use crate::launcher::{ClusterSpec, LocalCluster};
+use crate::scenario::{FaultKind, PlannedFault, Scenario, SplitMix};
+
+pub struct RunOptions {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub duration: Duration,
+    pub base_port: u16,
+    pub router_port: u16,
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+/// What happened to one fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    pub at_ms: u64,
+    pub kind: FaultKind,
+    pub target: String,
+    pub fired: bool,
+    pub note: String,
+    /// Until every editor had an edit acknowledged again.
+    pub recovered_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration_ms: u64,
+    pub nodes: u64,
+    pub scenes: usize,
+    pub editors: usize,
+    pub faults: Vec<FaultReport>,
+    pub edits_typed: usize,
+    pub edits_acknowledged: usize,
+    pub edits_lost: usize,
+    pub divergent_scenes: Vec<String>,
+    pub store_mismatches: Vec<String>,
+    pub fenced_writes_accepted: usize,
+    pub ack_latency_ms: Percentiles,
+    pub recovery_ms: Percentiles,
+    pub problems: Vec<String>,
+    pub passed: bool,
+    #[serde(skip)]
+    pub samples: Vec<(u64, Option<f64>)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut values: Vec<f64>) -> Percentiles {
+        values.retain(|v| v.is_finite());
+        values.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| {
+            values
+                .get(((values.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Percentiles {
+            count: values.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
+    let sc = &opts.scenario;
+    let secret = format!("chaos-{:016x}-secret", opts.seed);
+    let spec = ClusterSpec {
+        nodes: sc.nodes,
+        base_port: opts.base_port,
+        router_port: opts.router_port,
+        data_dir: opts.data_dir.clone(),
+        database_url: opts.database_url.clone(),
+        redis_port: sc.redis.then_some(opts.router_port.wrapping_add(1)),
+        secret: secret.clone(),
+        bin_dir: opts.bin_dir.clone(),
+    };
+    let mut cluster = LocalCluster::start(&spec).await?;
+    let router: SocketAddr = cluster
+        .router_url
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|_| anyhow!("bad router address {}", cluster.router_url))?;
+    let token = mint_token(
+        secret.as_bytes(),
+        "chaos",
+        &[("*", Access::Edit)],
+        Duration::from_secs(24 * 3600),
+    )?;
+    let scenes: Vec<String> = (0..sc.scenes)
+        .map(|i| format!("chaos-{}-{i}", opts.seed))
+        .collect();
+    let mut editors = Vec::new();
+    for (i, scene) in scenes.iter().enumerate() {
+        for e in 0..sc.editors_per_scene {
+            let editor =
+                FollowingEditor::start(router, scene, &token, &format!("s{i}e{e}"), sc.typing_interval)
+                    .await
+                    .with_context(|| format!("starting an editor of {scene}"))?;
+            editors.push(editor);
+        }
+    }
+    let started = Instant::now();
+    let schedule = sc.schedule(opts.seed, opts.duration);
+    let mut rng = SplitMix(opts.seed ^ 0x5eed);
+    let mut faults: Vec<(Instant, FaultReport)> = Vec::new();
+    // Work to do later: (when, what) — restarts after kills, thaws after pauses.
+    let mut later: Vec<(Instant, Deferred)> = Vec::new();
+    let mut next = 0;
+    while started.elapsed() < opts.duration {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < later.len() {
+            if later[i].0 <= now {
+                let (_, job) = later.remove(i);
+                job.run(&mut cluster).await;
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(planned) = schedule.get(next) {
+            if started.elapsed() >= planned.at {
+                next += 1;
+                let at = Instant::now();
+                let report = inject(
+                    &mut cluster,
+                    planned,
+                    &scenes,
+                    router,
+                    &mut rng,
+                    &mut later,
+                    started,
+                )
+                .await;
+                tracing::info!(kind = ?report.kind, target = %report.target, fired = report.fired, note = %report.note, "fault");
+                faults.push((at, report));
+            }
+        }
+        if let Some(name) = cluster.exited() {
+            tracing::warn!(%name, "a process exited on its own");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Whatever was deferred happens now, so that the cluster is whole for the check.
+    for (_, job) in later.drain(..) {
+        job.run(&mut cluster).await;
+    }
+    settle(&cluster).await;
+
+    let mut finished = Vec::new();
+    for editor in editors {
+        finished.push(editor.finish().await?);
+    }
+    let store = open_store(&opts).await?;
+    let report = check(sc, &opts, started, &finished, faults, &store, router, &token).await?;
+    cluster.stop();
+    Ok(report)
+}
+
+/// Waits (bounded) until every node that runs is active again.
+async fn settle(cluster: &LocalCluster) {
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(view) = client.view().await {
+            let all_up = view
+                .state
+                .nodes
+                .iter()
+                .filter(|(id, _)| cluster.is_running(**id))
+                .all(|(_, n)| n.state == NodeState::Active);
+            if all_up {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Deferred {
+    Restart(u64),
+    Thaw(u64),
+    Activate(u64),
+}
+
+impl Deferred {
+    async fn run(self, cluster: &mut LocalCluster) {
+        match self {
+            Deferred::Restart(id) => {
+                if let Err(error) = cluster.start_node(id) {
+                    tracing::warn!(id, %error, "restart failed");
+                }
+            }
+            Deferred::Thaw(id) => {
+                cluster.signal_node(id, "CONT");
+            }
+            Deferred::Activate(id) => {
+                let _ = cluster.client().activate(id).await;
+            }
+        }
+    }
+}
+
+async fn inject(
+    cluster: &mut LocalCluster,
+    planned: &PlannedFault,
+    scenes: &[String],
+    router: SocketAddr,
+    rng: &mut SplitMix,
+    later: &mut Vec<(Instant, Deferred)>,
+    started: Instant,
+) -> FaultReport {
+    let mut report = FaultReport {
+        at_ms: started.elapsed().as_millis() as u64,
+        kind: planned.kind,
+        target: String::new(),
+        fired: false,
+        note: String::new(),
+        recovered_ms: None,
+    };
+    let view = cluster.client().view().await.ok();
+    let running: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| cluster.is_running(*id))
+        .collect();
+    let active: Vec<u64> = view
+        .as_ref()
+        .map(|v| v.state.active_ids().filter(|id| running.contains(id)).collect())
+        .unwrap_or_default();
+    let pick = |rng: &mut SplitMix, from: &[u64]| {
+        from.get((rng.next_u64() % from.len().max(1) as u64) as usize)
+            .copied()
+    };
+    // Keep a majority of voters running: never take a second node down while one is out.
+    let one_down = running.len() < cluster.nodes.len();
+    let after = |d: u64| Instant::now() + Duration::from_millis(d);
+    match planned.kind {
+        FaultKind::KillNode | FaultKind::KillOwner | FaultKind::KillLeader => {
+            if one_down {
+                report.note = "skipped: a node is already down".into();
+                return report;
+            }
+            let target = match planned.kind {
+                FaultKind::KillLeader => view.as_ref().and_then(|v| v.leader),
+                FaultKind::KillOwner => match scenes.first() {
+                    Some(scene) => resolve(router, scene).await.ok().map(|(node, _, _)| node),
+                    None => None,
+                },
+                _ => pick(rng, &active),
+            };
+            let Some(id) = target else {
+                report.note = "skipped: no target".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            report.fired = cluster.kill_node(id);
+            later.push((after(3000), Deferred::Restart(id)));
+        }
+        FaultKind::Zombie => {
+            let leader = view.as_ref().and_then(|v| v.leader);
+            let candidates: Vec<u64> = active.iter().copied().filter(|id| Some(*id) != leader).collect();
+            let Some(id) = pick(rng, &candidates).filter(|_| !one_down && active.len() > 1) else {
+                report.note = "skipped: no node to pause".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            report.fired = cluster.signal_node(id, "STOP");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Err(e) = cluster.client().drain(id).await {
+                report.note = format!("drain while paused failed: {e}");
+            }
+            later.push((after(2500), Deferred::Thaw(id)));
+            later.push((after(4000), Deferred::Activate(id)));
+        }
+        FaultKind::RestartNode => {
+            let Some(id) = pick(rng, &active).filter(|_| !one_down) else {
+                report.note = "skipped: a node is already down".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            report.fired = cluster.signal_node(id, "TERM");
+            // It flushes and exits; the restart follows once it is gone.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && cluster.exited().as_deref() != Some(&format!("node {id}")) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.kill_node(id);
+            later.push((after(500), Deferred::Restart(id)));
+        }
+        FaultKind::AddNode => match cluster.add_node().await {
+            Ok(id) => {
+                report.target = format!("node {id}");
+                report.fired = true;
+            }
+            Err(e) => report.note = format!("add failed: {e:#}"),
+        },
+        FaultKind::DrainNode => {
+            let Some(id) = pick(rng, &active).filter(|_| active.len() > 1) else {
+                report.note = "skipped: one active node".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            match cluster.client().drain(id).await {
+                Ok(_) => {
+                    report.fired = true;
+                    later.push((after(2500), Deferred::Activate(id)));
+                }
+                Err(e) => report.note = format!("drain failed: {e}"),
+            }
+        }
+        FaultKind::RemoveNode => {
+            let learners: Vec<u64> = view
+                .as_ref()
+                .map(|v| {
+                    v.learners
+                        .iter()
+                        .copied()
+                        .filter(|id| running.contains(id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(id) = pick(rng, &learners) else {
+                report.note = "skipped: no learner to remove (add one first)".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            match cluster.client().remove(id).await {
+                Ok(_) => {
+                    report.fired = true;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    cluster.kill_node(id);
+                }
+                Err(e) => report.note = format!("remove failed: {e}"),
+            }
+        }
+        FaultKind::RestartRedis => match cluster.restart_redis() {
+            Ok(true) => {
+                report.target = "redis".into();
+                report.fired = true;
+            }
+            Ok(false) => report.note = "skipped: this scenario runs without Redis".into(),
+            Err(e) => report.note = format!("redis restart failed: {e:#}"),
+        },
+    }
+    report
+}
+
+async fn open_store(opts: &RunOptions) -> anyhow::Result<Store> {
+    let location = match &opts.database_url {
+        Some(url) => StoreLocation::Postgres(url.clone()),
+        None => StoreLocation::Sqlite(opts.data_dir.join("troupe.sqlite3")),
+    };
+    Ok(Store::open(&location).await?)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check(
+    sc: &Scenario,
+    opts: &RunOptions,
+    started: Instant,
+    finished: &[FinishedEditor],
+    faults: Vec<(Instant, FaultReport)>,
+    store: &Store,
+    router: SocketAddr,
+    token: &str,
+) -> anyhow::Result<Report> {
+    let mut problems = Vec::new();
+    let (mut typed, mut lost) = (0, 0);
+    let mut by_scene: BTreeMap<&str, Vec<&FinishedEditor>> = BTreeMap::new();
+    for f in finished {
+        by_scene.entry(f.scene.as_str()).or_default().push(f);
+        typed += f.typed.len();
+        for item in &f.typed {
+            if f.text.matches(item.as_str()).count() != 1 {
+                lost += 1;
+            }
+        }
+    }
+    if lost > 0 {
+        problems.push(format!("{lost} edits missing or doubled in their scene"));
+    }
+    let mut divergent = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut fenced = 0;
+    for (scene, eds) in &by_scene {
+        if eds.windows(2).any(|w| w[0].text != w[1].text) {
+            divergent.push(scene.to_string());
+        }
+        let reference = eds.first().map(|e| e.text.as_str()).unwrap_or_default();
+        // A fresh client through the router…
+        let fresh = fresh_text(router, scene, token).await;
+        if fresh.as_deref().ok() != Some(reference) {
+            mismatched.push(format!("{scene}: a fresh client read other text ({fresh:?})"));
+        }
+        // …and the store agree with the editors.
+        match stored_text(store, scene).await {
+            Ok(text) if text == reference => {}
+            Ok(_) => mismatched.push(format!("{scene}: the store holds other text")),
+            Err(e) => mismatched.push(format!("{scene}: cannot rebuild from the store: {e}")),
+        }
+        fenced += fenced_rows(store, scene).await.map(|r| r.len()).unwrap_or(0);
+    }
+    if !divergent.is_empty() {
+        problems.push(format!("{} scenes diverged", divergent.len()));
+    }
+    problems.extend(mismatched.iter().cloned());
+    if fenced > 0 {
+        problems.push(format!("{fenced} appends from fenced owners were accepted"));
+    }
+
+    // Recovery: until every editor had an edit acknowledged that was sent after the fault.
+    let mut reports = Vec::new();
+    let mut recoveries = Vec::new();
+    for (at, mut report) in faults {
+        if report.fired && report.kind.disconnects() {
+            let mut worst = Some(Duration::ZERO);
+            for f in finished {
+                let first_ack = f
+                    .acks
+                    .iter()
+                    .filter(|(sent, _)| *sent >= at)
+                    .find_map(|(sent, lat)| lat.map(|l| (*sent + l).saturating_duration_since(at)));
+                worst = match (worst, first_ack) {
+                    (Some(w), Some(a)) => Some(w.max(a)),
+                    _ => None,
+                };
+            }
+            report.recovered_ms = worst.map(|d| d.as_millis() as u64);
+            match report.recovered_ms {
+                Some(ms) => recoveries.push(ms as f64),
+                None => problems.push(format!(
+                    "no recovery after {:?} of {} at {} ms",
+                    report.kind, report.target, report.at_ms
+                )),
+            }
+        }
+        reports.push(report);
+    }
+    let planned = sc.schedule(opts.seed, opts.duration).len();
+    let fired = reports.iter().filter(|r| r.fired).count();
+    if planned > 0 && fired == 0 {
+        problems.push("no fault fired".into());
+    }
+
+    let mut samples = Vec::new();
+    let mut latencies = Vec::new();
+    let mut acknowledged = 0;
+    for f in finished {
+        for (sent, lat) in &f.acks {
+            let at_ms = sent.saturating_duration_since(started).as_millis() as u64;
+            let ms = lat.map(|d| d.as_secs_f64() * 1000.0);
+            if let Some(ms) = ms {
+                latencies.push(ms);
+                acknowledged += 1;
+            }
+            samples.push((at_ms, ms));
+        }
+    }
+    Ok(Report {
+        scenario: sc.name.clone(),
+        seed: opts.seed,
+        duration_ms: opts.duration.as_millis() as u64,
+        nodes: sc.nodes,
+        scenes: sc.scenes,
+        editors: finished.len(),
+        faults: reports,
+        edits_typed: typed,
+        edits_acknowledged: acknowledged,
+        edits_lost: lost,
+        divergent_scenes: divergent,
+        store_mismatches: mismatched,
+        fenced_writes_accepted: fenced,
+        ack_latency_ms: Percentiles::of(latencies),
+        recovery_ms: Percentiles::of(recoveries),
+        passed: problems.is_empty(),
+        problems,
+        samples,
+    })
+}
+
+async fn fresh_text(router: SocketAddr, scene: &str, token: &str) -> anyhow::Result<String> {
+    let (_, url, _) = resolve(router, scene).await?;
+    let client = EditorClient::connect(
+        &format!("{url}/ws/scenes"),
+        scene,
+        token,
+        ClientOptions::default(),
+    )
+    .await?;
+    client.wait_synced(Duration::from_secs(10)).await?;
+    let text = client.text("text").await?;
+    let _ = client.close(1000, "checked").await;
+    Ok(text)
+}

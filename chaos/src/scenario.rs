@@ -1,0 +1,216 @@
+//! Chaos scenarios, kept in `chaos/scenarios/*.toml`: the cluster, the editors, and the
+//! faults to inject — at fixed times, or drawn from a seeded schedule.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration_de;
+
+/// A fault the harness can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// `kill -9` of a random node.
+    KillNode,
+    /// `kill -9` of the node owning the busiest scene.
+    KillOwner,
+    /// `kill -9` of the Raft leader.
+    KillLeader,
+    /// SIGSTOP a node, drain it while it is frozen, SIGCONT it later (a zombie owner).
+    Zombie,
+    /// Stop a node gracefully (SIGTERM) and start it again.
+    RestartNode,
+    /// Start and add a new node.
+    AddNode,
+    /// Drain a node (it stays up, owns nothing), and later put it back.
+    DrainNode,
+    /// Remove a node that is not a voter (added earlier).
+    RemoveNode,
+    /// Stop Redis and start it again.
+    RestartRedis,
+}
+
+impl FaultKind {
+    /// Whether editors lose their connection (and so a recovery time is measured).
+    pub fn disconnects(self) -> bool {
+        !matches!(self, FaultKind::RestartRedis)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "three")]
+    pub nodes: u64,
+    pub scenes: usize,
+    pub editors_per_scene: usize,
+    #[serde(with = "duration_de")]
+    pub duration: Duration,
+    /// Pause between an editor's keystrokes.
+    #[serde(with = "duration_de", default = "typing_default")]
+    pub typing_interval: Duration,
+    #[serde(default)]
+    pub redis: bool,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<PlannedFault>,
+    /// Faults drawn at random (seeded) in addition to the planned ones.
+    #[serde(default)]
+    pub random: Option<RandomFaults>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedFault {
+    pub kind: FaultKind,
+    #[serde(with = "duration_de")]
+    pub at: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomFaults {
+    pub kinds: Vec<FaultKind>,
+    /// Time between two faults.
+    #[serde(with = "duration_de")]
+    pub every: Duration,
+    /// Quiet time before the first fault.
+    #[serde(with = "duration_de", default = "warmup_default")]
+    pub after: Duration,
+}
+
+fn three() -> u64 {
+    3
+}
+
+fn typing_default() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn warmup_default() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path)?;
+        let scenario: Scenario = toml::from_str(&text)?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.nodes >= 1, "nodes must be at least 1");
+        anyhow::ensure!(
+            self.scenes >= 1 && self.editors_per_scene >= 1,
+            "scenes and editors_per_scene must be at least 1"
+        );
+        anyhow::ensure!(
+            self.duration >= Duration::from_secs(5),
+            "duration must be at least 5s"
+        );
+        if let Some(r) = &self.random {
+            anyhow::ensure!(!r.kinds.is_empty(), "random.kinds is empty");
+            anyhow::ensure!(
+                r.every >= Duration::from_millis(500),
+                "random.every must be at least 500ms"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every fault with its time, sorted: the planned ones plus the seeded random ones.
+    pub fn schedule(&self, seed: u64, duration: Duration) -> Vec<PlannedFault> {
+        let mut all: Vec<PlannedFault> = self.faults.iter().filter(|f| f.at < duration).cloned().collect();
+        if let Some(r) = &self.random {
+            let mut rng = SplitMix(seed);
+            let mut at = r.after;
+            // Leave the last seconds for recovery.
+            while at + Duration::from_secs(3) < duration {
+                let kind = r.kinds[(rng.next_u64() % r.kinds.len() as u64) as usize];
+                all.push(PlannedFault { kind, at });
+                at += r.every;
+            }
+        }
+        all.sort_by_key(|f| f.at);
+        all
+    }
+}
+
+/// SplitMix64: reproducible choices from a seed.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_file_loads_and_has_faults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(
+                !scenario.schedule(scenario.seed, scenario.duration).is_empty(),
+                "{} schedules no fault",
+                scenario.name
+            );
+            names.push(scenario.name);
+        }
+        names.sort();
+        for wanted in [
+            "kill-owner",
+            "membership-churn",
+            "redis-outage",
+            "rolling-restart",
+            "smoke",
+            "soak",
+            "zombie",
+        ] {
+            assert!(names.iter().any(|n| n == wanted), "no {wanted} scenario");
+        }
+    }
+
+    #[test]
+    fn schedules_are_reproducible_and_leave_time_to_recover() {
+        let scenario: Scenario = toml::from_str(
+            r#"
+            name = "t"
+            scenes = 1
+            editors_per_scene = 1
+            duration = "30s"
+            [random]
+            kinds = ["kill_node", "add_node"]
+            every = "2s"
+            "#,
+        )
+        .unwrap();
+        let a = scenario.schedule(9, scenario.duration);
+        let b = scenario.schedule(9, scenario.duration);
+        assert_eq!(
+            a.iter().map(|f| (f.kind, f.at)).collect::<Vec<_>>(),
+            b.iter().map(|f| (f.kind, f.at)).collect::<Vec<_>>()
+        );
+        assert!(a
+            .iter()
+            .all(|f| f.at + Duration::from_secs(3) < scenario.duration));
+        assert!(toml::from_str::<Scenario>("name = 1").is_err());
+    }
+}
