@@ -24,6 +24,8 @@ pub struct ClusterSpec {
     pub database_url: Option<String>,
     /// Start a Redis on this port for presence and notices.
     pub redis_port: Option<u16>,
+    /// Start a throwaway Postgres (with `tests/pg.sh`) for the store.
+    pub postgres: bool,
     pub secret: String,
     /// Where `troupe-node` and `troupe-router` are.
     pub bin_dir: PathBuf,
@@ -41,6 +43,8 @@ pub struct LocalCluster {
     spec: ClusterSpec,
     peers: String,
     redis_port: Option<u16>,
+    /// The state folder of the Postgres this cluster started, if any.
+    postgres_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +78,14 @@ impl LocalCluster {
             spec: spec.clone(),
             peers: String::new(),
             redis_port: spec.redis_port,
+            postgres_state: None,
         };
+        if spec.postgres {
+            let state = spec.data_dir.join("postgres");
+            let url = pg_sh(&state, "start").context("starting Postgres (tests/pg.sh)")?;
+            cluster.postgres_state = Some(state);
+            cluster.spec.database_url = Some(url.trim().to_string());
+        }
         if let Some(port) = spec.redis_port {
             cluster.start_redis(port)?;
         }
@@ -184,6 +195,7 @@ impl LocalCluster {
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
         let spec = &self.spec;
         let offset = u16::try_from(id).map_err(|_| anyhow!("node id {id} too large"))?;
+
         let node = self.nodes.entry(id).or_insert_with(|| NodeInfo {
             url: format!("ws://127.0.0.1:{}", spec.base_port + offset),
             rpc: format!("127.0.0.1:{}", spec.base_port + 100 + offset),
@@ -285,6 +297,31 @@ impl LocalCluster {
         Ok(true)
     }
 
+    /// The store URL the nodes use (Postgres), if any.
+    pub fn database_url(&self) -> Option<String> {
+        self.spec.database_url.clone()
+    }
+
+    /// Stops the cluster's own Postgres (its data and port kept). False when the cluster
+    /// did not start Postgres.
+    pub async fn pause_postgres(&self) -> anyhow::Result<bool> {
+        self.pg_command("pause").await
+    }
+
+    /// Starts the paused Postgres again on the same port with the same data.
+    pub async fn resume_postgres(&self) -> anyhow::Result<bool> {
+        self.pg_command("restart").await
+    }
+
+    async fn pg_command(&self, command: &'static str) -> anyhow::Result<bool> {
+        let Some(state) = self.postgres_state.clone() else {
+            return Ok(false);
+        };
+        // pg_ctl takes a moment: off the thread that runs the editors.
+        tokio::task::spawn_blocking(move || pg_sh(&state, command)).await??;
+        Ok(true)
+    }
+
     /// Stops every process: SIGTERM (nodes flush and close their clients), then SIGKILL
     /// whatever is still running after a grace period.
     pub fn stop(&mut self) {
@@ -326,6 +363,9 @@ impl LocalCluster {
             }
         }
         self.children.clear();
+        if let Some(state) = self.postgres_state.take() {
+            let _ = pg_sh(&state, "stop");
+        }
     }
 
     /// The first child that exited on its own, if any.
@@ -346,6 +386,22 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs the project's `tests/pg.sh` (a throwaway Postgres) with its state in `state`.
+fn pg_sh(state: &Path, command: &str) -> anyhow::Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pg.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .env("PG_STATE_DIR", state)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} {command} failed ({})", script.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Asks the kernel to stop the child (SIGTERM) if the launcher dies without stopping it

@@ -101,6 +101,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         data_dir: opts.data_dir.clone(),
         database_url: opts.database_url.clone(),
         redis_port: sc.redis.then_some(opts.router_port.wrapping_add(1)),
+        postgres: sc.postgres && opts.database_url.is_none(),
         secret: secret.clone(),
         bin_dir: opts.bin_dir.clone(),
     };
@@ -180,7 +181,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     for editor in editors {
         finished.push(editor.finish().await?);
     }
-    let store = open_store(&opts).await?;
+    let store = open_store(&opts, cluster.database_url()).await?;
     let report = check(sc, &opts, started, &finished, faults, &store, router, &token).await?;
     cluster.stop();
     Ok(report)
@@ -207,6 +208,7 @@ async fn settle(cluster: &LocalCluster) {
 }
 
 enum Deferred {
+    ResumePostgres,
     Restart(u64),
     Thaw(u64),
     Activate(u64),
@@ -215,6 +217,11 @@ enum Deferred {
 impl Deferred {
     async fn run(self, cluster: &mut LocalCluster) {
         match self {
+            Deferred::ResumePostgres => {
+                if let Err(error) = cluster.resume_postgres().await {
+                    tracing::warn!(%error, "Postgres did not come back");
+                }
+            }
             Deferred::Restart(id) => {
                 if let Err(error) = cluster.start_node(id) {
                     tracing::warn!(id, %error, "restart failed");
@@ -364,6 +371,15 @@ async fn inject(
                 Err(e) => report.note = format!("remove failed: {e}"),
             }
         }
+        FaultKind::RestartPostgres => match cluster.pause_postgres().await {
+            Ok(true) => {
+                report.target = "postgres".into();
+                report.fired = true;
+                later.push((after(3000), Deferred::ResumePostgres));
+            }
+            Ok(false) => report.note = "skipped: this scenario does not run its own Postgres".into(),
+            Err(e) => report.note = format!("postgres restart failed: {e:#}"),
+        },
         FaultKind::RestartRedis => match cluster.restart_redis() {
             Ok(true) => {
                 report.target = "redis".into();
@@ -376,8 +392,8 @@ async fn inject(
     report
 }
 
-async fn open_store(opts: &RunOptions) -> anyhow::Result<Store> {
-    let location = match &opts.database_url {
+async fn open_store(opts: &RunOptions, database_url: Option<String>) -> anyhow::Result<Store> {
+    let location = match &database_url {
         Some(url) => StoreLocation::Postgres(url.clone()),
         None => StoreLocation::Sqlite(opts.data_dir.join("troupe.sqlite3")),
     };

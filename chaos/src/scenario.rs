@@ -30,12 +30,14 @@ pub enum FaultKind {
     RemoveNode,
     /// Stop Redis and start it again.
     RestartRedis,
+    /// Stop Postgres for a few seconds and start it again (the scenario's own Postgres).
+    RestartPostgres,
 }
 
 impl FaultKind {
     /// Whether editors lose their connection (and so a recovery time is measured).
     pub fn disconnects(self) -> bool {
-        !matches!(self, FaultKind::RestartRedis)
+        !matches!(self, FaultKind::RestartRedis | FaultKind::RestartPostgres)
     }
 }
 
@@ -56,6 +58,9 @@ pub struct Scenario {
     pub typing_interval: Duration,
     #[serde(default)]
     pub redis: bool,
+    /// Run the store on a Postgres of its own (needed for `restart_postgres`).
+    #[serde(default)]
+    pub postgres: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default, rename = "fault")]

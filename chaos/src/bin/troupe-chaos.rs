@@ -121,6 +121,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         database_url: args.database_url.clone(),
         redis_port: args.redis.then_some(args.redis_port),
+        postgres: false,
         secret: secret.clone(),
         bin_dir: own_bin_dir(),
     };
