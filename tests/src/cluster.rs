@@ -12,8 +12,6 @@ pub use troupe_chaos::editor::{resolve, FinishedEditor, FollowingEditor};
 use troupe_membership::{ClusterClient, ClusterView, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
-use yrs::updates::decoder::Decode;
-use yrs::{GetString, Transact, Update};
 
 use crate::{bin_dir, unique, Backend, NodeProcess, SECRET};
 
@@ -216,23 +214,7 @@ impl TestCluster {
 
     /// The scene's text (`Y.Text` "text") rebuilt from the store: snapshots, then the log.
     pub async fn stored_text(&self, scene: &str) -> anyhow::Result<String> {
-        let stored = self.store().await?.load(scene).await?;
-        let doc = yrs::Doc::with_options(yrs::Options {
-            offset_kind: yrs::OffsetKind::Utf16,
-            ..Default::default()
-        });
-        let text = doc.get_or_insert_text("text");
-        {
-            let mut txn = doc.transact_mut();
-            for s in stored.snapshots.iter().rev() {
-                txn.apply_update(Update::decode_v1(&s.data)?)?;
-            }
-            for row in &stored.rows {
-                txn.apply_update(Update::decode_v1(&row.data)?)?;
-            }
-        }
-        let txn = doc.transact();
-        Ok(text.get_string(&txn))
+        troupe_chaos::check::stored_text(&self.store().await?, scene).await
     }
 }
 
