@@ -277,6 +277,12 @@ impl LocalCluster {
         })
     }
 
+    /// Stops a removed node for good: it is no longer part of this cluster.
+    pub fn forget_node(&mut self, id: u64) {
+        self.kill_node(id);
+        self.nodes.remove(&id);
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.procs.contains_key(&id)
     }

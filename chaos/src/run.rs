@@ -366,7 +366,7 @@ async fn inject(
                 Ok(_) => {
                     report.fired = true;
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    cluster.kill_node(id);
+                    cluster.forget_node(id);
                 }
                 Err(e) => report.note = format!("remove failed: {e}"),
             }
