@@ -239,20 +239,17 @@ fn nice_step(span: f64, target: f64) -> f64 {
 }
 
 /// Rows for labels spanning `(start, end)` in x, in the order given: each label takes the
-/// first row where it does not overlap the previous label, or the least crowded row.
-fn assign_rows(spans: &[(f64, f64)], rows: usize) -> Vec<usize> {
+/// first row where it does not overlap the previous label; a label with no free row is
+/// left out (`None`) rather than drawn over another (its line keeps a tooltip).
+fn assign_rows(spans: &[(f64, f64)], rows: usize) -> Vec<Option<usize>> {
     let rows = rows.max(1);
     let mut ends = vec![f64::NEG_INFINITY; rows];
     spans
         .iter()
         .map(|&(start, end)| {
-            let row = ends.iter().position(|&e| e + 4.0 <= start).unwrap_or_else(|| {
-                (0..rows)
-                    .min_by(|&a, &b| ends[a].total_cmp(&ends[b]))
-                    .unwrap_or(0)
-            });
+            let row = ends.iter().position(|&e| e + 4.0 <= start)?;
             ends[row] = ends[row].max(end);
-            row
+            Some(row)
         })
         .collect()
 }
@@ -577,18 +574,23 @@ fn write_faults(s: &mut String, spec: &ChartSpec, d: &Data) -> std::fmt::Result 
             r#"<title>{} at {:.2} s</title><line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{PB}" stroke="{ORANGE}" stroke-width="1.5" stroke-dasharray="5 4"/>"#,
             label.text,
             f.at_ms as f64 / 1000.0,
-            PT - 14.0 - 11.0 * row as f64
+            PT - 14.0 - 11.0 * row.unwrap_or(0) as f64
         )?;
-        writeln!(
-            s,
-            r##"<text x="{:.1}" y="{}" fill="#a04000"{}>{}</text>"##,
-            label.x,
-            PT - 6.0 - 11.0 * row as f64,
-            label.anchor(),
-            label.text
-        )?;
+        if let Some(row) = row {
+            writeln!(
+                s,
+                r##"<text x="{:.1}" y="{}" fill="#a04000"{}>{}</text>"##,
+                label.x,
+                PT - 6.0 - 11.0 * row as f64,
+                label.anchor(),
+                label.text
+            )?;
+        }
         if let Some(note) = note {
-            let nrow = note_rows.next().unwrap_or(0);
+            let Some(nrow) = note_rows.next().flatten() else {
+                writeln!(s, "</g>")?;
+                continue;
+            };
             writeln!(
                 s,
                 r##"<text x="{:.1}" y="{}" fill="#1a661a" stroke="white" stroke-width="3" paint-order="stroke"{}>{}</text>"##,
@@ -726,6 +728,28 @@ mod tests {
         assert!(svg.contains("it&apos;s &lt;a&gt; &amp; b"));
         assert!(!svg.contains("<kill"));
         assert_eq!(escape_xml("a\u{0}b\nc"), "ab c");
+    }
+
+    #[test]
+    fn crowded_fault_labels_are_left_out_not_piled_up() {
+        let faults: Vec<FaultMark> = (0..100)
+            .map(|i| FaultMark {
+                at_ms: i * 100,
+                label: format!("kill node {i}"),
+                recovered_ms: Some(900),
+            })
+            .collect();
+        let svg = render_svg(&ChartSpec {
+            title: "crowded",
+            samples: &[],
+            faults: &faults,
+            duration_ms: 10_000,
+        });
+        well_formed(&svg);
+        let drawn = svg.matches(">kill node ").count();
+        // Every fault keeps its line and tooltip; only a few labels fit.
+        assert_eq!(svg.matches("<title>kill node ").count(), 100);
+        assert!(drawn - 100 < 30, "{} labels drawn", drawn - 100);
     }
 
     #[test]
