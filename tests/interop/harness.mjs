@@ -524,13 +524,29 @@ export function connectFollowing (ctx, { scene, token, base, label, reresolve = 
       c.basedAt.push(performance.now())
       provider.url = sceneUrl(next, scene, token)
     },
-    /** Ask the router where the scene lives now and point the provider there. */
+    /**
+     * Ask the router where the scene lives now and point the provider there. While the
+     * router still names the node that just failed (it has not heard of the failure yet),
+     * ask again every 100 ms for up to 3 s rather than wait for the next close.
+     */
     reroute () {
       if (c.resolving || c.destroyed) return
       c.resolving = true
-      c.lookups++
-      ctx.route(scene).then((r) => { if (!c.destroyed) c.setBase(r.url) }, () => {})
-        .finally(() => { c.resolving = false })
+      const failed = c.base
+      const until = performance.now() + 3000
+      const ask = async () => {
+        while (!c.destroyed) {
+          c.lookups++
+          const r = await ctx.route(scene).catch(() => null)
+          if (r && (r.url !== failed || performance.now() > until)) {
+            c.setBase(r.url)
+            return
+          }
+          if (performance.now() > until) return
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+      }
+      ask().finally(() => { c.resolving = false })
     }
   })
   provider.on('connection-error', () => {
