@@ -485,8 +485,9 @@ async fn check(
     }
     let planned = sc.schedule(opts.seed, opts.duration).len();
     let fired = reports.iter().filter(|r| r.fired).count();
-    if planned > 0 && fired == 0 {
-        problems.push("no fault fired".into());
+    // A run whose faults did not happen proves nothing: most of them must fire.
+    if planned > 0 && fired * 2 < planned {
+        problems.push(format!("only {fired} of {planned} planned faults fired"));
     }
 
     let mut samples = Vec::new();
