@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 use troupe_tests::cluster::{free_addr, http_request};
 use troupe_tests::{bin_dir, unique, TestClient};
 
+/// Stops `troupe-chaos up` (and with it its cluster) when the test ends, also on failure.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn up_starts_a_working_cluster_and_stops_it() {
     let data = std::env::temp_dir().join(unique("troupe-up"));
@@ -24,6 +41,7 @@ async fn up_starts_a_working_cluster_and_stops_it() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut guard = Guard(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -56,11 +74,11 @@ async fn up_starts_a_working_cluster_and_stops_it() {
     client.wait_acked().await.unwrap();
 
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &guard.0.id().to_string()])
         .status();
     let stopped = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = guard.0.try_wait().unwrap() {
             break status;
         }
         assert!(
