@@ -276,6 +276,8 @@ pub struct Room {
     stopping: Option<(u16, &'static str)>,
     /// yrs panicked inside this document: it must never be snapshotted.
     poisoned: bool,
+    /// Another node owns the scene now: this room writes nothing more, lease included.
+    fenced: bool,
     /// The epoch of this room's lease: its appends and snapshots are fenced by it.
     epoch: u64,
     /// Set when placement moved the scene away: the new owner's URL (if any). The room
@@ -426,6 +428,7 @@ impl Room {
             idle_since: Some(Instant::now()),
             stopping: None,
             poisoned: false,
+            fenced: false,
             epoch: 0,
             handoff: None,
             presence_dirty: HashSet::new(),
@@ -499,30 +502,36 @@ impl Room {
         self.flush();
     }
 
-    /// Another node took the scene over (this node was cut off, paused, or behind on
-    /// placement): nothing more is taken or written; clients go to the owner placement
-    /// names now, or ask the router.
+    /// The lease check found another node holding the scene's lease.
     fn on_lease_lost(&mut self, checked_at: Instant) {
-        if checked_at < self.claimed_at || self.stopping.is_some() {
+        if checked_at >= self.claimed_at && self.stopping.is_none() {
+            self.fence("another node holds the scene's lease");
+        }
+    }
+
+    /// Another node took the scene over (this node was cut off, paused, or behind on
+    /// placement): nothing more is taken or written, the lease is not touched, and clients
+    /// go to the owner placement names now (or ask the router).
+    fn fence(&mut self, why: &str) {
+        if self.fenced {
             return;
         }
-        tracing::warn!(scene = %self.scene, "another node holds the scene's lease: closing the room");
+        tracing::warn!(scene = %self.scene, why, "fenced: closing the room");
         self.ctx.metrics.error("fenced");
+        self.fenced = true;
+        self.pending.clear();
+        self.held.clear();
+        self.held_bytes = 0;
+        self.in_flight = None;
+        self.stopping = Some((close::MOVED, ""));
         let url = match self.placement.borrow().verdict(self.ctx.node, &self.scene) {
             Verdict::Elsewhere(route) => route.url,
             _ => String::new(),
         };
-        self.pending.clear();
-        self.held.clear();
-        self.stopping = Some((close::MOVED, ""));
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             self.kick(id, close::MOVED, &url);
         }
-        let _ = self.status_tx.send(CommitStatus {
-            committed_seq: self.committed_seq,
-            refused: true,
-        });
     }
 
     /// Closes every client with `code` and unloads once the log is flushed.
@@ -539,7 +548,7 @@ impl Room {
     /// Flushes and unloads. Returns false while the log still has unwritten changes and
     /// the room should keep running (it keeps retrying; shutdown waits for it).
     async fn finish(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) -> bool {
-        let refused = self.status_rx.borrow().refused;
+        let refused = self.fenced;
         let clean = self.pending.is_empty() && self.in_flight.is_none();
         if !clean && !refused {
             self.flush();
@@ -945,7 +954,7 @@ impl Room {
 
     /// Hands pending changes to the writer when no batch is in flight.
     fn flush(&mut self) {
-        if self.in_flight.is_some() || self.pending.is_empty() || self.status_rx.borrow().refused {
+        if self.in_flight.is_some() || self.pending.is_empty() || self.fenced {
             return;
         }
         let data = if self.pending.len() == 1 {
@@ -997,11 +1006,7 @@ impl Room {
     fn on_commit(&mut self) {
         let status = *self.status_rx.borrow_and_update();
         if status.refused {
-            tracing::warn!(scene = %self.scene, "store refused our write: another node owns this scene");
-            self.ctx.metrics.error("fenced");
-            self.pending.clear();
-            self.in_flight = None;
-            self.stop(close::MOVED, "");
+            self.fence("the store refused our write");
             return;
         }
         if status.committed_seq > self.committed_seq {
