@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,7 +106,7 @@ impl LocalCluster {
             .join(",");
         cluster.peers = peers;
         for id in 1..=spec.nodes {
-            cluster.start_node(id)?;
+            cluster.start_node(id).await?;
         }
         let client = ClusterClient::new(cluster.nodes.values().map(|n| n.rpc.clone()).collect());
         wait_until(
@@ -150,7 +149,9 @@ impl LocalCluster {
         if let Some(url) = &cluster.redis_url {
             cmd.env("TROUPE_REDIS_URL", url);
         }
-        let child = spawn_ready(cmd, "troupe-router listening on").context("starting the router")?;
+        let child = spawn_ready(cmd, "troupe-router listening on")
+            .await
+            .context("starting the router")?;
         cluster.children.push(("router".into(), child));
         let rpc = troupe_membership::rpc::RpcClient::new();
         wait_until(
@@ -192,42 +193,37 @@ impl LocalCluster {
     }
 
     /// Starts (or starts again) node `id` on its addresses and Raft folder.
-    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+    pub async fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
         let spec = &self.spec;
         let offset = u16::try_from(id).map_err(|_| anyhow!("node id {id} too large"))?;
-
         let node = self.nodes.entry(id).or_insert_with(|| NodeInfo {
             url: format!("ws://127.0.0.1:{}", spec.base_port + offset),
             rpc: format!("127.0.0.1:{}", spec.base_port + 100 + offset),
         });
-        let listen = node.url.trim_start_matches("ws://").to_string();
-        let mut cmd = Command::new(spec.bin_dir.join("troupe-node"));
-        cmd.env("TROUPE_NODE_ID", id.to_string())
-            .env("TROUPE_LISTEN", &listen)
-            .env("TROUPE_RPC_LISTEN", &node.rpc)
-            .env("TROUPE_PEERS", &self.peers)
-            .env("TROUPE_DATA_DIR", &spec.data_dir)
-            .env("TROUPE_JWT_SECRET", &spec.secret);
+        let mut env: Vec<(&str, String)> = vec![
+            ("TROUPE_NODE_ID", id.to_string()),
+            ("TROUPE_LISTEN", node.url.trim_start_matches("ws://").to_string()),
+            ("TROUPE_RPC_LISTEN", node.rpc.clone()),
+            ("TROUPE_PEERS", self.peers.clone()),
+            ("TROUPE_DATA_DIR", spec.data_dir.display().to_string()),
+            ("TROUPE_JWT_SECRET", spec.secret.clone()),
+        ];
         if let Some(url) = &spec.database_url {
-            cmd.env("TROUPE_DATABASE_URL", url);
+            env.push(("TROUPE_DATABASE_URL", url.clone()));
         }
         if let Some(url) = &self.redis_url {
-            cmd.env("TROUPE_REDIS_URL", url);
+            env.push(("TROUPE_REDIS_URL", url.clone()));
         }
+        let program = spec.bin_dir.join("troupe-node");
         // A port freed by a killed node may linger for a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
         let child = loop {
-            match spawn_ready(
-                {
-                    let mut c = Command::new(cmd.get_program());
-                    c.envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
-                    c
-                },
-                "troupe-node listening on",
-            ) {
+            let mut cmd = Command::new(&program);
+            cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+            match spawn_ready(cmd, "troupe-node listening on").await {
                 Ok(child) => break child,
                 Err(e) if Instant::now() > deadline => return Err(e.context(format!("starting node {id}"))),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
         self.procs.insert(id, child);
@@ -242,7 +238,7 @@ impl LocalCluster {
     /// Adds a node with the next id: started, then admitted (learner, then active).
     pub async fn add_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        self.start_node(id)?;
+        self.start_node(id).await?;
         let node = self.nodes[&id].clone();
         self.client()
             .admit(&AdmitRequest {
@@ -289,7 +285,7 @@ impl LocalCluster {
 
     /// Stops Redis and starts it again on the same port (empty, as Redis without
     /// persistence comes back).
-    pub fn restart_redis(&mut self) -> anyhow::Result<bool> {
+    pub async fn restart_redis(&mut self) -> anyhow::Result<bool> {
         let Some(port) = self.redis_port else {
             return Ok(false);
         };
@@ -298,7 +294,7 @@ impl LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
         self.start_redis(port)?;
         Ok(true)
     }
@@ -424,7 +420,10 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 /// Starts `cmd` and waits for the stdout line starting with `ready` (30 s at most).
-fn spawn_ready(mut cmd: Command, ready: &str) -> anyhow::Result<Child> {
+/// Starts `cmd` and waits (without blocking the runtime) for its stdout line starting
+/// with `ready`. The fork happens on the calling thread, which must outlive the child:
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits.
+async fn spawn_ready(mut cmd: Command, ready: &str) -> anyhow::Result<Child> {
     die_with_parent(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -432,7 +431,7 @@ fn spawn_ready(mut cmd: Command, ready: &str) -> anyhow::Result<Child> {
         .spawn()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         if let Some(Ok(line)) = lines.next() {
@@ -440,8 +439,8 @@ fn spawn_ready(mut cmd: Command, ready: &str) -> anyhow::Result<Child> {
         }
         for _ in lines {}
     });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) if line.starts_with(ready) => Ok(child),
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(line)) if line.starts_with(ready) => Ok(child),
         other => {
             let _ = child.kill();
             let _ = child.wait();
@@ -471,9 +470,4 @@ pub fn own_bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// A node's public address from its URL.
-pub fn socket_of(url: &str) -> Option<SocketAddr> {
-    url.trim_start_matches("ws://").parse().ok()
 }

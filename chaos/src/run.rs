@@ -223,7 +223,7 @@ impl Deferred {
                 }
             }
             Deferred::Restart(id) => {
-                if let Err(error) = cluster.start_node(id) {
+                if let Err(error) = cluster.start_node(id).await {
                     tracing::warn!(id, %error, "restart failed");
                 }
             }
@@ -380,7 +380,7 @@ async fn inject(
             Ok(false) => report.note = "skipped: this scenario does not run its own Postgres".into(),
             Err(e) => report.note = format!("postgres restart failed: {e:#}"),
         },
-        FaultKind::RestartRedis => match cluster.restart_redis() {
+        FaultKind::RestartRedis => match cluster.restart_redis().await {
             Ok(true) => {
                 report.target = "redis".into();
                 report.fired = true;
