@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use troupe_membership::rpc::RpcClient;
 use troupe_membership::{ClusterClient, ClusterView, Placement};
 
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub struct Follower {
     addrs: Vec<String>,
     tx: Arc<watch::Sender<Option<Arc<RouterState>>>>,
     metrics: Arc<Metrics>,
+    /// Pooled connections for the one-off refreshes notices ask for.
+    rpc: RpcClient,
 }
 
 /// Starts one watch per node address.
@@ -76,6 +79,7 @@ pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
         addrs: addrs.to_vec(),
         tx,
         metrics,
+        rpc: RpcClient::new(),
     }
 }
 
@@ -92,14 +96,13 @@ impl Follower {
                 }
             }
         }
-        for addr in &addrs {
-            let (client, tx, metrics) = (
-                ClusterClient::new(vec![addr.clone()]),
-                self.tx.clone(),
-                self.metrics.clone(),
-            );
+        for addr in addrs {
+            let (rpc, tx, metrics) = (self.rpc.clone(), self.tx.clone(), self.metrics.clone());
             tokio::spawn(async move {
-                if let Ok(view) = client.view().await {
+                if let Ok(view) = rpc
+                    .get::<ClusterView>(&addr, "/cluster/view", Duration::from_secs(5))
+                    .await
+                {
                     publish(&tx, view, &metrics);
                 }
             });

@@ -183,7 +183,7 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
     text(status, JSON, format!("{body}\n"))
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use redis::aio::MultiplexedConnection;
@@ -139,10 +137,8 @@ pub async fn answer(raw_scene: &str, reader: Option<&PresenceReader>) -> Respons
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{value}\n"))));
-    *response.status_mut() = status;
+    let mut response = crate::http::text(status, "application/json", format!("{value}\n"));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
