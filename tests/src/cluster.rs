@@ -177,6 +177,24 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts node `id` and admits it through every running node but `avoid` (a node
+    /// that is frozen, say). Returns the membership right after.
+    pub async fn add_node_avoiding(&mut self, id: u64, avoid: u64) -> anyhow::Result<ClusterView> {
+        let node = self.start_node(id)?;
+        let request = troupe_membership::AdmitRequest {
+            id,
+            url: format!("ws://{}", node.addr),
+            rpc_addr: node.rpc_addr.to_string(),
+        };
+        let others = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| **n != avoid)
+            .map(|(_, n)| n.rpc_addr.to_string())
+            .collect();
+        Ok(ClusterClient::new(others).admit(&request).await?)
+    }
+
     /// Runs `troupectl --cluster <running nodes> args…`.
     pub fn troupectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         let output = Command::new(bin_dir().join("troupectl"))
@@ -288,19 +306,7 @@ impl RouterProcess {
 
     /// `GET /v1/route/{scene}` as `(node, url, epoch)`.
     pub async fn route(&self, scene: &str) -> anyhow::Result<(u64, String, u64)> {
-        let (status, _, body) = http_request(self.addr, &format!("/v1/route/{scene}")).await?;
-        if status != 200 {
-            bail!("route {scene}: HTTP {status}: {body}");
-        }
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        Ok((
-            v["node"].as_u64().ok_or_else(|| anyhow!("no node in {body}"))?,
-            v["url"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no url in {body}"))?
-                .to_string(),
-            v["epoch"].as_u64().ok_or_else(|| anyhow!("no epoch in {body}"))?,
-        ))
+        resolve(self.addr, scene).await
     }
 
     pub fn signal(&self, signal: &str) {

@@ -422,23 +422,7 @@ async fn a_stale_router_still_gets_clients_to_the_owner() {
     let scenes = scenes(40);
     signal(cluster.node(followed).unwrap(), "STOP");
 
-    let new = cluster.start_node(4).unwrap().rpc_addr.to_string();
-    let others: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|(id, _)| **id != followed)
-        .map(|(_, n)| n.rpc_addr.to_string())
-        .collect();
-    let client = troupe_membership::ClusterClient::new(others);
-    client
-        .admit(&troupe_membership::AdmitRequest {
-            id: 4,
-            url: format!("ws://{}", cluster.node(4).unwrap().addr),
-            rpc_addr: new,
-        })
-        .await
-        .unwrap();
-    let fresh = client.view().await.unwrap();
+    let fresh = cluster.add_node_avoiding(4, followed).await.unwrap();
     // A scene that moved to node 4 from a node that still answers.
     let moved = scenes
         .iter()

@@ -233,22 +233,7 @@ async fn failover_notices_bring_a_cut_off_router_up_to_date() {
     troupe_tests::cluster::signal(cluster.node(followed).unwrap(), "STOP");
 
     // A node is added through the others: the leader announces the new epoch on Redis.
-    let new = cluster.start_node(4).unwrap().rpc_addr.to_string();
-    let others: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|(id, _)| **id != followed)
-        .map(|(_, n)| n.rpc_addr.to_string())
-        .collect();
-    let client = troupe_membership::ClusterClient::new(others);
-    let fresh = client
-        .admit(&troupe_membership::AdmitRequest {
-            id: 4,
-            url: format!("ws://{}", cluster.node(4).unwrap().addr),
-            rpc_addr: new,
-        })
-        .await
-        .unwrap();
+    let fresh = cluster.add_node_avoiding(4, followed).await.unwrap();
     // The notice makes the router ask the members it knows: it catches up while the node it
     // follows is still frozen.
     let added = Instant::now();
