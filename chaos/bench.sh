@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Troupe vs the y-websocket reference server under the same load, in the same run.
 #
-#   chaos/bench.sh [troupe-bench flags…]
+#   chaos/bench.sh [troupe-chaos load flags…]
 #   chaos/bench.sh --scenes 20 --editors 5 --rate 2 --duration 30 --warmup 5
 #
 # Builds release binaries, starts PostgreSQL (tests/pg.sh), troupe-node and the reference
 # server (chaos/reference: npm y-websocket 1.5, bin/server.js, in-memory), then runs
-# troupe-bench against each in turn, alternating the order every round, and prints the
-# medians side by side with the CPU ratio. Every process it starts is stopped on exit.
+# `troupe-chaos load` against each in turn, alternating the order every round, and prints
+# the medians side by side with the CPU ratio (`troupe-chaos compare`). Every process it
+# starts is stopped on exit.
 #
 # Environment:
 #   ROUNDS=2                  rounds per server
 #   TARGETS="troupe reference"  which servers to bench (one alone skips the comparison)
-#   BENCH_OUT=DIR             where the JSON reports go (default target/bench-reports/<time>)
+#   BENCH_OUT=DIR             where the reports go, one folder per run with report.json and
+#                             latency.svg (default target/bench-reports/<time>)
 #   KEEP_LOGS=1               keep the server logs and data (printed path) after exit
 # troupe-node reads its other settings from TROUPE_* variables in the environment.
 set -euo pipefail
@@ -21,7 +23,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${ROUNDS:-2}"
 TARGETS="${TARGETS:-troupe reference}"
 OUT="${BENCH_OUT:-$ROOT/target/bench-reports/$(date +%Y%m%d-%H%M%S)}"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-bench.XXXXXX")"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-load.XXXXXX")"
 SECRET="${TROUPE_JWT_SECRET:-bench-secret-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}"
 STARTED_PIDS=()
 PG_STARTED=""
@@ -95,7 +97,7 @@ packages=(-p troupe-chaos)
 wants troupe && packages+=(-p troupe-node)
 log "building release binaries (${packages[*]})"
 cargo build --release --bins "${packages[@]}" >&2
-BENCH="$ROOT/target/release/troupe-bench"
+CHAOS="$ROOT/target/release/troupe-chaos"
 mkdir -p "$OUT"
 
 # --- servers -----------------------------------------------------------------------------
@@ -151,18 +153,18 @@ fi
 
 # --- rounds ------------------------------------------------------------------------------
 run_one() {
-    local target="$1" round="$2" out="$OUT/$1-$2.json"
+    local target="$1" round="$2" out="$OUT/$1-$2"
     shift 2
     log "round $round: $target"
     case "$target" in
         troupe)
             local aux=()
             [ -n "${PG_PID:-}" ] && aux=(--aux-pid "$PG_PID")
-            "$BENCH" --url "$TROUPE_URL" --jwt-secret "$SECRET" --label troupe \
-                --server-pid "$NODE_PID" "${aux[@]}" --out "$out" "$@"
+            "$CHAOS" load --url "$TROUPE_URL" --jwt-secret "$SECRET" --label troupe \
+                --pid "$NODE_PID" "${aux[@]}" --out "$out" "$@"
             ;;
         reference)
-            "$BENCH" --url "$REF_URL" --label reference --server-pid "$REF_PID" \
+            "$CHAOS" load --url "$REF_URL" --label reference --pid "$REF_PID" \
                 --out "$out" "$@"
             ;;
     esac
@@ -179,8 +181,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 if wants troupe && wants reference; then
-    files() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r.json"; done; echo "$list"; }
+    reports() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r"; done; echo "$list"; }
     echo "=== troupe vs y-websocket reference (medians of $ROUNDS rounds) ==="
-    "$BENCH" compare "troupe=$(files troupe)" "reference=$(files reference)"
+    "$CHAOS" compare "troupe=$(reports troupe)" "reference=$(reports reference)"
 fi
-log "JSON reports in $OUT"
+log "reports (report.json, latency.svg) in $OUT"

@@ -1,14 +1,17 @@
 //! A picture of a chaos run: edit latency over time, with the injected faults marked and
 //! their recovery times annotated, as a standalone SVG document (no dependencies).
+//! [`render_svg_with`] and a [`Style`] draw other latencies the same way (a load run's
+//! fan-out deliveries, with its rate steps as marks).
 //!
 //! - x axis: seconds since the run started, `0..duration`.
-//! - y axis: acknowledgement latency in ms on a log scale, from 1 ms to `max(1000, p100)`.
+//! - y axis: acknowledgement latency in ms on a log scale, from 1 ms (the style's floor) to
+//!   `max(1000, p100)`.
 //! - Edits never acknowledged are red crosses in a band above the plot's data area.
 //! - Each fault is a dashed orange line labelled at the top; a measured recovery is a shaded
 //!   band from the fault to the moment every affected editor was editing again.
 //!
 //! The input is taken as it comes: latencies that are NaN or infinite are skipped, negative
-//! ones count as 0 ms, and latencies under 1 ms are drawn on the 1 ms floor. Above
+//! ones count as 0 ms, and latencies under the floor are drawn on it. Above
 //! [`MAX_POINTS`] acknowledged samples the dots are thinned deterministically (the slowest edit
 //! of each run of consecutive edits is kept, so spikes stay visible); percentiles always use
 //! every sample.
@@ -48,6 +51,56 @@ pub struct ChartSpec<'a> {
     pub duration_ms: u64,
 }
 
+/// The words of a chart and the bottom of its latency axis: acknowledgements rarely take
+/// under a millisecond, fan-out deliveries usually do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Style {
+    /// Bottom of the latency axis in ms (a power of ten at most 1).
+    pub floor_ms: f64,
+    /// Legend of a dot.
+    pub dot: &'static str,
+    /// Plural of what a dot is, for "slowest of every N …".
+    pub dots: &'static str,
+    /// Legend of a sample without latency, and its band's label on the axis.
+    pub missing: &'static str,
+    pub missing_axis: &'static str,
+    /// Legend of a mark (drawn only when there are marks).
+    pub mark: &'static str,
+    /// Legend of the shaded band after a mark (drawn only when a mark has one).
+    pub band: &'static str,
+    /// Stats line: what the count counts, and the text when nothing has a latency.
+    pub counted: &'static str,
+    pub none: &'static str,
+}
+
+impl Style {
+    /// A chaos run: time to durable ack, faults and recoveries.
+    pub const ACKS: Style = Style {
+        floor_ms: 1.0,
+        dot: "acknowledged edit",
+        dots: "edits",
+        missing: "never acknowledged",
+        missing_axis: "no ack",
+        mark: "fault",
+        band: "until every affected editor edits again",
+        counted: "acked",
+        none: "no acknowledged edits",
+    };
+
+    /// A load run: time from an edit's send to its arrival at another editor.
+    pub const FAN_OUT: Style = Style {
+        floor_ms: 0.1,
+        dot: "delivery",
+        dots: "deliveries",
+        missing: "never delivered",
+        missing_axis: "lost",
+        mark: "rate step (edits/s per editor)",
+        band: "",
+        counted: "deliveries",
+        none: "no deliveries",
+    };
+}
+
 /// Most dots drawn; above this many acknowledged samples they are thinned by stride.
 pub const MAX_POINTS: usize = 20_000;
 
@@ -73,12 +126,17 @@ const LABEL_FONT: f64 = 10.0;
 const CHAR_W: f64 = 5.8;
 const MAX_LABEL_CHARS: usize = 40;
 
-/// Renders the chart as an SVG document (1000 x 420 px).
+/// Renders the chart of a chaos run as an SVG document (1000 x 420 px).
 pub fn render_svg(spec: &ChartSpec) -> String {
-    let data = Data::new(spec);
+    render_svg_with(spec, &Style::ACKS)
+}
+
+/// Renders the chart in the given style.
+pub fn render_svg_with(spec: &ChartSpec, style: &Style) -> String {
+    let data = Data::new(spec, style.floor_ms);
     let mut s = String::with_capacity(64 * 1024 + 48 * data.dots.len());
     // Writing to a String cannot fail.
-    let _ = write_svg(&mut s, spec, &data);
+    let _ = write_svg(&mut s, spec, style, &data);
     s
 }
 
@@ -99,10 +157,12 @@ struct Data {
     x_max_ms: f64,
     /// Top of the latency axis in ms (>= 1000).
     y_max_ms: f64,
+    /// Bottom of the latency axis in ms (a power of ten, at most 1).
+    floor_ms: f64,
 }
 
 impl Data {
-    fn new(spec: &ChartSpec) -> Data {
+    fn new(spec: &ChartSpec, floor_ms: f64) -> Data {
         let mut acked: Vec<(u64, f64)> = Vec::new();
         let mut unacked = Vec::new();
         for s in spec.samples {
@@ -141,6 +201,11 @@ impl Data {
             p100,
             x_max_ms,
             y_max_ms,
+            floor_ms: if floor_ms.is_finite() && floor_ms > 0.0 {
+                10f64.powf(floor_ms.log10().floor().clamp(-6.0, 0.0))
+            } else {
+                1.0
+            },
         }
     }
 
@@ -149,8 +214,9 @@ impl Data {
     }
 
     fn y(&self, latency_ms: f64) -> f64 {
-        let v = latency_ms.clamp(1.0, self.y_max_ms);
-        PB - v.log10() / self.y_max_ms.log10() * (PB - DT)
+        let (lo, hi) = (self.floor_ms.log10(), self.y_max_ms.log10());
+        let v = latency_ms.clamp(self.floor_ms, self.y_max_ms);
+        PB - (v.log10() - lo) / (hi - lo) * (PB - DT)
     }
 }
 
@@ -297,7 +363,7 @@ impl Placed {
     }
 }
 
-fn write_svg(s: &mut String, spec: &ChartSpec, d: &Data) -> std::fmt::Result {
+fn write_svg(s: &mut String, spec: &ChartSpec, style: &Style, d: &Data) -> std::fmt::Result {
     writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"#
@@ -318,18 +384,19 @@ fn write_svg(s: &mut String, spec: &ChartSpec, d: &Data) -> std::fmt::Result {
     )?;
     let stats = match (d.p50, d.p99) {
         (Some(p50), Some(p99)) => format!(
-            "p50 {} · p99 {} · max {} · {} acked",
+            "p50 {} · p99 {} · max {} · {} {}",
             fmt_ms(p50),
             fmt_ms(p99),
             fmt_ms(d.p100.unwrap_or(p99)),
-            d.acked_count
+            d.acked_count,
+            style.counted
         ),
-        _ => "no acknowledged edits".to_string(),
+        _ => style.none.to_string(),
     };
     let stats = if d.unacked.is_empty() {
         stats
     } else {
-        format!("{stats} · {} never acked", d.unacked.len())
+        format!("{stats} · {} {}", d.unacked.len(), style.missing)
     };
     writeln!(s, r#"<g id="stats" text-anchor="end">"#)?;
     writeln!(
@@ -340,14 +407,15 @@ fn write_svg(s: &mut String, spec: &ChartSpec, d: &Data) -> std::fmt::Result {
     if d.stride > 1 {
         writeln!(
             s,
-            r##"<text x="{PR}" y="46" font-size="10" fill="#555">dots: slowest of every {} edits</text>"##,
-            d.stride
+            r##"<text x="{PR}" y="46" font-size="10" fill="#555">dots: slowest of every {} {}</text>"##,
+            d.stride,
+            escape_xml(style.dots)
         )?;
     }
     writeln!(s, "</g>")?;
 
-    write_legend(s)?;
-    write_axes(s, d)?;
+    write_legend(s, spec, style)?;
+    write_axes(s, style, d)?;
 
     // Recovery bands (under the samples).
     writeln!(
@@ -406,8 +474,10 @@ fn write_svg(s: &mut String, spec: &ChartSpec, d: &Data) -> std::fmt::Result {
     writeln!(s, "</svg>")
 }
 
-fn write_legend(s: &mut String) -> std::fmt::Result {
+fn write_legend(s: &mut String, spec: &ChartSpec, style: &Style) -> std::fmt::Result {
     let y = 46.0;
+    // Rough width of a legend entry: the symbol, its text, a gap.
+    let advance = |text: &str| 32.0 + text.chars().count() as f64 * 6.2;
     writeln!(s, r#"<g id="legend" font-size="11">"#)?;
     let mut x = PL;
     writeln!(
@@ -416,8 +486,13 @@ fn write_legend(s: &mut String) -> std::fmt::Result {
         x + 4.0,
         y - 4.0
     )?;
-    writeln!(s, r#"<text x="{}" y="{y}">acknowledged edit</text>"#, x + 12.0)?;
-    x += 125.0;
+    writeln!(
+        s,
+        r#"<text x="{}" y="{y}">{}</text>"#,
+        x + 12.0,
+        escape_xml(style.dot)
+    )?;
+    x += advance(style.dot);
     writeln!(
         s,
         r#"<path d="M{} {}l6 6M{} {}l6 -6" stroke="{RED}" stroke-width="1.2"/>"#,
@@ -426,32 +501,47 @@ fn write_legend(s: &mut String) -> std::fmt::Result {
         x + 1.0,
         y - 1.0
     )?;
-    writeln!(s, r#"<text x="{}" y="{y}">never acknowledged</text>"#, x + 12.0)?;
-    x += 135.0;
     writeln!(
         s,
-        r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{ORANGE}" stroke-width="1.5" stroke-dasharray="4 3"/>"#,
-        x + 4.0,
-        y - 11.0,
-        x + 4.0,
-        y + 2.0
+        r#"<text x="{}" y="{y}">{}</text>"#,
+        x + 12.0,
+        escape_xml(style.missing)
     )?;
-    writeln!(s, r#"<text x="{}" y="{y}">fault</text>"#, x + 12.0)?;
-    x += 55.0;
-    writeln!(
-        s,
-        r#"<rect x="{x}" y="{}" width="10" height="10" fill="{GREEN}" fill-opacity="0.25"/>"#,
-        y - 9.0
-    )?;
-    writeln!(
-        s,
-        r#"<text x="{}" y="{y}">until every affected editor edits again</text>"#,
-        x + 14.0
-    )?;
+    x += advance(style.missing);
+    if !spec.faults.is_empty() && !style.mark.is_empty() {
+        writeln!(
+            s,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{ORANGE}" stroke-width="1.5" stroke-dasharray="4 3"/>"#,
+            x + 4.0,
+            y - 11.0,
+            x + 4.0,
+            y + 2.0
+        )?;
+        writeln!(
+            s,
+            r#"<text x="{}" y="{y}">{}</text>"#,
+            x + 12.0,
+            escape_xml(style.mark)
+        )?;
+        x += advance(style.mark);
+    }
+    if spec.faults.iter().any(|f| f.recovered_ms.is_some()) && !style.band.is_empty() {
+        writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="10" height="10" fill="{GREEN}" fill-opacity="0.25"/>"#,
+            y - 9.0
+        )?;
+        writeln!(
+            s,
+            r#"<text x="{}" y="{y}">{}</text>"#,
+            x + 14.0,
+            escape_xml(style.band)
+        )?;
+    }
     writeln!(s, "</g>")
 }
 
-fn write_axes(s: &mut String, d: &Data) -> std::fmt::Result {
+fn write_axes(s: &mut String, style: &Style, d: &Data) -> std::fmt::Result {
     writeln!(s, r##"<g id="axes" stroke="#999" fill="none">"##)?;
     writeln!(s, r#"<path d="M{PL} {PT}V{PB}H{PR}"/>"#)?;
     writeln!(s, "</g>")?;
@@ -495,13 +585,14 @@ fn write_axes(s: &mut String, d: &Data) -> std::fmt::Result {
     writeln!(s, "</g>")?;
 
     // y: decades of ms.
+    let lowest = d.floor_ms.log10().round() as i32;
     let decades = d.y_max_ms.log10().floor().clamp(0.0, 400.0) as i32;
-    let every = (decades / 12 + 1).max(1);
+    let every = ((decades - lowest) / 12 + 1).max(1);
     writeln!(
         s,
         r##"<g id="y-ticks" font-size="10" text-anchor="end" fill="#333">"##
     )?;
-    for k in 0..=decades {
+    for k in lowest..=decades {
         let v = 10f64.powi(k);
         let y = d.y(v);
         writeln!(
@@ -509,8 +600,10 @@ fn write_axes(s: &mut String, d: &Data) -> std::fmt::Result {
             r##"<line x1="{}" y1="{y:.1}" x2="{PL}" y2="{y:.1}" stroke="#999"/><line x1="{PL}" y1="{y:.1}" x2="{PR}" y2="{y:.1}" stroke="#eee"/>"##,
             PL - 4.0
         )?;
-        if k % every == 0 {
-            let label = if k < 7 {
+        if (k - lowest) % every == 0 {
+            let label = if k < 0 {
+                format!("{v:.prec$}", prec = k.unsigned_abs() as usize)
+            } else if k < 7 {
                 format!("{v:.0}")
             } else {
                 format!("1e{k}")
@@ -520,9 +613,10 @@ fn write_axes(s: &mut String, d: &Data) -> std::fmt::Result {
     }
     writeln!(
         s,
-        r#"<text x="{}" y="{}" fill="{RED}">no ack</text>"#,
+        r#"<text x="{}" y="{}" fill="{RED}">{}</text>"#,
         PL - 7.0,
-        PT + NO_ACK_BAND / 2.0 + 3.5
+        PT + NO_ACK_BAND / 2.0 + 3.5,
+        escape_xml(style.missing_axis)
     )?;
     let mid = (DT + PB) / 2.0;
     writeln!(
@@ -798,7 +892,7 @@ mod tests {
         let drawn = circles(&svg) - 1;
         assert!(drawn <= MAX_POINTS && drawn > MAX_POINTS / 2, "{drawn}");
         // The spike sets the axis and is one of the dots kept.
-        let d = Data::new(&spec);
+        let d = Data::new(&spec, 1.0);
         assert_eq!(d.y_max_ms, 9_000.0);
         assert!(d.dots.iter().any(|&(_, l)| l == 9_000.0));
         assert_eq!(render_svg(&spec), svg, "deterministic");
@@ -845,10 +939,43 @@ mod tests {
         };
         let svg = render_svg(&spec);
         well_formed(&svg);
-        let d = Data::new(&spec);
+        let d = Data::new(&spec, 1.0);
         assert_eq!(d.acked_count, 3);
         assert_eq!(d.unacked.len(), 1);
         assert_eq!(d.p50, Some(0.2));
+    }
+
+    #[test]
+    fn fan_out_style_draws_below_a_millisecond() {
+        let samples = [
+            Sample {
+                at_ms: 0,
+                latency_ms: Some(0.3),
+            },
+            Sample {
+                at_ms: 500,
+                latency_ms: Some(40.0),
+            },
+            Sample {
+                at_ms: 900,
+                latency_ms: None,
+            },
+        ];
+        let spec = ChartSpec {
+            title: "load",
+            samples: &samples,
+            faults: &[],
+            duration_ms: 1_000,
+        };
+        let svg = render_svg_with(&spec, &Style::FAN_OUT);
+        well_formed(&svg);
+        assert!(svg.contains(">0.1</text>") && svg.contains(">1000</text>"));
+        assert!(svg.contains("2 deliveries") && svg.contains("1 never delivered"));
+        assert!(!svg.contains("acknowledged") && !svg.contains("rate step"));
+        let d = Data::new(&spec, Style::FAN_OUT.floor_ms);
+        assert!(d.y(0.3) < d.y(0.1) && d.y(0.1) == PB);
+        // The chaos style keeps its 1 ms floor.
+        assert_eq!(Data::new(&spec, Style::ACKS.floor_ms).y(0.3), PB);
     }
 
     #[test]

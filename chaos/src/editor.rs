@@ -1,7 +1,9 @@
 //! An editor that follows its scene across the cluster, as a client should: it types into
 //! `Y.Text` "text" with durable acks, follows a 4301 to the owner it names, and after any
 //! other loss asks the router again, retrying with a growing pause while it keeps typing
-//! offline. Used by the chaos harness and the cluster tests.
+//! offline. When its acks stall it asks the router whether the scene has moved — a frozen or
+//! cut-off owner closes nothing, so this heartbeat is the only way to notice it.
+//! Used by the chaos harness and the cluster tests.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,8 +22,7 @@ pub struct FollowingEditor {
     pub scene: String,
     client: Arc<EditorClient>,
     typed: Arc<Mutex<Vec<String>>>,
-    /// Time from each close until the editor was synced with the scene's new host.
-    gaps: Arc<Mutex<Vec<Duration>>>,
+    outages: Arc<Mutex<Vec<Outage>>>,
     acks: Arc<Mutex<AckLog>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -46,6 +47,7 @@ impl FollowingEditor {
             attempts += 1;
             let opts = ClientOptions {
                 acks: true,
+                connect_timeout: CONNECT_TIMEOUT,
                 ..Default::default()
             };
             let client = EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?;
@@ -62,26 +64,27 @@ impl FollowingEditor {
             }
         };
         let typed = Arc::new(Mutex::new(Vec::new()));
-        let gaps = Arc::new(Mutex::new(Vec::new()));
+        let outages = Arc::new(Mutex::new(Vec::new()));
         let acks = Arc::new(Mutex::new(AckLog::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(type_and_follow(
-            client.clone(),
+        let typist = Typist {
+            client: client.clone(),
             router,
-            scene.to_string(),
-            token.to_string(),
-            prefix.to_string(),
-            interval,
-            typed.clone(),
-            gaps.clone(),
-            acks.clone(),
-            stop_rx,
-        ));
+            scene: scene.to_string(),
+            token: token.to_string(),
+            prefix: prefix.to_string(),
+            n: 0,
+            host: url,
+            typed: typed.clone(),
+            acks: acks.clone(),
+            outages: outages.clone(),
+        };
+        let task = tokio::spawn(typist.type_and_follow(interval, stop_rx));
         Ok(FollowingEditor {
             scene: scene.to_string(),
             client,
             typed,
-            gaps,
+            outages,
             acks,
             stop,
             task,
@@ -125,7 +128,7 @@ impl FollowingEditor {
         }
         let text = self.client.text("text").await?;
         let typed = self.typed.lock().map(|t| t.clone()).unwrap_or_default();
-        let gaps = self.gaps.lock().map(|g| g.clone()).unwrap_or_default();
+        let outages = self.outages.lock().map(|g| g.clone()).unwrap_or_default();
         let acks = match self.acks.lock() {
             Ok(mut log) => {
                 log.settle(&self.client.status());
@@ -138,7 +141,7 @@ impl FollowingEditor {
             scene: self.scene,
             typed,
             text,
-            gaps,
+            outages,
             acks,
         })
     }
@@ -148,10 +151,29 @@ pub struct FinishedEditor {
     pub scene: String,
     pub typed: Vec<String>,
     pub text: String,
-    pub gaps: Vec<Duration>,
+    /// Every time the editor lost its scene's host, in order.
+    pub outages: Vec<Outage>,
     /// Each edit: when it was sent and how long until it was acknowledged.
     pub acks: Vec<(Instant, Option<Duration>)>,
 }
+
+/// A time the editor could not reach its scene's host.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// When the connection closed, or when the first edit that was never acknowledged on it
+    /// was sent (a stalled connection).
+    pub began: Instant,
+    /// From `began` until the editor was synced with the scene's host again.
+    pub lasted: Duration,
+}
+
+/// How long an edit may wait for its ack before the editor asks the router whether the
+/// scene has moved.
+const ACK_STALL: Duration = Duration::from_secs(1);
+/// How often a stalled editor asks the router again.
+const STALL_RECHECK: Duration = Duration::from_millis(250);
+/// A host that does not accept a connection within this is treated as gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The owner of `scene` according to the router at `router`: `(node, url, epoch)`.
 pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, String, u64)> {
@@ -173,8 +195,11 @@ struct Typist {
     token: String,
     prefix: String,
     n: u64,
+    /// The base URL of the node the editor is connected (or connecting) to.
+    host: String,
     typed: Arc<Mutex<Vec<String>>>,
     acks: Arc<Mutex<AckLog>>,
+    outages: Arc<Mutex<Vec<Outage>>>,
 }
 
 /// Each edit's time to its durable ack.
@@ -202,6 +227,11 @@ impl AckLog {
             }
             self.pending.pop_front();
         }
+    }
+
+    /// When the oldest edit still waiting for its ack was sent.
+    fn oldest_pending(&self) -> Option<Instant> {
+        self.pending.front().map(|(sent, _, _)| *sent)
     }
 
     fn finish(&mut self) {
@@ -248,6 +278,9 @@ impl Typist {
                     .ok()
                     .map(|(_, url, _)| url),
             };
+            if let Some(url) = &target {
+                self.host = url.clone();
+            }
             if target.is_some()
                 && follow(&self.client, target, &self.scene, &self.token)
                     .await
@@ -272,52 +305,63 @@ impl Typist {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn type_and_follow(
-    client: Arc<EditorClient>,
-    router: SocketAddr,
-    scene: String,
-    token: String,
-    prefix: String,
-    interval: Duration,
-    typed: Arc<Mutex<Vec<String>>>,
-    gaps: Arc<Mutex<Vec<Duration>>>,
-    acks: Arc<Mutex<AckLog>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut status = client.watch_status();
-    let mut tick = tokio::time::interval(interval);
-    let mut typist = Typist {
-        client: client.clone(),
-        router,
-        scene,
-        token,
-        prefix,
-        n: 0,
-        typed,
-        acks,
-    };
-    loop {
-        tokio::select! {
-            _ = tick.tick() => typist.type_one().await,
-            Ok(()) = status.changed() => {
-                let current = status.borrow_and_update().clone();
-                if let Ok(mut acks) = typist.acks.lock() {
-                    acks.settle(&current);
-                }
-                let closed = current.closed.clone();
-                if let Some(info) = closed {
-                    let moved_to = (info.code == Some(4301) && !info.reason.is_empty()).then(|| info.reason.clone());
-                    if typist.recover(moved_to, interval, &stop).await {
-                        if let Ok(mut g) = gaps.lock() {
-                            g.push(info.at.elapsed());
-                        }
+impl Typist {
+    /// Types every `interval`, follows the scene after every loss, and drops a connection
+    /// whose acks stalled once the router names another host for the scene.
+    async fn type_and_follow(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut status = self.client.watch_status();
+        let mut tick = tokio::time::interval(interval.min(STALL_RECHECK));
+        let mut next_edit = Instant::now();
+        let mut last_check = Instant::now();
+        // Set when the editor drops a stalled connection: the outage began at the stall.
+        let mut stalled_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if Instant::now() >= next_edit {
+                        self.type_one().await;
+                        next_edit += interval;
                     }
-                    status.borrow_and_update();
+                    if let Some(since) = self.stalled(&mut last_check).await {
+                        stalled_since = Some(since);
+                        let _ = self.client.drop_connection().await;
+                    }
                 }
+                Ok(()) = status.changed() => {
+                    let current = status.borrow_and_update().clone();
+                    if let Ok(mut acks) = self.acks.lock() {
+                        acks.settle(&current);
+                    }
+                    if let Some(info) = current.closed.clone() {
+                        let moved_to = (info.code == Some(4301) && !info.reason.is_empty()).then(|| info.reason.clone());
+                        let began = stalled_since.take().map_or(info.at, |s| s.min(info.at));
+                        if self.recover(moved_to, interval, &stop).await {
+                            if let Ok(mut o) = self.outages.lock() {
+                                o.push(Outage { began, lasted: began.elapsed() });
+                            }
+                            // Back: type at once, so the first stored edit marks the recovery.
+                            self.type_one().await;
+                            next_edit = Instant::now() + interval;
+                        }
+                        status.borrow_and_update();
+                    }
+                }
+                Ok(()) = stop.changed() => return,
             }
-            Ok(()) = stop.changed() => return,
         }
+    }
+
+    /// If an edit has waited longer than [`ACK_STALL`] for its ack and the router now names
+    /// another host for the scene, returns when the stall began. The router is asked at most
+    /// every [`STALL_RECHECK`]; a slow store on the same host is waited out.
+    async fn stalled(&mut self, last_check: &mut Instant) -> Option<Instant> {
+        let since = self.acks.lock().ok()?.oldest_pending()?;
+        if since.elapsed() < ACK_STALL || last_check.elapsed() < STALL_RECHECK {
+            return None;
+        }
+        *last_check = Instant::now();
+        let (_, url, _) = resolve(self.router, &self.scene).await.ok()?;
+        (url != self.host).then_some(since)
     }
 }
 

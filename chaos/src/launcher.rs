@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use troupe_membership::{AdmitRequest, ClusterClient, NodeState};
 
+use crate::netns::Network;
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -28,6 +30,9 @@ pub struct ClusterSpec {
     pub secret: String,
     /// Where `troupe-node` and `troupe-router` are.
     pub bin_dir: PathBuf,
+    /// Run each node in a network namespace of its own, so that it can be cut off
+    /// ([`LocalCluster::cut_off`]). Needs root; see [`crate::netns`].
+    pub isolated: bool,
 }
 
 /// The running processes; dropping it stops them all.
@@ -44,6 +49,10 @@ pub struct LocalCluster {
     redis_port: Option<u16>,
     /// The state folder of the Postgres this cluster started, if any.
     postgres_state: Option<PathBuf>,
+    /// The nodes' private network, when they are isolated.
+    network: Option<Network>,
+    /// Nodes cut off the network now.
+    cut: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +87,15 @@ impl LocalCluster {
             peers: String::new(),
             redis_port: spec.redis_port,
             postgres_state: None,
+            network: None,
+            cut: Default::default(),
         };
+        if spec.isolated {
+            if spec.database_url.is_some() && !spec.postgres {
+                bail!("isolated nodes need the embedded store or a Postgres of the run's own");
+            }
+            cluster.network = Some(Network::create()?);
+        }
         if spec.postgres {
             let state = spec.data_dir.join("postgres");
             let url = pg_sh(&state, "start").context("starting Postgres (tests/pg.sh)")?;
@@ -91,14 +108,8 @@ impl LocalCluster {
         let voters = voters_for(spec.nodes);
         let addr = |port: u16| format!("127.0.0.1:{port}");
         for id in 1..=spec.nodes {
-            let offset = u16::try_from(id).map_err(|_| anyhow!("too many nodes"))?;
-            cluster.nodes.insert(
-                id,
-                NodeInfo {
-                    url: format!("ws://{}", addr(spec.base_port + offset)),
-                    rpc: addr(spec.base_port + 100 + offset),
-                },
-            );
+            let info = cluster.node_info(id)?;
+            cluster.nodes.insert(id, info);
         }
         let peers = (1..=voters)
             .map(|id| format!("{id}={}", cluster.nodes[&id].rpc))
@@ -172,17 +183,22 @@ impl LocalCluster {
     fn start_redis(&mut self, port: u16) -> anyhow::Result<()> {
         let mut cmd = Command::new("redis-server");
         die_with_parent(&mut cmd);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(socket) = self.redis_socket() {
+            cmd.arg("--unixsocket")
+                .arg(socket)
+                .args(["--unixsocketperm", "700"]);
+        }
         let child = cmd
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -192,14 +208,30 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Node `id`'s addresses: on loopback, or on its namespace's link when isolated.
+    fn node_info(&self, id: u64) -> anyhow::Result<NodeInfo> {
+        let offset = u16::try_from(id).map_err(|_| anyhow!("node id {id} too large"))?;
+        let host = match &self.network {
+            Some(net) => net.addr(id).to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        Ok(NodeInfo {
+            url: format!("ws://{host}:{}", self.spec.base_port + offset),
+            rpc: format!("{host}:{}", self.spec.base_port + 100 + offset),
+        })
+    }
+
     /// Starts (or starts again) node `id` on its addresses and Raft folder.
     pub async fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        if !self.nodes.contains_key(&id) {
+            let info = self.node_info(id)?;
+            self.nodes.insert(id, info);
+        }
+        if let Some(net) = self.network.as_mut() {
+            net.add_node(id)?;
+        }
         let spec = &self.spec;
-        let offset = u16::try_from(id).map_err(|_| anyhow!("node id {id} too large"))?;
-        let node = self.nodes.entry(id).or_insert_with(|| NodeInfo {
-            url: format!("ws://127.0.0.1:{}", spec.base_port + offset),
-            rpc: format!("127.0.0.1:{}", spec.base_port + 100 + offset),
-        });
+        let node = &self.nodes[&id];
         let mut env: Vec<(&str, String)> = vec![
             ("TROUPE_NODE_ID", id.to_string()),
             ("TROUPE_LISTEN", node.url.trim_start_matches("ws://").to_string()),
@@ -208,17 +240,31 @@ impl LocalCluster {
             ("TROUPE_DATA_DIR", spec.data_dir.display().to_string()),
             ("TROUPE_JWT_SECRET", spec.secret.clone()),
         ];
+        // An isolated node reaches Postgres and Redis over their Unix sockets.
+        let isolated = self.network.is_some();
         if let Some(url) = &spec.database_url {
-            env.push(("TROUPE_DATABASE_URL", url.clone()));
+            let url = if isolated {
+                over_unix_socket(url)
+            } else {
+                url.clone()
+            };
+            env.push(("TROUPE_DATABASE_URL", url));
         }
         if let Some(url) = &self.redis_url {
-            env.push(("TROUPE_REDIS_URL", url.clone()));
+            let url = match (isolated, self.redis_socket()) {
+                (true, Some(socket)) => format!("redis+unix://{}", socket.display()),
+                _ => url.clone(),
+            };
+            env.push(("TROUPE_REDIS_URL", url));
         }
         let program = spec.bin_dir.join("troupe-node");
         // A port freed by a killed node may linger for a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
         let child = loop {
-            let mut cmd = Command::new(&program);
+            let mut cmd = match &self.network {
+                Some(net) => net.command(id, &program),
+                None => Command::new(&program),
+            };
             cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
             match spawn_ready(cmd, "troupe-node listening on").await {
                 Ok(child) => break child,
@@ -228,6 +274,36 @@ impl LocalCluster {
         };
         self.procs.insert(id, child);
         Ok(())
+    }
+
+    /// Where Redis also listens, for isolated nodes.
+    fn redis_socket(&self) -> Option<PathBuf> {
+        (self.spec.isolated && self.redis_port.is_some()).then(|| self.spec.data_dir.join("redis.sock"))
+    }
+
+    /// Cuts node `id` off the network (its store stays reachable). False when the nodes
+    /// are not isolated.
+    pub fn cut_off(&mut self, id: u64) -> anyhow::Result<bool> {
+        let Some(net) = &self.network else {
+            return Ok(false);
+        };
+        net.cut(id)?;
+        self.cut.insert(id);
+        Ok(true)
+    }
+
+    /// Joins node `id` to the network again.
+    pub fn rejoin(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(net) = &self.network {
+            net.heal(id)?;
+        }
+        self.cut.remove(&id);
+        Ok(())
+    }
+
+    /// Whether some node is cut off the network now.
+    pub fn any_cut_off(&self) -> bool {
+        !self.cut.is_empty()
     }
 
     /// A client of the cluster through every node's internal address.
@@ -327,6 +403,9 @@ impl LocalCluster {
     /// Stops every process: SIGTERM (nodes flush and close their clients), then SIGKILL
     /// whatever is still running after a grace period.
     pub fn stop(&mut self) {
+        for id in std::mem::take(&mut self.cut) {
+            let _ = self.rejoin(id);
+        }
         for child in self.procs.values() {
             let _ = Command::new("kill")
                 .args(["-CONT", &child.id().to_string()])
@@ -368,6 +447,7 @@ impl LocalCluster {
         if let Some(state) = self.postgres_state.take() {
             let _ = pg_sh(&state, "stop");
         }
+        self.network = None;
     }
 
     /// The first child that exited on its own, if any.
@@ -388,6 +468,12 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The same Postgres URL through the server's Unix socket (`tests/pg.sh` puts it in /tmp).
+fn over_unix_socket(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}host=/tmp")
 }
 
 /// Runs the project's `tests/pg.sh` (a throwaway Postgres) with its state in `state`.

@@ -1,8 +1,8 @@
 //! Simulated editors and load generation.
 //!
 //! - [`client`]: a y-websocket client (sync, awareness, Troupe durable acks, tokens).
-//! - [`bench`]: the pieces of the `troupe-bench` load generator (markers, statistics,
-//!   process sampling, reports).
+//! - [`bench`](mod@bench): the load generator of `troupe-chaos load` (fan-out latency, throughput,
+//!   server CPU and memory; a ramp to the highest rate under a p99 limit).
 //! - [`editor`]: an editor that follows its scene across moves and node loss.
 //! - [`scenario`], [`run`], [`check`]: chaos runs — faults on a schedule, and the proof
 //!   that nothing was lost.
@@ -16,5 +16,6 @@ pub mod client;
 pub mod duration_de;
 pub mod editor;
 pub mod launcher;
+pub mod netns;
 pub mod run;
 pub mod scenario;

@@ -37,8 +37,11 @@ pub struct FaultReport {
     pub target: String,
     pub fired: bool,
     pub note: String,
-    /// Until every editor had an edit acknowledged again.
+    /// From the fault until every editor it cut off had an edit stored again (0 when it
+    /// cut nobody off).
     pub recovered_ms: Option<u64>,
+    /// Editors whose connection was lost or stalled because of this fault.
+    pub affected_editors: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +107,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         postgres: sc.postgres && opts.database_url.is_none(),
         secret: secret.clone(),
         bin_dir: opts.bin_dir.clone(),
+        isolated: sc.needs_network(),
     };
     let mut cluster = LocalCluster::start(&spec).await?;
     let router: SocketAddr = cluster
@@ -212,6 +216,7 @@ enum Deferred {
     Restart(u64),
     Thaw(u64),
     Activate(u64),
+    Rejoin(u64),
 }
 
 impl Deferred {
@@ -233,6 +238,11 @@ impl Deferred {
             Deferred::Activate(id) => {
                 let _ = cluster.client().activate(id).await;
             }
+            Deferred::Rejoin(id) => {
+                if let Err(error) = cluster.rejoin(id) {
+                    tracing::warn!(id, %error, "could not join the node to the network again");
+                }
+            }
         }
     }
 }
@@ -253,6 +263,7 @@ async fn inject(
         fired: false,
         note: String::new(),
         recovered_ms: None,
+        affected_editors: 0,
     };
     let view = cluster.client().view().await.ok();
     let running: Vec<u64> = cluster
@@ -270,7 +281,7 @@ async fn inject(
             .copied()
     };
     // Keep a majority of voters running: never take a second node down while one is out.
-    let one_down = running.len() < cluster.nodes.len();
+    let one_down = running.len() < cluster.nodes.len() || cluster.any_cut_off();
     let after = |d: u64| Instant::now() + Duration::from_millis(d);
     match planned.kind {
         FaultKind::KillNode | FaultKind::KillOwner | FaultKind::KillLeader => {
@@ -293,6 +304,25 @@ async fn inject(
             report.target = format!("node {id}");
             report.fired = cluster.kill_node(id);
             later.push((after(3000), Deferred::Restart(id)));
+        }
+        FaultKind::PartitionNode => {
+            let owner = match scenes.first() {
+                Some(scene) => resolve(router, scene).await.ok().map(|(node, _, _)| node),
+                None => None,
+            };
+            let Some(id) = owner.filter(|_| !one_down && active.len() > 1) else {
+                report.note = "skipped: no node to cut off".into();
+                return report;
+            };
+            report.target = format!("node {id}");
+            match cluster.cut_off(id) {
+                Ok(true) => {
+                    report.fired = true;
+                    later.push((after(4000), Deferred::Rejoin(id)));
+                }
+                Ok(false) => report.note = "skipped: the nodes are not in network namespaces".into(),
+                Err(e) => report.note = format!("cut off failed: {e:#}"),
+            }
         }
         FaultKind::Zombie => {
             let leader = view.as_ref().and_then(|v| v.leader);
@@ -455,31 +485,45 @@ async fn check(
         problems.push(format!("{fenced} appends from fenced owners were accepted"));
     }
 
-    // Recovery: until every editor had an edit acknowledged that was sent after the fault.
+    // Recovery. The editors a fault cut off (an outage that began with it) are back when an
+    // edit they sent after reconnecting is stored; every other editor must simply have an
+    // edit stored after the fault.
     let mut reports = Vec::new();
     let mut recoveries = Vec::new();
-    for (at, mut report) in faults {
-        if report.fired && report.kind.disconnects() {
-            let mut worst = Some(Duration::ZERO);
-            for f in finished {
-                let first_ack = f
-                    .acks
-                    .iter()
-                    .filter(|(sent, _)| *sent >= at)
-                    .find_map(|(sent, lat)| lat.map(|l| (*sent + l).saturating_duration_since(at)));
-                worst = match (worst, first_ack) {
-                    (Some(w), Some(a)) => Some(w.max(a)),
-                    _ => None,
-                };
+    let ends: Vec<Instant> = faults.iter().skip(1).map(|(at, _)| *at).collect();
+    for (i, (at, mut report)) in faults.into_iter().enumerate() {
+        if !(report.fired && report.kind.disconnects()) {
+            reports.push(report);
+            continue;
+        }
+        let until = ends.get(i).copied().unwrap_or(at + Duration::from_secs(15));
+        let mut affected = 0;
+        let mut worst = Some(Duration::ZERO);
+        for f in finished {
+            let cut_off = f
+                .outages
+                .iter()
+                .find(|o| o.began + OUTAGE_SLACK >= at && o.began < until);
+            let since = cut_off.map_or(at, |o| o.began + o.lasted);
+            affected += usize::from(cut_off.is_some());
+            let back = stored_after(f, since).map(|t| t.saturating_duration_since(at));
+            worst = match (worst, back) {
+                (Some(w), Some(b)) if cut_off.is_some() => Some(w.max(b)),
+                (Some(w), Some(_)) => Some(w),
+                _ => None,
+            };
+        }
+        report.affected_editors = affected;
+        match worst {
+            Some(w) if affected > 0 => {
+                report.recovered_ms = Some(w.as_millis() as u64);
+                recoveries.push(w.as_secs_f64() * 1000.0);
             }
-            report.recovered_ms = worst.map(|d| d.as_millis() as u64);
-            match report.recovered_ms {
-                Some(ms) => recoveries.push(ms as f64),
-                None => problems.push(format!(
-                    "no recovery after {:?} of {} at {} ms",
-                    report.kind, report.target, report.at_ms
-                )),
-            }
+            Some(_) => report.recovered_ms = Some(0),
+            None => problems.push(format!(
+                "no recovery after {:?} of {} at {} ms",
+                report.kind, report.target, report.at_ms
+            )),
         }
         reports.push(report);
     }
@@ -524,6 +568,18 @@ async fn check(
         problems,
         samples,
     })
+}
+
+/// An editor's outage counts for a fault when it began at most this long before it (the
+/// stall of a frozen owner is dated from the first unacknowledged edit).
+const OUTAGE_SLACK: Duration = Duration::from_millis(300);
+
+/// When the first edit `f` sent at or after `since` was stored (acknowledged).
+fn stored_after(f: &FinishedEditor, since: Instant) -> Option<Instant> {
+    f.acks
+        .iter()
+        .filter(|(sent, _)| *sent >= since)
+        .find_map(|(sent, lat)| lat.map(|l| *sent + l))
 }
 
 async fn fresh_text(router: SocketAddr, scene: &str, token: &str) -> anyhow::Result<String> {

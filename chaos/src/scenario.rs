@@ -28,6 +28,9 @@ pub enum FaultKind {
     DrainNode,
     /// Remove a node that is not a voter (added earlier).
     RemoveNode,
+    /// Cut the owner of the busiest scene off the network (its peers, the router and its
+    /// editors; not its store) for a few seconds. Nodes run in network namespaces for it.
+    PartitionNode,
     /// Stop Redis and start it again.
     RestartRedis,
     /// Stop Postgres for a few seconds and start it again (the scenario's own Postgres).
@@ -130,6 +133,13 @@ impl Scenario {
         Ok(())
     }
 
+    /// Whether a fault needs the nodes in network namespaces of their own.
+    pub fn needs_network(&self) -> bool {
+        let planned = self.faults.iter().map(|f| f.kind);
+        let random = self.random.iter().flat_map(|r| r.kinds.iter().copied());
+        planned.chain(random).any(|k| k == FaultKind::PartitionNode)
+    }
+
     /// Every fault with its time, sorted: the planned ones plus the seeded random ones.
     pub fn schedule(&self, seed: u64, duration: Duration) -> Vec<PlannedFault> {
         let mut all: Vec<PlannedFault> = self.faults.iter().filter(|f| f.at < duration).cloned().collect();
@@ -183,6 +193,8 @@ mod tests {
         for wanted in [
             "kill-owner",
             "membership-churn",
+            "partition",
+            "postgres-outage",
             "redis-outage",
             "rolling-restart",
             "smoke",

@@ -61,6 +61,14 @@ impl PlacementView {
     }
 }
 
+impl PlacementView {
+    /// The internal address of member `node` (a lease owner as written in the store).
+    pub fn rpc_addr(&self, node: &str) -> Option<String> {
+        let id = node.parse::<NodeId>().ok()?;
+        self.view.state.nodes.get(&id).map(|n| n.rpc_addr.clone())
+    }
+}
+
 /// Follows the membership and publishes a new placement whenever the epoch changes.
 pub fn follow(mut cluster: watch::Receiver<Arc<ClusterView>>) -> watch::Receiver<Arc<PlacementView>> {
     let first = Arc::new(PlacementView::new(cluster.borrow_and_update().clone()));

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
-use troupe_membership::NodeId;
+use troupe_membership::rpc::RpcClient;
+use troupe_membership::{NodeId, NodeSelf};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -217,6 +218,8 @@ pub struct RoomContext {
     pub presence: Option<RedisHandle>,
     /// Turns true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Asks a former owner whether it is alive before waiting for its release.
+    pub rpc: RpcClient,
 }
 
 struct Peer {
@@ -1174,9 +1177,12 @@ impl Room {
 }
 
 /// How long a new owner waits for the former owner to flush and release a scene it is
-/// handing over (planned moves take milliseconds; a former owner that is down is not
-/// waited for, and after this long the claim goes ahead: fencing keeps it safe).
+/// handing over (planned moves take milliseconds; a former owner that is down, or does not
+/// answer, is not waited for, and after this long the claim goes ahead: fencing keeps it safe).
 const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a former owner may take to answer "are you alive?" before it is not waited for.
+const LIVENESS_PROBE: Duration = Duration::from_millis(250);
 
 /// How long claiming and loading a scene may each take before its clients are told to
 /// come back later (1011).
@@ -1186,6 +1192,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// by a node that is not up. Returns early on any store error (the claim reports it).
 async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement: &PlacementView) {
     let deadline = Instant::now() + HANDOFF_WAIT;
+    let mut probed = false;
     loop {
         match ctx.store.lease(scene).await {
             Ok(Some((held_epoch, owner)))
@@ -1198,11 +1205,29 @@ async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement:
                     tracing::warn!(%scene, %owner, "former owner did not release the scene in time; taking it over");
                     return;
                 }
+                // A frozen or cut-off owner is still "up" in the membership for a while, but
+                // it will never release: ask it once.
+                if !probed {
+                    probed = true;
+                    if !answers(ctx, placement, &owner).await {
+                        tracing::info!(%scene, %owner, "former owner does not answer; taking the scene over");
+                        return;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             _ => return,
         }
     }
+}
+
+/// Whether member `owner` answers on its internal address within [`LIVENESS_PROBE`].
+async fn answers(ctx: &RoomContext, placement: &PlacementView, owner: &str) -> bool {
+    let Some(addr) = placement.rpc_addr(owner) else {
+        return false;
+    };
+    let answer: Result<NodeSelf, _> = ctx.rpc.get(&addr, "/cluster/info", LIVENESS_PROBE).await;
+    answer.is_ok_and(|me| me.id.to_string() == owner)
 }
 
 /// Whether `update` leaves no hole in any client's clock sequence after `known`.

@@ -181,6 +181,7 @@ pub async fn run(
         placement: placement.clone(),
         presence,
         shutdown: shutdown_rx.clone(),
+        rpc: RpcClient::new(),
     });
     let rooms = Rooms::new(ctx);
     tokio::spawn(check_leases(

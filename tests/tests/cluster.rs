@@ -217,7 +217,10 @@ async fn adding_a_node_moves_scenes_onto_it_and_loses_nothing() {
         moved.len(),
         "the moved scenes are served by node 4"
     );
-    let gaps: Vec<Duration> = finished.iter().flat_map(|f| f.gaps.clone()).collect();
+    let gaps: Vec<Duration> = finished
+        .iter()
+        .flat_map(|f| f.outages.iter().map(|o| o.lasted))
+        .collect();
     assert!(gaps.len() >= moved.len(), "moved editors reconnected: {gaps:?}");
     let worst = gaps.iter().max().copied().unwrap_or_default();
     eprintln!(

@@ -99,7 +99,10 @@ async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count
         "the dead node's scenes piled onto one node"
     );
 
-    let mut gaps: Vec<Duration> = finished.iter().filter_map(|f| f.gaps.first().copied()).collect();
+    let mut gaps: Vec<Duration> = finished
+        .iter()
+        .filter_map(|f| f.outages.first().map(|o| o.lasted))
+        .collect();
     assert_eq!(gaps.len(), finished.len(), "every editor reconnected");
     gaps.sort();
     eprintln!(

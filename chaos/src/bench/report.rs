@@ -1,10 +1,12 @@
-//! The results of one bench run, and the side-by-side comparison of several.
+//! The results of a load run (one report per measured window, a ramp's steps together),
+//! and the side-by-side comparison of several runs.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
 use super::stats::{median, Summary};
+use crate::chart::Sample;
 
 /// The load a run applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,24 +18,28 @@ pub struct Load {
     pub warmup_s: f64,
     pub duration_s: f64,
     pub acks: bool,
+    /// Bytes of text the first editor of each scene typed before measuring.
+    pub initial_text_bytes: usize,
 }
 
-/// CPU and memory of the server process.
+/// CPU and memory of the server processes (`--pid`, summed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerUsage {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     /// utime + stime over the measured window.
     pub cpu_s: f64,
-    /// `cpu_s` divided by the deliveries received in the window, in microseconds.
-    pub cpu_us_per_delivery: f64,
+    /// `cpu_s` divided by the deliveries received in the window, in microseconds (none
+    /// without deliveries).
+    pub cpu_us_per_delivery: Option<f64>,
     /// VmRSS before the editors connected.
     pub rss_before_bytes: u64,
-    /// VmRSS at the end of the measured window (all rooms open).
+    /// VmRSS once every editor was synced and the initial text loaded.
+    pub rss_loaded_bytes: u64,
+    /// VmRSS at the end of the measured window.
     pub rss_after_bytes: u64,
-    /// `rss_after_bytes / scenes`.
-    pub rss_per_room_bytes: u64,
-    /// `(rss_after_bytes - rss_before_bytes) / scenes`.
-    pub rss_delta_per_room_bytes: i64,
+    /// `(rss_loaded_bytes - rss_before_bytes) / scenes`: what a loaded room with its
+    /// editors costs.
+    pub rss_per_room_bytes: i64,
 }
 
 /// CPU of a helper process tree (e.g. the PostgreSQL server behind Troupe).
@@ -41,10 +47,21 @@ pub struct ServerUsage {
 pub struct AuxUsage {
     pub pid: u32,
     pub cpu_s: f64,
-    pub cpu_us_per_delivery: f64,
+    pub cpu_us_per_delivery: Option<f64>,
 }
 
-/// Everything one run measured.
+/// Fan-out latency of the edits sent in one second of the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the (first) measured window started.
+    pub at_s: u64,
+    pub deliveries: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Everything one measured window showed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub label: String,
@@ -52,6 +69,9 @@ pub struct Report {
     pub load: Load,
     /// Time to connect and sync every editor.
     pub connect_s: f64,
+    /// The window, in seconds since the (first) window of the run started.
+    pub window_start_s: f64,
+    pub window_end_s: f64,
     /// Edits sent during the measured window.
     pub edits_sent: u64,
     /// `edits_sent x (editors_per_scene - 1)`.
@@ -62,24 +82,59 @@ pub struct Report {
     pub duplicates: u64,
     /// Deliveries (of any edit) received during the window; the CPU denominator.
     pub window_deliveries: u64,
+    /// Sustained rate: `window_deliveries / duration`.
     pub deliveries_per_s: f64,
-    /// Fan-out latency: send at one editor -> receive at another.
-    pub latency_ms: Summary,
+    /// Fan-out latency: send at one editor -> receive at another (none without deliveries).
+    pub latency_ms: Option<Summary>,
     /// Send -> durable ack (with `--acks`).
     pub ack_latency_ms: Option<Summary>,
     pub server: Option<ServerUsage>,
     pub aux: Vec<AuxUsage>,
-    /// CPU of the bench process itself over the window.
+    /// CPU of the load generator itself over the window.
     pub bench_cpu_s: f64,
-    /// Editors whose connection ended before the run did.
+    /// `disconnects + protocol_errors + send_failures`.
+    pub errors: u64,
+    /// Editors whose connection ended before the run did (other than by a move).
     pub disconnects: u64,
     /// Close codes seen on those connections (code, count).
     pub close_codes: Vec<(String, u64)>,
     pub protocol_errors: u64,
+    /// Edits that could not be made.
+    pub send_failures: u64,
+    /// 4301 closes followed to the scene's new owner (while connecting, in the first report).
+    pub moved: u64,
+    /// Per second of the window, by send time.
+    pub timeline: Vec<Second>,
+    /// Every delivery of a window edit (by send time, ms since the first window started), and
+    /// one empty sample per missing delivery: the picture's dots. Not saved.
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
 }
 
 fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
+}
+
+fn kib(bytes: f64) -> f64 {
+    bytes / 1024.0
+}
+
+/// `p50 … p99 … max …`, or "none" without samples.
+fn latency_line(summary: &Option<Summary>) -> String {
+    match summary {
+        Some(l) => format!(
+            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (mean {:.2} ms, {} samples)",
+            l.p50, l.p95, l.p99, l.max, l.mean, l.count
+        ),
+        None => "none (no deliveries)".to_owned(),
+    }
+}
+
+fn per_delivery(us: Option<f64>) -> String {
+    us.map_or_else(
+        || "none (no deliveries)".to_owned(),
+        |us| format!("{us:.1} us/delivery"),
+    )
 }
 
 impl Report {
@@ -87,22 +142,32 @@ impl Report {
     pub fn human(&self) -> String {
         let mut s = String::new();
         let l = &self.load;
-        let _ = writeln!(s, "troupe-bench [{}] {}", self.label, self.url);
+        let _ = writeln!(s, "troupe-chaos load [{}] {}", self.label, self.url);
         let _ = writeln!(
             s,
-            "  load        {} scenes x {} editors x {} edits/s; warm-up {} s, measured {} s{}",
+            "  load        {} scenes x {} editors x {} edits/s; warm-up {} s, measured {} s{}{}",
             l.scenes,
             l.editors_per_scene,
             l.rate,
             l.warmup_s,
             l.duration_s,
+            if l.initial_text_bytes > 0 {
+                format!(", {} bytes of initial text", l.initial_text_bytes)
+            } else {
+                String::new()
+            },
             if l.acks { ", durable acks" } else { "" }
         );
         let _ = writeln!(
             s,
-            "  connect     {} editors synced in {:.2} s",
+            "  connect     {} editors synced in {:.2} s{}",
             l.scenes * l.editors_per_scene,
-            self.connect_s
+            self.connect_s,
+            if self.moved > 0 {
+                format!("; {} moves (4301) followed", self.moved)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             s,
@@ -114,63 +179,166 @@ impl Report {
             self.duplicates,
             self.deliveries_per_s
         );
-        let lat = &self.latency_ms;
-        let _ = writeln!(
-            s,
-            "  latency     p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (mean {:.2} ms)",
-            lat.p50, lat.p95, lat.p99, lat.max, lat.mean
-        );
-        if let Some(a) = &self.ack_latency_ms {
-            let _ = writeln!(
-                s,
-                "  ack         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} acked)",
-                a.p50, a.p95, a.p99, a.max, a.count
-            );
+        let _ = writeln!(s, "  latency     {}", latency_line(&self.latency_ms));
+        if self.load.acks {
+            let _ = writeln!(s, "  ack         {}", latency_line(&self.ack_latency_ms));
         }
         match &self.server {
             Some(sv) => {
+                let pids: Vec<String> = sv.pids.iter().map(u32::to_string).collect();
                 let _ = writeln!(
                     s,
-                    "  server      pid {}: CPU {:.2} s = {:.1} us/delivery ({} deliveries in window)",
-                    sv.pid, sv.cpu_s, sv.cpu_us_per_delivery, self.window_deliveries
+                    "  server      pid {}: CPU {:.2} s = {} ({} deliveries in window)",
+                    pids.join("+"),
+                    sv.cpu_s,
+                    per_delivery(sv.cpu_us_per_delivery),
+                    self.window_deliveries
                 );
                 let _ = writeln!(
                     s,
-                    "  memory      RSS {:.1} MiB (before {:.1} MiB) = {:.1} KiB/room, {:+.1} KiB/room during the run",
-                    mib(sv.rss_after_bytes as f64),
+                    "  memory      {:.1} KiB per room; RSS {:.1} MiB before, {:.1} MiB loaded, {:.1} MiB at the end",
+                    kib(sv.rss_per_room_bytes as f64),
                     mib(sv.rss_before_bytes as f64),
-                    sv.rss_per_room_bytes as f64 / 1024.0,
-                    sv.rss_delta_per_room_bytes as f64 / 1024.0
+                    mib(sv.rss_loaded_bytes as f64),
+                    mib(sv.rss_after_bytes as f64)
                 );
             }
             None => {
-                let _ = writeln!(s, "  server      (no --server-pid: CPU and memory not measured)");
+                let _ = writeln!(s, "  server      (no --pid: CPU and memory not measured)");
             }
         }
         for a in &self.aux {
             let _ = writeln!(
                 s,
-                "  aux         pid {} (with children): CPU {:.2} s = {:.1} us/delivery",
-                a.pid, a.cpu_s, a.cpu_us_per_delivery
+                "  aux         pid {} (with children): CPU {:.2} s = {}",
+                a.pid,
+                a.cpu_s,
+                per_delivery(a.cpu_us_per_delivery)
             );
         }
         let _ = writeln!(s, "  bench       CPU {:.2} s", self.bench_cpu_s);
-        if self.disconnects > 0 || self.protocol_errors > 0 {
-            let codes: Vec<String> = self
-                .close_codes
-                .iter()
-                .map(|(c, n)| format!("{c} x{n}"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "  errors      {} disconnects [{}], {} protocol errors",
-                self.disconnects,
-                codes.join(", "),
-                self.protocol_errors
-            );
-        }
+        let codes: Vec<String> = self
+            .close_codes
+            .iter()
+            .map(|(c, n)| format!("{c} x{n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  errors      {} ({} disconnects [{}], {} protocol errors, {} failed edits)",
+            self.errors,
+            self.disconnects,
+            codes.join(", "),
+            self.protocol_errors,
+            self.send_failures
+        );
         s
     }
+}
+
+/// A `--ramp` run: steps of growing rate until p99 reaches the limit or errors appear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RampReport {
+    pub label: String,
+    pub url: String,
+    /// A step passes while its fan-out p99 stays under this.
+    pub p99_limit_ms: f64,
+    pub factor: f64,
+    pub max_rate: f64,
+    /// Every step run, in order; only the last may have failed.
+    pub steps: Vec<Report>,
+    /// Highest rate (edits/s per editor) of a passing step.
+    pub best_rate: Option<f64>,
+    /// Why the ramp stopped.
+    pub stopped: String,
+}
+
+impl RampReport {
+    /// A table of the steps and the verdict.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "troupe-chaos load --ramp [{}] {}: p99 limit {} ms, x{} per step",
+            self.label, self.url, self.p99_limit_ms, self.factor
+        );
+        if let Some(first) = self.steps.first() {
+            let l = &first.load;
+            let _ = writeln!(
+                s,
+                "  {} scenes x {} editors; each step: warm-up {} s, measured {} s",
+                l.scenes, l.editors_per_scene, l.warmup_s, l.duration_s
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:>9} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>11}  verdict",
+            "rate/ed",
+            "edits/s",
+            "deliveries/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "missing",
+            "CPU us/dlv"
+        );
+        for r in &self.steps {
+            // What was typed, which falls short of the nominal rate when the generator lags.
+            let edits_per_s = r.edits_sent as f64 / r.load.duration_s.max(f64::MIN_POSITIVE);
+            let lat = |f: fn(&Summary) -> f64| {
+                r.latency_ms
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |l| format!("{:.2}", f(l)))
+            };
+            let cpu = r
+                .server
+                .as_ref()
+                .and_then(|sv| sv.cpu_us_per_delivery)
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
+            let _ = writeln!(
+                s,
+                "  {:>9.2} {:>9.0} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>11}  {}",
+                r.load.rate,
+                edits_per_s,
+                r.deliveries_per_s,
+                lat(|l| l.p50),
+                lat(|l| l.p95),
+                lat(|l| l.p99),
+                lat(|l| l.max),
+                r.errors,
+                r.missing,
+                cpu,
+                if self.passes(r) { "pass" } else { "FAIL" }
+            );
+        }
+        match (self.best_rate, self.steps.iter().rev().find(|r| self.passes(r))) {
+            (Some(rate), Some(best)) => {
+                let _ = writeln!(
+                    s,
+                    "  highest passing rate: {rate:.2} edits/s per editor ({:.0} edits/s, {:.0} deliveries/s)",
+                    best.edits_sent as f64 / best.load.duration_s.max(f64::MIN_POSITIVE),
+                    best.deliveries_per_s
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  highest passing rate: none");
+            }
+        }
+        let _ = writeln!(s, "  stopped: {}", self.stopped);
+        s
+    }
+
+    /// Whether a step stayed under the limit, delivered everything and saw no errors.
+    pub fn passes(&self, r: &Report) -> bool {
+        step_passes(r, self.p99_limit_ms)
+    }
+}
+
+/// A ramp step passes when it delivered something, all of it, without errors, and its
+/// fan-out p99 is under `p99_limit_ms`.
+pub fn step_passes(r: &Report, p99_limit_ms: f64) -> bool {
+    r.errors == 0 && r.missing == 0 && r.latency_ms.is_some_and(|l| l.p99 < p99_limit_ms)
 }
 
 /// Medians of the headline metrics over the rounds of one server.
@@ -184,11 +352,14 @@ pub struct Medians {
     pub max_ms: Option<f64>,
     pub deliveries_per_s: Option<f64>,
     pub missing: Option<f64>,
+    pub errors: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
     pub aux_cpu_us_per_delivery: Option<f64>,
     pub total_cpu_us_per_delivery: Option<f64>,
+    /// `(RSS loaded - RSS before) / scenes`.
     pub rss_per_room_kib: Option<f64>,
-    pub rss_delta_per_room_kib: Option<f64>,
+    /// `RSS at the end / scenes` (the whole process shared out over its rooms).
+    pub rss_end_per_room_kib: Option<f64>,
     pub ack_p50_ms: Option<f64>,
     pub ack_p99_ms: Option<f64>,
 }
@@ -197,29 +368,30 @@ impl Medians {
     pub fn of(label: &str, reports: &[Report]) -> Medians {
         let m = |f: &dyn Fn(&Report) -> Option<f64>| median(reports.iter().filter_map(f));
         let aux = |r: &Report| -> Option<f64> {
-            (!r.aux.is_empty()).then(|| r.aux.iter().map(|a| a.cpu_us_per_delivery).sum())
+            if r.aux.is_empty() {
+                return None;
+            }
+            r.aux.iter().map(|a| a.cpu_us_per_delivery).sum()
         };
+        let server = |r: &Report| r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
         Medians {
             label: label.to_owned(),
             rounds: reports.len(),
-            p50_ms: m(&|r| Some(r.latency_ms.p50)),
-            p95_ms: m(&|r| Some(r.latency_ms.p95)),
-            p99_ms: m(&|r| Some(r.latency_ms.p99)),
-            max_ms: m(&|r| Some(r.latency_ms.max)),
+            p50_ms: m(&|r| r.latency_ms.map(|l| l.p50)),
+            p95_ms: m(&|r| r.latency_ms.map(|l| l.p95)),
+            p99_ms: m(&|r| r.latency_ms.map(|l| l.p99)),
+            max_ms: m(&|r| r.latency_ms.map(|l| l.max)),
             deliveries_per_s: m(&|r| Some(r.deliveries_per_s)),
             missing: m(&|r| Some(r.missing as f64)),
-            server_cpu_us_per_delivery: m(&|r| r.server.as_ref().map(|s| s.cpu_us_per_delivery)),
+            errors: m(&|r| Some(r.errors as f64)),
+            server_cpu_us_per_delivery: m(&server),
             aux_cpu_us_per_delivery: m(&aux),
-            total_cpu_us_per_delivery: m(&|r| {
+            total_cpu_us_per_delivery: m(&|r| server(r).map(|s| s + aux(r).unwrap_or(0.0))),
+            rss_per_room_kib: m(&|r| r.server.as_ref().map(|s| kib(s.rss_per_room_bytes as f64))),
+            rss_end_per_room_kib: m(&|r| {
                 r.server
                     .as_ref()
-                    .map(|s| s.cpu_us_per_delivery + aux(r).unwrap_or(0.0))
-            }),
-            rss_per_room_kib: m(&|r| r.server.as_ref().map(|s| s.rss_per_room_bytes as f64 / 1024.0)),
-            rss_delta_per_room_kib: m(&|r| {
-                r.server
-                    .as_ref()
-                    .map(|s| s.rss_delta_per_room_bytes as f64 / 1024.0)
+                    .map(|s| kib(s.rss_after_bytes as f64) / f64::from(r.load.scenes.max(1)))
             }),
             ack_p50_ms: m(&|r| r.ack_latency_ms.map(|a| a.p50)),
             ack_p99_ms: m(&|r| r.ack_latency_ms.map(|a| a.p99)),
@@ -230,18 +402,19 @@ impl Medians {
 /// A side-by-side table of medians; the last column is first / second.
 pub fn compare_table(a: &Medians, b: &Medians) -> String {
     type Row = (&'static str, fn(&Medians) -> Option<f64>, usize);
-    let rows: [Row; 13] = [
+    let rows: [Row; 14] = [
         ("latency p50 (ms)", |m| m.p50_ms, 2),
         ("latency p95 (ms)", |m| m.p95_ms, 2),
         ("latency p99 (ms)", |m| m.p99_ms, 2),
         ("latency max (ms)", |m| m.max_ms, 2),
         ("deliveries/s", |m| m.deliveries_per_s, 0),
         ("missing deliveries", |m| m.missing, 0),
+        ("errors", |m| m.errors, 0),
         ("server CPU us/delivery", |m| m.server_cpu_us_per_delivery, 1),
         ("aux CPU us/delivery", |m| m.aux_cpu_us_per_delivery, 1),
         ("total CPU us/delivery", |m| m.total_cpu_us_per_delivery, 1),
-        ("RSS/room (KiB)", |m| m.rss_per_room_kib, 1),
-        ("RSS growth/room (KiB)", |m| m.rss_delta_per_room_kib, 1),
+        ("RSS per room (KiB)", |m| m.rss_per_room_kib, 1),
+        ("RSS at end / rooms (KiB)", |m| m.rss_end_per_room_kib, 1),
         ("ack p50 (ms)", |m| m.ack_p50_ms, 2),
         ("ack p99 (ms)", |m| m.ack_p99_ms, 2),
     ];
@@ -316,8 +489,11 @@ mod tests {
                 warmup_s: 1.0,
                 duration_s: 5.0,
                 acks: false,
+                initial_text_bytes: 0,
             },
             connect_s: 0.1,
+            window_start_s: 0.0,
+            window_end_s: 5.0,
             edits_sent: 60,
             deliveries_expected: 120,
             deliveries: 120,
@@ -325,29 +501,34 @@ mod tests {
             duplicates: 0,
             window_deliveries: 118,
             deliveries_per_s: 24.0,
-            latency_ms: Summary {
+            latency_ms: Some(Summary {
                 count: 120,
                 mean: p50,
                 p50,
                 p95: p50 * 2.0,
                 p99: p50 * 3.0,
                 max: p50 * 4.0,
-            },
+            }),
             ack_latency_ms: None,
             server: Some(ServerUsage {
-                pid: 1,
+                pids: vec![1],
                 cpu_s: 0.5,
-                cpu_us_per_delivery: cpu,
+                cpu_us_per_delivery: Some(cpu),
                 rss_before_bytes: 1 << 20,
-                rss_after_bytes: 3 << 20,
-                rss_per_room_bytes: 3 << 19,
-                rss_delta_per_room_bytes: 1 << 20,
+                rss_loaded_bytes: 3 << 20,
+                rss_after_bytes: 4 << 20,
+                rss_per_room_bytes: 1 << 20,
             }),
             aux: vec![],
             bench_cpu_s: 0.2,
+            errors: 0,
             disconnects: 0,
             close_codes: vec![],
             protocol_errors: 0,
+            send_failures: 0,
+            moved: 0,
+            timeline: vec![],
+            samples: vec![],
         }
     }
 
@@ -358,6 +539,7 @@ mod tests {
         let back: Report = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, r);
         assert!(r.human().contains("p50 1.00 ms"));
+        assert!(r.human().contains("1024.0 KiB per room"));
 
         let a = Medians::of(
             "troupe",
@@ -366,9 +548,53 @@ mod tests {
         let b = Medians::of("reference", &[report("reference", 2.0, 40.0)]);
         assert_eq!(a.p50_ms, Some(2.0));
         assert_eq!(a.server_cpu_us_per_delivery, Some(20.0));
+        assert_eq!(a.rss_per_room_kib, Some(1024.0));
+        assert_eq!(a.rss_end_per_room_kib, Some(2048.0));
         let table = compare_table(&a, &b);
         assert!(table.contains("CPU ratio (server process per delivered update): troupe / reference = 0.50"));
         assert!(table.contains("latency p50 (ms)"));
         assert!(!table.contains("ack p50"));
+    }
+
+    #[test]
+    fn no_deliveries_print_as_none() {
+        let mut r = report("one editor", 1.0, 1.0);
+        r.latency_ms = None;
+        if let Some(sv) = r.server.as_mut() {
+            sv.cpu_us_per_delivery = None;
+        }
+        let text = r.human();
+        assert!(text.contains("latency     none"), "{text}");
+        assert!(!text.contains("NaN") && text.contains("KiB per room"));
+        let json = serde_json::to_value(&r).expect("json");
+        assert!(json["latency_ms"].is_null());
+        assert_eq!(Medians::of("x", &[r]).p99_ms, None);
+    }
+
+    #[test]
+    fn ramp_verdicts() {
+        let mut fast = report("t", 1.0, 1.0);
+        let mut slow = report("t", 50.0, 1.0);
+        fast.load.rate = 2.0;
+        slow.load.rate = 3.0;
+        let ramp = RampReport {
+            label: "t".into(),
+            url: "ws://x".into(),
+            p99_limit_ms: 100.0,
+            factor: 1.5,
+            max_rate: 10.0,
+            steps: vec![fast.clone(), slow.clone()],
+            best_rate: Some(2.0),
+            stopped: "p99 150 ms".into(),
+        };
+        assert!(ramp.passes(&fast) && !ramp.passes(&slow));
+        let table = ramp.human();
+        assert!(table.contains("pass") && table.contains("FAIL"), "{table}");
+        assert!(
+            table.contains("highest passing rate: 2.00 edits/s per editor"),
+            "{table}"
+        );
+        fast.errors = 1;
+        assert!(!ramp.passes(&fast));
     }
 }

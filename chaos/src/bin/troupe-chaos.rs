@@ -2,15 +2,26 @@
 //!
 //! ```text
 //! troupe-chaos up [--nodes 3] [--redis] [--database-url postgres://…]
+//! troupe-chaos load --url http://127.0.0.1:8080 --scenes 20 --editors 5 --rate 2 [--ramp]
+//! troupe-chaos compare troupe=a/report.json,b/report.json reference=c/report.json
 //! ```
 //!
 //! `up` starts a local cluster in the foreground — nodes, a router, optionally Redis —
 //! prints the router URL and a development token, and stops everything on Ctrl-C.
+//! `load` drives a running cluster, or any y-websocket server (so that the reference server
+//! can be measured the same way), and reports fan-out latency, throughput, and the server's
+//! CPU per delivered update and memory per room; `compare` puts two servers' reports side
+//! by side.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use troupe_chaos::bench::load::LoadOptions;
+use troupe_chaos::bench::ramp::RampOptions;
+use troupe_chaos::bench::report::{compare_table, Medians};
+use troupe_chaos::bench::svg::latency_svg;
 use troupe_chaos::chart::{render_svg, ChartSpec, FaultMark, Sample};
 use troupe_chaos::client::{mint_token, Access};
 use troupe_chaos::launcher::{own_bin_dir, voters_for, ClusterSpec, LocalCluster};
@@ -34,6 +45,104 @@ enum Cmd {
     Up(UpArgs),
     /// Run a chaos scenario (a name from chaos/scenarios/ or a path to a .toml file).
     Run(RunArgs),
+    /// Drive a running cluster or any y-websocket server with simulated editors; report
+    /// fan-out latency, deliveries/s, errors, and server CPU per delivered update and RSS
+    /// per room.
+    Load(Box<LoadArgs>),
+    /// Print the medians of two servers' `load` reports side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// A Troupe node (ws://host:port/ws/scenes), the reference server (ws://host:port) —
+    /// scenes at {url}/{scene} — or a router (http://host:port), which names each scene's
+    /// owner.
+    #[arg(long)]
+    url: String,
+    /// Scenes (rooms).
+    #[arg(long, default_value_t = 20)]
+    scenes: u32,
+    /// Editors per scene.
+    #[arg(long, default_value_t = 5)]
+    editors: u32,
+    /// Edits per second per editor (0 types nothing: memory measurements); with --ramp,
+    /// the first step's rate.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Measured window (seconds, or 500ms, 2m); each ramp step's.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    duration: Duration,
+    /// Typing before the window is measured.
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    warmup: Duration,
+    /// Listening after the last edit, for late deliveries.
+    #[arg(long, default_value = "3", value_parser = seconds)]
+    drain: Duration,
+    /// Mint each editor an HS256 token with this secret (scenes: {"*": "edit"}).
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Use this token for every editor instead of minting.
+    #[arg(long, conflicts_with = "jwt_secret")]
+    token: Option<String>,
+    /// Scene ids are PREFIX-0, PREFIX-1, … (default: load-<random>, so runs never share rooms).
+    #[arg(long)]
+    scene_prefix: Option<String>,
+    /// Name of the Y.Text the editors type into.
+    #[arg(long, default_value = "text")]
+    text: String,
+    /// Bytes of text the first editor of each scene types before anything is measured.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    initial_text: usize,
+    /// A server process to measure (repeatable: CPU from /proc/PID/stat and RSS, summed).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// A helper process tree whose CPU is reported separately (repeatable; e.g. the
+    /// PostgreSQL postmaster).
+    #[arg(long = "aux-pid", value_name = "PID")]
+    aux_pids: Vec<u32>,
+    /// Ask for durable acks (Troupe) and measure send -> ack.
+    #[arg(long)]
+    acks: bool,
+    /// Name of this run in reports.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write report.json and latency.svg into this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 16)]
+    connect_concurrency: usize,
+    /// Time each editor may take to connect and sync.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    sync_timeout: Duration,
+    /// Raise the rate step by step (same editors; each step --warmup + --duration) until
+    /// p99 reaches --ramp-p99-ms or errors appear; report the highest passing rate.
+    #[arg(long)]
+    ramp: bool,
+    /// Each step's rate is the previous one's times this.
+    #[arg(long, default_value_t = 1.5, requires = "ramp")]
+    ramp_factor: f64,
+    /// Highest rate (edits/s per editor) a step may have.
+    #[arg(long, default_value_t = 1000.0, requires = "ramp")]
+    ramp_max: f64,
+    /// A step passes while its fan-out p99 is under this (ms).
+    #[arg(long, default_value_t = 100.0, requires = "ramp")]
+    ramp_p99_ms: f64,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Two groups LABEL=REPORT[,REPORT…] of `load` reports (report.json files, or the
+    /// folders holding them); the ratio column is first / second.
+    #[arg(num_args = 2, required = true, value_name = "LABEL=REPORTS")]
+    groups: Vec<String>,
+    /// Print the medians as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +195,12 @@ struct UpArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The load generator wants every core; the cluster tools are fine on one thread.
+    let mut builder = match cli.command {
+        Cmd::Load(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("troupe-chaos: cannot start the runtime: {e}");
@@ -97,6 +211,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Cmd::Up(args) => up(args).await,
             Cmd::Run(args) => run(args).await,
+            Cmd::Load(args) => load(*args).await,
+            Cmd::Compare(args) => compare(args),
         }
     });
     match result {
@@ -124,6 +240,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         postgres: false,
         secret: secret.clone(),
         bin_dir: own_bin_dir(),
+        isolated: false,
     };
     eprintln!(
         "troupe-chaos: starting {} nodes ({} voters)…",
@@ -328,4 +445,120 @@ fn print_summary(report: &Report, out: &std::path::Path) {
         out.display(),
         out.display()
     );
+}
+
+/// Seconds (`2.5`) or a duration with a unit (`500ms`, `2m`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        Ok(_) => Err(format!("{text:?} is not a positive number of seconds")),
+        Err(_) => troupe_node::duration::parse_duration(text),
+    }
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,troupe_chaos=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let opts = LoadOptions {
+        url: args.url.clone(),
+        scenes: args.scenes,
+        editors: args.editors,
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+        drain: args.drain,
+        jwt_secret: args.jwt_secret.clone(),
+        token: args.token.clone(),
+        scene_prefix: args.scene_prefix.clone(),
+        text: args.text.clone(),
+        initial_text: args.initial_text,
+        pids: args.pids.clone(),
+        aux_pids: args.aux_pids.clone(),
+        acks: args.acks,
+        label: args.label.clone(),
+        connect_concurrency: args.connect_concurrency,
+        sync_timeout: args.sync_timeout,
+    };
+    let shape = format!("{} scenes x {} editors", args.scenes, args.editors);
+    let (json, human, svg) = if args.ramp {
+        let ramp = RampOptions {
+            factor: args.ramp_factor,
+            max_rate: args.ramp_max,
+            p99_limit_ms: args.ramp_p99_ms,
+        };
+        let report = troupe_chaos::bench::ramp::ramp(&opts, &ramp).await?;
+        let title = format!("{}: fan-out latency, ramp ({shape})", args.label);
+        (
+            serde_json::to_string_pretty(&report)?,
+            report.human(),
+            latency_svg(&title, &report.steps),
+        )
+    } else {
+        let report = troupe_chaos::bench::load::run(&opts).await?;
+        let title = format!(
+            "{}: fan-out latency ({shape} x {} edits/s)",
+            args.label, args.rate
+        );
+        (
+            serde_json::to_string_pretty(&report)?,
+            report.human(),
+            latency_svg(&title, std::slice::from_ref(&report)),
+        )
+    };
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.json"), &json)
+            .with_context(|| format!("writing {}/report.json", dir.display()))?;
+        std::fs::write(dir.join("latency.svg"), svg)
+            .with_context(|| format!("writing {}/latency.svg", dir.display()))?;
+        eprintln!(
+            "troupe-chaos: wrote {}/report.json and {}/latency.svg",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{human}");
+    }
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let mut medians = Vec::new();
+    for group in &args.groups {
+        let (label, files) = group
+            .split_once('=')
+            .with_context(|| format!("{group:?}: expected LABEL=REPORT[,REPORT…]"))?;
+        let mut reports = Vec::new();
+        for file in files.split(',').filter(|f| !f.is_empty()) {
+            let mut path = PathBuf::from(file);
+            if path.is_dir() {
+                path.push("report.json");
+            }
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let report =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            reports.push(report);
+        }
+        if reports.is_empty() {
+            anyhow::bail!("{group:?}: no reports");
+        }
+        medians.push(Medians::of(label, &reports));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&medians)?);
+    } else if let [a, b] = medians.as_slice() {
+        print!("{}", compare_table(a, b));
+    }
+    Ok(())
 }
