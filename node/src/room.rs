@@ -181,18 +181,14 @@ pub enum JoinRefused {
     Moved(Option<String>),
 }
 
+/// What a room's inbox carries. Kept small (the large parts boxed): every room's inbox
+/// holds a block of 32 of these from the start.
 pub enum RoomCmd {
     Join {
-        joiner: Joiner,
+        joiner: Box<Joiner>,
         reply: oneshot::Sender<Result<(), JoinRefused>>,
     },
-    Frame {
-        conn_id: u64,
-        received: Instant,
-        frame: ValidFrame,
-        /// The frame's share of the inbox byte budget, released once handled.
-        _permit: OwnedSemaphorePermit,
-    },
+    Frame(Box<IncomingFrame>),
     Leave {
         conn_id: u64,
     },
@@ -200,6 +196,15 @@ pub enum RoomCmd {
     LeaseLost {
         checked_at: Instant,
     },
+}
+
+/// A validated frame from one of the room's connections.
+pub struct IncomingFrame {
+    pub conn_id: u64,
+    pub received: Instant,
+    pub frame: ValidFrame,
+    /// The frame's share of the inbox byte budget, released once handled.
+    pub _permit: OwnedSemaphorePermit,
 }
 
 /// What every room shares.
@@ -321,10 +326,12 @@ impl Room {
             }
             Verdict::Mine { epoch: e } => {
                 epoch = e;
-                let claim = async {
+                // Boxed, like every rare store call here: a room task lives as long as its
+                // scene is open, and would otherwise carry room for these large futures.
+                let claim = Box::pin(async {
                     wait_for_release(&ctx, &scene, epoch, &current).await;
                     ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await
-                };
+                });
                 // A store that does not answer must not leave joining clients waiting.
                 match tokio::time::timeout(LOAD_TIMEOUT, claim).await {
                     Ok(Ok(true)) => Ok(()),
@@ -342,10 +349,7 @@ impl Room {
         };
         let loaded = match claimed {
             Err(error) => Err(error),
-            Ok(()) => match tokio::time::timeout(LOAD_TIMEOUT, ctx.store.load(&scene))
-                .await
-                .unwrap_or(Err(StoreError::Timeout))
-            {
+            Ok(()) => match load_in_time(&ctx.store, &scene).await {
                 // Rebuilding a large scene takes a while: off the thread that serves the rooms.
                 Ok(stored) => tokio::task::spawn_blocking(move || {
                     rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored))
@@ -366,6 +370,8 @@ impl Room {
                     presence.clear(&scene);
                 }
                 let mut room = Room::new(scene, id, ctx.clone(), rooms.clone(), doc, doc_bytes, &stored);
+                // The rows it was rebuilt from are not needed while the room serves.
+                drop(stored);
                 room.epoch = epoch;
                 room.serve(&mut inbox).await;
             }
@@ -563,15 +569,18 @@ impl Room {
         if !refused {
             // Last snapshot, then let the lease go, so that whoever serves the scene next
             // loads little and need not wait for this node.
-            if let Some(write) = self.compaction(true) {
+            // Boxed in statements of their own: a bare future (even a temporary of the
+            // statement that awaits) would keep its room in every room task.
+            let write = self.compaction(true).map(Box::pin);
+            if let Some(write) = write {
                 write.await;
             }
-            match self
-                .ctx
-                .store
-                .release_lease(&self.scene, self.epoch, &self.ctx.node_id)
-                .await
-            {
+            let release = Box::pin(
+                self.ctx
+                    .store
+                    .release_lease(&self.scene, self.epoch, &self.ctx.node_id),
+            );
+            match release.await {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(scene = %self.scene, %error, "cannot release the lease"),
             }
@@ -590,7 +599,7 @@ impl Room {
                 RoomCmd::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Unavailable));
                 }
-                RoomCmd::Frame { .. } | RoomCmd::Leave { .. } | RoomCmd::LeaseLost { .. } => {}
+                RoomCmd::Frame(_) | RoomCmd::Leave { .. } | RoomCmd::LeaseLost { .. } => {}
             }
         }
         self.publish_presence();
@@ -600,13 +609,14 @@ impl Room {
 
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
-            RoomCmd::Join { joiner, reply } => self.join(joiner, reply),
-            RoomCmd::Frame {
-                conn_id,
-                received,
-                frame,
-                _permit,
-            } => {
+            RoomCmd::Join { joiner, reply } => self.join(*joiner, reply),
+            RoomCmd::Frame(incoming) => {
+                let IncomingFrame {
+                    conn_id,
+                    received,
+                    frame,
+                    _permit,
+                } = *incoming;
                 self.on_frame(conn_id, &frame);
                 self.ctx
                     .metrics
@@ -1187,6 +1197,19 @@ const LIVENESS_PROBE: Duration = Duration::from_millis(250);
 /// How long claiming and loading a scene may each take before its clients are told to
 /// come back later (1011).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Loads `scene`, giving up after [`LOAD_TIMEOUT`]. Its own function, boxed: the store's
+/// future is large and must not stay in the room task's state.
+fn load_in_time<'a>(
+    store: &'a Store,
+    scene: &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StoredScene, StoreError>> + Send + 'a>> {
+    Box::pin(async move {
+        tokio::time::timeout(LOAD_TIMEOUT, store.load(scene))
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    })
+}
 
 /// Waits until the scene's lease is free for this node: released, already ours, or held
 /// by a node that is not up. Returns early on any store error (the claim reports it).

@@ -55,6 +55,10 @@ impl WriterHandle {
     }
 }
 
+/// A commit stops gathering batches at this many bytes: one statement stays quick, and
+/// the store client's buffers (kept at their largest size) stay small.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Starts the writer. It ends once every handle is dropped and the queue is drained.
 pub fn spawn(
     store: Store,
@@ -79,11 +83,13 @@ async fn run(
     let mut statuses = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut bytes = 0;
         while let Some(job) = next {
+            bytes += job.append.data.len();
             metrics.pending_bytes.inc_by(job.append.data.len() as i64);
             appends.push(job.append);
             statuses.push(job.status);
-            next = if appends.len() < max_batch {
+            next = if appends.len() < max_batch && bytes < MAX_BATCH_BYTES {
                 rx.try_recv().ok()
             } else {
                 None

@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{AuthError, Role};
 use crate::placement::Verdict;
 use crate::protocol::{self, MessageKind, ParseLimits};
-use crate::room::{close, ClientQueue, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::room::{close, ClientQueue, IncomingFrame, JoinRefused, Joiner, Outbound, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
 
@@ -32,12 +32,14 @@ pub struct ConnectRequest {
     pub acks: bool,
 }
 
-/// WebSocket limits: tungstenite's defaults (64 MiB messages) are far too generous.
+/// WebSocket limits: tungstenite's defaults (64 MiB messages) are far too generous. The
+/// read buffer is small because every open connection keeps one (edits are tens of bytes;
+/// a large sync message just takes more reads).
 pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
 }
@@ -51,7 +53,9 @@ pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
     let conn_id = app.next_conn_id();
     let outcome = run(&mut socket, conn_id, request, &app).await;
     if let Some((code, reason)) = outcome {
-        close_with(&mut socket, code, &reason).await;
+        // Rare and large: boxed, so that every open connection's task does not carry it.
+        let closing = Box::pin(close_with(&mut socket, code, &reason));
+        closing.await;
     }
     app.metrics.connections_active.dec();
 }
@@ -127,7 +131,16 @@ async fn run(
         .client_queue_bytes
         .max(limits.max_doc_bytes + limits.max_frame_bytes);
     let (outbox, mut inbox) = ClientQueue::new(limits.client_queue, queue_bytes);
-    let room = match join(app, &scene, conn_id, &claims.sub, role, request.acks, outbox).await {
+    let joining = Box::pin(join(
+        app,
+        &scene,
+        conn_id,
+        &claims.sub,
+        role,
+        request.acks,
+        outbox,
+    ));
+    let room = match joining.await {
         Ok(room) => room,
         Err(JoinRefused::Full) => {
             app.metrics.error("room_full");
@@ -244,7 +257,7 @@ async fn run(
                 let Ok(permit) = room.budget.clone().acquire_many_owned(bytes).await else {
                     break Some((close::RESTARTING, "scene reloading".into()));
                 };
-                let cmd = RoomCmd::Frame { conn_id, received: now, frame, _permit: permit };
+                let cmd = RoomCmd::Frame(Box::new(IncomingFrame { conn_id, received: now, frame, _permit: permit }));
                 if room.tx.send(cmd).await.is_err() {
                     break Some((close::RESTARTING, "scene reloading".into()));
                 }
@@ -279,13 +292,13 @@ async fn join(
     for _ in 0..5 {
         let room = app.rooms.get_or_start(scene);
         let (reply, answer) = oneshot::channel();
-        let joiner = Joiner {
+        let joiner = Box::new(Joiner {
             conn_id,
             user: user.to_string(),
             role,
             acks,
             outbox: outbox.clone(),
-        };
+        });
         if room.tx.send(RoomCmd::Join { joiner, reply }).await.is_err() {
             continue;
         }

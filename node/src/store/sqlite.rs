@@ -29,7 +29,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Each pooled connection has its own page cache (2 MiB by default); the rooms
+            // hold the documents and the OS caches the file, so a small one does.
+            .pragma("cache_size", "-256");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
