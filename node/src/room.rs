@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +47,12 @@ pub mod close {
     pub const TRY_AGAIN: u16 = 1013;
 }
 
-/// How often a room retries a deferred flush and checks compaction age and idleness.
+/// How often a room with work waiting retries a deferred flush and publishes presence.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The longest a quiet room sleeps between housekeeping rounds (a safety net: what falls
+/// due sooner wakes it sooner).
+const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(2);
 
 /// Most awareness client ids one connection may speak for (one per Yjs doc it syncs).
 const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
@@ -89,73 +92,155 @@ pub enum Outbound {
 
 /// The room's side of the queue to one connection, bounded in messages and in bytes, so
 /// a client that stops reading holds a bounded amount of memory before it is dropped.
-#[derive(Clone)]
+/// A plain deque behind a lock (never held across an await): it takes memory only for
+/// what is queued, where a channel would keep a block of slots per connection.
 pub struct ClientQueue {
-    tx: mpsc::Sender<Outbound>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<QueueShared>,
+    max_messages: usize,
     max_bytes: usize,
 }
 
 /// The connection's side of a [`ClientQueue`].
 pub struct ClientInbox {
-    rx: mpsc::Receiver<Outbound>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<QueueShared>,
+}
+
+struct QueueShared {
+    lane: std::sync::Mutex<Lane>,
+    /// Woken on every push and when the last sender goes.
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Lane {
+    items: VecDeque<Outbound>,
+    /// Bytes of the queued frames.
+    bytes: usize,
+    /// Live [`ClientQueue`] handles; the inbox ends when none is left.
+    senders: usize,
+    /// The connection stopped reading for good.
+    receiver_gone: bool,
 }
 
 impl ClientQueue {
     pub fn new(max_messages: usize, max_bytes: usize) -> (Self, ClientInbox) {
-        let (tx, rx) = mpsc::channel(max_messages.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(QueueShared {
+            lane: std::sync::Mutex::new(Lane {
+                senders: 1,
+                ..Lane::default()
+            }),
+            ready: tokio::sync::Notify::new(),
+        });
         let inbox = ClientInbox {
-            rx,
-            queued: queued.clone(),
+            shared: shared.clone(),
         };
         (
             Self {
-                tx,
-                queued,
+                shared,
+                max_messages: max_messages.max(1),
                 max_bytes,
             },
             inbox,
         )
     }
 
-    /// Queues a frame; false when the client is too far behind.
+    /// Queues a frame; false when the client is too far behind or gone.
     fn push(&self, frame: Bytes) -> bool {
-        let len = frame.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
+        {
+            let mut lane = self.shared.lock();
+            let full = lane.items.len() >= self.max_messages || lane.bytes + frame.len() > self.max_bytes;
+            if full || lane.receiver_gone {
+                return false;
+            }
+            lane.bytes += frame.len();
+            lane.items.push_back(Outbound::Frame(frame));
         }
-        if self.tx.try_send(Outbound::Frame(frame)).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
+        self.shared.ready.notify_one();
         true
     }
 
+    /// Queues a close; it goes out even when the queue is full (it is the last message).
     fn close(&self, code: u16, reason: &str) {
-        let _ = self.tx.try_send(Outbound::Close(code, reason.to_string()));
+        self.shared
+            .lock()
+            .items
+            .push_back(Outbound::Close(code, reason.to_string()));
+        self.shared.ready.notify_one();
+    }
+}
+
+impl Clone for ClientQueue {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self {
+            shared: self.shared.clone(),
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+impl Drop for ClientQueue {
+    fn drop(&mut self) {
+        let last = {
+            let mut lane = self.shared.lock();
+            lane.senders = lane.senders.saturating_sub(1);
+            lane.senders == 0
+        };
+        if last {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl QueueShared {
+    /// The lane, even if a thread panicked while holding it (its data stays consistent:
+    /// every update is a single push, pop or counter change).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lane> {
+        self.lane.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl ClientInbox {
+    /// The next message; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let out = self.rx.recv().await;
-        self.taken(&out);
-        out
+        loop {
+            // Registered before looking, so that a push in between is not missed.
+            let notified = self.shared.ready.notified();
+            {
+                let mut lane = self.shared.lock();
+                if let Some(out) = lane.pop() {
+                    return Some(out);
+                }
+                if lane.senders == 0 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let out = self.rx.try_recv().ok();
-        self.taken(&out);
-        out
+        self.shared.lock().pop()
     }
+}
 
-    fn taken(&self, out: &Option<Outbound>) {
-        if let Some(Outbound::Frame(frame)) = out {
-            self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+impl Drop for ClientInbox {
+    fn drop(&mut self) {
+        let mut lane = self.shared.lock();
+        lane.receiver_gone = true;
+        lane.items.clear();
+        lane.bytes = 0;
+    }
+}
+
+impl Lane {
+    fn pop(&mut self) -> Option<Outbound> {
+        let out = self.items.pop_front()?;
+        if let Outbound::Frame(frame) = &out {
+            self.bytes -= frame.len();
         }
+        Some(out)
     }
 }
 
@@ -453,8 +538,11 @@ impl Room {
         self.placement.mark_unchanged();
         // Placement may have moved on while the scene loaded.
         self.on_placement();
-        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Housekeeping runs every HOUSEKEEPING_INTERVAL while there is work waiting, and
+        // otherwise only when something falls due: a thousand quiet rooms must not wake
+        // four thousand times a second.
+        let housekeeping = tokio::time::sleep(HOUSEKEEPING_INTERVAL);
+        tokio::pin!(housekeeping);
         loop {
             tokio::select! {
                 cmd = inbox.recv() => match cmd {
@@ -462,10 +550,12 @@ impl Room {
                     None => break,
                 },
                 Ok(()) = self.status_rx.changed() => self.on_commit(),
-                _ = tick.tick() => {
+                () = &mut housekeeping => {
                     self.flush();
                     self.maybe_compact(false);
                     self.publish_presence();
+                    let next = tokio::time::Instant::now() + self.next_housekeeping();
+                    housekeeping.as_mut().reset(next);
                 }
                 Ok(()) = self.placement.changed() => self.on_placement(),
                 Ok(()) = shutdown.changed() => {
@@ -477,7 +567,40 @@ impl Room {
             if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {
                 break;
             }
+            if self.has_waiting_work() {
+                let soon = tokio::time::Instant::now() + HOUSEKEEPING_INTERVAL;
+                if housekeeping.deadline() > soon {
+                    housekeeping.as_mut().reset(soon);
+                }
+            }
         }
+    }
+
+    /// Work the next housekeeping round must do: a batch to hand to the writer, presence
+    /// to publish, or a stop to finish.
+    fn has_waiting_work(&self) -> bool {
+        !self.pending.is_empty() || !self.presence_dirty.is_empty() || self.stopping.is_some()
+    }
+
+    /// How long housekeeping may sleep: until the first thing falls due (compaction by
+    /// age, unloading when idle, refreshing presence), at most [`QUIET_HOUSEKEEPING`].
+    fn next_housekeeping(&self) -> Duration {
+        if self.has_waiting_work() {
+            return HOUSEKEEPING_INTERVAL;
+        }
+        let limits = &self.ctx.limits;
+        let until = |since: Instant, after: Duration| after.saturating_sub(since.elapsed());
+        let mut next = QUIET_HOUSEKEEPING;
+        if let Some(since) = self.uncompacted.since {
+            next = next.min(until(since, limits.compact_age));
+        }
+        if let Some(since) = self.idle_since {
+            next = next.min(until(since, limits.room_idle));
+        }
+        if self.ctx.presence.is_some() && !self.presence.is_empty() {
+            next = next.min(until(self.presence_published, PRESENCE_REFRESH));
+        }
+        next.max(HOUSEKEEPING_INTERVAL)
     }
 
     fn is_idle_long_enough(&self) -> bool {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{future, stream, StreamExt, TryStreamExt};
 
-use super::procfs;
+use super::procfs::{self, CpuTimes};
 use super::report::{AuxUsage, Load, Report, ServerUsage};
 use super::tally::{tally, Window};
 use super::target::{Target, TargetError};
@@ -188,7 +188,7 @@ impl<'a> Session<'a> {
         opts.validate()?;
         let target = Arc::new(Target::parse(&opts.url)?);
         for &pid in &opts.aux_pids {
-            procfs::cpu_time(pid).ok_or(LoadError::Process(pid))?;
+            procfs::cpu_times(pid).ok_or(LoadError::Process(pid))?;
         }
         let rss_before = rss_sum(&opts.pids)?;
         let epoch = Instant::now();
@@ -357,11 +357,20 @@ impl<'a> Session<'a> {
         let server = if o.pids.is_empty() {
             None
         } else {
-            let cpu_s = after.server_since(&before)?.as_secs_f64();
+            let cpu = after.server_since(&before)?;
+            let (cpu_s, user_cpu_s, system_cpu_s) = (
+                cpu.total().as_secs_f64(),
+                cpu.user.as_secs_f64(),
+                cpu.system.as_secs_f64(),
+            );
             Some(ServerUsage {
                 pids: o.pids.clone(),
                 cpu_s,
                 cpu_us_per_delivery: per_delivery(cpu_s),
+                user_cpu_s,
+                system_cpu_s,
+                user_us_per_delivery: per_delivery(user_cpu_s),
+                system_us_per_delivery: per_delivery(system_cpu_s),
                 rss_before_bytes: self.rss_before,
                 rss_loaded_bytes: self.rss_loaded,
                 rss_after_bytes: rss_after,
@@ -382,7 +391,7 @@ impl<'a> Session<'a> {
             })
             .collect();
         let bench_cpu_s = match (before.bench, after.bench) {
-            (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+            (Some(a), Some(b)) => b.since(a).total().as_secs_f64(),
             _ => 0.0,
         };
         let since_origin = |at: Instant| at.saturating_duration_since(origin).as_secs_f64();
@@ -452,26 +461,26 @@ fn rss_sum(pids: &[u32]) -> Result<u64, LoadError> {
 /// CPU times at one edge of the measured window.
 struct CpuSample {
     /// Per `--pid`; `None` when the process was gone.
-    server: Vec<(u32, Option<Duration>)>,
+    server: Vec<(u32, Option<CpuTimes>)>,
     aux: Vec<std::collections::HashMap<u32, u64>>,
-    bench: Option<Duration>,
+    bench: Option<CpuTimes>,
 }
 
 impl CpuSample {
     fn take(opts: &LoadOptions) -> CpuSample {
         CpuSample {
-            server: opts.pids.iter().map(|&p| (p, procfs::cpu_time(p))).collect(),
+            server: opts.pids.iter().map(|&p| (p, procfs::cpu_times(p))).collect(),
             aux: opts.aux_pids.iter().map(|&p| procfs::tree_cpu(p)).collect(),
-            bench: procfs::cpu_time(std::process::id()),
+            bench: procfs::cpu_times(std::process::id()),
         }
     }
 
     /// CPU the server processes used since `before`.
-    fn server_since(&self, before: &CpuSample) -> Result<Duration, LoadError> {
-        let mut total = Duration::ZERO;
+    fn server_since(&self, before: &CpuSample) -> Result<CpuTimes, LoadError> {
+        let mut total = CpuTimes::default();
         for ((pid, t1), (_, t0)) in self.server.iter().zip(&before.server) {
             match (t0, t1) {
-                (Some(t0), Some(t1)) => total += t1.saturating_sub(*t0),
+                (Some(t0), Some(t1)) => total += t1.since(*t0),
                 _ => return Err(LoadError::Process(*pid)),
             }
         }

@@ -1,6 +1,7 @@
 //! CPU time and resident memory of processes, read from `/proc` (Linux).
 
 use std::collections::HashMap;
+use std::ops::AddAssign;
 use std::time::Duration;
 
 /// Clock ticks per second used by `/proc/<pid>/stat`.
@@ -14,15 +15,46 @@ fn ticks_per_second() -> u64 {
     }
 }
 
-/// utime + stime of one process.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, ticks) = parse_stat(&stat)?;
-    Some(ticks_to_duration(ticks))
+/// CPU time of a process, split into user space (utime) and kernel (stime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
 }
 
-/// `(ppid, utime + stime ticks)` from the text of `/proc/<pid>/stat`.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+impl CpuTimes {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The CPU used between `earlier` and `self` (never negative).
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl AddAssign for CpuTimes {
+    fn add_assign(&mut self, other: CpuTimes) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// utime and stime of one process.
+pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, utime, stime) = parse_stat(&stat)?;
+    Some(CpuTimes {
+        user: ticks_to_duration(utime),
+        system: ticks_to_duration(stime),
+    })
+}
+
+/// `(ppid, utime ticks, stime ticks)` from the text of `/proc/<pid>/stat`.
+fn parse_stat(stat: &str) -> Option<(u32, u64, u64)> {
     // The command name is in parentheses and may contain spaces or ')': split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -30,7 +62,7 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some((ppid, utime, stime))
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {
@@ -59,8 +91,8 @@ pub fn tree_cpu(root: u32) -> HashMap<u32, u64> {
                 continue;
             };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if let Some((ppid, ticks)) = parse_stat(&stat) {
-                    procs.push((pid, ppid, ticks));
+                if let Some((ppid, utime, stime)) = parse_stat(&stat) {
+                    procs.push((pid, ppid, utime + stime));
                 }
             }
         }
@@ -102,8 +134,33 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_names() {
         let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 1000 200 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some((1, 300)));
+        assert_eq!(parse_stat(stat), Some((1, 250, 50)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_times_add_and_subtract() {
+        let ms = Duration::from_millis;
+        let mut sum = CpuTimes {
+            user: ms(7),
+            system: ms(3),
+        };
+        sum += CpuTimes {
+            user: ms(1),
+            system: ms(2),
+        };
+        assert_eq!(sum.total(), ms(13));
+        let later = CpuTimes {
+            user: ms(10),
+            system: ms(4),
+        };
+        assert_eq!(
+            later.since(sum),
+            CpuTimes {
+                user: ms(2),
+                system: Duration::ZERO
+            }
+        );
     }
 
     #[test]
@@ -116,7 +173,9 @@ mod tests {
     #[test]
     fn reads_our_own_process() {
         let me = std::process::id();
-        assert!(cpu_time(me).is_some());
+        let cpu = cpu_times(me).expect("own stat");
+        assert_eq!(cpu.total(), cpu.user + cpu.system);
+        assert_eq!(cpu.since(cpu), CpuTimes::default());
         assert!(rss_bytes(me).unwrap_or(0) > 0);
         let tree = tree_cpu(me);
         assert!(tree.contains_key(&me));

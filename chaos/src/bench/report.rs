@@ -31,6 +31,17 @@ pub struct ServerUsage {
     /// `cpu_s` divided by the deliveries received in the window, in microseconds (none
     /// without deliveries).
     pub cpu_us_per_delivery: Option<f64>,
+    /// The user-space part of `cpu_s` (utime). Defaults to 0 in reports written before
+    /// the split.
+    #[serde(default)]
+    pub user_cpu_s: f64,
+    /// The kernel part of `cpu_s` (stime).
+    #[serde(default)]
+    pub system_cpu_s: f64,
+    /// `user_cpu_s` per delivery, in microseconds (none without deliveries).
+    pub user_us_per_delivery: Option<f64>,
+    /// `system_cpu_s` per delivery, in microseconds (none without deliveries).
+    pub system_us_per_delivery: Option<f64>,
     /// VmRSS before the editors connected.
     pub rss_before_bytes: u64,
     /// VmRSS once every editor was synced and the initial text loaded.
@@ -186,9 +197,13 @@ impl Report {
         match &self.server {
             Some(sv) => {
                 let pids: Vec<String> = sv.pids.iter().map(u32::to_string).collect();
+                let split = match (sv.user_us_per_delivery, sv.system_us_per_delivery) {
+                    (Some(user), Some(system)) => format!("user {user:.1}, kernel {system:.1}"),
+                    _ => format!("user {:.2} s, kernel {:.2} s", sv.user_cpu_s, sv.system_cpu_s),
+                };
                 let _ = writeln!(
                     s,
-                    "  server      pid {}: CPU {:.2} s = {} ({} deliveries in window)",
+                    "  server      pid {}: CPU {:.2} s = {} ({split}; {} deliveries in window)",
                     pids.join("+"),
                     sv.cpu_s,
                     per_delivery(sv.cpu_us_per_delivery),
@@ -354,6 +369,10 @@ pub struct Medians {
     pub missing: Option<f64>,
     pub errors: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The user-space (utime) part of `server_cpu_us_per_delivery`.
+    pub server_user_us_per_delivery: Option<f64>,
+    /// The kernel (stime) part of `server_cpu_us_per_delivery`.
+    pub server_system_us_per_delivery: Option<f64>,
     pub aux_cpu_us_per_delivery: Option<f64>,
     pub total_cpu_us_per_delivery: Option<f64>,
     /// `(RSS loaded - RSS before) / scenes`.
@@ -385,6 +404,8 @@ impl Medians {
             missing: m(&|r| Some(r.missing as f64)),
             errors: m(&|r| Some(r.errors as f64)),
             server_cpu_us_per_delivery: m(&server),
+            server_user_us_per_delivery: m(&|r| r.server.as_ref().and_then(|s| s.user_us_per_delivery)),
+            server_system_us_per_delivery: m(&|r| r.server.as_ref().and_then(|s| s.system_us_per_delivery)),
             aux_cpu_us_per_delivery: m(&aux),
             total_cpu_us_per_delivery: m(&|r| server(r).map(|s| s + aux(r).unwrap_or(0.0))),
             rss_per_room_kib: m(&|r| r.server.as_ref().map(|s| kib(s.rss_per_room_bytes as f64))),
@@ -402,7 +423,7 @@ impl Medians {
 /// A side-by-side table of medians; the last column is first / second.
 pub fn compare_table(a: &Medians, b: &Medians) -> String {
     type Row = (&'static str, fn(&Medians) -> Option<f64>, usize);
-    let rows: [Row; 14] = [
+    let rows: [Row; 16] = [
         ("latency p50 (ms)", |m| m.p50_ms, 2),
         ("latency p95 (ms)", |m| m.p95_ms, 2),
         ("latency p99 (ms)", |m| m.p99_ms, 2),
@@ -411,6 +432,8 @@ pub fn compare_table(a: &Medians, b: &Medians) -> String {
         ("missing deliveries", |m| m.missing, 0),
         ("errors", |m| m.errors, 0),
         ("server CPU us/delivery", |m| m.server_cpu_us_per_delivery, 1),
+        ("  user us/delivery", |m| m.server_user_us_per_delivery, 1),
+        ("  kernel us/delivery", |m| m.server_system_us_per_delivery, 1),
         ("aux CPU us/delivery", |m| m.aux_cpu_us_per_delivery, 1),
         ("total CPU us/delivery", |m| m.total_cpu_us_per_delivery, 1),
         ("RSS per room (KiB)", |m| m.rss_per_room_kib, 1),
@@ -514,6 +537,10 @@ mod tests {
                 pids: vec![1],
                 cpu_s: 0.5,
                 cpu_us_per_delivery: Some(cpu),
+                user_cpu_s: 0.2,
+                system_cpu_s: 0.3,
+                user_us_per_delivery: Some(cpu * 0.4),
+                system_us_per_delivery: Some(cpu * 0.6),
                 rss_before_bytes: 1 << 20,
                 rss_loaded_bytes: 3 << 20,
                 rss_after_bytes: 4 << 20,
@@ -540,6 +567,15 @@ mod tests {
         assert_eq!(back, r);
         assert!(r.human().contains("p50 1.00 ms"));
         assert!(r.human().contains("1024.0 KiB per room"));
+        assert!(
+            r.human()
+                .contains("CPU 0.50 s = 10.0 us/delivery (user 4.0, kernel 6.0; 118 deliveries"),
+            "{}",
+            r.human()
+        );
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["server"]["user_cpu_s"], 0.2);
+        assert_eq!(json["server"]["system_us_per_delivery"], 6.0);
 
         let a = Medians::of(
             "troupe",
@@ -548,11 +584,20 @@ mod tests {
         let b = Medians::of("reference", &[report("reference", 2.0, 40.0)]);
         assert_eq!(a.p50_ms, Some(2.0));
         assert_eq!(a.server_cpu_us_per_delivery, Some(20.0));
+        assert_eq!(a.server_user_us_per_delivery, Some(8.0));
+        assert_eq!(a.server_system_us_per_delivery, Some(12.0));
         assert_eq!(a.rss_per_room_kib, Some(1024.0));
         assert_eq!(a.rss_end_per_room_kib, Some(2048.0));
         let table = compare_table(&a, &b);
         assert!(table.contains("CPU ratio (server process per delivered update): troupe / reference = 0.50"));
         assert!(table.contains("latency p50 (ms)"));
+        let row = |name: &str| {
+            let line = table.lines().find(|l| l.starts_with(name)).expect(name);
+            line.split_whitespace().rev().take(3).collect::<Vec<_>>()
+        };
+        // Columns read right to left: ratio, reference, troupe.
+        assert_eq!(row("  user us/delivery"), ["0.50x", "16.0", "8.0"], "{table}");
+        assert_eq!(row("  kernel us/delivery"), ["0.50x", "24.0", "12.0"], "{table}");
         assert!(!table.contains("ack p50"));
     }
 
@@ -562,13 +607,37 @@ mod tests {
         r.latency_ms = None;
         if let Some(sv) = r.server.as_mut() {
             sv.cpu_us_per_delivery = None;
+            sv.user_us_per_delivery = None;
+            sv.system_us_per_delivery = None;
         }
         let text = r.human();
         assert!(text.contains("latency     none"), "{text}");
+        assert!(text.contains("(user 0.20 s, kernel 0.30 s;"), "{text}");
         assert!(!text.contains("NaN") && text.contains("KiB per room"));
         let json = serde_json::to_value(&r).expect("json");
         assert!(json["latency_ms"].is_null());
+        assert!(json["server"]["user_us_per_delivery"].is_null());
         assert_eq!(Medians::of("x", &[r]).p99_ms, None);
+    }
+
+    #[test]
+    fn reads_reports_from_before_the_cpu_split() {
+        let r = report("old", 1.0, 10.0);
+        let mut json = serde_json::to_value(&r).expect("json");
+        let server = json["server"].as_object_mut().expect("server");
+        for key in [
+            "user_cpu_s",
+            "system_cpu_s",
+            "user_us_per_delivery",
+            "system_us_per_delivery",
+        ] {
+            server.remove(key);
+        }
+        let old: Report = serde_json::from_value(json).expect("parse");
+        let m = Medians::of("old", &[old]);
+        assert_eq!(m.server_cpu_us_per_delivery, Some(10.0));
+        assert_eq!(m.server_user_us_per_delivery, None);
+        assert!(!compare_table(&m, &m).contains("user us/delivery"));
     }
 
     #[test]

@@ -333,7 +333,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "troupe-chaos: scenario {} (seed {seed}, {duration:?}): {} nodes, {} scenes x {} editors",
         scenario.name, scenario.nodes, scenario.scenes, scenario.editors_per_scene
     );
-    let report = troupe_chaos::run::run(RunOptions {
+    let running = troupe_chaos::run::run(RunOptions {
         scenario: scenario.clone(),
         seed,
         duration,
@@ -342,8 +342,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         bin_dir: own_bin_dir(),
         database_url: args.database_url.clone(),
-    })
-    .await?;
+    });
+    // Ctrl-C drops the run, and with it the cluster: every process and network it made.
+    let report = tokio::select! {
+        report = running => report?,
+        _ = stop_signal() => anyhow::bail!("interrupted; the cluster was stopped"),
+    };
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     std::fs::write(out.join("latency.svg"), chart(&report))?;
     print_summary(&report, &out);
@@ -403,10 +407,15 @@ fn print_summary(report: &Report, out: &std::path::Path) {
     let fired = report.faults.iter().filter(|f| f.fired).count();
     println!("faults     {fired} fired of {} planned", report.faults.len());
     for f in &report.faults {
-        let recovery = f
-            .recovered_ms
-            .map(|ms| format!("recovered in {:.2} s", ms as f64 / 1000.0))
-            .unwrap_or_default();
+        let recovery = match f.recovered_ms {
+            Some(_) if f.affected_editors == 0 => "nobody cut off".to_string(),
+            Some(ms) => format!(
+                "{} editors back in {:.2} s",
+                f.affected_editors,
+                ms as f64 / 1000.0
+            ),
+            None => String::new(),
+        };
         let status = if f.fired { "fired" } else { "skipped" };
         println!(
             "  {:>7.1} s  {:<13} {:<8} {status:<8} {recovery} {}",
@@ -425,12 +434,31 @@ fn print_summary(report: &Report, out: &std::path::Path) {
         report.ack_latency_ms.p50, report.ack_latency_ms.p99, report.ack_latency_ms.max
     );
     println!(
-        "recovery   p50 {:.2} s, p99 {:.2} s, max {:.2} s over {} faults",
+        "recovery   p50 {:.2} s, p99 {:.2} s, max {:.2} s over {} faults that cut editors off",
         report.recovery_ms.p50 / 1000.0,
         report.recovery_ms.p99 / 1000.0,
         report.recovery_ms.max / 1000.0,
         report.recovery_ms.count
     );
+    let mut by_kind: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for f in report.faults.iter().filter(|f| f.affected_editors > 0) {
+        if let Some(ms) = f.recovered_ms {
+            by_kind
+                .entry(format!("{:?}", f.kind))
+                .or_default()
+                .push(ms as f64);
+        }
+    }
+    for (kind, values) in by_kind {
+        let p = troupe_chaos::run::Percentiles::of(values);
+        println!(
+            "  {kind:<14} p50 {:.2} s, p99 {:.2} s, max {:.2} s ({})",
+            p.p50 / 1000.0,
+            p.p99 / 1000.0,
+            p.max / 1000.0,
+            p.count
+        );
+    }
     println!(
         "checks     {} divergent scenes, {} store mismatches, {} fenced writes accepted",
         report.divergent_scenes.len(),
