@@ -12,6 +12,8 @@
 #   fmt          cargo fmt --all -- --check
 #   clippy       cargo clippy --workspace --all-targets -- -D warnings
 #   interop      node --test tests/interop/             (stock yjs + y-websocket clients)
+#   web          cd web && npm run build && npm test    (the browser client and demo editor)
+#   e2e          cd web && node --test e2e/             (the demo in headless Chromium)
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -162,7 +164,7 @@ ensure_node() {
 
 npm_ci() {
     local dir
-    for dir in tests/interop chaos/reference; do
+    for dir in tests/interop chaos/reference web; do
         if [ -f "$dir/package-lock.json" ]; then
             note "npm ci in $dir"
             (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
@@ -305,6 +307,22 @@ run_interop() {
     run_bounded 900 node --test "${files[@]}"
 }
 
+run_web() {
+    (cd web && npm run build && run_bounded 600 npm test)
+}
+
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    note "installing chromium (Debian package) for the end-to-end test"
+    apt_install chromium
+}
+
+run_e2e() {
+    (cd web && run_bounded 600 node --test e2e/)
+}
+
 FUZZ_SKIP_REASON=""
 ensure_fuzz_tools() {
     if ! command -v rustup >/dev/null 2>&1; then
@@ -407,8 +425,17 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 
 if [ -n "$BUILD_OK" ]; then
     step interop run_interop
+    step web run_web
+    if ensure_chromium; then
+        step e2e run_e2e
+    else
+        # Counted as a failure: the browser test is part of the product's proof.
+        step e2e false
+    fi
 else
     skip interop "build failed"
+    skip web "build failed"
+    skip e2e "build failed"
 fi
 
 if [ ! -d fuzz ]; then

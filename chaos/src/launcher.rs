@@ -33,6 +33,8 @@ pub struct ClusterSpec {
     /// Run each node in a network namespace of its own, so that it can be cut off
     /// ([`LocalCluster::cut_off`]). Needs root; see [`crate::netns`].
     pub isolated: bool,
+    /// Serve the demo editor (`web/dist`) from the router and let it mint demo tokens.
+    pub demo: bool,
 }
 
 /// The running processes; dropping it stops them all.
@@ -159,6 +161,12 @@ impl LocalCluster {
         );
         if let Some(url) = &cluster.redis_url {
             cmd.env("TROUPE_REDIS_URL", url);
+        }
+        if spec.demo {
+            let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist");
+            cmd.env("TROUPE_DEV_TOKENS", "1")
+                .env("TROUPE_JWT_SECRET", &spec.secret)
+                .env("TROUPE_WEB_DIR", web);
         }
         let child = spawn_ready(cmd, "troupe-router listening on")
             .await

@@ -108,6 +108,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         secret: secret.clone(),
         bin_dir: opts.bin_dir.clone(),
         isolated: sc.needs_network(),
+        demo: false,
     };
     let mut cluster = LocalCluster::start(&spec).await?;
     let router: SocketAddr = cluster

@@ -4,9 +4,13 @@
 //! flag or variable alike, fails with one clear line naming it.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+
+use crate::assets::WebDir;
+use crate::dev_token::DevTokens;
 
 /// Log filter used when `TROUPE_LOG` is not set.
 pub const DEFAULT_LOG: &str = "info";
@@ -34,7 +38,34 @@ pub struct Config {
     /// Redis URL (redis://…) for presence answers and failover notices; unset: none.
     #[arg(long, env = "TROUPE_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Directory of the demo page's built files, served at `/`. Unset: `web/dist` under
+    /// the current directory if it exists; empty: no page.
+    #[arg(long, env = "TROUPE_WEB_DIR")]
+    pub web_dir: Option<String>,
+
+    /// Serve `GET /v1/dev/token?user=NAME`: a token that edits every scene, for anyone who
+    /// asks. For demos only; needs TROUPE_JWT_SECRET.
+    #[arg(
+        long,
+        env = "TROUPE_DEV_TOKENS",
+        num_args = 0..=1,
+        default_missing_value = "1",
+        value_name = "1|0"
+    )]
+    pub dev_tokens: Option<String>,
+
+    /// The nodes' HS256 secret, to sign dev tokens with (only read with --dev-tokens).
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// The `aud` claim the nodes require (their TROUPE_JWT_AUDIENCE), for dev tokens.
+    #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
+    pub jwt_audience: String,
 }
+
+/// Where the demo page is looked for when `TROUPE_WEB_DIR` is not set.
+pub const DEFAULT_WEB_DIR: &str = "web/dist";
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +76,10 @@ pub struct Settings {
     /// A filter [`EnvFilter::try_new`] accepts.
     pub log: String,
     pub redis_url: Option<String>,
+    /// The demo page's files; `None`: `/` says how to build them.
+    pub web_dir: Option<WebDir>,
+    /// Set when `/v1/dev/token` is served.
+    pub dev_tokens: Option<DevTokens>,
 }
 
 impl Settings {
@@ -56,6 +91,8 @@ impl Settings {
             cluster,
             log: DEFAULT_LOG.into(),
             redis_url: None,
+            web_dir: None,
+            dev_tokens: None,
         }
     }
 }
@@ -95,12 +132,58 @@ impl Config {
                 return Err("TROUPE_REDIS_URL must start with redis:// or rediss://".into());
             }
         }
+        let web_dir = web_dir(self.web_dir.as_deref(), Path::new(DEFAULT_WEB_DIR))?;
+        let dev_tokens = self.dev_tokens()?;
         Ok(Settings {
             listen,
             cluster,
             log: self.log.clone(),
             redis_url,
+            web_dir,
+            dev_tokens,
         })
+    }
+
+    /// The signer for `/v1/dev/token`, if dev tokens are on.
+    fn dev_tokens(&self) -> Result<Option<DevTokens>, String> {
+        let on = match self.dev_tokens.as_deref().map(str::trim) {
+            None => false,
+            Some(value) => switch(value).ok_or_else(|| {
+                format!("TROUPE_DEV_TOKENS {value:?} must be 1 or 0 (or true/false, yes/no, on/off)")
+            })?,
+        };
+        if !on {
+            return Ok(None);
+        }
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty()).ok_or(
+            "TROUPE_JWT_SECRET is required with TROUPE_DEV_TOKENS: the HS256 secret the nodes verify tokens with",
+        )?;
+        DevTokens::new(secret, self.jwt_audience.trim())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An on/off setting.
+fn switch(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// The directory to serve: `setting` if given (empty: none), else `default` if it exists.
+fn web_dir(setting: Option<&str>, default: &Path) -> Result<Option<WebDir>, String> {
+    match setting.map(str::trim) {
+        Some("") => Ok(None),
+        Some(dir) => WebDir::open(Path::new(dir))
+            .map(Some)
+            .map_err(|e| format!("TROUPE_WEB_DIR {dir:?} must be a readable directory: {e}")),
+        None if default.is_dir() => WebDir::open(default)
+            .map(Some)
+            .map_err(|e| format!("TROUPE_WEB_DIR (default {default:?}) cannot be read: {e}")),
+        None => Ok(None),
     }
 }
 
@@ -147,10 +230,67 @@ mod tests {
             (["--cluster", "http://a:1"], "TROUPE_CLUSTER"),
             (["--listen", "localhost"], "TROUPE_LISTEN"),
             (["--log", "a=b=c"], "TROUPE_LOG"),
+            (["--web-dir", "/no/such/troupe/dir"], "TROUPE_WEB_DIR"),
+            (["--web-dir", "Cargo.toml"], "TROUPE_WEB_DIR"),
+            (["--dev-tokens", "maybe"], "TROUPE_DEV_TOKENS"),
         ] {
             let err = parse(&args).validate().unwrap_err();
             assert!(err.starts_with(name), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn dev_tokens_need_the_nodes_secret() {
+        assert_eq!(parse(&[]).validate().unwrap().dev_tokens, None);
+        for args in [
+            &["--dev-tokens", "0"][..],
+            &["--dev-tokens=off", "--jwt-secret", "short"],
+        ] {
+            assert_eq!(parse(args).validate().unwrap().dev_tokens, None, "{args:?}");
+        }
+        for args in [
+            &["--dev-tokens"][..],
+            &["--dev-tokens", "--jwt-secret", ""],
+            &["--dev-tokens", "--jwt-secret", "fifteen-chars!!"],
+        ] {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.starts_with("TROUPE_JWT_SECRET"), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        for args in [
+            &["--dev-tokens", "--jwt-secret", "sixteen-chars!!!"][..],
+            &["--jwt-secret", "sixteen-chars!!!", "--dev-tokens", "1"],
+            &["--dev-tokens=true", "--jwt-secret", "sixteen-chars!!!"],
+        ] {
+            let settings = parse(args).validate().unwrap();
+            assert!(settings.dev_tokens.is_some(), "{args:?}");
+            assert!(
+                !format!("{settings:?}").contains("sixteen"),
+                "the secret leaks in Debug"
+            );
+        }
+        let err = parse(&[
+            "--dev-tokens",
+            "--jwt-secret",
+            "sixteen-chars!!!",
+            "--jwt-audience",
+            " ",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.starts_with("TROUPE_JWT_AUDIENCE"), "{err}");
+    }
+
+    #[test]
+    fn the_web_dir_is_optional() {
+        let missing = Path::new("/no/such/troupe/dist");
+        assert_eq!(web_dir(None, missing), Ok(None));
+        assert_eq!(web_dir(Some(" "), missing), Ok(None));
+        let here = web_dir(None, Path::new(".")).unwrap().unwrap();
+        assert_eq!(here.root(), std::fs::canonicalize(".").unwrap());
+        let src = web_dir(Some("src"), missing).unwrap().unwrap();
+        assert!(src.root().is_absolute() && src.root().ends_with("src"));
+        assert!(web_dir(Some("/no/such/troupe/dist"), Path::new(".")).is_err());
     }
 }

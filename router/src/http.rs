@@ -7,6 +7,9 @@
 //! | `GET /healthz` | the membership the router answers from, 503 before it has one |
 //! | `GET /metrics` | OpenMetrics text |
 //!
+//! Presence (`/v1/scenes/{scene}/presence`), dev tokens (`/v1/dev/token`) and the demo
+//! page's files (any path outside the API, see [`is_api_path`]) have modules of their own.
+//!
 //! Answers come from one snapshot of the membership, so a route and its epoch always agree.
 
 use bytes::Bytes;
@@ -28,6 +31,13 @@ pub const ROUTE_PREFIX: &str = "/v1/route/";
 pub const SCENES_PREFIX: &str = "/ws/scenes/";
 
 const JSON: &str = "application/json";
+
+/// Whether a path belongs to the API (answered by [`handle`] and its siblings) rather than
+/// to the demo page's files: the API keeps `/v1/…`, `/ws/…`, `/healthz` and `/metrics`
+/// whatever files the page has.
+pub fn is_api_path(path: &str) -> bool {
+    path.starts_with("/v1/") || path.starts_with("/ws/") || path == "/healthz" || path == "/metrics"
+}
 
 /// Answers one request from `state`, the latest membership (`None` before the first one
 /// arrived). Reads only the method and URI, so it can be called without a network.
@@ -178,7 +188,7 @@ fn healthz(state: Option<&RouterState>) -> Response<Body> {
     text(status, JSON, format!("{body}\n"))
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let body = json!({ "error": kind, "message": message });
     text(status, JSON, format!("{body}\n"))
 }
@@ -364,6 +374,31 @@ mod tests {
             text.contains("router_requests_total{kind=\"unavailable\"} 4"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_api_keeps_its_paths() {
+        for api in [
+            "/v1/route/s",
+            "/v1/dev/token",
+            "/v1/scenes/s/presence",
+            "/ws/scenes/s",
+            "/healthz",
+            "/metrics",
+        ] {
+            assert!(is_api_path(api), "{api}");
+        }
+        for page in [
+            "/",
+            "/index.html",
+            "/assets/app.js",
+            "/v1",
+            "/healthz.html",
+            "/metrics/x",
+            "/wsx",
+        ] {
+            assert!(!is_api_path(page), "{page}");
+        }
     }
 
     #[tokio::test]

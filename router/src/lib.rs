@@ -5,10 +5,15 @@
 //! the owner, `GET /ws/scenes/{scene}` with a 307 to it (see [`http`]). It keeps nothing
 //! else, so any number of routers can run side by side and restart at will; a router that
 //! falls behind only costs clients one extra hop, since nodes send them on (close 4301).
+//!
+//! For demos it also serves the demo page's files at `/` (see [`assets`]) and, only when
+//! asked to, tokens for anyone (see [`dev_token`]).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod assets;
 pub mod config;
+pub mod dev_token;
 pub mod follow;
 pub mod http;
 pub mod metrics;
@@ -22,13 +27,17 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::assets::WebDir;
 pub use crate::config::{Config, Settings};
+use crate::dev_token::DevTokens;
 pub use crate::follow::RouterState;
+use crate::http::Body;
 use crate::metrics::Metrics;
+use crate::presence::PresenceReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -65,7 +74,6 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     // Dropped when this function returns, which stops the watches.
     let follower = Arc::new(follow::follow(&settings.cluster, metrics.clone()));
-    let latest = follower.latest.clone();
     let presence = match &settings.redis_url {
         Some(url) => {
             tokio::spawn(presence::follow_notices(url.clone(), follower.clone()));
@@ -73,6 +81,21 @@ pub async fn run(
         }
         None => None,
     };
+
+    match &settings.web_dir {
+        Some(dir) => tracing::info!(dir = %dir.root().display(), "serving the demo page at /"),
+        None => tracing::info!("no demo page to serve (build it with `cd web && npm ci && npm run build`)"),
+    }
+    if settings.dev_tokens.is_some() {
+        tracing::warn!("{}", dev_token::WARNING);
+    }
+    let shared = Arc::new(Shared {
+        latest: follower.latest.clone(),
+        metrics,
+        presence,
+        web_dir: settings.web_dir.clone(),
+        dev_tokens: settings.dev_tokens.clone(),
+    });
 
     on_ready();
     tokio::pin!(shutdown);
@@ -89,24 +112,13 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (latest, metrics, presence) = (latest.clone(), metrics.clone(), presence.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        // One snapshot per request: the route and its epoch agree.
-                        let state = latest.borrow().clone();
-                        let presence = presence.clone();
-                        let scene = presence::presence_path(req.uri().path()).map(str::to_string);
-                        let response = match scene {
-                            Some(_) => None,
-                            None => Some(http::handle(&req, state.as_deref(), &metrics)),
-                        };
-                        async move {
-                            let response = match (response, scene) {
-                                (Some(r), _) => r,
-                                (None, scene) => presence::answer(scene.as_deref().unwrap_or(""), presence.as_deref()).await,
-                            };
-                            Ok::<_, Infallible>(response)
-                        }
+                        let shared = shared.clone();
+                        // No route reads a body.
+                        let req = Request::from_parts(req.into_parts().0, ());
+                        async move { Ok::<_, Infallible>(shared.respond(&req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -119,4 +131,32 @@ pub async fn run(
     tracing::info!("stopped");
     drop(follower);
     Ok(())
+}
+
+/// What every request may need.
+struct Shared {
+    latest: follow::Latest,
+    metrics: Arc<Metrics>,
+    presence: Option<Arc<PresenceReader>>,
+    web_dir: Option<WebDir>,
+    dev_tokens: Option<DevTokens>,
+}
+
+impl Shared {
+    /// Routes one request: the API paths first, whatever files the page has.
+    async fn respond(&self, req: &Request<()>) -> Response<Body> {
+        let path = req.uri().path();
+        if let Some(scene) = presence::presence_path(path) {
+            return presence::answer(scene, self.presence.as_deref()).await;
+        }
+        if path == dev_token::PATH && req.method() == hyper::Method::GET {
+            return dev_token::answer(req.uri().query(), self.dev_tokens.as_ref());
+        }
+        if http::is_api_path(path) {
+            // One snapshot per request: the route and its epoch agree.
+            let state = self.latest.borrow().clone();
+            return http::handle(req, state.as_deref(), &self.metrics);
+        }
+        assets::answer(self.web_dir.as_ref(), req.method(), path).await
+    }
 }

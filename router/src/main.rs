@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if settings.dev_tokens.is_some() {
+        // On stderr whatever the log filter, so that nobody misses it.
+        eprintln!("troupe-router: WARNING: {}", troupe_router::dev_token::WARNING);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)

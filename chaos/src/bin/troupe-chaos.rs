@@ -241,6 +241,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         secret: secret.clone(),
         bin_dir: own_bin_dir(),
         isolated: false,
+        demo: true,
     };
     eprintln!(
         "troupe-chaos: starting {} nodes ({} voters)…",
@@ -255,6 +256,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Duration::from_secs(24 * 3600),
     )?;
     println!("router   {}", cluster.router_url);
+    println!(
+        "editor   {}/  (the demo screenplay editor: open it in two windows; build it once with `cd web && npm ci && npm run build`)",
+        cluster.router_url
+    );
     for (id, node) in &cluster.nodes {
         println!("node {id}   {}  (internal {})", node.url, node.rpc);
     }
@@ -280,10 +285,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut interrupted => break,
             _ = tick.tick() => {
-                if let Some(name) = cluster.exited() {
-                    eprintln!("troupe-chaos: {name} exited; stopping the cluster");
-                    cluster.stop();
-                    anyhow::bail!("{name} exited");
+                match cluster.exited() {
+                    // A node that dies is what the cluster is for: the others take its
+                    // scenes over, and the launcher lets it go.
+                    Some(name) if name.starts_with("node ") => {
+                        if let Ok(id) = name[5..].parse() {
+                            cluster.kill_node(id);
+                        }
+                        eprintln!("troupe-chaos: {name} exited; its scenes move to the others");
+                    }
+                    Some(name) => {
+                        eprintln!("troupe-chaos: {name} exited; stopping the cluster");
+                        cluster.stop();
+                        anyhow::bail!("{name} exited");
+                    }
+                    None => {}
                 }
             }
         }

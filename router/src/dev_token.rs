@@ -1,0 +1,305 @@
+//! Dev tokens (`TROUPE_DEV_TOKENS=1`): `GET /v1/dev/token?user=NAME` signs a token that
+//! edits every scene, so the demo page works without an app backend to mint tokens.
+//!
+//! The token is what the nodes verify (see `node/src/auth.rs`): HS256 with their
+//! `TROUPE_JWT_SECRET`, claims `sub` and `name` (the user), `aud`, `exp` an hour ahead and
+//! `scenes: {"*": "edit"}`. Anyone who can reach the router gets one, hence off by default
+//! and a loud warning when on. Tokens are never logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use serde_json::json;
+use troupe_membership::scene::percent_decode;
+
+use crate::http::Body;
+
+/// `GET /v1/dev/token?user=NAME`.
+pub const PATH: &str = "/v1/dev/token";
+
+/// How long a dev token is valid.
+pub const TTL: Duration = Duration::from_secs(3600);
+
+/// Logged and printed at start while dev tokens are on.
+pub const WARNING: &str =
+    "dev tokens are ON: anyone who can reach this router can edit every scene; never enable in production";
+
+/// The nodes' rule for `TROUPE_JWT_SECRET`.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Longest user name, in characters.
+pub const MAX_USER_CHARS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DevTokenError {
+    #[error("TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters")]
+    ShortSecret,
+    #[error("TROUPE_JWT_AUDIENCE must not be empty")]
+    NoAudience,
+}
+
+/// Why a user name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadUser {
+    #[error("give the user's name: ?user=NAME")]
+    Missing,
+    #[error("a user name is 1-32 letters, digits, spaces and -_. (no space at either end)")]
+    Invalid,
+}
+
+/// What signs dev tokens. Its `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DevTokens {
+    secret: String,
+    audience: String,
+}
+
+impl fmt::Debug for DevTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevTokens")
+            .field("secret", &"<hidden>")
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// The claims the nodes read (`troupe_node::auth::Claims`).
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    aud: &'a str,
+    name: &'a str,
+    scenes: BTreeMap<&'a str, &'a str>,
+}
+
+impl DevTokens {
+    /// Signs with `secret` for nodes that require `audience`.
+    pub fn new(secret: &str, audience: &str) -> Result<DevTokens, DevTokenError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(DevTokenError::ShortSecret);
+        }
+        if audience.is_empty() {
+            return Err(DevTokenError::NoAudience);
+        }
+        Ok(DevTokens {
+            secret: secret.to_string(),
+            audience: audience.to_string(),
+        })
+    }
+
+    /// A token for `user` (already checked) editing every scene, valid for [`TTL`] from
+    /// `now` (seconds since the Unix epoch).
+    pub fn mint(&self, user: &str, now: u64) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            sub: user,
+            exp: now.saturating_add(TTL.as_secs()),
+            aud: &self.audience,
+            name: user,
+            scenes: BTreeMap::from([("*", "edit")]),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+    }
+}
+
+/// Whether `name` may be a user's name: it ends up in every peer's presence list.
+pub fn valid_user(name: &str) -> bool {
+    let chars = name.chars().count();
+    (1..=MAX_USER_CHARS).contains(&chars)
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
+}
+
+/// The `user` parameter of a query string, decoded (`+` and `%20` are spaces) and checked.
+pub fn user_param(query: Option<&str>) -> Result<String, BadUser> {
+    let raw = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("user="))
+        .ok_or(BadUser::Missing)?;
+    let name = percent_decode(&raw.replace('+', " ")).ok_or(BadUser::Invalid)?;
+    if name.is_empty() {
+        return Err(BadUser::Missing);
+    }
+    if valid_user(&name) {
+        Ok(name)
+    } else {
+        Err(BadUser::Invalid)
+    }
+}
+
+/// `GET /v1/dev/token?user=NAME`; without dev tokens, the same 404 as any unknown path.
+pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body> {
+    let Some(tokens) = tokens else {
+        return crate::http::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+    };
+    let user = match user_param(query) {
+        Ok(user) => user,
+        Err(bad) => {
+            return no_store(crate::http::error(
+                StatusCode::BAD_REQUEST,
+                "bad_user",
+                &bad.to_string(),
+            ))
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match tokens.mint(&user, now) {
+        Ok(token) => {
+            tracing::info!(%user, "dev token issued");
+            let body = json!({ "token": token, "user": user, "expires_in": TTL.as_secs() });
+            no_store(crate::http::text(
+                StatusCode::OK,
+                "application/json",
+                format!("{body}\n"),
+            ))
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot sign a dev token");
+            crate::http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot sign a token",
+            )
+        }
+    }
+}
+
+/// A token must not linger in caches.
+fn no_store(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use http_body_util::BodyExt;
+    use troupe_node::auth::{now_secs, Role, Verifier};
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef";
+
+    async fn json_of(response: Response<Body>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_nodes_accept_a_dev_token() {
+        let tokens = DevTokens::new(SECRET, "troupe").unwrap();
+        let token = tokens.mint("Ada Lovelace", now_secs()).unwrap();
+        let claims = Verifier::from_secret(SECRET.as_bytes(), "troupe")
+            .verify(&token)
+            .unwrap();
+        assert_eq!(claims.sub, "Ada Lovelace");
+        assert_eq!(claims.name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(claims.role_in("any-scene"), Some(Role::Edit));
+        assert!(claims.exp >= now_secs() + 3590 && claims.exp <= now_secs() + 3600);
+
+        // Another secret, another audience or an expired token is refused.
+        let other = Verifier::from_secret(b"another secret of 16+", "troupe");
+        assert!(other.verify(&token).is_err());
+        let other_aud = Verifier::from_secret(SECRET.as_bytes(), "prod");
+        assert!(other_aud.verify(&token).is_err());
+        let old = tokens.mint("ada", now_secs() - 2 * 3600).unwrap();
+        assert!(Verifier::from_secret(SECRET.as_bytes(), "troupe")
+            .verify(&old)
+            .is_err());
+    }
+
+    #[test]
+    fn secrets_follow_the_node_rule_and_stay_hidden() {
+        assert_eq!(DevTokens::new("short", "troupe"), Err(DevTokenError::ShortSecret));
+        assert_eq!(
+            DevTokens::new(&"x".repeat(15), "troupe"),
+            Err(DevTokenError::ShortSecret)
+        );
+        assert_eq!(DevTokens::new(SECRET, ""), Err(DevTokenError::NoAudience));
+        let tokens = DevTokens::new(SECRET, "troupe").unwrap();
+        assert!(!format!("{tokens:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn user_names() {
+        for (query, want) in [
+            ("user=ada", "ada"),
+            ("user=Ada%20Lovelace", "Ada Lovelace"),
+            ("user=Ada+Lovelace", "Ada Lovelace"),
+            ("x=1&user=a.b-c_d", "a.b-c_d"),
+            ("user=Zo%C3%AB", "Zoë"),
+            ("user=7", "7"),
+        ] {
+            assert_eq!(user_param(Some(query)).as_deref(), Ok(want), "{query}");
+        }
+        let longest = "x".repeat(32);
+        assert_eq!(user_param(Some(&format!("user={longest}"))), Ok(longest));
+        for (query, want) in [
+            (None, BadUser::Missing),
+            (Some(""), BadUser::Missing),
+            (Some("name=ada"), BadUser::Missing),
+            (Some("user="), BadUser::Missing),
+            (Some("user=%20ada"), BadUser::Invalid),
+            (Some("user=ada+"), BadUser::Invalid),
+            (Some("user=a/b"), BadUser::Invalid),
+            (Some("user=%3Cscript%3E"), BadUser::Invalid),
+            (Some("user=a%00b"), BadUser::Invalid),
+            (Some("user=a%0Ab"), BadUser::Invalid),
+            (Some("user=%zz"), BadUser::Invalid),
+            (Some("user=a%2Bb"), BadUser::Invalid),
+        ] {
+            assert_eq!(user_param(query), Err(want), "{query:?}");
+        }
+        let too_long = format!("user={}", "x".repeat(33));
+        assert_eq!(user_param(Some(&too_long)), Err(BadUser::Invalid));
+        // Characters, not bytes: 32 two-byte letters are fine.
+        let accents = format!("user={}", "%C3%A9".repeat(32));
+        assert_eq!(user_param(Some(&accents)).map(|u| u.chars().count()), Ok(32));
+    }
+
+    #[tokio::test]
+    async fn the_endpoint() {
+        let off = answer(Some("user=ada"), None);
+        assert_eq!(off.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json_of(off).await["error"], "not_found");
+
+        let tokens = DevTokens::new(SECRET, "troupe").unwrap();
+        let r = answer(Some("user=ada"), Some(&tokens));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let json = json_of(r).await;
+        assert_eq!(json["user"], "ada");
+        assert_eq!(json["expires_in"], 3600);
+        let token = json["token"].as_str().unwrap();
+        let claims = Verifier::from_secret(SECRET.as_bytes(), "troupe")
+            .verify(token)
+            .unwrap();
+        assert_eq!(claims.sub, "ada");
+
+        let bad = answer(Some("user=%3Cb%3E"), Some(&tokens));
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let json = json_of(bad).await;
+        assert_eq!(json["error"], "bad_user");
+        assert!(json["message"].as_str().unwrap().contains("1-32"));
+        assert_eq!(answer(None, Some(&tokens)).status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,549 @@
+/**
+ * Troupe's browser client: a thin layer over the stock yjs + y-websocket 1.5 client.
+ *
+ * `connectScene` asks a Troupe router which node owns a scene, connects a stock
+ * `WebsocketProvider` there with durable acks (`?acks=1`), and keeps it connected as the
+ * cluster changes: it follows 4301 moves to the owner named in the close reason, reconnects
+ * with jittered exponential backoff, asks the router again when the node it knew stops
+ * answering, refreshes an expired token once, and stops on the close codes that mean
+ * "do not retry". It also tells the app when every local edit is durably stored.
+ *
+ * @module @troupe/web
+ */
+
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import * as decoding from 'lib0/decoding'
+import * as urlParams from 'lib0/url'
+
+import { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay } from './backoff.js'
+import { AckTracker, MESSAGE_ACK, classifyFrame } from './acks.js'
+
+export { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay }
+export { AckTracker, MESSAGE_ACK, classifyFrame }
+
+/** Close codes a Troupe node uses (README, "Close codes"). */
+export const CloseCode = Object.freeze({
+  MOVED: 4301,
+  BAD_MESSAGE: 4400,
+  UNAUTHORIZED: 4401,
+  FORBIDDEN: 4403,
+  UNKNOWN_SCENE: 4404,
+  TOO_LARGE: 4413,
+  RATE_LIMITED: 4429,
+  GOING_AWAY: 1001
+})
+
+/**
+ * Whether a close code means "stop": every 44xx code except 4401 (which a new token may
+ * cure, see `getToken`). 4301 is outside the range and is followed.
+ * @param {number} code
+ */
+export function isFatalCloseCode (code) {
+  return code >= 4400 && code <= 4499 && code !== CloseCode.UNAUTHORIZED
+}
+
+/** How long a connection attempt may stay in CONNECTING before it is abandoned. */
+export const CONNECT_TIMEOUT_MS = 10_000
+/** How long a router look-up may take before it counts as failed. */
+export const ROUTE_TIMEOUT_MS = 5_000
+/** Failed attempts in a row after which the router is asked again before the next one. */
+export const RERESOLVE_AFTER_FAILURES = 2
+
+const WS_OPEN = 1
+
+/**
+ * A base URL as the node's WebSocket base: ws(s)://host[:port][/path] without a trailing
+ * slash; http(s) becomes ws(s). Null for anything else (an empty or garbled close reason).
+ * @param {unknown} value
+ * @returns {string|null}
+ */
+export function toWsBase (value) {
+  if (typeof value !== 'string') return null
+  let s = value.trim()
+  if (/^https?:\/\//i.test(s)) s = s.replace(/^http/i, 'ws')
+  if (!/^wss?:\/\/[^/\s?#]+/i.test(s) || /\s/.test(s)) return null
+  return s.replace(/\/+$/, '')
+}
+
+/** An error the session cannot recover from by retrying (e.g. the router calls the scene id invalid). */
+class FatalRouteError extends Error {
+  /** @param {string} message @param {number} status */
+  constructor (message, status) {
+    super(message)
+    this.status = status
+  }
+}
+
+/**
+ * @typedef {'connecting'|'syncing'|'connected'|'reconnecting'|'offline'} SessionStatus
+ */
+
+/**
+ * @typedef {object} ConnectSceneOptions
+ * @property {string} router base URL of a Troupe router, e.g. `http://127.0.0.1:8080`
+ * @property {string} sceneId the scene (room) id
+ * @property {string} token the JWT the app's backend minted for this user
+ * @property {import('yjs').Doc} doc the document to sync
+ * @property {() => (string|Promise<string|null|undefined>|null|undefined)} [getToken]
+ *   called when the node closes with 4401 (expired or refused token): the session reconnects
+ *   with the token it returns; without it, or if it throws or returns nothing, or if the new
+ *   token is refused too, the session goes offline
+ * @property {typeof WebSocket} [WebSocketPolyfill] WebSocket class (default: globalThis.WebSocket;
+ *   in Node.js pass `ws`)
+ * @property {import('y-protocols/awareness').Awareness} [awareness] awareness to use (default:
+ *   a new one, destroyed with the session)
+ * @property {typeof fetch} [fetch] fetch for the router look-ups (default: globalThis.fetch)
+ * @property {Record<string, string>} [params] extra query parameters for the node
+ * @property {boolean} [disableBc] disable y-websocket's cross-tab BroadcastChannel
+ * @property {number} [backoffBase] first backoff window in ms (default 100)
+ * @property {number} [backoffCap] largest backoff window in ms (default 5000)
+ * @property {() => number} [random] random source in [0, 1) for the jitter (tests pin it)
+ * @property {number} [connectTimeout] ms before an attempt stuck in CONNECTING is abandoned
+ *   (default 10000; 0 disables)
+ * @property {number} [routeTimeout] ms before a router look-up is abandoned (default 5000)
+ */
+
+/**
+ * A live connection of one document to its scene on a Troupe cluster.
+ * Create it with {@link connectScene}.
+ */
+export class SceneSession {
+  /** @param {ConnectSceneOptions} opts */
+  constructor (opts) {
+    const {
+      router, sceneId, token, doc, getToken, WebSocketPolyfill, awareness, params,
+      disableBc = false,
+      backoffBase = BACKOFF_BASE_MS,
+      backoffCap = BACKOFF_CAP_MS,
+      random = Math.random,
+      connectTimeout = CONNECT_TIMEOUT_MS,
+      routeTimeout = ROUTE_TIMEOUT_MS
+    } = opts || /** @type {any} */ ({})
+    if (typeof router !== 'string' || !/^https?:\/\/[^/]/i.test(router)) {
+      throw new TypeError('connectScene: `router` must be an http(s) URL')
+    }
+    if (typeof sceneId !== 'string' || sceneId === '') throw new TypeError('connectScene: `sceneId` must be a non-empty string')
+    if (typeof token !== 'string') throw new TypeError('connectScene: `token` must be a string')
+    if (!doc || typeof doc.on !== 'function') throw new TypeError('connectScene: `doc` must be a Y.Doc')
+    const BaseWS = WebSocketPolyfill || /** @type {any} */ (globalThis).WebSocket
+    if (typeof BaseWS !== 'function') {
+      throw new TypeError('connectScene: no WebSocket class: pass `WebSocketPolyfill` (e.g. the `ws` package in Node.js)')
+    }
+    const fetchImpl = opts.fetch || /** @type {any} */ (globalThis).fetch
+    if (typeof fetchImpl !== 'function') throw new TypeError('connectScene: no fetch: pass `fetch`')
+
+    /** The router's base URL (no trailing slash). */
+    this.router = router.replace(/\/+$/, '')
+    /** The scene id. */
+    this.sceneId = sceneId
+    /** @type {import('yjs').Doc} */
+    this.doc = doc
+    /** @private */ this._token = token
+    /** @private */ this._getToken = typeof getToken === 'function' ? getToken : null
+    /** @private */ this._params = { ...(params || {}) }
+    // A plain function: calling `opts.fetch(...)` would bind `this` to opts, which a browser's
+    // fetch refuses ("Illegal invocation").
+    /** @private */ this._fetch = (/** @type {string} */ url, /** @type {any} */ init) => fetchImpl(url, init)
+    /** @private */ this._backoffOpts = { base: backoffBase, cap: backoffCap, random }
+    /** @private */ this._connectTimeout = connectTimeout
+    /** @private */ this._routeTimeout = routeTimeout
+
+    /** @type {SessionStatus} */
+    this.status = 'connecting'
+    /**
+     * The owner's base URL this session connects to (ws://host:port), once known.
+     * @type {string|null}
+     */
+    this.url = null
+    /**
+     * Why the session went offline, when a close code or the token refresh stopped it.
+     * @type {{code: number, reason: string, error?: unknown}|null}
+     */
+    this.error = null
+
+    /** @private */ this._listeners = new Map()
+    /** @private */ this._stopped = false
+    /** @private */ this._destroyed = false
+    /** @private */ this._opened = false // some connection opened at least once
+    /** @private */ this._failures = 0 // failed attempts since the last sync
+    /** @private */ this._moves = 0 // 4301s since the last sync
+    /** @private */ this._tokenRefreshed = false // a 4401 was answered with getToken since the last sync
+    /** @private @type {any} */ this._timer = null
+    /** @private @type {any} */ this._connectTimer = null
+    /** @private @type {any} */ this._socket = null // the current (wrapped) WebSocket
+    /** @private */ this._acks = new AckTracker()
+
+    // Local updates must be seen before y-websocket sends them: register before the
+    // provider registers its own 'update' handler (handlers run in registration order).
+    /** @private */
+    this._onDocUpdate = (/** @type {Uint8Array} */ _update, /** @type {any} */ origin) => {
+      if (this.provider !== undefined && origin === this.provider) return // from the server
+      this._acks.localUpdate()
+    }
+    doc.on('update', this._onDocUpdate)
+    // Content the doc already holds (restored from a local cache, say) is a local change the
+    // node may lack: pending until the first handshake's step 2 is acknowledged.
+    if (Y.encodeStateVector(doc).length > 1) this._acks.localUpdate()
+
+    const session = this
+    /** The WebSocket class y-websocket builds its sockets with: counts outgoing update frames. */
+    class TroupeWebSocket extends BaseWS {
+      /** @param {...any} args */
+      constructor (...args) {
+        super(...args)
+        session._socketCreated(this)
+      }
+
+      /** @param {any} data */
+      send (data) {
+        const open = this.readyState === WS_OPEN
+        const result = super.send(data)
+        if (open) session._socketSent(this, data)
+        return result
+      }
+    }
+
+    /** @private */ this._ownsAwareness = !awareness
+    // Built with the router's URL as a placeholder and connect: false; every connection sets
+    // `provider.url` to the owner first. The placeholder also makes the BroadcastChannel name
+    // (serverUrl/room) the same in every tab, whichever node owns the scene.
+    const placeholder = this.router.replace(/^http/i, 'ws') + '/ws/scenes'
+    /**
+     * The stock y-websocket provider (awareness: `provider.awareness`).
+     * @type {WebsocketProvider}
+     */
+    this.provider = new WebsocketProvider(placeholder, sceneId, doc, {
+      connect: false,
+      params: this._query(),
+      WebSocketPolyfill: /** @type {any} */ (TroupeWebSocket),
+      ...(awareness ? { awareness } : {}),
+      disableBc
+    })
+    const provider = this.provider
+
+    // Durable acks: `varuint 100, varuint n`. No reply (the encoder stays empty).
+    provider.messageHandlers[MESSAGE_ACK] = (_encoder, decoder, _provider, fromSocket) => {
+      const n = decoding.readVarUint(decoder)
+      // readMessage passes emitSynced=true for socket frames, false for BroadcastChannel ones.
+      if (fromSocket) this._ack(n)
+    }
+    provider.on('status', (/** @type {{status: string}} */ e) => {
+      if (this._stopped || e.status !== 'connected') return
+      this._opened = true
+      this._clearConnectTimer()
+      if (this.status === 'connecting') this._setStatus('syncing')
+    })
+    provider.on('sync', (/** @type {boolean} */ synced) => {
+      if (this._stopped || !synced) return
+      this._failures = 0
+      this._moves = 0
+      this._tokenRefreshed = false
+      this._setStatus('connected')
+    })
+    provider.on('connection-close', (/** @type {any} */ event) => this._closed(event))
+
+    this._schedule(0, { resolve: true })
+  }
+
+  /** True while some local change (sent or not) is not yet acknowledged as durably stored. */
+  get hasUnsyncedChanges () {
+    return this._acks.unsynced
+  }
+
+  /**
+   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {(event: any) => void} fn
+   */
+  on (name, fn) {
+    let set = this._listeners.get(name)
+    if (!set) this._listeners.set(name, (set = new Set()))
+    set.add(fn)
+    return this
+  }
+
+  /**
+   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {(event: any) => void} fn
+   */
+  off (name, fn) {
+    const set = this._listeners.get(name)
+    if (set) set.delete(fn)
+    return this
+  }
+
+  /**
+   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {(event: any) => void} fn
+   */
+  once (name, fn) {
+    const wrapped = (/** @type {any} */ e) => { this.off(name, wrapped); fn(e) }
+    return this.on(name, wrapped)
+  }
+
+  /** Stop for good: close the connection, destroy the provider (and the awareness it made). */
+  destroy () {
+    if (this._destroyed) return
+    this._destroyed = true
+    this._stop()
+    this.doc.off('update', this._onDocUpdate)
+    const awareness = this.provider.awareness
+    this.provider.destroy()
+    if (this._ownsAwareness) awareness.destroy()
+    this._setStatus('offline')
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Internals
+  // -------------------------------------------------------------------------------------
+
+  /** @private */
+  _emit (/** @type {string} */ name, /** @type {any} */ event) {
+    const set = this._listeners.get(name)
+    if (!set) return
+    for (const fn of [...set]) {
+      try {
+        fn(event)
+      } catch (err) {
+        // A throwing listener must not break the session's state machine.
+        console.error(`@troupe/web: a '${name}' listener threw`, err)
+      }
+    }
+  }
+
+  /** @private */
+  _setStatus (/** @type {SessionStatus} */ status) {
+    if (this.status === status) return
+    this.status = status
+    this._emit('status', { status })
+  }
+
+  /** @private The node's query parameters. */
+  _query () {
+    return { ...this._params, token: this._token, acks: '1' }
+  }
+
+  /** @private A scene's WebSocket URL on the node at `base`. */
+  _sceneUrl (/** @type {string} */ base) {
+    return `${base}/ws/scenes/${encodeURIComponent(this.sceneId)}?${urlParams.encodeQueryParams(this._query())}`
+  }
+
+  /** @private */
+  _backoff (/** @type {number} */ attempt) {
+    return backoffDelay(attempt, this._backoffOpts)
+  }
+
+  /** @private */
+  _clearConnectTimer () {
+    if (this._connectTimer !== null) clearTimeout(this._connectTimer)
+    this._connectTimer = null
+  }
+
+  /** @private Cancel everything pending and keep y-websocket from reconnecting. */
+  _stop () {
+    this._stopped = true
+    if (this._timer !== null) clearTimeout(this._timer)
+    this._timer = null
+    this._clearConnectTimer()
+    this.provider.shouldConnect = false
+  }
+
+  /** @private Go offline for good, telling the app why. */
+  _fail (/** @type {number} */ code, /** @type {string} */ reason, /** @type {unknown} */ error) {
+    if (this._stopped) return
+    this._stop()
+    try {
+      this.provider.disconnect()
+    } catch { /* already closed */ }
+    this.error = error === undefined ? { code, reason } : { code, reason, error }
+    this._setStatus('offline')
+    this._emit('error', this.error)
+  }
+
+  /**
+   * @private Next attempt after `delay` ms; `resolve`: ask the router first; `moved`: emit
+   * 'moved' with the owner it names.
+   */
+  _schedule (/** @type {number} */ delay, /** @type {{resolve?: boolean, moved?: boolean}} */ how) {
+    if (this._stopped) return
+    if (this._timer !== null) clearTimeout(this._timer)
+    this._timer = setTimeout(() => {
+      this._timer = null
+      this._attempt(how)
+    }, Math.max(0, delay))
+  }
+
+  /** @private */
+  async _attempt (/** @type {{resolve?: boolean, moved?: boolean}} */ { resolve = false, moved = false }) {
+    if (this._stopped) return
+    if (resolve || this.url === null) {
+      let owner = null
+      try {
+        owner = await this._resolve()
+      } catch (err) {
+        if (this._stopped) return
+        if (err instanceof FatalRouteError) {
+          this._fail(CloseCode.UNKNOWN_SCENE, err.message, err)
+          return
+        }
+        if (this.url === null) {
+          // Nowhere to go yet: try the router again later.
+          this._failures++
+          this._schedule(this._backoff(this._failures - 1), { resolve: true, moved })
+          return
+        }
+        // The router is unreachable: try the node we knew (it may well be fine).
+      }
+      if (this._stopped) return
+      if (owner !== null) {
+        this.url = owner
+        if (moved) this._emit('moved', { url: owner })
+      }
+    }
+    this._open()
+  }
+
+  /** @private Ask the router for the scene's owner: its ws base URL. */
+  async _resolve () {
+    const controller = typeof AbortController === 'function' ? new AbortController() : null
+    const timer = controller && this._routeTimeout > 0
+      ? setTimeout(() => controller.abort(), this._routeTimeout)
+      : null
+    try {
+      /** @type {any} */
+      const init = { headers: { accept: 'application/json' } }
+      if (controller) init.signal = controller.signal
+      const res = await this._fetch(`${this.router}/v1/route/${encodeURIComponent(this.sceneId)}`, init)
+      if (res.status === 400) { // the router's answer to an invalid scene id
+        let detail = ''
+        try { detail = (await res.text()).trim() } catch { /* no body */ }
+        throw new FatalRouteError(`router refused scene ${JSON.stringify(this.sceneId)}: HTTP ${res.status} ${detail}`.trim(), res.status)
+      }
+      if (!res.ok) throw new Error(`router: HTTP ${res.status}`)
+      const body = await res.json()
+      const owner = toWsBase(body && body.url)
+      if (owner === null) throw new Error(`router: no owner URL in ${JSON.stringify(body)}`)
+      return owner
+    } finally {
+      if (timer !== null) clearTimeout(timer)
+    }
+  }
+
+  /** @private Connect the provider to the current owner. */
+  _open () {
+    if (this._stopped || this.url === null) return
+    const provider = this.provider
+    provider.url = this._sceneUrl(/** @type {string} */ (this.url))
+    try {
+      provider.connect()
+    } catch (err) {
+      // The WebSocket constructor threw (e.g. a URL the browser refuses): a failed attempt.
+      provider.shouldConnect = false
+      this._failures++
+      this._schedule(this._backoff(this._failures - 1), { resolve: true })
+      return
+    }
+    this._clearConnectTimer()
+    if (this._connectTimeout > 0) {
+      const socket = this._socket
+      this._connectTimer = setTimeout(() => {
+        this._connectTimer = null
+        // Still CONNECTING (a black-holed address): give up; the close event retries.
+        if (!this._stopped && socket !== null && socket === this._socket && !provider.wsconnected) {
+          try { socket.close() } catch { /* closing anyway */ }
+        }
+      }, this._connectTimeout)
+    }
+  }
+
+  /** @private A socket was created for a new connection. */
+  _socketCreated (/** @type {any} */ socket) {
+    this._socket = socket
+    this._acks.newConnection()
+  }
+
+  /** @private A frame went out on `socket` while it was open. */
+  _socketSent (/** @type {any} */ socket, /** @type {any} */ data) {
+    if (socket !== this._socket) return
+    const kind = classifyFrame(data)
+    if (kind !== null) this._acks.frameSent(kind)
+  }
+
+  /** @private An ack frame arrived on the current connection. */
+  _ack (/** @type {number} */ n) {
+    if (this._acks.ack(n)) this._emit('saved', {})
+  }
+
+  /** @private y-websocket's 'connection-close': decide what comes next. */
+  _closed (/** @type {any} */ event) {
+    if (this._stopped) return
+    // Take the reconnect away from y-websocket: its own timer (set right after this event)
+    // finds shouldConnect false and does nothing; _open() sets it again.
+    this.provider.shouldConnect = false
+    this._clearConnectTimer()
+    this._socket = null
+    const code = event && typeof event.code === 'number' ? event.code : 1006
+    const reason = event && typeof event.reason === 'string' ? event.reason : ''
+    if (isFatalCloseCode(code) || (code === CloseCode.UNAUTHORIZED && (this._getToken === null || this._tokenRefreshed))) {
+      this._fail(code, reason)
+      return
+    }
+    this._setStatus(this._opened ? 'reconnecting' : 'connecting')
+
+    if (code === CloseCode.MOVED) {
+      this._moves++
+      // The first move is followed at once; a ping-pong between nodes backs off.
+      const delay = this._moves > 1 ? this._backoff(this._moves - 2) : 0
+      const owner = toWsBase(reason)
+      if (owner !== null) {
+        this.url = owner
+        this._emit('moved', { url: owner })
+        this._schedule(delay, {})
+      } else {
+        this._schedule(delay, { resolve: true, moved: true })
+      }
+      return
+    }
+    if (code === CloseCode.UNAUTHORIZED) {
+      this._refreshToken(reason)
+      return
+    }
+    this._failures++
+    // After RERESOLVE_AFTER_FAILURES failures in a row the owner may be gone: ask the router.
+    // A node that is shutting down (1001) will not be back as the owner: ask at once.
+    const resolve = this._failures >= RERESOLVE_AFTER_FAILURES || code === CloseCode.GOING_AWAY
+    this._schedule(this._backoff(this._failures - 1), { resolve })
+  }
+
+  /** @private 4401: ask the app for a new token once, then reconnect with it. */
+  _refreshToken (/** @type {string} */ reason) {
+    const getToken = this._getToken
+    if (getToken === null || this._tokenRefreshed) {
+      this._fail(CloseCode.UNAUTHORIZED, reason)
+      return
+    }
+    this._tokenRefreshed = true
+    Promise.resolve()
+      .then(() => getToken())
+      .then((token) => {
+        if (this._stopped) return
+        if (typeof token !== 'string' || token === '') {
+          this._fail(CloseCode.UNAUTHORIZED, reason || 'token refused and getToken returned no token')
+          return
+        }
+        this._token = token
+        this._schedule(0, {})
+      }, (err) => {
+        if (!this._stopped) this._fail(CloseCode.UNAUTHORIZED, reason || 'token refused and getToken failed', err)
+      })
+  }
+}
+
+/**
+ * Connect `doc` to scene `sceneId` through the router at `router`.
+ * @param {ConnectSceneOptions} opts
+ * @returns {SceneSession}
+ */
+export function connectScene (opts) {
+  return new SceneSession(opts)
+}
