@@ -10,7 +10,7 @@ import { baseKeymap } from 'prosemirror-commands'
 import { ySyncPlugin, yCursorPlugin, yUndoPlugin, undo, redo, initProseMirrorDoc } from 'y-prosemirror'
 
 import { connectScene } from '../src/index.js'
-import { schema, cycleBlock, enterBlock, setBlock, BLOCK_TYPES, BLOCK_LABELS } from './screenplay.js'
+import { schema, cycleBlock, enterBlock, setBlock, selectDocEdge, BLOCK_TYPES, BLOCK_LABELS } from './screenplay.js'
 
 const COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#008080', '#9a6324', '#800000']
 /** A remote user counts as typing for this long after their last change. */
@@ -85,7 +85,9 @@ class Scene {
           'Mod-Shift-z': redo,
           Tab: cycleBlock(1),
           'Shift-Tab': cycleBlock(-1),
-          Enter: enterBlock
+          Enter: enterBlock,
+          'Mod-Home': selectDocEdge(false),
+          'Mod-End': selectDocEdge(true)
         }),
         keymap(baseKeymap)
       ]

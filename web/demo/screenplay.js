@@ -4,6 +4,7 @@
 // current block's type.
 
 import { Schema } from 'prosemirror-model'
+import { Selection } from 'prosemirror-state'
 import { splitBlockAs } from 'prosemirror-commands'
 
 /** Block types in the order Tab cycles through them. */
@@ -109,6 +110,21 @@ export function enterBlock (state, dispatch) {
 const splitToNext = splitBlockAs((node) => ({
   type: schema.nodes[NEXT_ON_ENTER[node.type.name] || 'action']
 }))
+
+/**
+ * Ctrl+Home / Ctrl+End through the editor rather than the browser: with another user's
+ * cursor drawn at the very end, the browser's own caret lands beside that widget, where
+ * Enter does nothing.
+ */
+export function selectDocEdge (toEnd) {
+  return (state, dispatch) => {
+    if (dispatch) {
+      const edge = toEnd ? Selection.atEnd(state.doc) : Selection.atStart(state.doc)
+      dispatch(state.tr.setSelection(edge).scrollIntoView())
+    }
+    return true
+  }
+}
 
 /** The plain text of a document: one line per block (what the tests compare). */
 export function plainText (doc) {

@@ -167,13 +167,11 @@ async function typeAtEnd (page, text) {
 }
 
 /**
- * `writer` starts a new block at the end of the document. `other` first moves their cursor
- * away: with another user's cursor drawn right at the end, Ctrl+End puts the browser's
- * caret beside that widget and Enter does nothing (a known rough edge of the demo).
+ * `writer` starts a new block at the end of the document, right where `other`'s cursor is
+ * drawn (the editor handles Ctrl+End itself: the browser's caret would land beside the
+ * other user's cursor widget, where Enter does nothing).
  */
 async function startBlockAtEnd (other, writer) {
-  await other.page.keyboard.press('Control+Home')
-  await new Promise((resolve) => setTimeout(resolve, 300))
   await writer.page.click('#editor .ProseMirror')
   await writer.page.keyboard.press('Control+End')
   await writer.page.keyboard.press('Enter')

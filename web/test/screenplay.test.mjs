@@ -77,3 +77,12 @@ test('Enter in the middle of a block splits its text', () => {
   state = run(state, enterBlock)
   assert.equal(plainText(state.doc), 'Rain\n falls.')
 })
+
+test('Ctrl+Home and Ctrl+End move the cursor to the document edges through the editor', async () => {
+  const { selectDocEdge } = await import('../demo/screenplay.js')
+  let state = stateOf([['scene_heading', 'INT. HALL'], ['action', 'Dust.']], 0)
+  state = run(state, selectDocEdge(true))
+  assert.equal(state.selection.from, state.doc.content.size - 1, 'at the end of the last block')
+  state = run(state, selectDocEdge(false))
+  assert.equal(state.selection.from, 1, 'at the start of the first block')
+})
