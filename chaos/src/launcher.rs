@@ -165,8 +165,14 @@ impl LocalCluster {
         if spec.demo {
             let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist");
             cmd.env("TROUPE_DEV_TOKENS", "1")
-                .env("TROUPE_JWT_SECRET", &spec.secret)
-                .env("TROUPE_WEB_DIR", web);
+                .env("TROUPE_JWT_SECRET", &spec.secret);
+            if web.is_dir() {
+                cmd.env("TROUPE_WEB_DIR", web);
+            } else {
+                // No page to serve: the router answers `/` with how to build it.
+                eprintln!("troupe-chaos: the demo editor is not built (cd web && npm ci && npm run build)");
+                cmd.env("TROUPE_WEB_DIR", "");
+            }
         }
         let child = spawn_ready(cmd, "troupe-router listening on")
             .await
