@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use troupe_membership::{ClusterView, NodeId, NodeState, Placement, Route};
+use troupe_membership::{ClusterView, NodeId, NodeInfo, NodeState, Placement, Route};
 
 /// The placement at one epoch plus the membership it was built from.
 pub struct PlacementView {
@@ -49,23 +49,23 @@ impl PlacementView {
     /// Whether `node` (a lease owner as written in the store) is a member that is up, and
     /// so may still be flushing a scene it is handing over.
     pub fn is_up(&self, node: &str) -> bool {
-        let Ok(id) = node.parse::<NodeId>() else {
-            return false;
-        };
-        self.view.state.nodes.get(&id).is_some_and(|n| {
+        self.member(node).is_some_and(|n| {
             matches!(
                 n.state,
                 NodeState::Active | NodeState::Draining | NodeState::Joining
             )
         })
     }
-}
 
-impl PlacementView {
     /// The internal address of member `node` (a lease owner as written in the store).
     pub fn rpc_addr(&self, node: &str) -> Option<String> {
+        self.member(node).map(|n| n.rpc_addr.clone())
+    }
+
+    /// The member a lease owner string names, if it is one.
+    fn member(&self, node: &str) -> Option<&NodeInfo> {
         let id = node.parse::<NodeId>().ok()?;
-        self.view.state.nodes.get(&id).map(|n| n.rpc_addr.clone())
+        self.view.state.nodes.get(&id)
     }
 }
 

@@ -120,6 +120,8 @@ struct Lane {
     senders: usize,
     /// The connection stopped reading for good.
     receiver_gone: bool,
+    /// A close is queued: nothing after it matters.
+    closing: bool,
 }
 
 impl ClientQueue {
@@ -160,11 +162,16 @@ impl ClientQueue {
     }
 
     /// Queues a close; it goes out even when the queue is full (it is the last message).
+    /// Only the first close counts, so the queue stays bounded however often it is asked.
     fn close(&self, code: u16, reason: &str) {
-        self.shared
-            .lock()
-            .items
-            .push_back(Outbound::Close(code, reason.to_string()));
+        {
+            let mut lane = self.shared.lock();
+            if lane.closing || lane.receiver_gone {
+                return;
+            }
+            lane.closing = true;
+            lane.items.push_back(Outbound::Close(code, reason.to_string()));
+        }
         self.shared.ready.notify_one();
     }
 }

@@ -270,11 +270,11 @@ fn not_found(is_index: bool) -> Response<Body> {
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let mut response = crate::http::text(status, "text/plain; charset=utf-8", text.to_string());
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::http::no_store(crate::http::text(
+        status,
+        "text/plain; charset=utf-8",
+        text.to_string(),
+    ))
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
@@ -148,7 +147,7 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
     let user = match user_param(query) {
         Ok(user) => user,
         Err(bad) => {
-            return no_store(crate::http::error(
+            return crate::http::no_store(crate::http::error(
                 StatusCode::BAD_REQUEST,
                 "bad_user",
                 &bad.to_string(),
@@ -163,7 +162,7 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
         Ok(token) => {
             tracing::info!(%user, "dev token issued");
             let body = json!({ "token": token, "user": user, "expires_in": TTL.as_secs() });
-            no_store(crate::http::text(
+            crate::http::no_store(crate::http::text(
                 StatusCode::OK,
                 "application/json",
                 format!("{body}\n"),
@@ -180,18 +179,11 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
     }
 }
 
-/// A token must not linger in caches.
-fn no_store(mut response: Response<Body>) -> Response<Body> {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http_body_util::BodyExt;
+    use hyper::header;
     use troupe_node::auth::{now_secs, Role, Verifier};
 
     use super::*;

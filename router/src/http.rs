@@ -193,6 +193,15 @@ pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response<B
     text(status, JSON, format!("{body}\n"))
 }
 
+/// Marks an answer that must not linger in caches (tokens, refusals).
+pub(crate) fn no_store(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
