@@ -24,7 +24,6 @@
 //! sync handshake of the next [`EditorClient::reconnect`].
 
 pub mod token;
-pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,7 +48,7 @@ use yrs::{
 };
 
 pub use token::{mint_claims, mint_token, Access, Claims, AUDIENCE};
-pub use wire::{AwarenessEntry, Message, WireError};
+use troupe_proto::message::{decode_awareness, encode_awareness, AwarenessEntry, Message};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -717,16 +716,16 @@ impl Actor {
     /// Sends our sync step 1 (and our awareness, if set) on a fresh connection.
     async fn open_handshake(&mut self) {
         let sv = self.doc.transact().state_vector().encode_v1();
-        self.send(&Message::SyncStep1(sv.into())).await;
+        self.send(&Message::SyncStep1(&sv)).await;
         if let Some(state) = self.local_awareness.clone() {
-            self.send(&self.awareness_message(state)).await;
+            self.send_frame(self.awareness_frame(&state)).await;
         }
     }
 
     async fn on_frame(&mut self, msg: WsMessage, at: Instant) {
         match msg {
             WsMessage::Binary(frame) => match Message::decode(&frame) {
-                Ok(m) => self.on_message(m, at).await,
+                Ok(m) => self.on_message(m, &frame, at).await,
                 Err(e) => self.protocol_error(at, format!("undecodable frame: {e}")),
             },
             WsMessage::Close(frame) => {
@@ -742,24 +741,32 @@ impl Actor {
         }
     }
 
-    async fn on_message(&mut self, msg: Message, at: Instant) {
+    /// Handles one message of `frame` (its payloads are slices of the frame).
+    async fn on_message(&mut self, msg: Message<'_>, frame: &Bytes, at: Instant) {
         match msg {
             Message::SyncStep1(sv) => {
-                let diff = match StateVector::decode_v1(&sv) {
+                let diff = match StateVector::decode_v1(sv) {
                     Ok(sv) => self.doc.transact().encode_diff_v1(&sv),
                     Err(e) => return self.protocol_error(at, format!("bad state vector: {e}")),
                 };
-                self.send(&Message::SyncStep2(diff.into())).await;
+                self.send(&Message::SyncStep2(&diff)).await;
             }
-            Message::SyncStep2(update) => self.on_update(UpdateKind::SyncStep2, update, at),
-            Message::Update(update) => self.on_update(UpdateKind::Update, update, at),
-            Message::Awareness(entries) => self.on_awareness(entries, at),
+            Message::SyncStep2(update) => self.on_update(UpdateKind::SyncStep2, frame.slice_ref(update), at),
+            Message::Update(update) => self.on_update(UpdateKind::Update, frame.slice_ref(update), at),
+            // A server speaks for every client in the scene: no limit but the frame's size.
+            Message::Awareness(payload) => match decode_awareness(payload, usize::MAX) {
+                Ok(entries) => self.on_awareness(entries, at),
+                Err(e) => self.protocol_error(at, format!("undecodable awareness: {e}")),
+            },
             Message::QueryAwareness => {
                 if let Some(state) = self.local_awareness.clone() {
-                    self.send(&self.awareness_message(state)).await;
+                    self.send_frame(self.awareness_frame(&state)).await;
                 }
             }
-            Message::Auth(Some(reason)) => self.emit(ClientEvent::AuthDenied { at, reason }),
+            Message::Auth(Some(reason)) => self.emit(ClientEvent::AuthDenied {
+                at,
+                reason: reason.to_owned(),
+            }),
             Message::Auth(None) => {}
             Message::Ack(n) => {
                 let mut changed = false;
@@ -804,7 +811,7 @@ impl Actor {
         }));
     }
 
-    fn on_awareness(&mut self, entries: Vec<AwarenessEntry>, at: Instant) {
+    fn on_awareness(&mut self, entries: Vec<AwarenessEntry<'_>>, at: Instant) {
         let mut changed = Vec::new();
         for e in entries {
             if e.client_id == self.client_id {
@@ -822,7 +829,8 @@ impl Actor {
                     changed.push(e.client_id);
                 }
             } else {
-                self.remote_awareness.insert(e.client_id, (e.clock, e.state));
+                self.remote_awareness
+                    .insert(e.client_id, (e.clock, e.state.to_owned()));
                 changed.push(e.client_id);
             }
         }
@@ -843,7 +851,7 @@ impl Actor {
                 self.take_inserted(); // local insertions are not news
                 let sent = match update {
                     None => Sent::Nothing,
-                    Some(u) => match self.send(&Message::Update(u.into())).await {
+                    Some(u) => match self.send(&Message::Update(&u)).await {
                         Some(n) => Sent::Message {
                             connection: self.status.borrow().connection,
                             n,
@@ -856,9 +864,9 @@ impl Actor {
             Command::Read(job) => job(&self.doc.transact()),
             Command::SetAwareness(state, reply) => {
                 self.awareness_clock += 1;
-                let msg = self.awareness_message(state.clone().unwrap_or_else(|| "null".into()));
+                let frame = self.awareness_frame(state.as_deref().unwrap_or("null"));
                 self.local_awareness = state;
-                let ok = self.send(&msg).await.is_some();
+                let ok = self.send_frame(frame).await;
                 let _ = reply.send(ok);
             }
             Command::QueryAwareness(reply) => {
@@ -947,7 +955,7 @@ impl Actor {
 
     /// Encodes and sends a message; returns the update-bearing count after it (or 0 for
     /// other messages), or `None` if there is no open connection.
-    async fn send(&mut self, msg: &Message) -> Option<u64> {
+    async fn send(&mut self, msg: &Message<'_>) -> Option<u64> {
         if !self.send_frame(msg.encode()).await {
             return None;
         }
@@ -974,12 +982,9 @@ impl Actor {
         }
     }
 
-    fn awareness_message(&self, state: String) -> Message {
-        Message::Awareness(vec![AwarenessEntry {
-            client_id: self.client_id,
-            clock: self.awareness_clock,
-            state,
-        }])
+    /// Our presence as one awareness frame.
+    fn awareness_frame(&self, state: &str) -> Vec<u8> {
+        encode_awareness([(self.client_id, self.awareness_clock, state)].into_iter())
     }
 
     /// The connection broke: forget the socket and record why (unless a close frame did).

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio::sync::watch;
 use troupe_membership::rpc::RpcClient;
+use troupe_proto::CloseCode;
 
 use crate::client::{scene_url, ClientError, ClientOptions, EditorClient, Sent, Status};
 
@@ -53,7 +54,9 @@ impl FollowingEditor {
             let client = EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?;
             match client.wait_synced(Duration::from_secs(10)).await {
                 Ok(()) => break Arc::new(client),
-                Err(ClientError::Closed(info)) if info.code == Some(4301) && attempts < 5 => {
+                Err(ClientError::Closed(info))
+                    if info.code == Some(CloseCode::Moved.code()) && attempts < 5 =>
+                {
                     url = if info.reason.is_empty() {
                         resolve(router, scene).await?.1
                     } else {
@@ -288,7 +291,9 @@ impl Typist {
             {
                 match self.client.wait_synced(Duration::from_secs(5)).await {
                     Ok(()) => return true,
-                    Err(ClientError::Closed(info)) if info.code == Some(4301) && !info.reason.is_empty() => {
+                    Err(ClientError::Closed(info))
+                        if info.code == Some(CloseCode::Moved.code()) && !info.reason.is_empty() =>
+                    {
                         moved_to = Some(info.reason);
                         continue;
                     }
@@ -333,7 +338,7 @@ impl Typist {
                         acks.settle(&current);
                     }
                     if let Some(info) = current.closed.clone() {
-                        let moved_to = (info.code == Some(4301) && !info.reason.is_empty()).then(|| info.reason.clone());
+                        let moved_to = (info.code == Some(CloseCode::Moved.code()) && !info.reason.is_empty()).then(|| info.reason.clone());
                         let began = stalled_since.take().map_or(info.at, |s| s.min(info.at));
                         if self.recover(moved_to, interval, &stop).await {
                             if let Ok(mut o) = self.outages.lock() {

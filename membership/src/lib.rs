@@ -14,7 +14,6 @@ pub mod health;
 pub mod raft;
 pub mod ring;
 pub mod rpc;
-pub mod scene;
 pub mod server;
 pub mod state;
 pub mod view;

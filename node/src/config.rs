@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::{self, Verifier};
 use crate::duration::parse_duration;
+use troupe_proto::token::{self as auth, Verifier};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -273,8 +273,11 @@ impl Config {
                 )
             }
             (Some(secret), None) => {
-                if secret.len() < 16 {
-                    return Err("TROUPE_JWT_SECRET must be at least 16 characters".into());
+                if secret.len() < auth::MIN_SECRET_LEN {
+                    return Err(format!(
+                        "TROUPE_JWT_SECRET must be at least {} characters",
+                        auth::MIN_SECRET_LEN
+                    ));
                 }
                 Verifier::from_secret(secret.as_bytes(), &self.jwt_audience)
             }

@@ -138,8 +138,8 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     response
 }
 
-use troupe_membership::scene::percent_decode;
-pub use troupe_membership::scene::scene_id;
+use troupe_proto::scene::percent_decode;
+pub use troupe_proto::scene::scene_id;
 
 fn parse_query(query: &str) -> HashMap<String, String> {
     query

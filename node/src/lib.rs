@@ -2,7 +2,6 @@
 //! protocol, persists every edit to a durable store and refuses bad input with a clear
 //! close code.
 
-pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod http;

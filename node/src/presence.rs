@@ -1,13 +1,11 @@
 //! Presence and failover notices on Redis — and nothing else: losing Redis degrades
 //! presence outside a room (the router's presence answer), never editing or data.
 //!
-//! - Presence of a scene: the hash `troupe:presence:{scene}` (field: awareness client id,
-//!   value: a JSON [`PresenceRecord`]), kept alive with a TTL while the scene has people in
-//!   it, and each change published on the channel of the same name. Rooms batch their
-//!   changes (a few publishes per second at most); a new owner clears the hash when it
-//!   loads a scene, so a crashed owner leaves no ghosts (and entries expire anyway).
-//! - Notices on `troupe:notices`: `node_down`, `epoch_changed`, `scene_moved`. They are
-//!   hints for routers to refresh at once; the membership stays the truth.
+//! The keys and records are the shared ones ([`troupe_proto::presence`]). Rooms batch their
+//! presence changes (a few publishes per second at most); a new owner clears a scene's hash
+//! when it loads the scene, so a crashed owner leaves no ghosts (and entries expire anyway).
+//! Failover notices (`node_down`, `epoch_changed`, `scene_moved`) are hints for routers to
+//! refresh at once; the membership stays the truth.
 //!
 //! One task owns the connection (a `ConnectionManager`, which reconnects by itself); rooms
 //! hand it work through a bounded queue and never wait for Redis. When the queue is full or
@@ -18,56 +16,14 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+pub use troupe_proto::clock::now_ms;
+use troupe_proto::presence::{presence_key, PresenceChange, PresenceChanges, NOTICES_CHANNEL, PRESENCE_TTL};
+pub use troupe_proto::presence::{Notice, PresenceRecord, PRESENCE_REFRESH};
 
 use crate::metrics::Metrics;
 
-/// How long a scene's presence outlives its last refresh.
-pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
-
-/// How often a room republishes everyone present, keeping the TTL alive.
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
-
 const QUEUE: usize = 4096;
-
-pub const NOTICES_CHANNEL: &str = "troupe:notices";
-
-pub fn presence_key(scene: &str) -> String {
-    format!("troupe:presence:{scene}")
-}
-
-/// One client's presence in a scene, as stored and published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresenceRecord {
-    /// The token's subject.
-    pub user: String,
-    /// The awareness state as the client sent it (JSON: name, colour, cursor, typing…).
-    pub state: String,
-    /// The node serving the scene.
-    pub node: u64,
-    /// When it was written (ms since the epoch).
-    pub at_ms: u64,
-}
-
-/// A failover notice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Notice {
-    NodeDown {
-        node: u64,
-        epoch: u64,
-    },
-    EpochChanged {
-        epoch: u64,
-    },
-    SceneMoved {
-        scene: String,
-        from: u64,
-        to: Option<u64>,
-        epoch: u64,
-    },
-}
 
 enum Work {
     /// Presence changes of one scene: `None` removes the client.
@@ -186,22 +142,23 @@ async fn apply(conn: &mut ConnectionManager, work: Work) -> redis::RedisResult<(
         Work::Presence { scene, changes } => {
             let key = presence_key(&scene);
             let mut pipe = redis::pipe();
-            let mut published = Vec::with_capacity(changes.len());
             for (client, record) in &changes {
                 match record {
                     Some(record) => {
                         let json = serde_json::to_string(record).unwrap_or_default();
                         pipe.hset(&key, client, &json).ignore();
-                        published.push(serde_json::json!({ "client": client, "presence": record }));
                     }
                     None => {
                         pipe.hdel(&key, client).ignore();
-                        published.push(serde_json::json!({ "client": client, "presence": null }));
                     }
                 }
             }
             pipe.expire(&key, PRESENCE_TTL.as_secs() as i64).ignore();
-            let message = serde_json::json!({ "scene": scene, "changes": published }).to_string();
+            let changes = changes
+                .into_iter()
+                .map(|(client, presence)| PresenceChange { client, presence })
+                .collect();
+            let message = serde_json::to_string(&PresenceChanges { scene, changes }).unwrap_or_default();
             pipe.publish(&key, message).ignore();
             pipe.query_async::<()>(conn).await
         }
@@ -211,11 +168,4 @@ async fn apply(conn: &mut ConnectionManager, work: Work) -> redis::RedisResult<(
             conn.publish::<_, _, ()>(NOTICES_CHANNEL, message).await
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

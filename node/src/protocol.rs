@@ -1,28 +1,20 @@
-//! The y-websocket wire protocol (y-protocols, v1 encoding), one message per binary frame.
+//! What a node accepts from a client: a y-websocket frame ([`troupe_proto::message`]) whose
+//! payload is valid for a document (checked by [`crate::update_check`] before anything
+//! reaches yrs).
 //!
-//! Frames come from untrusted clients, so parsing borrows from the frame, checks every
-//! length against the bytes that are actually there, and validates update payloads with
-//! [`crate::update_check`] before anything reaches yrs.
+//! Frames come from untrusted clients, so parsing borrows from the frame and checks every
+//! length against the bytes that are actually there. The encoders a room uses to answer
+//! are the shared ones, re-exported here.
 
 use std::ops::Range;
 
 use bytes::Bytes;
+pub use troupe_proto::message::{
+    encode_ack, encode_awareness, encode_sync_step1, encode_sync_step2, encode_update, MSG_ACK, MSG_AUTH,
+};
+use troupe_proto::message::{peek_type, Message, WireError};
 
 use crate::update_check::{self, AwarenessEntry, CheckLimits, InvalidUpdate};
-
-/// Top-level message types of y-websocket.
-pub const MSG_SYNC: u64 = 0;
-pub const MSG_AWARENESS: u64 = 1;
-pub const MSG_AUTH: u64 = 2;
-pub const MSG_QUERY_AWARENESS: u64 = 3;
-/// Troupe extension: "your first `n` update-bearing messages are committed". Sent only to
-/// connections that opted in with `?acks=1`; stock clients never see it.
-pub const MSG_ACK: u64 = 100;
-
-/// Sub-types of a sync message.
-pub const SYNC_STEP1: u64 = 0;
-pub const SYNC_STEP2: u64 = 1;
-pub const SYNC_UPDATE: u64 = 2;
 
 /// Bounds applied while parsing a client frame.
 #[derive(Debug, Clone, Copy)]
@@ -65,20 +57,11 @@ impl ClientMessage<'_> {
     }
 }
 
+/// Why a client frame was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("empty frame")]
-    Empty,
-    #[error("truncated message")]
-    Truncated,
-    #[error("malformed varint")]
-    VarInt,
-    #[error("unknown message type {0}")]
-    UnknownType(u64),
-    #[error("unknown sync message type {0}")]
-    UnknownSyncType(u64),
-    #[error("trailing bytes after message")]
-    TrailingBytes,
+    #[error(transparent)]
+    Wire(#[from] WireError),
     #[error("invalid payload: {0}")]
     Payload(#[from] InvalidUpdate),
 }
@@ -87,12 +70,7 @@ impl ProtocolError {
     /// A short stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Empty => "empty_frame",
-            Self::Truncated => "truncated",
-            Self::VarInt => "bad_varint",
-            Self::UnknownType(_) => "unknown_type",
-            Self::UnknownSyncType(_) => "unknown_sync_type",
-            Self::TrailingBytes => "trailing_bytes",
+            Self::Wire(e) => e.label(),
             Self::Payload(_) => "invalid_payload",
         }
     }
@@ -103,46 +81,32 @@ pub fn parse_client_frame<'a>(
     frame: &'a [u8],
     limits: &ParseLimits,
 ) -> Result<ClientMessage<'a>, ProtocolError> {
-    if frame.is_empty() {
-        return Err(ProtocolError::Empty);
+    // An auth message's body (a permission flag and a reason) is not needed.
+    if peek_type(frame)? == MSG_AUTH {
+        return Ok(ClientMessage::Auth);
     }
-    let mut r = Reader::new(frame);
-    let msg = match r.var_uint()? {
-        MSG_SYNC => {
-            let sub = r.var_uint()?;
-            let payload = r.var_bytes()?;
-            match sub {
-                SYNC_STEP1 => {
-                    update_check::check_state_vector_v1(payload)?;
-                    ClientMessage::SyncStep1(payload)
-                }
-                SYNC_STEP2 => {
-                    update_check::check_update_v1(payload, limits.check)?;
-                    ClientMessage::SyncStep2(payload)
-                }
-                SYNC_UPDATE => {
-                    update_check::check_update_v1(payload, limits.check)?;
-                    ClientMessage::Update(payload)
-                }
-                other => return Err(ProtocolError::UnknownSyncType(other)),
-            }
+    Ok(match Message::decode(frame)? {
+        Message::SyncStep1(sv) => {
+            update_check::check_state_vector_v1(sv)?;
+            ClientMessage::SyncStep1(sv)
         }
-        MSG_AWARENESS => {
-            let payload = r.var_bytes()?;
-            let entries = update_check::parse_awareness_v1(payload, limits.max_awareness_entries)?;
-            ClientMessage::Awareness(entries)
+        Message::SyncStep2(update) => {
+            update_check::check_update_v1(update, limits.check)?;
+            ClientMessage::SyncStep2(update)
         }
-        MSG_QUERY_AWARENESS => ClientMessage::QueryAwareness,
-        MSG_AUTH => {
-            // An auth message's body (a permission flag and a reason) is not needed.
-            return Ok(ClientMessage::Auth);
+        Message::Update(update) => {
+            update_check::check_update_v1(update, limits.check)?;
+            ClientMessage::Update(update)
         }
-        other => return Err(ProtocolError::UnknownType(other)),
-    };
-    if !r.is_empty() {
-        return Err(ProtocolError::TrailingBytes);
-    }
-    Ok(msg)
+        Message::Awareness(payload) => ClientMessage::Awareness(update_check::parse_awareness_v1(
+            payload,
+            limits.max_awareness_entries,
+        )?),
+        Message::QueryAwareness => ClientMessage::QueryAwareness,
+        // Acks only ever go from a node to its clients.
+        Message::Ack(_) => return Err(WireError::UnknownType(MSG_ACK).into()),
+        Message::Auth(_) => ClientMessage::Auth,
+    })
 }
 
 /// What a validated frame carries; the payload bytes stay in the frame.
@@ -193,117 +157,10 @@ pub fn validate_frame(frame: Bytes, limits: &ParseLimits) -> Result<ValidFrame, 
 }
 
 fn awareness_payload(frame: &[u8]) -> Result<&[u8], ProtocolError> {
-    let mut r = Reader::new(frame);
-    r.var_uint()?;
-    r.var_bytes()
-}
-
-/// Cursor over a borrowed frame.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
+    match Message::decode(frame)? {
+        Message::Awareness(payload) => Ok(payload),
+        _ => Err(WireError::UnknownType(troupe_proto::message::MSG_AWARENESS).into()),
     }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    fn var_uint(&mut self) -> Result<u64, ProtocolError> {
-        let mut value: u64 = 0;
-        for (i, &byte) in self.buf.iter().enumerate().take(10) {
-            let bits = u64::from(byte & 0x7f);
-            let shift = 7 * i as u32;
-            if shift == 63 && bits > 1 {
-                return Err(ProtocolError::VarInt);
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                self.buf = &self.buf[i + 1..];
-                return Ok(value);
-            }
-        }
-        if self.buf.len() >= 10 {
-            Err(ProtocolError::VarInt)
-        } else {
-            Err(ProtocolError::Truncated)
-        }
-    }
-
-    fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let len = self.var_uint()?;
-        let len = usize::try_from(len).map_err(|_| ProtocolError::Truncated)?;
-        if len > self.buf.len() {
-            return Err(ProtocolError::Truncated);
-        }
-        let (head, tail) = self.buf.split_at(len);
-        self.buf = tail;
-        Ok(head)
-    }
-}
-
-/// Appends a lib0 variable-length unsigned integer.
-pub fn write_var_uint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Appends a length-prefixed byte string.
-pub fn write_var_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    write_var_uint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn sync_message(sub: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    write_var_uint(&mut out, MSG_SYNC);
-    write_var_uint(&mut out, sub);
-    write_var_bytes(&mut out, payload);
-    out
-}
-
-/// Our state vector, asking the client for what we miss.
-pub fn encode_sync_step1(state_vector: &[u8]) -> Vec<u8> {
-    sync_message(SYNC_STEP1, state_vector)
-}
-
-/// The updates a client misses, answering its step 1.
-pub fn encode_sync_step2(update: &[u8]) -> Vec<u8> {
-    sync_message(SYNC_STEP2, update)
-}
-
-/// A live edit to fan out.
-pub fn encode_update(update: &[u8]) -> Vec<u8> {
-    sync_message(SYNC_UPDATE, update)
-}
-
-/// An awareness message from raw entries `(client id, clock, JSON state)`.
-pub fn encode_awareness<'a>(entries: impl ExactSizeIterator<Item = (u64, u64, &'a str)>) -> Vec<u8> {
-    let mut body = Vec::new();
-    write_var_uint(&mut body, entries.len() as u64);
-    for (client, clock, state) in entries {
-        write_var_uint(&mut body, client);
-        write_var_uint(&mut body, clock);
-        write_var_bytes(&mut body, state.as_bytes());
-    }
-    let mut out = Vec::with_capacity(body.len() + 6);
-    write_var_uint(&mut out, MSG_AWARENESS);
-    write_var_bytes(&mut out, &body);
-    out
-}
-
-/// A durable ack: the first `count` update-bearing messages of this connection are stored.
-pub fn encode_ack(count: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(11);
-    write_var_uint(&mut out, MSG_ACK);
-    write_var_uint(&mut out, count);
-    out
 }
 
 #[cfg(test)]
@@ -371,36 +228,34 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let limits = ParseLimits::default();
-        let cases: &[(&[u8], ProtocolError)] = &[
-            (&[], ProtocolError::Empty),
-            (&[0xff; 12], ProtocolError::VarInt),
-            (&[0x80], ProtocolError::Truncated),
-            (&[9], ProtocolError::UnknownType(9)),
-            (&[0, 7, 0], ProtocolError::UnknownSyncType(7)),
-            (&[0, 2, 50, 1, 2], ProtocolError::Truncated),
-            (&[3, 0], ProtocolError::TrailingBytes),
+        let cases: &[(&[u8], WireError)] = &[
+            (&[], WireError::Empty),
+            (&[0xff; 12], WireError::VarInt),
+            (&[0x80], WireError::Truncated),
+            (&[9], WireError::UnknownType(9)),
+            (&[100, 1], WireError::UnknownType(100)),
+            (&[0, 7, 0], WireError::UnknownSyncType(7)),
+            (&[0, 2, 50, 1, 2], WireError::Truncated),
+            (&[3, 0], WireError::TrailingBytes),
         ];
         for (frame, expected) in cases {
-            assert_eq!(parse_client_frame(frame, &limits).as_ref(), Err(expected));
+            assert_eq!(
+                parse_client_frame(frame, &limits),
+                Err(ProtocolError::Wire(expected.clone()))
+            );
         }
         // A length prefix claiming far more than the frame holds.
         let mut frame = vec![0, 2];
-        write_var_uint(&mut frame, 1 << 40);
-        assert_eq!(parse_client_frame(&frame, &limits), Err(ProtocolError::Truncated));
+        troupe_proto::lib0::write_var_u64(&mut frame, 1 << 40);
+        assert_eq!(
+            parse_client_frame(&frame, &limits),
+            Err(ProtocolError::Wire(WireError::Truncated))
+        );
         // A corrupt update inside a well-formed envelope.
         let frame = encode_update(&[5, 1, 2, 3]);
         assert!(matches!(
             parse_client_frame(&frame, &limits),
             Err(ProtocolError::Payload(_))
         ));
-    }
-
-    #[test]
-    fn var_uint_round_trips() {
-        for value in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
-            let mut out = Vec::new();
-            write_var_uint(&mut out, value);
-            assert_eq!(Reader::new(&out).var_uint(), Ok(value));
-        }
     }
 }

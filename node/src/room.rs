@@ -19,7 +19,6 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::auth::Role;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::placement::{PlacementView, Verdict};
@@ -29,6 +28,7 @@ use crate::rooms::Rooms;
 use crate::store::{LogAppend, Snapshot, Store, StoreError, StoredScene};
 use crate::update_check::{self, CheckLimits};
 use crate::writer::{CommitStatus, QueueError, WriteJob, WriterHandle};
+use troupe_proto::token::Role;
 
 /// WebSocket close codes (see README, "Close codes").
 pub mod close {

@@ -20,6 +20,9 @@
 
 use std::ops::ControlFlow;
 
+use troupe_proto::lib0::{self, Lib0Error};
+use troupe_proto::message::{self, WireError};
+
 /// Limits applied while walking untrusted bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckLimits {
@@ -104,13 +107,7 @@ pub struct UpdateStats {
 }
 
 /// One client's state in an awareness update, borrowed from the input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AwarenessEntry<'a> {
-    pub client_id: u64,
-    pub clock: u64,
-    /// JSON text of the state; `null` means the client went away.
-    pub state: &'a str,
-}
+pub use troupe_proto::message::AwarenessEntry;
 
 // Item info byte layout shared by Yjs and yrs.
 const HAS_ORIGIN: u8 = 0x80;
@@ -142,100 +139,57 @@ const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 /// overflows from 2^31 on; no real client gets anywhere near 2^31 operations.
 const MAX_CLOCK: u32 = i32::MAX as u32;
 
-/// Byte cursor that never slices or allocates past what is actually present.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The shared lib0 cursor ([`troupe_proto::lib0::Reader`]), with the fields yrs reads as
+/// `u32` and the id rules of Yjs documents on top.
+struct Reader<'a>(lib0::Reader<'a>);
+
+impl From<Lib0Error> for InvalidUpdate {
+    fn from(e: Lib0Error) -> Self {
+        match e {
+            Lib0Error::Truncated => InvalidUpdate::Truncated,
+            Lib0Error::VarIntOverflow => InvalidUpdate::VarIntOverflow,
+            Lib0Error::InvalidUtf8 => InvalidUpdate::InvalidUtf8,
+            Lib0Error::TrailingBytes => InvalidUpdate::TrailingBytes,
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        Reader(lib0::Reader::new(buf))
     }
 
     fn finish(&self) -> Res<()> {
-        if self.remaining() == 0 {
-            Ok(())
-        } else {
-            Err(InvalidUpdate::TrailingBytes)
-        }
+        Ok(self.0.finish()?)
     }
 
     fn u8(&mut self) -> Res<u8> {
-        let b = *self.buf.get(self.pos).ok_or(InvalidUpdate::Truncated)?;
-        self.pos += 1;
-        Ok(b)
+        Ok(self.0.u8()?)
     }
 
-    /// Takes `len` bytes, checking the claim against what is left before slicing.
     fn take(&mut self, len: u64) -> Res<&'a [u8]> {
-        let len = usize::try_from(len).map_err(|_| InvalidUpdate::Truncated)?;
-        if len > self.remaining() {
-            return Err(InvalidUpdate::Truncated);
-        }
-        let start = self.pos;
-        self.pos += len;
-        Ok(&self.buf[start..self.pos])
+        Ok(self.0.take(len)?)
     }
 
-    /// lib0 varuint, capped at 64 bits (at most 10 bytes, the last carrying one bit).
     fn var_u64(&mut self) -> Res<u64> {
-        let mut value = 0u64;
-        for i in 0..10u32 {
-            let b = self.u8()?;
-            let payload = u64::from(b & 0x7f);
-            if i == 9 && (payload > 1 || b & 0x80 != 0) {
-                return Err(InvalidUpdate::VarIntOverflow);
-            }
-            value |= payload << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(InvalidUpdate::VarIntOverflow)
+        Ok(self.0.var_u64()?)
+    }
+
+    /// A count of items of at least `min_bytes` each (see [`lib0::Reader::count`]).
+    fn count(&mut self, min_bytes: usize) -> Res<u64> {
+        Ok(self.0.count(min_bytes)?)
+    }
+
+    /// lib0 signed varint; yrs negates it, so the magnitude must fit in 63 bits.
+    fn var_i64(&mut self) -> Res<()> {
+        self.0.var_i64()?;
+        Ok(())
     }
 
     /// A varuint that yrs reads as `u32` (with silent wrap-around), so it must fit.
     fn var_u32(&mut self, too_big: InvalidUpdate) -> Res<u32> {
         let v = self.var_u64()?;
         u32::try_from(v).map_err(|_| too_big)
-    }
-
-    /// lib0 signed varint: first byte has sign bit 0x40 and 6 value bits. The magnitude must
-    /// fit in 63 bits, or yrs' negation overflows.
-    fn var_i64(&mut self) -> Res<()> {
-        let first = self.u8()?;
-        if first & 0x80 == 0 {
-            return Ok(());
-        }
-        // Bits already used by the first byte; each later byte adds 7.
-        let mut shift = 6u32;
-        loop {
-            let b = self.u8()?;
-            let payload = u64::from(b & 0x7f);
-            if shift >= 63 || (payload << shift) >> shift != payload || (payload << shift) > i64::MAX as u64 {
-                return Err(InvalidUpdate::VarIntOverflow);
-            }
-            if b & 0x80 == 0 {
-                return Ok(());
-            }
-            shift += 7;
-        }
-    }
-
-    /// A count of items that each occupy at least `min_bytes`; a count that cannot fit in the
-    /// rest of the input is rejected before anything loops over it.
-    fn count(&mut self, min_bytes: usize) -> Res<u64> {
-        let n = self.var_u64()?;
-        let fits = (self.remaining() / min_bytes.max(1)) as u64;
-        if n > fits {
-            return Err(InvalidUpdate::Truncated);
-        }
-        Ok(n)
     }
 
     /// lib0 varUint8Array; yrs reads the length as `u32`.
@@ -355,40 +309,34 @@ pub fn check_state_vector_v1(bytes: &[u8]) -> std::result::Result<(), InvalidUpd
 }
 
 /// Parses an awareness update (y-protocols): varuint count, then count x (varuint client id,
-/// varuint clock, varString JSON state). At most `max_entries` entries are accepted; each state
-/// must be JSON (serde_json, which bounds nesting), `null` for a client that left.
+/// varuint clock, varString JSON state). At most `max_entries` entries are accepted; client
+/// ids must fit in 53 bits and clocks in 32 (as yrs keeps them), and each state must be JSON
+/// (serde_json, which bounds nesting), `null` for a client that left.
 pub fn parse_awareness_v1(
     bytes: &[u8],
     max_entries: usize,
 ) -> std::result::Result<Vec<AwarenessEntry<'_>>, InvalidUpdate> {
-    let mut r = Reader::new(bytes);
-    // An entry is at least 3 bytes: client, clock, empty string length.
-    let n = r.count(3)?;
-    if n > max_entries as u64 {
-        return Err(InvalidUpdate::TooManyEntries {
-            count: n,
-            max: max_entries,
-        });
-    }
-    // `n` is bounded by both the input length and `max_entries`.
-    let mut entries = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let client_id = r.client_id()?;
-        // yrs keeps awareness clocks as u32.
-        let clock = u64::from(r.var_u32(InvalidUpdate::ClockOverflow)?);
-        let state = r.var_str()?;
+    let entries = message::decode_awareness(bytes, max_entries).map_err(|e| match e {
+        WireError::TooManyEntries { count, max } => InvalidUpdate::TooManyEntries { count, max },
+        WireError::VarInt => InvalidUpdate::VarIntOverflow,
+        WireError::Utf8 => InvalidUpdate::InvalidUtf8,
+        WireError::TrailingBytes => InvalidUpdate::TrailingBytes,
+        // The rest are about message envelopes, which a payload has none of.
+        _ => InvalidUpdate::Truncated,
+    })?;
+    for entry in &entries {
+        if entry.client_id > MAX_CLIENT_ID {
+            return Err(InvalidUpdate::ClientIdTooLarge(entry.client_id));
+        }
+        if u32::try_from(entry.clock).is_err() {
+            return Err(InvalidUpdate::ClockOverflow);
+        }
         // Parse into a value, not `IgnoredAny`: only the former applies serde_json's nesting
         // limit, which is what anyone parsing the state later will hit.
-        if serde_json::from_str::<serde_json::Value>(state).is_err() {
+        if serde_json::from_str::<serde_json::Value>(entry.state).is_err() {
             return Err(InvalidUpdate::InvalidJson);
         }
-        entries.push(AwarenessEntry {
-            client_id,
-            clock,
-            state,
-        });
     }
-    r.finish()?;
     Ok(entries)
 }
 

@@ -16,12 +16,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSo
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::{AuthError, Role};
 use crate::placement::Verdict;
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{close, ClientQueue, IncomingFrame, JoinRefused, Joiner, Outbound, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
+use troupe_proto::token::{AuthError, Role};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 

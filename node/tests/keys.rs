@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use troupe_node::auth::{now_secs, parse_algorithm, Claims, Role, Signer, Verifier};
+use troupe_proto::clock::now_secs;
+use troupe_proto::token::{parse_algorithm, Claims, Role, Signer, Verifier};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncReadExt;
-use troupe_membership::scene::percent_decode;
+use troupe_proto::scene::percent_decode;
 
 use crate::http::Body;
 

@@ -1,20 +1,21 @@
 //! Dev tokens (`TROUPE_DEV_TOKENS=1`): `GET /v1/dev/token?user=NAME` signs a token that
 //! edits every scene, so the demo page works without an app backend to mint tokens.
 //!
-//! The token is what the nodes verify (see `node/src/auth.rs`): HS256 with their
+//! The token is what the nodes verify ([`troupe_proto::token`]): HS256 with their
 //! `TROUPE_JWT_SECRET`, claims `sub` and `name` (the user), `aud`, `exp` an hour ahead and
 //! `scenes: {"*": "edit"}`. Anyone who can reach the router gets one, hence off by default
 //! and a loud warning when on. Tokens are never logged.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::{Response, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Serialize;
 use serde_json::json;
-use troupe_membership::scene::percent_decode;
+use troupe_proto::clock::now_secs;
+use troupe_proto::scene::percent_decode;
+pub use troupe_proto::token::MIN_SECRET_LEN;
+use troupe_proto::token::{Claims, Role, Signer};
 
 use crate::http::Body;
 
@@ -27,9 +28,6 @@ pub const TTL: Duration = Duration::from_secs(3600);
 /// Logged and printed at start while dev tokens are on.
 pub const WARNING: &str =
     "dev tokens are ON: anyone who can reach this router can edit every scene; never enable in production";
-
-/// The nodes' rule for `TROUPE_JWT_SECRET`.
-pub const MIN_SECRET_LEN: usize = 16;
 
 /// Longest user name, in characters.
 pub const MAX_USER_CHARS: usize = 32;
@@ -67,16 +65,6 @@ impl fmt::Debug for DevTokens {
     }
 }
 
-/// The claims the nodes read (`troupe_node::auth::Claims`).
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-    aud: &'a str,
-    name: &'a str,
-    scenes: BTreeMap<&'a str, &'a str>,
-}
-
 impl DevTokens {
     /// Signs with `secret` for nodes that require `audience`.
     pub fn new(secret: &str, audience: &str) -> Result<DevTokens, DevTokenError> {
@@ -94,19 +82,15 @@ impl DevTokens {
 
     /// A token for `user` (already checked) editing every scene, valid for [`TTL`] from
     /// `now` (seconds since the Unix epoch).
-    pub fn mint(&self, user: &str, now: u64) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(&self, user: &str, now: u64) -> Result<String, troupe_proto::token::JwtError> {
         let claims = Claims {
-            sub: user,
+            sub: user.to_owned(),
             exp: now.saturating_add(TTL.as_secs()),
-            aud: &self.audience,
-            name: user,
-            scenes: BTreeMap::from([("*", "edit")]),
+            aud: self.audience.clone(),
+            name: Some(user.to_owned()),
+            scenes: BTreeMap::from([("*".to_owned(), Role::Edit)]),
         };
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(self.secret.as_bytes()),
-        )
+        Signer::from_secret(self.secret.as_bytes()).sign(&claims)
     }
 }
 
@@ -154,11 +138,7 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
             ))
         }
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    match tokens.mint(&user, now) {
+    match tokens.mint(&user, now_secs()) {
         Ok(token) => {
             tracing::info!(%user, "dev token issued");
             let body = json!({ "token": token, "user": user, "expires_in": TTL.as_secs() });
@@ -184,7 +164,7 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
 mod tests {
     use http_body_util::BodyExt;
     use hyper::header;
-    use troupe_node::auth::{now_secs, Role, Verifier};
+    use troupe_proto::token::Verifier;
 
     use super::*;
 

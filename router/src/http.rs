@@ -17,8 +17,8 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use troupe_membership::scene::scene_id;
 use troupe_membership::Route;
+use troupe_proto::scene::scene_id;
 
 use crate::follow::RouterState;
 use crate::metrics::{Metrics, Outcome};

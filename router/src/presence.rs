@@ -12,28 +12,16 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
-use serde::Deserialize;
 use tokio::sync::Mutex;
-use troupe_membership::scene::scene_id;
+use troupe_proto::clock::now_ms;
+use troupe_proto::presence::{presence_key, PresenceRecord, NOTICES_CHANNEL};
+use troupe_proto::scene::scene_id;
 
 use crate::follow::Follower;
 use crate::http::Body;
 
-/// Entries older than this are ignored: their node stopped refreshing them (it died).
-const STALE_AFTER: Duration = Duration::from_secs(30);
-
 pub const PRESENCE_PREFIX: &str = "/v1/scenes/";
 pub const PRESENCE_SUFFIX: &str = "/presence";
-const NOTICES_CHANNEL: &str = "troupe:notices";
-
-/// One client's presence as nodes store it.
-#[derive(Debug, Deserialize)]
-struct Record {
-    user: String,
-    state: String,
-    node: u64,
-    at_ms: u64,
-}
 
 /// Reads scenes' presence from Redis.
 pub struct PresenceReader {
@@ -68,7 +56,7 @@ impl PresenceReader {
     /// The scene's presence entries as JSON values, newest state per client.
     async fn read(&self, scene: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
         let mut conn = self.connection().await?;
-        let key = format!("troupe:presence:{scene}");
+        let key = presence_key(scene);
         let fields: std::collections::HashMap<String, String> = match conn.hgetall(&key).await {
             Ok(fields) => fields,
             Err(e) => {
@@ -81,8 +69,8 @@ impl PresenceReader {
         let mut users: Vec<serde_json::Value> = fields
             .into_iter()
             .filter_map(|(client, value)| {
-                let record: Record = serde_json::from_str(&value).ok()?;
-                if now.saturating_sub(record.at_ms) > STALE_AFTER.as_millis() as u64 {
+                let record: PresenceRecord = serde_json::from_str(&value).ok()?;
+                if record.is_stale(now) {
                     return None;
                 }
                 let state: serde_json::Value =
@@ -176,13 +164,6 @@ async fn listen(url: &str, follower: &Follower) -> redis::RedisResult<()> {
         follower.refresh_now();
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -355,14 +355,14 @@ pub async fn http_request(
 
 /// The token every cluster test editor uses.
 pub fn editor_token(scenes: &[&str]) -> String {
-    let grants: Vec<(&str, troupe_node::auth::Role)> = scenes
+    let grants: Vec<(&str, troupe_proto::token::Role)> = scenes
         .iter()
-        .map(|s| (*s, troupe_node::auth::Role::Edit))
+        .map(|s| (*s, troupe_proto::token::Role::Edit))
         .collect();
     crate::token_with(
         "editor",
         &grants,
-        troupe_node::auth::now_secs() + 3600,
+        troupe_proto::clock::now_secs() + 3600,
         "troupe",
         SECRET,
     )

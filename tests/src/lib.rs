@@ -20,8 +20,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use troupe_node::auth::{now_secs, Claims, Role, Signer};
-use troupe_node::protocol;
+use troupe_proto::clock::now_secs;
+use troupe_proto::message::{self as protocol, Message as Wire};
+use troupe_proto::token::{Claims, Role, Signer};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
@@ -420,31 +421,23 @@ impl TestClient {
     }
 
     async fn handle(&mut self, frame: &[u8]) -> anyhow::Result<()> {
-        let (kind, rest) = read_var(frame)?;
-        match kind {
-            protocol::MSG_SYNC => {
-                let (sub, rest) = read_var(rest)?;
-                let (len, rest) = read_var(rest)?;
-                let payload = rest.get(..len as usize).ok_or_else(|| anyhow!("short payload"))?;
-                match sub {
-                    protocol::SYNC_STEP1 => {
-                        let sv = StateVector::decode_v1(payload)?;
-                        let diff = self.doc.transact().encode_diff_v1(&sv);
-                        self.sent_updates += 1;
-                        self.send_raw(protocol::encode_sync_step2(&diff)).await?;
-                    }
-                    _ => {
-                        let update = Update::decode_v1(payload)?;
-                        self.doc.transact_mut().apply_update(update)?;
-                        if sub == protocol::SYNC_STEP2 {
-                            self.synced = true;
-                        }
-                    }
+        let msg = Wire::decode(frame)?;
+        match msg {
+            Wire::SyncStep1(sv) => {
+                let sv = StateVector::decode_v1(sv)?;
+                let diff = self.doc.transact().encode_diff_v1(&sv);
+                self.sent_updates += 1;
+                self.send_raw(protocol::encode_sync_step2(&diff)).await?;
+            }
+            Wire::SyncStep2(update) | Wire::Update(update) => {
+                self.doc.transact_mut().apply_update(Update::decode_v1(update)?)?;
+                if matches!(msg, Wire::SyncStep2(_)) {
+                    self.synced = true;
                 }
             }
-            protocol::MSG_AWARENESS => self.awareness_seen.push(rest.to_vec()),
-            protocol::MSG_ACK => self.acked = read_var(rest)?.0,
-            _ => {}
+            Wire::Awareness(payload) => self.awareness_seen.push(payload.to_vec()),
+            Wire::Ack(n) => self.acked = n,
+            Wire::Auth(_) | Wire::QueryAwareness => {}
         }
         Ok(())
     }
@@ -489,14 +482,3 @@ impl std::fmt::Display for Closed {
 }
 
 impl std::error::Error for Closed {}
-
-fn read_var(buf: &[u8]) -> anyhow::Result<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, b) in buf.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok((value, &buf[i + 1..]));
-        }
-    }
-    bail!("bad varint")
-}

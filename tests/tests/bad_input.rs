@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use troupe_node::auth::{now_secs, Role};
-use troupe_node::protocol;
+use troupe_proto::clock::now_secs;
+use troupe_proto::lib0::{write_var_bytes, write_var_u64};
+use troupe_proto::message as protocol;
+use troupe_proto::token::Role;
 use troupe_tests::{token, token_with, unique, Backend, NodeProcess, TestClient, SECRET};
 
 fn node() -> NodeProcess {
@@ -111,10 +113,10 @@ async fn garbage_frames_close_only_their_connection() {
     update.extend(std::iter::repeat_n(117u8, 5000).flat_map(|tag| [tag, 1]));
     update.push(126);
     update.push(0);
-    protocol::write_var_bytes(&mut deep_any, &update);
+    write_var_bytes(&mut deep_any, &update);
 
     let mut huge_claim = vec![0u8, 2];
-    protocol::write_var_uint(&mut huge_claim, 1 << 40);
+    write_var_u64(&mut huge_claim, 1 << 40);
 
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("bad varint", vec![0xff; 11], 4400),

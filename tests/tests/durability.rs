@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use troupe_node::auth::Role;
 use troupe_node::store::Store;
+use troupe_proto::token::Role;
 use troupe_tests::{token, unique, Backend, NodeProcess, TestClient};
 
 fn marker(client: usize, edit: u64) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use troupe_node::auth::Role;
+use troupe_proto::token::Role;
 use troupe_tests::cluster::http_request;
 use troupe_tests::{token, unique, Backend, NodeProcess, TestClient};
 

@@ -12,11 +12,13 @@ use yrs::{Text, WriteTxn};
 
 use super::marker::{parse_all, Marker};
 use super::target::{node_base, Target, TargetError};
+use troupe_proto::CloseCode;
+
 use crate::client::{scene_url, ClientError, ClientEvent, ClientOptions, CloseInfo, EditorClient, Sent};
 
 /// Close code of a node that does not (or no longer) own the scene; the reason is the
 /// owner's base URL.
-pub const MOVED: u16 = 4301;
+const MOVED: u16 = CloseCode::Moved.code();
 
 /// Moves followed in a row before an editor gives up (a route that never settles).
 const MAX_MOVES: u32 = 10;

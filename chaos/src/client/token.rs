@@ -1,19 +1,10 @@
-//! Minting Troupe access tokens (HS256 JWTs) for simulated editors.
-//!
-//! The claims and the signing are the node's own ([`troupe_node::auth`]), so a token minted
-//! here is exactly what the node verifies.
+//! Minting Troupe access tokens (HS256 JWTs) for simulated editors, with the shared claims
+//! and signer ([`troupe_proto::token`]), so a token minted here is exactly what nodes verify.
 
 use std::time::Duration;
 
-use troupe_node::auth::{now_secs, Signer};
-
-/// The claims of a Troupe token (the node's [`troupe_node::auth::Claims`]).
-pub use troupe_node::auth::Claims;
-/// What a token allows in a scene (the node's [`troupe_node::auth::Role`]).
-pub use troupe_node::auth::Role as Access;
-
-/// The audience every Troupe token carries (the node's default `TROUPE_JWT_AUDIENCE`).
-pub const AUDIENCE: &str = "troupe";
+use troupe_proto::token::Signer;
+pub use troupe_proto::token::{Claims, Role as Access, DEFAULT_AUDIENCE as AUDIENCE};
 
 /// Signs a token for `user` granting `scenes` (scene id or `*` -> access), valid for `ttl`.
 ///
@@ -28,16 +19,7 @@ pub fn mint_token(
     scenes: &[(&str, Access)],
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = Claims {
-        sub: user.to_owned(),
-        exp: now_secs().saturating_add(ttl.as_secs()),
-        aud: AUDIENCE.to_owned(),
-        name: Some(user.to_owned()),
-        scenes: scenes
-            .iter()
-            .map(|(scene, access)| ((*scene).to_owned(), *access))
-            .collect(),
-    };
+    let claims = Claims::grant(user, AUDIENCE, scenes, ttl);
     mint_claims(secret, &claims)
 }
 

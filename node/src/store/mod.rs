@@ -180,8 +180,6 @@ use shared_queries;
 mod postgres;
 mod sqlite;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::config::StoreLocation;
 
 #[derive(Debug, thiserror::Error)]
@@ -393,9 +391,7 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::SeqRange(value))
 }
 
+/// Wall-clock milliseconds as the store's `BIGINT` columns keep them.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(troupe_proto::clock::now_ms()).unwrap_or(i64::MAX)
 }

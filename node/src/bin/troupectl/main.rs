@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use troupe_node::auth::{self, Claims, Role, Signer};
 use troupe_node::duration::parse_duration;
+use troupe_proto::token::{self as auth, Claims, Role, Signer};
 
 #[derive(Parser)]
 #[command(name = "troupectl", version, about = "Operate a Troupe cluster")]
@@ -143,7 +143,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let scenes: BTreeMap<String, Role> = args.scenes.iter().map(|s| (s.clone(), args.role)).collect();
     let claims = Claims {
         sub: args.user,
-        exp: auth::now_secs() + args.ttl.as_secs(),
+        exp: troupe_proto::clock::now_secs() + args.ttl.as_secs(),
         aud: args.audience,
         name: args.name,
         scenes,

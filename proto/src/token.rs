@@ -1,11 +1,12 @@
 //! Access tokens: JWTs minted by the app's backend that scope a user to scenes.
 //!
 //! Claims: `sub`, `exp`, `aud`, optional `name`, and `scenes`, a map from scene id (or `*`)
-//! to `edit` or `view`. The node verifies the signature, expiry and audience on every
-//! connect; a token is never logged.
+//! to `edit` or `view`. Nodes verify the signature, expiry and audience on every connect;
+//! `troupectl token`, the router's demo tokens and the test tools sign with the same
+//! [`Signer`]. A token is never logged.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,15 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// Why a token could not be signed or verified.
+pub use jsonwebtoken::errors::Error as JwtError;
+
+/// The audience nodes expect unless configured otherwise (`TROUPE_JWT_AUDIENCE`).
+pub const DEFAULT_AUDIENCE: &str = "troupe";
+
+/// The shortest HS256 secret (`TROUPE_JWT_SECRET`) a node or router accepts, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// The claims Troupe reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -46,6 +56,21 @@ impl Claims {
     /// The role this token grants in `scene`: an exact entry wins over `*`.
     pub fn role_in(&self, scene: &str) -> Option<Role> {
         self.scenes.get(scene).or_else(|| self.scenes.get("*")).copied()
+    }
+
+    /// Claims for `user` (also its display name) granting `scenes` (scene id or `*` ->
+    /// role), valid for `ttl` from now.
+    pub fn grant(user: &str, audience: &str, scenes: &[(&str, Role)], ttl: Duration) -> Claims {
+        Claims {
+            sub: user.to_owned(),
+            exp: now_secs().saturating_add(ttl.as_secs()),
+            aud: audience.to_owned(),
+            name: Some(user.to_owned()),
+            scenes: scenes
+                .iter()
+                .map(|(scene, role)| ((*scene).to_owned(), *role))
+                .collect(),
+        }
     }
 }
 
@@ -136,7 +161,7 @@ impl Verifier {
     }
 }
 
-/// Mints tokens (used by `troupectl token` and tests).
+/// Mints tokens (`troupectl token`, the router's demo tokens, the test tools).
 pub struct Signer {
     key: EncodingKey,
     alg: Algorithm,
@@ -169,15 +194,10 @@ impl Signer {
     }
 }
 
-/// Seconds since the Unix epoch, for `exp`.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::now_secs;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
