@@ -7,6 +7,7 @@ pub mod config;
 pub mod duration;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod placement;
 pub mod presence;
 pub mod protocol;

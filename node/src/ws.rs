@@ -17,9 +17,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Role};
+use crate::outbox::{ClientQueue, Outbound};
 use crate::placement::Verdict;
 use crate::protocol::{self, MessageKind, ParseLimits};
-use crate::room::{close, ClientQueue, IncomingFrame, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::room::{close, IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
 
