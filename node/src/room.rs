@@ -26,7 +26,6 @@ use crate::outbox::ClientQueue;
 use crate::placement::{PlacementView, Verdict};
 use crate::presence::{Notice, PresenceRecord, RedisHandle, PRESENCE_REFRESH};
 use crate::protocol::{self, MessageKind, ValidFrame};
-use crate::rooms::Rooms;
 use crate::store::{LogAppend, Snapshot, Store, StoreError, StoredScene};
 use crate::update_check::{self, CheckLimits};
 use crate::writer::{CommitStatus, QueueError, WriteJob, WriterHandle};
@@ -132,6 +131,14 @@ pub struct IncomingFrame {
     pub _permit: OwnedSemaphorePermit,
 }
 
+/// What a room needs from the directory that started it: to take itself out once it
+/// unloads. A trait, so that the room does not depend on the directory (which starts rooms
+/// and so depends on the room): [`crate::rooms::Rooms`] implements it.
+pub trait Directory: Send + Sync {
+    /// Removes `scene` if it is still served by room incarnation `id`.
+    fn remove(&self, scene: &str, id: u64);
+}
+
 /// What every room shares.
 pub struct RoomContext {
     pub store: Store,
@@ -185,7 +192,7 @@ pub struct Room {
     scene: String,
     id: u64,
     ctx: Arc<RoomContext>,
-    rooms: Arc<Rooms>,
+    directory: Arc<dyn Directory>,
     doc: Doc,
     peers: HashMap<u64, Peer>,
     presence: HashMap<u64, PresenceEntry>,
@@ -230,7 +237,7 @@ impl Room {
         scene: String,
         id: u64,
         ctx: Arc<RoomContext>,
-        rooms: Arc<Rooms>,
+        directory: Arc<dyn Directory>,
         mut inbox: mpsc::Receiver<RoomCmd>,
     ) {
         ctx.metrics.scenes_active.inc();
@@ -294,7 +301,7 @@ impl Room {
                 if let Some(presence) = &ctx.presence {
                     presence.clear(&scene);
                 }
-                let mut room = Room::new(scene, id, ctx.clone(), rooms.clone(), doc, doc_bytes, &stored);
+                let mut room = Room::new(scene, id, ctx.clone(), directory.clone(), doc, doc_bytes, &stored);
                 // The rows it was rebuilt from are not needed while the room serves.
                 drop(stored);
                 room.epoch = epoch;
@@ -302,12 +309,12 @@ impl Room {
             }
             Err(error) if matches!(refusal, JoinRefused::Moved(_)) => {
                 tracing::debug!(%scene, %error, "not serving the scene here");
-                rooms.remove(&scene, id);
+                directory.remove(&scene, id);
             }
             Err(error) => {
                 tracing::error!(%scene, %error, "cannot load scene");
                 ctx.metrics.error("scene_load_failed");
-                rooms.remove(&scene, id);
+                directory.remove(&scene, id);
             }
         }
         // Joins that raced with the unload are refused; their connections try a new room.
@@ -324,7 +331,7 @@ impl Room {
         scene: String,
         id: u64,
         ctx: Arc<RoomContext>,
-        rooms: Arc<Rooms>,
+        directory: Arc<dyn Directory>,
         doc: Doc,
         doc_bytes: usize,
         stored: &StoredScene,
@@ -344,7 +351,7 @@ impl Room {
         Self {
             scene,
             id,
-            rooms,
+            directory,
             doc,
             peers: HashMap::new(),
             presence: HashMap::new(),
@@ -556,7 +563,7 @@ impl Room {
             }
         }
         // Drop out of the directory first, then refuse whatever is still queued.
-        self.rooms.remove(&self.scene, self.id);
+        self.directory.remove(&self.scene, self.id);
         while let Ok(cmd) = inbox.try_recv() {
             match cmd {
                 RoomCmd::Join { reply, .. } => {
