@@ -1,6 +1,7 @@
 //! The directory of live rooms on this node: scene id -> the room task's inbox.
 //!
-//! A room is created on first join and removes itself once it has flushed and unloaded.
+//! A room is created on first join and removes itself once it has flushed and unloaded,
+//! through the `room::Directory` trait it defines (so `room` never imports this module).
 //! The lock guards only the map and is never held across an await.
 
 use std::collections::HashMap;

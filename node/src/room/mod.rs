@@ -20,7 +20,7 @@
 //!
 //! A connection ([`crate::ws`]) sees only what is public here: [`Joiner`], [`JoinRefused`],
 //! [`RoomCmd`], [`IncomingFrame`] and the [`close`] codes; the directory
-//! ([`crate::rooms`]) starts a room with a [`RoomContext`] and a [`Directory`] to leave.
+//! ([`crate::rooms`]) starts a room with a [`RoomContext`] and a `Directory` to leave.
 
 mod acks;
 mod compaction;
@@ -124,7 +124,7 @@ pub struct IncomingFrame {
 /// What a room needs from the directory that started it: to take itself out once it
 /// unloads. A trait, so that the room does not depend on the directory (which starts rooms
 /// and so depends on the room): [`crate::rooms::Rooms`] implements it.
-pub trait Directory: Send + Sync {
+pub(crate) trait Directory: Send + Sync {
     /// Removes `scene` if it is still served by room incarnation `id`.
     fn remove(&self, scene: &str, id: u64);
 }
