@@ -1072,7 +1072,7 @@ mod tests {
     #[test]
     fn close_info_reads_well() {
         let info = CloseInfo {
-            code: Some(4301),
+            code: Some(troupe_proto::CloseCode::Moved.code()),
             reason: "ws://other:4000/ws/scenes".into(),
             initiator: CloseInitiator::Server,
             at: Instant::now(),

@@ -3,16 +3,12 @@
 //! reaches yrs).
 //!
 //! Frames come from untrusted clients, so parsing borrows from the frame and checks every
-//! length against the bytes that are actually there. The encoders a room uses to answer
-//! are the shared ones, re-exported here.
+//! length against the bytes that are actually there.
 
 use std::ops::Range;
 
 use bytes::Bytes;
-pub use troupe_proto::message::{
-    encode_ack, encode_awareness, encode_sync_step1, encode_sync_step2, encode_update, MSG_ACK, MSG_AUTH,
-};
-use troupe_proto::message::{peek_type, Message, WireError};
+use troupe_proto::message::{peek_type, Message, WireError, MSG_ACK, MSG_AUTH, MSG_AWARENESS};
 
 use crate::update_check::{self, AwarenessEntry, CheckLimits, InvalidUpdate};
 
@@ -159,12 +155,14 @@ pub fn validate_frame(frame: Bytes, limits: &ParseLimits) -> Result<ValidFrame, 
 fn awareness_payload(frame: &[u8]) -> Result<&[u8], ProtocolError> {
     match Message::decode(frame)? {
         Message::Awareness(payload) => Ok(payload),
-        _ => Err(WireError::UnknownType(troupe_proto::message::MSG_AWARENESS).into()),
+        _ => Err(WireError::UnknownType(MSG_AWARENESS).into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use troupe_proto::message::{encode_awareness, encode_sync_step1, encode_sync_step2, encode_update};
+
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::updates::encoder::Encode;

@@ -1,6 +1,7 @@
 //! The directory of live rooms on this node: scene id -> the room task's inbox.
 //!
-//! A room is created on first join and removes itself once it has flushed and unloaded.
+//! A room is created on first join and removes itself once it has flushed and unloaded,
+//! through the `room::Directory` trait it defines (so `room` never imports this module).
 //! The lock guards only the map and is never held across an await.
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::room::{Room, RoomCmd, RoomContext};
+use crate::room::{Directory, Room, RoomCmd, RoomContext};
 
 /// Messages a room's inbox holds before senders wait.
 const ROOM_INBOX: usize = 1024;
@@ -66,14 +67,6 @@ impl Rooms {
         handle
     }
 
-    /// Removes `scene` if it is still served by room incarnation `id`.
-    pub fn remove(&self, scene: &str, id: u64) {
-        let mut live = self.lock();
-        if live.get(scene).is_some_and(|h| h.id == id) {
-            live.remove(scene);
-        }
-    }
-
     /// The live rooms: scene and inbox.
     pub fn snapshot(&self) -> Vec<(String, RoomHandle)> {
         self.lock().iter().map(|(s, h)| (s.clone(), h.clone())).collect()
@@ -91,5 +84,14 @@ impl Rooms {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomHandle>> {
         // A panic elsewhere cannot leave the map half-updated: recover it.
         self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Directory for Rooms {
+    fn remove(&self, scene: &str, id: u64) {
+        let mut live = self.lock();
+        if live.get(scene).is_some_and(|h| h.id == id) {
+            live.remove(scene);
+        }
     }
 }

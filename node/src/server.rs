@@ -18,11 +18,12 @@ use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::placement::{self, PlacementView};
-use crate::presence::{Notice, RedisHandle};
+use crate::presence::RedisHandle;
 use crate::room::RoomContext;
 use crate::rooms::Rooms;
 use crate::store::{Store, StoreError};
 use crate::writer;
+use troupe_proto::presence::Notice;
 
 /// How long shutdown waits for rooms to flush before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);

@@ -11,17 +11,19 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::outbox::{ClientQueue, Outbound};
 use crate::placement::Verdict;
 use crate::protocol::{self, MessageKind, ParseLimits};
-use crate::room::{close, ClientQueue, IncomingFrame, JoinRefused, Joiner, Outbound, RoomCmd};
+use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
 use troupe_proto::token::{AuthError, Role};
+use troupe_proto::CloseCode;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -60,14 +62,14 @@ pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
     app.metrics.connections_active.dec();
 }
 
-async fn close_with(socket: &mut Socket, code: u16, reason: &str) {
+async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
     // A close reason is at most 123 bytes; cut on a character boundary.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let frame = CloseFrame {
-        code: CloseCode::from(code),
+        code: WsCloseCode::from(code.code()),
         reason: reason[..end].to_string().into(),
     };
     // Send our Close, then read (and discard) until the client answers with its own or
@@ -87,10 +89,10 @@ async fn run(
     conn_id: u64,
     request: ConnectRequest,
     app: &Arc<App>,
-) -> Option<(u16, String)> {
+) -> Option<(CloseCode, String)> {
     let Some(scene) = request.scene else {
         app.metrics.error("unknown_scene");
-        return Some((close::UNKNOWN_SCENE, "invalid scene id".into()));
+        return Some((CloseCode::UnknownScene, "invalid scene id".into()));
     };
     let claims = match app.settings.verifier.verify(&request.token) {
         Ok(claims) => claims,
@@ -100,12 +102,12 @@ async fn run(
                 AuthError::Missing => "missing token".to_string(),
                 AuthError::Invalid(e) => format!("invalid token: {e}"),
             };
-            return Some((close::UNAUTHORIZED, reason));
+            return Some((CloseCode::Unauthorized, reason));
         }
     };
     let Some(role) = claims.role_in(&scene) else {
         app.metrics.error("forbidden");
-        return Some((close::FORBIDDEN, "token does not grant this scene".into()));
+        return Some((CloseCode::Forbidden, "token does not grant this scene".into()));
     };
 
     // Only the owner serves a scene; the others say where it lives.
@@ -114,12 +116,12 @@ async fn run(
         Verdict::Mine { .. } => {}
         Verdict::Elsewhere(route) => {
             app.metrics.error("moved");
-            return Some((close::MOVED, route.url));
+            return Some((CloseCode::Moved, route.url));
         }
         Verdict::NoOwner => {
             app.metrics.error("no_owner");
             return Some((
-                close::TRY_AGAIN,
+                CloseCode::TryAgain,
                 "no node serves this scene yet; try again".into(),
             ));
         }
@@ -144,15 +146,15 @@ async fn run(
         Ok(room) => room,
         Err(JoinRefused::Full) => {
             app.metrics.error("room_full");
-            return Some((close::RATE_LIMITED, "scene has too many connections".into()));
+            return Some((CloseCode::RateLimited, "scene has too many connections".into()));
         }
         Err(JoinRefused::Unavailable | JoinRefused::StoreDown) => {
             app.metrics.error("scene_unavailable");
-            return Some((close::INTERNAL, "scene unavailable, try again".into()));
+            return Some((CloseCode::Internal, "scene unavailable, try again".into()));
         }
         Err(JoinRefused::Moved(url)) => {
             app.metrics.error("moved");
-            return Some((close::MOVED, url.unwrap_or_default()));
+            return Some((CloseCode::Moved, url.unwrap_or_default()));
         }
     };
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
@@ -199,7 +201,7 @@ async fn run(
                 Some(Outbound::Close(code, reason)) => break Some((code, reason)),
                 None => {
                     // The room dropped our queue: we were too slow, or the room is gone.
-                    break Some((close::TRY_AGAIN, "connection too slow or scene reloading".into()));
+                    break Some((CloseCode::TryAgain, "connection too slow or scene reloading".into()));
                 }
             },
             incoming = socket.next() => {
@@ -209,7 +211,7 @@ async fn run(
                     Some(Ok(message)) => message,
                     Some(Err(WsError::Capacity(_))) => {
                         app.metrics.error("frame_too_large");
-                        break Some((close::TOO_LARGE, "message too large".into()));
+                        break Some((CloseCode::TooLarge, "message too large".into()));
                     }
                     Some(Err(error)) => {
                         tracing::debug!(conn_id, %error, "websocket error");
@@ -222,26 +224,26 @@ async fn run(
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     Message::Text(_) => {
                         app.metrics.error("text_frame");
-                        break Some((close::UNSUPPORTED_DATA, "binary frames only".into()));
+                        break Some((CloseCode::UnsupportedData, "binary frames only".into()));
                     }
                     Message::Close(_) => break None,
                 };
                 let now = Instant::now();
                 if !messages.take(now) {
                     app.metrics.error("rate_limited");
-                    break Some((close::RATE_LIMITED, "too many messages".into()));
+                    break Some((CloseCode::RateLimited, "too many messages".into()));
                 }
                 let frame = match protocol::validate_frame(frame, &parse_limits) {
                     Ok(frame) => frame,
                     Err(error) => {
                         app.metrics.error(error.label());
-                        break Some((close::BAD_MESSAGE, format!("bad message: {error}")));
+                        break Some((CloseCode::BadMessage, format!("bad message: {error}")));
                     }
                 };
                 match frame.kind {
                     MessageKind::Awareness if frame.payload().len() > limits.max_awareness_bytes => {
                         app.metrics.error("awareness_too_large");
-                        break Some((close::TOO_LARGE, "awareness message too large".into()));
+                        break Some((CloseCode::TooLarge, "awareness message too large".into()));
                     }
                     MessageKind::Awareness | MessageKind::QueryAwareness if !awareness.take(now) => {
                         app.metrics.awareness_dropped.inc();
@@ -249,17 +251,17 @@ async fn run(
                     }
                     MessageKind::SyncStep1 if !sync_requests.take(now) => {
                         app.metrics.error("rate_limited");
-                        break Some((close::RATE_LIMITED, "too many sync requests".into()));
+                        break Some((CloseCode::RateLimited, "too many sync requests".into()));
                     }
                     _ => {}
                 }
                 let bytes = u32::try_from(frame.payload().len().max(1)).unwrap_or(u32::MAX);
                 let Ok(permit) = room.budget.clone().acquire_many_owned(bytes).await else {
-                    break Some((close::RESTARTING, "scene reloading".into()));
+                    break Some((CloseCode::Restarting, "scene reloading".into()));
                 };
                 let cmd = RoomCmd::Frame(Box::new(IncomingFrame { conn_id, received: now, frame, _permit: permit }));
                 if room.tx.send(cmd).await.is_err() {
-                    break Some((close::RESTARTING, "scene reloading".into()));
+                    break Some((CloseCode::Restarting, "scene reloading".into()));
                 }
             },
             _ = ping.tick() => {

@@ -1,0 +1,252 @@
+//! The scene's document: the yrs `Doc`, its approximate size, and the updates that arrived
+//! before what they follow. Applying an edit, answering a sync request, holding and
+//! releasing out-of-order updates all happen here.
+//!
+//! Apart because this is where clients' bytes meet yrs: an update that panics yrs is
+//! caught here, and a document that panicked is never trusted (or snapshotted) again.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use troupe_proto::CloseCode;
+
+use super::acks::AckMark;
+use super::Room;
+use crate::update_check::{self, CheckLimits};
+use troupe_proto::message;
+use troupe_proto::token::Role;
+
+/// Most out-of-order updates a room holds, and their bytes, before it asks the sender to
+/// resync instead.
+const MAX_HELD_UPDATES: usize = 256;
+const MAX_HELD_BYTES: usize = 4 << 20;
+
+/// Most out-of-order updates one connection may have held at once.
+const MAX_HELD_PER_PEER: usize = 64;
+
+/// An update waiting for what it follows.
+pub(super) struct Held {
+    conn_id: u64,
+    /// Its number among the sender's update-bearing messages (for the ack).
+    count: u64,
+    update: Vec<u8>,
+}
+
+/// The scene's document and what belongs to it alone.
+pub(super) struct Document {
+    pub(super) doc: Doc,
+    /// Approximate encoded size of the document: its size at load plus every change since.
+    pub(super) bytes: usize,
+    /// Updates that arrived before what they follow, oldest first.
+    pub(super) held: VecDeque<Held>,
+    pub(super) held_bytes: usize,
+    /// yrs panicked inside this document: it must never be snapshotted.
+    pub(super) poisoned: bool,
+}
+
+impl Document {
+    pub(super) fn new(doc: Doc, bytes: usize) -> Self {
+        Self {
+            doc,
+            bytes,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            poisoned: false,
+        }
+    }
+
+    /// Drops the updates held for `conn_id`.
+    pub(super) fn forget_held_from(&mut self, conn_id: u64) {
+        let before = self.held.len();
+        self.held.retain(|h| h.conn_id != conn_id);
+        if self.held.len() != before {
+            self.held_bytes = self.held.iter().map(|h| h.update.len()).sum();
+        }
+    }
+}
+
+impl Room {
+    pub(super) fn on_sync_step1(&mut self, conn_id: u64, state_vector: &[u8]) {
+        let diff = match StateVector::decode_v1(state_vector) {
+            Ok(sv) => self.document.doc.transact().encode_diff_v1(&sv),
+            Err(_) => {
+                self.ctx.metrics.error("invalid_state_vector");
+                self.kick(conn_id, CloseCode::BadMessage, "invalid state vector");
+                return;
+            }
+        };
+        self.send(conn_id, message::encode_sync_step2(&diff));
+    }
+
+    pub(super) fn on_update(&mut self, conn_id: u64, update: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&conn_id) else {
+            return;
+        };
+        peer.acks.updates_received += 1;
+        let count = peer.acks.updates_received;
+        if peer.role == Role::View {
+            self.ctx.metrics.viewer_updates_dropped.inc();
+            return;
+        }
+        if self.follows_the_document(update) {
+            if self.apply(conn_id, update) {
+                self.mark_for_ack(conn_id, AckMark::Applied(count));
+                if self.apply_held() {
+                    // A released update may have been a no-op whose mark is already covered.
+                    self.release_acks();
+                }
+            }
+        } else {
+            self.hold(conn_id, update, count);
+        }
+        self.flush();
+    }
+
+    /// Whether `update` leaves no hole in any client's clock sequence of the document.
+    /// yrs mishandles the holes it would otherwise stash (see `update_check`), so such an
+    /// update waits until the missing part arrives, e.g. an edit a reconnecting client sent
+    /// before its sync step 2.
+    fn follows_the_document(&self, update: &[u8]) -> bool {
+        follows(update, &self.document.doc.transact().state_vector())
+    }
+
+    /// Keeps an out-of-order update until what it follows has been applied.
+    fn hold(&mut self, conn_id: u64, update: &[u8], count: u64) {
+        let from_peer = self.document.held.iter().filter(|h| h.conn_id == conn_id).count();
+        if from_peer >= MAX_HELD_PER_PEER
+            || self.document.held.len() >= MAX_HELD_UPDATES
+            || self.document.held_bytes + update.len() > self.ctx.limits.max_frame_bytes.max(MAX_HELD_BYTES)
+        {
+            // Too much out of order: the client resyncs through the handshake on return.
+            self.ctx.metrics.error("out_of_order_overflow");
+            self.kick(
+                conn_id,
+                CloseCode::TryAgain,
+                "too many updates out of order; resync",
+            );
+            return;
+        }
+        self.document.held_bytes += update.len();
+        self.document.held.push_back(Held {
+            conn_id,
+            count,
+            update: update.to_vec(),
+        });
+        self.mark_for_ack(conn_id, AckMark::Held(count));
+    }
+
+    /// Applies held updates that now follow the document, until none does. Returns
+    /// whether any was released.
+    fn apply_held(&mut self) -> bool {
+        let mut released = false;
+        while !self.document.held.is_empty() {
+            let known = self.document.doc.transact().state_vector();
+            let ready = self.document.held.iter().position(|h| follows(&h.update, &known));
+            let Some(held) = ready.and_then(|i| self.document.held.remove(i)) else {
+                break;
+            };
+            self.document.held_bytes -= held.update.len();
+            if self.peers.contains_key(&held.conn_id) && self.apply(held.conn_id, &held.update) {
+                self.mark_for_ack(held.conn_id, AckMark::Released(held.count));
+                released = true;
+            }
+        }
+        released
+    }
+
+    /// Applies an update and fans out what it changed. Returns false when the sender was
+    /// disconnected instead.
+    fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
+        if self.document.bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
+            self.ctx.metrics.error("document_too_large");
+            self.kick(
+                conn_id,
+                CloseCode::TooLarge,
+                "scene document is at its size limit",
+            );
+            return false;
+        }
+        let doc = &self.document.doc;
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            Ok::<_, String>(txn.encode_update_v1())
+        }));
+        let change = match applied {
+            Ok(Ok(change)) => change,
+            Ok(Err(error)) => {
+                tracing::debug!(scene = %self.scene, %error, "update refused");
+                self.ctx.metrics.error("invalid_update");
+                self.kick(conn_id, CloseCode::BadMessage, "invalid update");
+                return false;
+            }
+            Err(_) => {
+                // yrs panicked half-way through a transaction: the in-memory document can
+                // no longer be trusted. Reload it from the store.
+                tracing::error!(scene = %self.scene, "update panicked the document; reloading the scene");
+                self.ctx.metrics.error("update_panic");
+                self.kick(conn_id, CloseCode::BadMessage, "invalid update");
+                self.log.pending.clear();
+                self.document.held.clear();
+                self.document.poisoned = true;
+                self.stop(CloseCode::Restarting, "scene reloading");
+                return false;
+            }
+        };
+        if is_empty_update(&change) {
+            self.ctx.metrics.conflicts_resolved.inc();
+        } else {
+            if change.as_slice() != update {
+                self.ctx.metrics.conflicts_resolved.inc();
+            }
+            self.document.bytes += change.len();
+            let frame: Bytes = message::encode_update(&change).into();
+            self.broadcast(frame, Some(conn_id));
+            self.log.pending.push(change);
+        }
+        true
+    }
+}
+
+/// Whether `update` leaves no hole in any client's clock sequence after `known`.
+fn follows(update: &[u8], known: &StateVector) -> bool {
+    update_check::check_update_in_order_v1(update, CheckLimits::default(), known).is_ok()
+}
+
+/// An encoded update with no structs and no deletions: nothing changed.
+fn is_empty_update(update: &[u8]) -> bool {
+    update == [0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::Text;
+
+    #[test]
+    fn a_transaction_that_changes_nothing_encodes_as_empty() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("text");
+        let update = {
+            let mut txn = source.transact_mut();
+            text.insert(&mut txn, 0, "FADE IN:");
+            txn.encode_update_v1()
+        };
+        let doc = Doc::new();
+        let apply = |bytes: &[u8]| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
+            txn.encode_update_v1()
+        };
+        assert!(!is_empty_update(&apply(&update)));
+        assert!(
+            is_empty_update(&apply(&update)),
+            "a duplicate update changed the doc"
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! A room's life: claim the scene under a fenced lease, load and rebuild its document,
+//! serve it, and leave: hand it off when placement moves it, stop when fenced by a newer
+//! owner, or flush, snapshot, release the lease and unload.
+//!
+//! Apart from the serve loop because every step here talks to the store or the cluster,
+//! and each decides whether the room may keep writing the scene (invariants 1 and 3).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use troupe_membership::NodeSelf;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
+
+use troupe_proto::CloseCode;
+
+use super::{Directory, JoinRefused, Room, RoomCmd, RoomContext};
+use crate::placement::{PlacementView, Verdict};
+use crate::store::{Snapshot, Store, StoreError, StoredScene};
+use troupe_proto::presence::Notice;
+
+impl Room {
+    /// Runs a room until it unloads: load the scene, then serve its inbox.
+    pub(crate) async fn run(
+        scene: String,
+        id: u64,
+        ctx: Arc<RoomContext>,
+        directory: Arc<dyn Directory>,
+        mut inbox: mpsc::Receiver<RoomCmd>,
+    ) {
+        ctx.metrics.scenes_active.inc();
+        let started = Instant::now();
+        // Serve only what placement gives this node, and claim the scene first: from
+        // here on no former owner's append is accepted.
+        let mut refusal = JoinRefused::StoreDown;
+        let mut epoch = 0;
+        let current = ctx.placement.borrow().clone();
+        let claimed = match current.verdict(ctx.node, &scene) {
+            Verdict::Elsewhere(route) => {
+                refusal = JoinRefused::Moved(Some(route.url));
+                Err(format!("node {} owns the scene", route.node))
+            }
+            Verdict::NoOwner => {
+                refusal = JoinRefused::Unavailable;
+                Err("no node owns the scene at this epoch".to_string())
+            }
+            Verdict::Mine { epoch: e } => {
+                epoch = e;
+                // Boxed, like every rare store call here: a room task lives as long as its
+                // scene is open, and would otherwise carry room for these large futures.
+                let claim = Box::pin(async {
+                    wait_for_release(&ctx, &scene, epoch, &current).await;
+                    ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await
+                });
+                // A store that does not answer must not leave joining clients waiting.
+                match tokio::time::timeout(LOAD_TIMEOUT, claim).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => {
+                        refusal = JoinRefused::Moved(None);
+                        Err(
+                            "the scene's lease is held by another node at this epoch or a newer one"
+                                .to_string(),
+                        )
+                    }
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(StoreError::Timeout.to_string()),
+                }
+            }
+        };
+        let loaded = match claimed {
+            Err(error) => Err(error),
+            Ok(()) => match load_in_time(&ctx.store, &scene).await {
+                // Rebuilding a large scene takes a while: off the thread that serves the rooms.
+                Ok(stored) => tokio::task::spawn_blocking(move || {
+                    rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored))
+                })
+                .await
+                .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
+                Err(error) => Err(error.to_string()),
+            },
+        };
+        match loaded {
+            Ok((doc, doc_bytes, stored)) => {
+                ctx.metrics
+                    .rehydration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, "scene loaded");
+                // Whatever a former owner said about this scene's presence is stale now.
+                if let Some(presence) = &ctx.presence {
+                    presence.clear(&scene);
+                }
+                let mut room = Room::new(scene, id, ctx.clone(), directory.clone(), doc, doc_bytes, &stored);
+                // The rows it was rebuilt from are not needed while the room serves.
+                drop(stored);
+                room.epoch = epoch;
+                room.serve(&mut inbox).await;
+            }
+            Err(error) if matches!(refusal, JoinRefused::Moved(_)) => {
+                tracing::debug!(%scene, %error, "not serving the scene here");
+                directory.remove(&scene, id);
+            }
+            Err(error) => {
+                tracing::error!(%scene, %error, "cannot load scene");
+                ctx.metrics.error("scene_load_failed");
+                directory.remove(&scene, id);
+            }
+        }
+        // Joins that raced with the unload are refused; their connections try a new room.
+        inbox.close();
+        while let Ok(cmd) = inbox.try_recv() {
+            if let RoomCmd::Join { reply, .. } = cmd {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+        }
+        ctx.metrics.scenes_active.dec();
+    }
+
+    /// Starts a handoff when placement no longer names this node.
+    pub(super) fn on_placement(&mut self) {
+        let current = self.placement.borrow_and_update().clone();
+        let url = match current.verdict(self.ctx.node, &self.scene) {
+            Verdict::Mine { .. } => return,
+            Verdict::Elsewhere(route) => Some(route.url),
+            Verdict::NoOwner => None,
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!(scene = %self.scene, epoch = current.epoch(), to = ?url, "handing the scene off");
+        self.ctx.metrics.handoffs.inc();
+        if let Some(presence) = &self.ctx.presence {
+            presence.notice(Notice::SceneMoved {
+                scene: self.scene.clone(),
+                from: self.ctx.node,
+                to: current.placement.route(&self.scene).map(|r| r.node),
+                epoch: current.epoch(),
+            });
+        }
+        self.handoff = Some(url);
+        self.stopping = Some((CloseCode::Moved, ""));
+        self.flush();
+    }
+
+    /// The lease check found another node holding the scene's lease.
+    pub(super) fn on_lease_lost(&mut self, checked_at: Instant) {
+        if checked_at >= self.claimed_at && self.stopping.is_none() {
+            self.fence("another node holds the scene's lease");
+        }
+    }
+
+    /// Another node took the scene over (this node was cut off, paused, or behind on
+    /// placement): nothing more is taken or written, the lease is not touched, and clients
+    /// go to the owner placement names now (or ask the router).
+    pub(super) fn fence(&mut self, why: &str) {
+        if self.fenced {
+            return;
+        }
+        tracing::warn!(scene = %self.scene, why, "fenced: closing the room");
+        self.ctx.metrics.error("fenced");
+        self.fenced = true;
+        self.log.pending.clear();
+        self.document.held.clear();
+        self.document.held_bytes = 0;
+        self.log.in_flight = None;
+        self.stopping = Some((CloseCode::Moved, ""));
+        let url = match self.placement.borrow().verdict(self.ctx.node, &self.scene) {
+            Verdict::Elsewhere(route) => route.url,
+            _ => String::new(),
+        };
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.kick(id, CloseCode::Moved, &url);
+        }
+    }
+
+    /// Closes every client with `code` and unloads once the log is flushed.
+    pub(super) fn stop(&mut self, code: CloseCode, reason: &'static str) {
+        if self.stopping.is_none() {
+            self.stopping = Some((code, reason));
+        }
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.kick(id, code, reason);
+        }
+    }
+
+    /// Flushes and unloads. Returns false while the log still has unwritten changes and
+    /// the room should keep running (it keeps retrying; shutdown waits for it).
+    pub(super) async fn finish(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) -> bool {
+        let refused = self.fenced;
+        let clean = self.log.pending.is_empty() && self.log.in_flight.is_none();
+        if !clean && !refused {
+            self.flush();
+            return false;
+        }
+        if self.stopping.is_none() && !self.peers.is_empty() {
+            return false;
+        }
+        if !refused {
+            // Last snapshot, then let the lease go, so that whoever serves the scene next
+            // loads little and need not wait for this node.
+            // Boxed in statements of their own: a bare future (even a temporary of the
+            // statement that awaits) would keep its room in every room task.
+            let write = self.compaction(true).map(Box::pin);
+            if let Some(write) = write {
+                write.await;
+            }
+            let release = Box::pin(
+                self.ctx
+                    .store
+                    .release_lease(&self.scene, self.epoch, &self.ctx.node_id),
+            );
+            match release.await {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(scene = %self.scene, %error, "cannot release the lease"),
+            }
+        }
+        if let Some(url) = self.handoff.take() {
+            let reason = url.unwrap_or_default();
+            let ids: Vec<u64> = self.peers.keys().copied().collect();
+            for id in ids {
+                self.kick(id, CloseCode::Moved, &reason);
+            }
+        }
+        // Drop out of the directory first, then refuse whatever is still queued.
+        self.directory.remove(&self.scene, self.id);
+        while let Ok(cmd) = inbox.try_recv() {
+            match cmd {
+                RoomCmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinRefused::Unavailable));
+                }
+                RoomCmd::Frame(_) | RoomCmd::Leave { .. } | RoomCmd::LeaseLost { .. } => {}
+            }
+        }
+        self.presence.publish(&self.ctx, &self.scene);
+        tracing::debug!(scene = %self.scene, "room unloaded");
+        true
+    }
+}
+
+/// How long a new owner waits for the former owner to flush and release a scene it is
+/// handing over (planned moves take milliseconds; a former owner that is down, or does not
+/// answer, is not waited for, and after this long the claim goes ahead: fencing keeps it safe).
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a former owner may take to answer "are you alive?" before it is not waited for.
+const LIVENESS_PROBE: Duration = Duration::from_millis(250);
+
+/// How long claiming and loading a scene may each take before its clients are told to
+/// come back later (1011).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Loads `scene`, giving up after [`LOAD_TIMEOUT`]. Its own function, boxed: the store's
+/// future is large and must not stay in the room task's state.
+fn load_in_time<'a>(
+    store: &'a Store,
+    scene: &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StoredScene, StoreError>> + Send + 'a>> {
+    Box::pin(async move {
+        tokio::time::timeout(LOAD_TIMEOUT, store.load(scene))
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    })
+}
+
+/// Waits until the scene's lease is free for this node: released, already ours, or held
+/// by a node that is not up. Returns early on any store error (the claim reports it).
+async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement: &PlacementView) {
+    let deadline = Instant::now() + HANDOFF_WAIT;
+    let mut probed = false;
+    loop {
+        match ctx.store.lease(scene).await {
+            Ok(Some((held_epoch, owner)))
+                if held_epoch < epoch
+                    && !owner.is_empty()
+                    && owner != ctx.node_id
+                    && placement.is_up(&owner) =>
+            {
+                if Instant::now() >= deadline {
+                    tracing::warn!(%scene, %owner, "former owner did not release the scene in time; taking it over");
+                    return;
+                }
+                // A frozen or cut-off owner is still "up" in the membership for a while, but
+                // it will never release: ask it once.
+                if !probed {
+                    probed = true;
+                    if !answers(ctx, placement, &owner).await {
+                        tracing::info!(%scene, %owner, "former owner does not answer; taking the scene over");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Whether member `owner` answers on its internal address within [`LIVENESS_PROBE`].
+async fn answers(ctx: &RoomContext, placement: &PlacementView, owner: &str) -> bool {
+    let Some(addr) = placement.rpc_addr(owner) else {
+        return false;
+    };
+    let answer: Result<NodeSelf, _> = ctx.rpc.get(&addr, "/cluster/info", LIVENESS_PROBE).await;
+    answer.is_ok_and(|me| me.id.to_string() == owner)
+}
+
+/// A scene's document. Text positions count UTF-16 code units, as Yjs does in browsers:
+/// with yrs's default (bytes), a remote edit that splits a surrogate pair corrupts lengths.
+fn new_doc() -> Doc {
+    Doc::with_options(yrs::Options {
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::default()
+    })
+}
+
+/// Rebuilds a document from the newest readable snapshot plus the log after it.
+fn rebuild(stored: &StoredScene) -> Result<(Doc, usize), String> {
+    let mut last_error = String::new();
+    let bases: Vec<Option<&Snapshot>> = stored
+        .snapshots
+        .iter()
+        .map(Some)
+        .chain(stored.snapshots.is_empty().then_some(None))
+        .collect();
+    for base in bases {
+        let doc = new_doc();
+        let upto = base.map_or(0, |s| s.upto_seq);
+        let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let mut bytes = 0;
+            for data in base
+                .map(|s| &s.data)
+                .into_iter()
+                .chain(stored.tail_after(upto).map(|r| &r.data))
+            {
+                bytes += data.len();
+                let update = Update::decode_v1(data).map_err(|e| e.to_string())?;
+                txn.apply_update(update).map_err(|e| e.to_string())?;
+            }
+            Ok::<usize, String>(bytes)
+        }));
+        match attempt {
+            Ok(Ok(bytes)) => return Ok((doc, bytes)),
+            Ok(Err(error)) => last_error = error,
+            Err(_) => last_error = "stored update panicked the decoder".into(),
+        }
+        tracing::error!(upto, error = %last_error, "stored state unreadable; trying an older snapshot");
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    #[test]
+    fn rebuild_falls_back_to_the_older_snapshot() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("text");
+        let mut rows = Vec::new();
+        for (seq, word) in ["INT. ", "HOUSE ", "- DAY"].into_iter().enumerate() {
+            let mut txn = source.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            rows.push(crate::store::LogRow {
+                seq: seq as u64 + 1,
+                data: txn.encode_update_v1(),
+                created_at_ms: 0,
+            });
+        }
+        let stored = StoredScene {
+            snapshots: vec![
+                Snapshot {
+                    upto_seq: 2,
+                    data: vec![0xff, 0xff, 0xff],
+                },
+                Snapshot {
+                    upto_seq: 0,
+                    data: vec![0, 0],
+                },
+            ],
+            rows,
+        };
+        let (doc, _) = rebuild(&stored).unwrap();
+        let text = doc.get_or_insert_text("text");
+        assert_eq!(text.get_string(&doc.transact()), "INT. HOUSE - DAY");
+    }
+}

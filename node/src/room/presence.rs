@@ -1,0 +1,192 @@
+//! The room's presence: the awareness state of each client id, which connection speaks
+//! for it, and publishing changes to Redis.
+//!
+//! The in-room half of presence (what y-websocket calls awareness); the Redis half, shared
+//! across nodes, is [`crate::presence`]. Apart because it has its own rules: a connection
+//! speaks for a few client ids of its own user, and stale clocks are ignored.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Room, RoomContext};
+use crate::update_check;
+use troupe_proto::message;
+use troupe_proto::presence::{PresenceRecord, PRESENCE_REFRESH};
+
+/// Most awareness client ids one connection may speak for (one per Yjs doc it syncs).
+const MAX_CLIENT_IDS_PER_CONNECTION: usize = 4;
+
+/// What a client id last announced, and for whom.
+struct PresenceEntry {
+    clock: u64,
+    state: String,
+    /// The token subject of the connection that speaks for this client id.
+    user: String,
+}
+
+/// The presence of the room's clients, by awareness client id.
+pub(super) struct RoomPresence {
+    entries: HashMap<u64, PresenceEntry>,
+    /// Awareness client ids whose presence changed since it was last published to Redis.
+    pub(super) dirty: HashSet<u64>,
+    pub(super) published: Instant,
+}
+
+impl RoomPresence {
+    pub(super) fn new() -> Self {
+        Self {
+            entries: HashMap::new(),
+            dirty: HashSet::new(),
+            published: Instant::now(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Removes these clients' presence; returns the ids removed, each with the clock that
+    /// announces its removal (its last clock + 1).
+    pub(super) fn remove(&mut self, clients: Vec<u64>) -> Vec<(u64, u64)> {
+        let mut removed = Vec::new();
+        for client in clients {
+            if let Some(entry) = self.entries.remove(&client) {
+                removed.push((client, entry.clock + 1));
+                self.dirty.insert(client);
+            }
+        }
+        removed
+    }
+
+    pub(super) fn encode_all(&self) -> Bytes {
+        message::encode_awareness(
+            self.entries
+                .iter()
+                .map(|(client, e)| (*client, e.clock, e.state.as_str())),
+        )
+        .into()
+    }
+
+    /// Publishes presence changes to Redis (at most once per housekeeping tick), and
+    /// everyone present now and then so that the scene's entry does not expire.
+    pub(super) fn publish(&mut self, ctx: &RoomContext, scene: &str) {
+        let Some(redis) = &ctx.presence else {
+            self.dirty.clear();
+            return;
+        };
+        let refresh = !self.entries.is_empty() && self.published.elapsed() >= PRESENCE_REFRESH;
+        if self.dirty.is_empty() && !refresh {
+            return;
+        }
+        let mut ids: Vec<u64> = self.dirty.drain().collect();
+        if refresh {
+            ids.extend(
+                self.entries
+                    .keys()
+                    .filter(|c| !ids.contains(c))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            self.published = Instant::now();
+        }
+        let at_ms = troupe_proto::clock::now_ms();
+        let changes = ids
+            .into_iter()
+            .map(|client| {
+                let record = self.entries.get(&client).map(|e| PresenceRecord {
+                    user: e.user.clone(),
+                    state: e.state.clone(),
+                    node: ctx.node,
+                    at_ms,
+                });
+                (client, record)
+            })
+            .collect();
+        redis.presence(scene, changes);
+    }
+}
+
+impl Room {
+    pub(super) fn on_awareness(&mut self, conn_id: u64, payload: &[u8]) {
+        let Ok(entries) = update_check::parse_awareness_v1(payload, usize::MAX) else {
+            return;
+        };
+        let mut accepted: Vec<(u64, u64, &str)> = Vec::new();
+        for entry in entries {
+            if !self.claim_client_id(conn_id, entry.client_id, entry.state == "null") {
+                self.ctx.metrics.awareness_dropped.inc();
+                continue;
+            }
+            if self
+                .presence
+                .entries
+                .get(&entry.client_id)
+                .is_some_and(|current| entry.clock < current.clock)
+            {
+                continue;
+            }
+            if entry.state == "null" {
+                self.presence.entries.remove(&entry.client_id);
+            } else {
+                let user = self
+                    .peers
+                    .get(&conn_id)
+                    .map(|p| p.user.clone())
+                    .unwrap_or_default();
+                self.presence.entries.insert(
+                    entry.client_id,
+                    PresenceEntry {
+                        clock: entry.clock,
+                        state: entry.state.to_string(),
+                        user,
+                    },
+                );
+            }
+            self.presence.dirty.insert(entry.client_id);
+            accepted.push((entry.client_id, entry.clock, entry.state));
+        }
+        if !accepted.is_empty() {
+            // To everyone, the sender included, as the reference server does: stock clients
+            // count their own renewed presence as a sign of life and reconnect without it.
+            let frame = message::encode_awareness(accepted.into_iter());
+            self.broadcast(frame.into(), None);
+        }
+    }
+
+    /// Whether `conn_id` may speak for `client_id`, claiming it if it is free.
+    fn claim_client_id(&mut self, conn_id: u64, client_id: u64, removal: bool) -> bool {
+        let Some(user) = self.peers.get(&conn_id).map(|p| p.user.clone()) else {
+            return false;
+        };
+        let holder = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.client_ids.contains(&client_id))
+            .map(|(id, p)| (*id, p.user == user));
+        match holder {
+            Some((id, _)) if id == conn_id => true,
+            Some((id, true)) => {
+                // The same user on a newer connection: move the id over.
+                if let Some(old) = self.peers.get_mut(&id) {
+                    old.client_ids.retain(|c| *c != client_id);
+                }
+                self.add_client_id(conn_id, client_id)
+            }
+            Some((_, false)) => false,
+            None if removal => false,
+            None => self.add_client_id(conn_id, client_id),
+        }
+    }
+
+    fn add_client_id(&mut self, conn_id: u64, client_id: u64) -> bool {
+        match self.peers.get_mut(&conn_id) {
+            Some(peer) if peer.client_ids.len() < MAX_CLIENT_IDS_PER_CONNECTION => {
+                peer.client_ids.push(client_id);
+                true
+            }
+            _ => false,
+        }
+    }
+}

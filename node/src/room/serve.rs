@@ -1,0 +1,138 @@
+//! The room task's loop: one `select!` over the inbox, the commit status, housekeeping,
+//! placement and shutdown, and the dispatch of each command to the concern that handles it.
+//!
+//! Apart so that the loop reads at a glance: what wakes a room, and what it does then.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use troupe_proto::CloseCode;
+
+use super::{IncomingFrame, Room, RoomCmd};
+use crate::protocol::{MessageKind, ValidFrame};
+use troupe_proto::presence::PRESENCE_REFRESH;
+
+/// How often a room with work waiting retries a deferred flush and publishes presence.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The longest a quiet room sleeps between housekeeping rounds (a safety net: what falls
+/// due sooner wakes it sooner).
+const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(2);
+
+impl Room {
+    pub(super) async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        self.placement.mark_unchanged();
+        // Placement may have moved on while the scene loaded.
+        self.on_placement();
+        // Housekeeping runs every HOUSEKEEPING_INTERVAL while there is work waiting, and
+        // otherwise only when something falls due: a thousand quiet rooms must not wake
+        // four thousand times a second.
+        let housekeeping = tokio::time::sleep(HOUSEKEEPING_INTERVAL);
+        tokio::pin!(housekeeping);
+        loop {
+            tokio::select! {
+                cmd = inbox.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                Ok(()) = self.log.status_rx.changed() => self.on_commit(),
+                () = &mut housekeeping => {
+                    self.flush();
+                    self.maybe_compact(false);
+                    self.presence.publish(&self.ctx, &self.scene);
+                    let next = tokio::time::Instant::now() + self.next_housekeeping();
+                    housekeeping.as_mut().reset(next);
+                }
+                Ok(()) = self.placement.changed() => self.on_placement(),
+                Ok(()) = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        self.stop(CloseCode::GoingAway, "server shutting down");
+                    }
+                }
+            }
+            if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {
+                break;
+            }
+            if self.has_waiting_work() {
+                let soon = tokio::time::Instant::now() + HOUSEKEEPING_INTERVAL;
+                if housekeeping.deadline() > soon {
+                    housekeeping.as_mut().reset(soon);
+                }
+            }
+        }
+    }
+
+    /// Work the next housekeeping round must do: a batch to hand to the writer, presence
+    /// to publish, or a stop to finish.
+    fn has_waiting_work(&self) -> bool {
+        !self.log.pending.is_empty() || !self.presence.dirty.is_empty() || self.stopping.is_some()
+    }
+
+    /// How long housekeeping may sleep: until the first thing falls due (compaction by
+    /// age, unloading when idle, refreshing presence), at most [`QUIET_HOUSEKEEPING`].
+    fn next_housekeeping(&self) -> Duration {
+        if self.has_waiting_work() {
+            return HOUSEKEEPING_INTERVAL;
+        }
+        let limits = &self.ctx.limits;
+        let until = |since: Instant, after: Duration| after.saturating_sub(since.elapsed());
+        let mut next = QUIET_HOUSEKEEPING;
+        if let Some(since) = self.uncompacted.since {
+            next = next.min(until(since, limits.compact_age));
+        }
+        if let Some(since) = self.idle_since {
+            next = next.min(until(since, limits.room_idle));
+        }
+        if self.ctx.presence.is_some() && !self.presence.is_empty() {
+            next = next.min(until(self.presence.published, PRESENCE_REFRESH));
+        }
+        next.max(HOUSEKEEPING_INTERVAL)
+    }
+
+    fn is_idle_long_enough(&self) -> bool {
+        self.idle_since
+            .is_some_and(|since| since.elapsed() >= self.ctx.limits.room_idle)
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join { joiner, reply } => self.join(*joiner, reply),
+            RoomCmd::Frame(incoming) => {
+                let IncomingFrame {
+                    conn_id,
+                    received,
+                    frame,
+                    _permit,
+                } = *incoming;
+                self.on_frame(conn_id, &frame);
+                self.ctx
+                    .metrics
+                    .latency_ms
+                    .observe(received.elapsed().as_secs_f64() * 1000.0);
+            }
+            RoomCmd::Leave { conn_id } => self.leave(conn_id),
+            RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),
+        }
+    }
+
+    fn on_frame(&mut self, conn_id: u64, frame: &ValidFrame) {
+        // While handing off nothing new is taken: clients resend it to the new owner in
+        // their sync handshake.
+        if !self.peers.contains_key(&conn_id) || self.handoff.is_some() {
+            return;
+        }
+        match frame.kind {
+            MessageKind::SyncStep1 => self.on_sync_step1(conn_id, frame.payload()),
+            MessageKind::SyncStep2 | MessageKind::Update => self.on_update(conn_id, frame.payload()),
+            MessageKind::Awareness => self.on_awareness(conn_id, frame.payload()),
+            MessageKind::QueryAwareness => {
+                if !self.presence.is_empty() {
+                    self.send(conn_id, self.presence.encode_all());
+                }
+            }
+            MessageKind::Auth => {}
+        }
+    }
+}
