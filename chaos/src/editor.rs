@@ -187,7 +187,7 @@ pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, St
             Duration::from_secs(5),
         )
         .await?;
-    Ok((route.node, route.url, route.epoch))
+    Ok((route.node.0, route.url, route.epoch))
 }
 
 /// What one editor task needs.

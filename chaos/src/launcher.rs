@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use troupe_membership::{AdmitRequest, ClusterClient, NodeState};
+use troupe_membership::{AdmitRequest, ClusterClient, NodeId, NodeState};
 
 use crate::netns::Network;
 
@@ -141,7 +141,7 @@ impl LocalCluster {
             let node = &cluster.nodes[&id];
             client
                 .admit(&AdmitRequest {
-                    id,
+                    id: NodeId(id),
                     url: node.url.clone(),
                     rpc_addr: node.rpc.clone(),
                 })
@@ -332,7 +332,7 @@ impl LocalCluster {
         let node = self.nodes[&id].clone();
         self.client()
             .admit(&AdmitRequest {
-                id,
+                id: NodeId(id),
                 url: node.url,
                 rpc_addr: node.rpc,
             })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use serde::Serialize;
-use troupe_membership::NodeState;
+use troupe_membership::{NodeId, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
 
@@ -202,7 +202,7 @@ async fn settle(cluster: &LocalCluster) {
                 .state
                 .nodes
                 .iter()
-                .filter(|(id, _)| cluster.is_running(**id))
+                .filter(|(id, _)| cluster.is_running(id.0))
                 .all(|(_, n)| n.state == NodeState::Active);
             if all_up {
                 return;
@@ -237,7 +237,7 @@ impl Deferred {
                 cluster.signal_node(id, "CONT");
             }
             Deferred::Activate(id) => {
-                let _ = cluster.client().activate(id).await;
+                let _ = cluster.client().activate(NodeId(id)).await;
             }
             Deferred::Rejoin(id) => {
                 if let Err(error) = cluster.rejoin(id) {
@@ -275,7 +275,13 @@ async fn inject(
         .collect();
     let active: Vec<u64> = view
         .as_ref()
-        .map(|v| v.state.active_ids().filter(|id| running.contains(id)).collect())
+        .map(|v| {
+            v.state
+                .active_ids()
+                .map(|id| id.0)
+                .filter(|id| running.contains(id))
+                .collect()
+        })
         .unwrap_or_default();
     let pick = |rng: &mut SplitMix, from: &[u64]| {
         from.get((rng.next_u64() % from.len().max(1) as u64) as usize)
@@ -291,7 +297,7 @@ async fn inject(
                 return report;
             }
             let target = match planned.kind {
-                FaultKind::KillLeader => view.as_ref().and_then(|v| v.leader),
+                FaultKind::KillLeader => view.as_ref().and_then(|v| v.leader).map(|id| id.0),
                 FaultKind::KillOwner => match scenes.first() {
                     Some(scene) => resolve(router, scene).await.ok().map(|(node, _, _)| node),
                     None => None,
@@ -326,7 +332,7 @@ async fn inject(
             }
         }
         FaultKind::Zombie => {
-            let leader = view.as_ref().and_then(|v| v.leader);
+            let leader = view.as_ref().and_then(|v| v.leader).map(|id| id.0);
             let candidates: Vec<u64> = active.iter().copied().filter(|id| Some(*id) != leader).collect();
             let Some(id) = pick(rng, &candidates).filter(|_| !one_down && active.len() > 1) else {
                 report.note = "skipped: no node to pause".into();
@@ -335,7 +341,7 @@ async fn inject(
             report.target = format!("node {id}");
             report.fired = cluster.signal_node(id, "STOP");
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if let Err(e) = cluster.client().drain(id).await {
+            if let Err(e) = cluster.client().drain(NodeId(id)).await {
                 report.note = format!("drain while paused failed: {e}");
             }
             later.push((after(2500), Deferred::Thaw(id)));
@@ -369,7 +375,7 @@ async fn inject(
                 return report;
             };
             report.target = format!("node {id}");
-            match cluster.client().drain(id).await {
+            match cluster.client().drain(NodeId(id)).await {
                 Ok(_) => {
                     report.fired = true;
                     later.push((after(2500), Deferred::Activate(id)));
@@ -383,7 +389,7 @@ async fn inject(
                 .map(|v| {
                     v.learners
                         .iter()
-                        .copied()
+                        .map(|id| id.0)
                         .filter(|id| running.contains(id))
                         .collect()
                 })
@@ -393,7 +399,7 @@ async fn inject(
                 return report;
             };
             report.target = format!("node {id}");
-            match cluster.client().remove(id).await {
+            match cluster.client().remove(NodeId(id)).await {
                 Ok(_) => {
                     report.fired = true;
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,7 +13,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use troupe_membership::ring::{NodeId, Ring, DEFAULT_VNODES};
+use troupe_membership::ring::{Ring, RingNode, DEFAULT_VNODES};
 
 /// The membership the vector pins: three active nodes.
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -41,7 +41,7 @@ fn write_vector(out: &mut impl Write) -> Result<(), Box<dyn std::error::Error>> 
         let scene = format!("scene-{i}");
         let owner = ring
             .owner(&scene)
-            .map(NodeId::as_str)
+            .map(RingNode::as_str)
             .ok_or("ring has no nodes")?;
         writeln!(out, "{scene} {owner}")?;
     }

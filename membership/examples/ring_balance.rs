@@ -20,15 +20,15 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use troupe_membership::ring::{NodeId, Ring, RingError, DEFAULT_VNODES};
+use troupe_membership::ring::{Ring, RingError, RingNode, DEFAULT_VNODES};
 
 const SCENES: usize = 100_000;
 
-fn nodes(n: usize) -> Vec<NodeId> {
-    (1..=n).map(|i| NodeId::new(format!("n{i}"))).collect()
+fn nodes(n: usize) -> Vec<RingNode> {
+    (1..=n).map(|i| RingNode::new(format!("n{i}"))).collect()
 }
 
-fn owners(ring: &Ring, scenes: &[String]) -> Vec<Option<NodeId>> {
+fn owners(ring: &Ring, scenes: &[String]) -> Vec<Option<RingNode>> {
     scenes.iter().map(|s| ring.owner(s).cloned()).collect()
 }
 
@@ -47,7 +47,7 @@ fn report(vnodes: u32, scenes: &[String]) -> Result<(), RingError> {
         let started = Instant::now();
         let before = owners(&ring, scenes);
         lookups.push(started.elapsed() / SCENES as u32);
-        let mut load: HashMap<&NodeId, usize> = HashMap::new();
+        let mut load: HashMap<&RingNode, usize> = HashMap::new();
         for o in before.iter().flatten() {
             *load.entry(o).or_default() += 1;
         }
@@ -60,7 +60,7 @@ fn report(vnodes: u32, scenes: &[String]) -> Result<(), RingError> {
         } as f64
             / mean;
 
-        let new = NodeId::new(format!("n{}", n + 1));
+        let new = RingNode::new(format!("n{}", n + 1));
         let grown = owners(&Ring::with_vnodes(nodes(n + 1), vnodes)?, scenes);
         let moved = before.iter().zip(&grown).filter(|(a, b)| a != b).count();
         let stray = before
@@ -69,7 +69,7 @@ fn report(vnodes: u32, scenes: &[String]) -> Result<(), RingError> {
             .filter(|(a, b)| a != b && b.as_ref() != Some(&new))
             .count();
 
-        let gone = NodeId::new(format!("n{n}"));
+        let gone = RingNode::new(format!("n{n}"));
         let shrunk = owners(&Ring::with_vnodes(nodes(n - 1), vnodes)?, scenes);
         let removed_moved = before.iter().zip(&shrunk).filter(|(a, b)| a != b).count();
         let other = before
@@ -101,7 +101,7 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 fn max_over_mean(ring: &Ring, scenes: &[String]) -> f64 {
-    let mut load: HashMap<&NodeId, usize> = HashMap::new();
+    let mut load: HashMap<&RingNode, usize> = HashMap::new();
     for s in scenes {
         if let Some(o) = ring.owner(s) {
             *load.entry(o).or_default() += 1;
@@ -121,8 +121,8 @@ fn robustness(vnodes: u32, sets: usize, scenes: &[String]) -> Result<(), RingErr
     for n in [3usize, 5, 10] {
         let mut ratios = Vec::with_capacity(sets);
         for _ in 0..sets {
-            let ids: Vec<NodeId> = (0..n)
-                .map(|_| NodeId::new(format!("node-{:016x}", splitmix(&mut rng))))
+            let ids: Vec<RingNode> = (0..n)
+                .map(|_| RingNode::new(format!("node-{:016x}", splitmix(&mut rng))))
                 .collect();
             ratios.push(max_over_mean(&Ring::with_vnodes(ids, vnodes)?, scenes));
         }

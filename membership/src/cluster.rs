@@ -10,6 +10,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::sync::watch;
 
+use crate::health::{self, Detection};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachine;
@@ -87,14 +88,6 @@ pub struct Cluster {
     detections: tokio::sync::broadcast::Sender<Detection>,
 }
 
-/// A node this node, as the leader, marked down.
-#[derive(Debug, Clone, Copy)]
-pub struct Detection {
-    pub node: NodeId,
-    /// How long the node had been silent (or refusing) when the epoch changed.
-    pub after: Duration,
-}
-
 impl Cluster {
     /// Opens the durable Raft state and starts Raft. A pristine node that is the lowest id
     /// of its peers (or has none) forms the cluster; the others wait to hear from it.
@@ -160,21 +153,13 @@ impl Cluster {
             detections,
         });
         tokio::spawn(register_self(Arc::downgrade(&cluster), client.clone()));
-        tokio::spawn(crate::health::detect(
-            Arc::downgrade(&cluster),
-            client,
-            down_after,
-        ));
+        tokio::spawn(health::detect(Arc::downgrade(&cluster), client, down_after));
         Ok(cluster)
     }
 
     /// Nodes this node marks down while it leads, as it happens.
     pub fn detections(&self) -> tokio::sync::broadcast::Receiver<Detection> {
         self.detections.subscribe()
-    }
-
-    pub(crate) fn detected(&self, detection: Detection) {
-        let _ = self.detections.send(detection);
     }
 
     pub fn id(&self) -> NodeId {
@@ -271,7 +256,7 @@ impl Cluster {
         });
         if tokio::time::timeout(limit, reached).await.is_err() {
             tracing::warn!(
-                node,
+                %node,
                 index,
                 "node did not receive its removal in time; removing it anyway"
             );
@@ -319,7 +304,7 @@ impl Cluster {
             m.membership_config.membership().get_node(&node.id).is_some()
         };
         if !in_raft {
-            tracing::info!(id = node.id, addr = %node.rpc_addr, "adding a learner");
+            tracing::info!(id = %node.id, addr = %node.rpc_addr, "adding a learner");
             self.raft
                 .add_learner(node.id, BasicNode::new(&node.rpc_addr), true)
                 .await
@@ -394,7 +379,7 @@ impl Cluster {
             }
         }
         if let Some(change) = change {
-            tracing::info!(id, ?change, "changing Raft membership");
+            tracing::info!(%id, ?change, "changing Raft membership");
             self.raft
                 .change_membership(change, false)
                 .await
@@ -456,8 +441,32 @@ async fn register_self(cluster: std::sync::Weak<Cluster>, client: RpcClient) {
             }
         };
         match result {
-            Ok(()) => tracing::info!(id = me, "registered with the cluster"),
+            Ok(()) => tracing::info!(id = %me, "registered with the cluster"),
             Err(error) => tracing::debug!(%error, "registering with the cluster; will retry"),
         }
+    }
+}
+
+impl health::Watched for Cluster {
+    type Error = AdminError;
+
+    fn id(&self) -> NodeId {
+        Cluster::id(self)
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        Cluster::leader(self)
+    }
+
+    fn view(&self) -> ClusterView {
+        Cluster::view(self)
+    }
+
+    async fn set_state(&self, command: Command) -> Result<(), AdminError> {
+        Cluster::set_state(self, command).await.map(|_| ())
+    }
+
+    fn detected(&self, detection: Detection) {
+        let _ = self.detections.send(detection);
     }
 }

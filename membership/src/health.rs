@@ -6,18 +6,44 @@
 //! over; without a quorum nothing can be committed and placement stays as it is.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cluster::{Cluster, Detection};
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::{Command, NodeId, NodeState};
-use crate::view::NodeSelf;
+use crate::view::{ClusterView, NodeSelf};
+
+/// What the detector needs of the cluster it watches (the [`Cluster`](crate::Cluster)
+/// handle), so that the detector depends on this and not on the Raft wiring.
+pub trait Watched: Send + Sync + 'static {
+    type Error: Display;
+
+    /// This node's id.
+    fn id(&self) -> NodeId;
+    /// The Raft leader as this node knows it.
+    fn leader(&self) -> Option<NodeId>;
+    /// The membership as applied here.
+    fn view(&self) -> ClusterView;
+    /// Commits `Activate` or `MarkDown` for a node.
+    fn set_state(&self, command: Command) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Tells whoever listens that this node marked a member down.
+    fn detected(&self, detection: Detection);
+}
+
+/// A node this node, as the leader, marked down.
+#[derive(Debug, Clone, Copy)]
+pub struct Detection {
+    pub node: NodeId,
+    /// How long the node had been silent (or refusing) when the epoch changed.
+    pub after: Duration,
+}
 
 /// Runs for as long as the cluster handle lives.
-pub async fn detect(cluster: Weak<Cluster>, client: RpcClient, down_after: Duration) {
+pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after: Duration) {
     let interval = (down_after / 10).max(Duration::from_millis(50));
     let probe_timeout = (interval * 2).min(down_after);
     let mut tick = tokio::time::interval(interval);
@@ -62,7 +88,7 @@ pub async fn detect(cluster: Weak<Cluster>, client: RpcClient, down_after: Durat
                 last_ok.insert(*id, now);
                 refused_since.remove(id);
                 if node.state == NodeState::Down {
-                    tracing::info!(node = id, "node answers again: back on the ring");
+                    tracing::info!(node = %id, "node answers again: back on the ring");
                     report(cluster.set_state(Command::Activate { id: *id }).await);
                 }
                 continue;
@@ -77,7 +103,7 @@ pub async fn detect(cluster: Weak<Cluster>, client: RpcClient, down_after: Durat
             };
             if node.state == NodeState::Active && (silent >= down_after || refused >= down_after / 4) {
                 tracing::warn!(
-                    node = id,
+                    node = %id,
                     silent_ms = silent.as_millis() as u64,
                     refused_ms = refused.as_millis() as u64,
                     "node is down: moving its scenes"
@@ -105,7 +131,11 @@ enum Probe {
 }
 
 /// Probes every member other than this node, all at once.
-async fn probe_all(cluster: &Arc<Cluster>, client: &RpcClient, timeout: Duration) -> HashMap<NodeId, Probe> {
+async fn probe_all<C: Watched>(
+    cluster: &Arc<C>,
+    client: &RpcClient,
+    timeout: Duration,
+) -> HashMap<NodeId, Probe> {
     let me = cluster.id();
     let mut probes = JoinSet::new();
     for node in cluster.view().state.nodes.values().filter(|n| n.id != me) {
@@ -130,7 +160,7 @@ async fn probe_all(cluster: &Arc<Cluster>, client: &RpcClient, timeout: Duration
     answers
 }
 
-fn report<T>(result: Result<T, crate::cluster::AdminError>) {
+fn report<E: Display>(result: Result<(), E>) {
     if let Err(error) = result {
         tracing::debug!(%error, "failure detector: change not committed");
     }

@@ -1,4 +1,4 @@
-//! Placement: which node owns a scene.
+//! The placement ring: which of a set of labelled nodes owns a scene.
 //!
 //! A [`Ring`] is a consistent-hash ring over the **active** nodes of one membership view
 //! (one epoch). Each node is placed on the ring [`DEFAULT_VNODES`] times ("virtual nodes"),
@@ -73,18 +73,18 @@ pub const DEFAULT_VNODES: u32 = 1024;
 /// ring of billions of entries.
 pub const MAX_VNODES: u32 = 16_384;
 
-/// A node's cluster-wide identifier, as it appears in the membership state.
+/// A node as the ring knows it: a label whose UTF-8 bytes placement hashes.
 ///
-/// Kept as a string: placement hashes its UTF-8 bytes, so whatever the membership uses
-/// (a name, or a numeric Raft id written in decimal) must be turned into the same string
-/// on every node. Shared (`Arc`) because every virtual node holds a copy.
+/// The ring is a pure function of labels, so it is tested with any strings; the cluster
+/// labels each active node with its [`NodeId`](troupe_proto::NodeId) in decimal
+/// (see [`crate::placement`]). Shared (`Arc`) because every virtual node holds a copy.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(Arc<str>);
+pub struct RingNode(Arc<str>);
 
-impl NodeId {
+impl RingNode {
     /// Wraps an id. Emptiness is checked when a ring is built, where it can be reported.
     pub fn new(id: impl AsRef<str>) -> Self {
-        NodeId(Arc::from(id.as_ref()))
+        RingNode(Arc::from(id.as_ref()))
     }
 
     /// The id as a string slice.
@@ -93,37 +93,37 @@ impl NodeId {
     }
 }
 
-impl fmt::Display for NodeId {
+impl fmt::Display for RingNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl From<&str> for NodeId {
+impl From<&str> for RingNode {
     fn from(id: &str) -> Self {
-        NodeId::new(id)
+        RingNode::new(id)
     }
 }
 
-impl From<String> for NodeId {
+impl From<String> for RingNode {
     fn from(id: String) -> Self {
-        NodeId(Arc::from(id))
+        RingNode(Arc::from(id))
     }
 }
 
-impl From<&String> for NodeId {
+impl From<&String> for RingNode {
     fn from(id: &String) -> Self {
-        NodeId::new(id)
+        RingNode::new(id)
     }
 }
 
-impl From<&NodeId> for NodeId {
-    fn from(id: &NodeId) -> Self {
+impl From<&RingNode> for RingNode {
+    fn from(id: &RingNode) -> Self {
         id.clone()
     }
 }
 
-impl AsRef<str> for NodeId {
+impl AsRef<str> for RingNode {
     fn as_ref(&self) -> &str {
         &self.0
     }
@@ -135,7 +135,7 @@ pub enum RingError {
     /// The same node id was given twice: a membership view lists each node once, so this
     /// is a bug in the caller, and silently merging would hide it.
     #[error("node {0} appears more than once in the membership view")]
-    DuplicateNode(NodeId),
+    DuplicateNode(RingNode),
     /// An empty id cannot name a node and would hash like a prefix of other keys.
     #[error("a node id is empty")]
     EmptyNodeId,
@@ -149,7 +149,7 @@ pub enum RingError {
 /// Its position is `h("{node}#{replica}")`; see the module docs.
 #[derive(Clone, Debug)]
 struct VNode {
-    node: NodeId,
+    node: RingNode,
     replica: u32,
 }
 
@@ -177,7 +177,7 @@ impl Hash for SceneKey<'_> {
 #[derive(Clone)]
 pub struct Ring {
     ring: HashRing<VNode>,
-    nodes: Vec<NodeId>,
+    nodes: Vec<RingNode>,
     vnodes: u32,
 }
 
@@ -198,7 +198,7 @@ impl Ring {
     pub fn new<I>(active: I) -> Result<Ring, RingError>
     where
         I: IntoIterator,
-        I::Item: Into<NodeId>,
+        I::Item: Into<RingNode>,
     {
         Ring::with_vnodes(active, DEFAULT_VNODES)
     }
@@ -210,7 +210,7 @@ impl Ring {
     pub fn with_vnodes<I>(active: I, vnodes: u32) -> Result<Ring, RingError>
     where
         I: IntoIterator,
-        I::Item: Into<NodeId>,
+        I::Item: Into<RingNode>,
     {
         if vnodes == 0 || vnodes > MAX_VNODES {
             return Err(RingError::VnodesOutOfRange(vnodes));
@@ -219,7 +219,7 @@ impl Ring {
         // (stable) sort inside `hashring` orders colliding positions.
         let mut sorted = BTreeSet::new();
         for id in active {
-            let id: NodeId = id.into();
+            let id: RingNode = id.into();
             if id.as_str().is_empty() {
                 return Err(RingError::EmptyNodeId);
             }
@@ -227,7 +227,7 @@ impl Ring {
                 return Err(RingError::DuplicateNode(dup));
             }
         }
-        let nodes: Vec<NodeId> = sorted.into_iter().collect();
+        let nodes: Vec<RingNode> = sorted.into_iter().collect();
 
         let mut points = Vec::with_capacity(nodes.len().saturating_mul(vnodes as usize));
         for node in &nodes {
@@ -247,12 +247,12 @@ impl Ring {
     ///
     /// Same answer for the same membership in every process and release; see the module
     /// docs for the exact function.
-    pub fn owner(&self, scene_id: &str) -> Option<&NodeId> {
+    pub fn owner(&self, scene_id: &str) -> Option<&RingNode> {
         self.ring.get(&SceneKey(scene_id)).map(|v| &v.node)
     }
 
     /// The nodes on the ring, sorted by id.
-    pub fn nodes(&self) -> &[NodeId] {
+    pub fn nodes(&self) -> &[RingNode] {
         &self.nodes
     }
 
@@ -346,7 +346,7 @@ mod tests {
         for id in ["n1", "node-with-a-much-longer-id", "a#1", "ü", ""] {
             for replica in [0u32, 7, 255, 4_000_000_000] {
                 let v = VNode {
-                    node: NodeId::new(id),
+                    node: RingNode::new(id),
                     replica,
                 };
                 let label = format!("{id}#{replica}");
@@ -374,7 +374,11 @@ mod tests {
             let scene = format!("scene-{s}");
             let h = siphash24(0, 0, scene.as_bytes());
             let expected = points.iter().find(|p| p.0 >= h).unwrap_or(&points[0]).1;
-            assert_eq!(ring.owner(&scene).map(NodeId::as_str), Some(expected), "{scene}");
+            assert_eq!(
+                ring.owner(&scene).map(RingNode::as_str),
+                Some(expected),
+                "{scene}"
+            );
         }
     }
 
@@ -394,7 +398,7 @@ mod tests {
 
     #[test]
     fn empty_ring_owns_nothing() {
-        let ring = Ring::new(Vec::<NodeId>::new()).expect("ring");
+        let ring = Ring::new(Vec::<RingNode>::new()).expect("ring");
         assert!(ring.is_empty());
         assert_eq!(ring.owner("scene-0"), None);
     }
@@ -404,7 +408,7 @@ mod tests {
         let ring = Ring::new(["solo"]).expect("ring");
         for s in 0..1000 {
             assert_eq!(
-                ring.owner(&format!("scene-{s}")).map(NodeId::as_str),
+                ring.owner(&format!("scene-{s}")).map(RingNode::as_str),
                 Some("solo")
             );
         }
@@ -414,7 +418,7 @@ mod tests {
     fn bad_input_is_a_typed_error() {
         assert_eq!(
             Ring::new(["n1", "n2", "n1"]).err(),
-            Some(RingError::DuplicateNode(NodeId::new("n1")))
+            Some(RingError::DuplicateNode(RingNode::new("n1")))
         );
         assert_eq!(Ring::new(["n1", ""]).err(), Some(RingError::EmptyNodeId));
         assert_eq!(
@@ -433,8 +437,8 @@ mod tests {
         assert!(ring.contains("a") && ring.contains("b") && !ring.contains("c"));
         assert_eq!(ring.len(), 2);
         assert_eq!(ring.vnodes_per_node(), DEFAULT_VNODES);
-        assert_eq!(ring.nodes(), &[NodeId::new("a"), NodeId::new("b")]);
-        let mut seen: HashMap<&NodeId, usize> = HashMap::new();
+        assert_eq!(ring.nodes(), &[RingNode::new("a"), RingNode::new("b")]);
+        let mut seen: HashMap<&RingNode, usize> = HashMap::new();
         for s in 0..1000 {
             if let Some(o) = ring.owner(&format!("scene-{s}")) {
                 *seen.entry(o).or_default() += 1;

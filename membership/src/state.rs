@@ -11,10 +11,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring::{Ring, RingError};
+pub use troupe_proto::NodeId;
 
-/// A node's id in the cluster (its Raft id).
-pub type NodeId = u64;
+use crate::placement::Placement;
+use crate::ring::RingError;
 
 /// Where a node stands in placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,90 +250,26 @@ fn check_rpc_addr(id: NodeId, addr: &str) -> Result<(), CommandError> {
     }
 }
 
-/// Who owns what at one epoch: the ring over the active nodes plus their URLs.
-#[derive(Debug)]
-pub struct Placement {
-    pub epoch: u64,
-    ring: Ring,
-    urls: BTreeMap<NodeId, String>,
-}
-
-/// The owner of a scene at an epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub scene: String,
-    pub node: NodeId,
-    pub url: String,
-    pub epoch: u64,
-}
-
-impl Placement {
-    pub fn new(state: &ClusterState) -> Result<Placement, RingError> {
-        let ring = Ring::new(state.active_ids().map(|id| id.to_string()))?;
-        let urls = state
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Active)
-            .map(|n| (n.id, n.url.clone()))
-            .collect();
-        Ok(Placement {
-            epoch: state.epoch,
-            ring,
-            urls,
-        })
-    }
-
-    /// A placement with no nodes: nothing is served.
-    pub fn empty() -> Placement {
-        Placement {
-            epoch: 0,
-            ring: Ring::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!("an empty ring is valid")),
-            urls: BTreeMap::new(),
-        }
-    }
-
-    /// The owner of `scene`, or `None` when no node is active.
-    pub fn route(&self, scene: &str) -> Option<Route> {
-        let owner = self.ring.owner(scene)?;
-        let node: NodeId = owner.as_str().parse().ok()?;
-        Some(Route {
-            scene: scene.to_string(),
-            node,
-            url: self.urls.get(&node)?.clone(),
-            epoch: self.epoch,
-        })
-    }
-
-    /// Whether `node` owns `scene`.
-    pub fn owns(&self, node: NodeId, scene: &str) -> bool {
-        self.route(scene).is_some_and(|r| r.node == node)
-    }
-
-    pub fn active_nodes(&self) -> usize {
-        self.urls.len()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn register(state: &mut ClusterState, id: NodeId) {
+    fn register(state: &mut ClusterState, id: u64) {
         state
             .apply(&Command::Register {
-                id,
+                id: NodeId(id),
                 url: format!("ws://127.0.0.1:40{id:02}"),
                 rpc_addr: format!("127.0.0.1:41{id:02}"),
             })
             .unwrap();
     }
 
-    fn cluster(n: NodeId) -> ClusterState {
+    fn cluster(n: u64) -> ClusterState {
         let mut state = ClusterState::default();
         for id in 1..=n {
             register(&mut state, id);
-            state.apply(&Command::Activate { id }).unwrap();
+            state.apply(&Command::Activate { id: NodeId(id) }).unwrap();
         }
         state
     }
@@ -343,8 +279,8 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, 1);
         assert_eq!(state.epoch, 0);
-        assert_eq!(state.nodes[&1].state, NodeState::Joining);
-        let applied = state.apply(&Command::Activate { id: 1 }).unwrap();
+        assert_eq!(state.nodes[&NodeId(1)].state, NodeState::Joining);
+        let applied = state.apply(&Command::Activate { id: NodeId(1) }).unwrap();
         assert_eq!(
             applied,
             Applied {
@@ -353,7 +289,7 @@ mod tests {
             }
         );
         // Repeating is harmless and changes nothing.
-        let again = state.apply(&Command::Activate { id: 1 }).unwrap();
+        let again = state.apply(&Command::Activate { id: NodeId(1) }).unwrap();
         assert_eq!(
             again,
             Applied {
@@ -367,16 +303,16 @@ mod tests {
     fn drain_and_down_take_nodes_off_the_ring() {
         let mut state = cluster(3);
         assert_eq!(state.epoch, 3);
-        state.apply(&Command::Drain { id: 2 }).unwrap();
+        state.apply(&Command::Drain { id: NodeId(2) }).unwrap();
         assert_eq!(state.epoch, 4);
-        state.apply(&Command::MarkDown { id: 3 }).unwrap();
+        state.apply(&Command::MarkDown { id: NodeId(3) }).unwrap();
         assert_eq!(state.epoch, 5);
-        assert_eq!(state.active_ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(state.active_ids().collect::<Vec<_>>(), vec![NodeId(1)]);
         // A drained node that goes down changes no placement.
-        state.apply(&Command::MarkDown { id: 2 }).unwrap();
+        state.apply(&Command::MarkDown { id: NodeId(2) }).unwrap();
         assert_eq!(state.epoch, 5);
         let placement = state.placement().unwrap();
-        assert!(placement.owns(1, "any-scene"));
+        assert!(placement.owns(NodeId(1), "any-scene"));
     }
 
     #[test]
@@ -384,20 +320,20 @@ mod tests {
         let mut state = cluster(1);
         let before = state.clone();
         assert_eq!(
-            state.apply(&Command::Drain { id: 1 }),
-            Err(CommandError::LastActiveNode { id: 1 })
+            state.apply(&Command::Drain { id: NodeId(1) }),
+            Err(CommandError::LastActiveNode { id: NodeId(1) })
         );
         assert_eq!(
-            state.apply(&Command::Remove { id: 1 }),
-            Err(CommandError::LastNode { id: 1 })
+            state.apply(&Command::Remove { id: NodeId(1) }),
+            Err(CommandError::LastNode { id: NodeId(1) })
         );
         assert_eq!(
-            state.apply(&Command::Activate { id: 9 }),
-            Err(CommandError::UnknownNode { id: 9 })
+            state.apply(&Command::Activate { id: NodeId(9) }),
+            Err(CommandError::UnknownNode { id: NodeId(9) })
         );
         assert_eq!(
-            state.apply(&Command::Remove { id: 9 }),
-            Err(CommandError::UnknownNode { id: 9 })
+            state.apply(&Command::Remove { id: NodeId(9) }),
+            Err(CommandError::UnknownNode { id: NodeId(9) })
         );
         for (url, rpc) in [
             ("http://x:1", "x:1"),
@@ -406,7 +342,7 @@ mod tests {
             ("ws://a b", "x:1"),
         ] {
             let err = state.apply(&Command::Register {
-                id: 2,
+                id: NodeId(2),
                 url: url.into(),
                 rpc_addr: rpc.into(),
             });
@@ -424,13 +360,13 @@ mod tests {
     #[test]
     fn removing_the_last_active_node_is_refused_while_others_drain() {
         let mut state = cluster(2);
-        state.apply(&Command::Drain { id: 2 }).unwrap();
+        state.apply(&Command::Drain { id: NodeId(2) }).unwrap();
         assert_eq!(
-            state.apply(&Command::Remove { id: 1 }),
-            Err(CommandError::LastActiveNode { id: 1 })
+            state.apply(&Command::Remove { id: NodeId(1) }),
+            Err(CommandError::LastActiveNode { id: NodeId(1) })
         );
         let epoch = state.epoch;
-        state.apply(&Command::Remove { id: 2 }).unwrap();
+        state.apply(&Command::Remove { id: NodeId(2) }).unwrap();
         assert_eq!(state.epoch, epoch, "removing a drained node moves no scene");
         assert_eq!(state.nodes.len(), 1);
     }
@@ -441,7 +377,7 @@ mod tests {
         let epoch = state.epoch;
         let applied = state
             .apply(&Command::Register {
-                id: 2,
+                id: NodeId(2),
                 url: "ws://10.0.0.2:4000".into(),
                 rpc_addr: "10.0.0.2:4100".into(),
             })
@@ -456,14 +392,14 @@ mod tests {
     fn placement_follows_the_active_nodes_only() {
         let mut state = cluster(3);
         let before = state.placement().unwrap();
-        state.apply(&Command::Drain { id: 3 }).unwrap();
+        state.apply(&Command::Drain { id: NodeId(3) }).unwrap();
         let after = state.placement().unwrap();
         for i in 0..2000 {
             let scene = format!("scene-{i}");
             let old = before.route(&scene).unwrap();
             let new = after.route(&scene).unwrap();
-            assert_ne!(new.node, 3);
-            if old.node != 3 {
+            assert_ne!(new.node, NodeId(3));
+            if old.node != NodeId(3) {
                 assert_eq!(old.node, new.node, "only the drained node's scenes move");
             }
             assert_eq!(new.epoch, state.epoch);
@@ -474,7 +410,7 @@ mod tests {
     #[test]
     fn commands_round_trip_through_json() {
         let command = Command::Register {
-            id: 4,
+            id: NodeId(4),
             url: "ws://h:1".into(),
             rpc_addr: "h:2".into(),
         };

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ClusterState, NodeId, Placement};
+use crate::placement::Placement;
+use crate::state::{ClusterState, NodeId};
 
 /// The membership state as applied on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! `cargo run -p troupe-membership --example placement_vector > membership/tests/fixtures/placement-v1.txt`;
 //! do not regenerate it to make this test pass (see that example's docs).
 
-use troupe_membership::ring::{NodeId, Ring, DEFAULT_VNODES};
+use troupe_membership::ring::{Ring, RingNode, DEFAULT_VNODES};
 
 const FIXTURE: &str = include_str!("fixtures/placement-v1.txt");
 
@@ -51,7 +51,7 @@ fn placement_matches_the_committed_vector() {
             "fixture lines are scene-0.. in order"
         );
         for ring in &rings {
-            if ring.owner(scene).map(NodeId::as_str) != Some(owner) {
+            if ring.owner(scene).map(RingNode::as_str) != Some(owner) {
                 wrong.push(format!("{scene}: recorded {owner}, now {:?}", ring.owner(scene)));
             }
         }

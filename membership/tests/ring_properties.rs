@@ -11,17 +11,17 @@
 
 use std::collections::HashMap;
 
-use troupe_membership::ring::{NodeId, Ring};
+use troupe_membership::ring::{Ring, RingNode};
 
-fn ids(n: usize) -> Vec<NodeId> {
-    (1..=n).map(|i| NodeId::new(format!("n{i}"))).collect()
+fn ids(n: usize) -> Vec<RingNode> {
+    (1..=n).map(|i| RingNode::new(format!("n{i}"))).collect()
 }
 
 fn scenes(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("scene-{i}")).collect()
 }
 
-fn owners(ring: &Ring, scenes: &[String]) -> Vec<NodeId> {
+fn owners(ring: &Ring, scenes: &[String]) -> Vec<RingNode> {
     scenes
         .iter()
         .map(|s| ring.owner(s).expect("non-empty ring has an owner").clone())
@@ -44,18 +44,18 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 
-    fn id(&mut self) -> NodeId {
+    fn id(&mut self) -> RingNode {
         // Mixed shapes: names, numeric Raft-style ids, ids with separators.
         match self.below(3) {
-            0 => NodeId::new(format!("node-{:x}", self.next())),
-            1 => NodeId::new(format!("{}", self.next() % 100_000)),
-            _ => NodeId::new(format!("eu#{}#{:x}", self.below(9), self.next() & 0xffff)),
+            0 => RingNode::new(format!("node-{:x}", self.next())),
+            1 => RingNode::new(format!("{}", self.next() % 100_000)),
+            _ => RingNode::new(format!("eu#{}#{:x}", self.below(9), self.next() & 0xffff)),
         }
     }
 }
 
 /// Checks one add: everything that moved went to `new`, and returns the moved fraction.
-fn check_add(old: &[NodeId], new: &NodeId, scenes: &[String]) -> f64 {
+fn check_add(old: &[RingNode], new: &RingNode, scenes: &[String]) -> f64 {
     let before = owners(&Ring::new(old).expect("ring"), scenes);
     let mut grown = old.to_vec();
     grown.push(new.clone());
@@ -71,9 +71,9 @@ fn check_add(old: &[NodeId], new: &NodeId, scenes: &[String]) -> f64 {
 }
 
 /// Checks one removal: only `gone`'s scenes moved, and all of them. Returns the fraction.
-fn check_remove(old: &[NodeId], gone: &NodeId, scenes: &[String]) -> f64 {
+fn check_remove(old: &[RingNode], gone: &RingNode, scenes: &[String]) -> f64 {
     let before = owners(&Ring::new(old).expect("ring"), scenes);
-    let rest: Vec<&NodeId> = old.iter().filter(|n| *n != gone).collect();
+    let rest: Vec<&RingNode> = old.iter().filter(|n| *n != gone).collect();
     let after = owners(&Ring::new(rest).expect("ring"), scenes);
     let mut moved = 0;
     for ((scene, b), a) in scenes.iter().zip(&before).zip(&after) {
@@ -91,7 +91,7 @@ fn check_remove(old: &[NodeId], gone: &NodeId, scenes: &[String]) -> f64 {
 fn adding_a_node_moves_about_one_over_n_plus_one_all_onto_it() {
     let scenes = scenes(20_000);
     for n in 1..=10 {
-        let new = NodeId::new(format!("n{}", n + 1));
+        let new = RingNode::new(format!("n{}", n + 1));
         let moved = check_add(&ids(n), &new, &scenes);
         let ideal = 1.0 / (n + 1) as f64;
         eprintln!("add n{} to {n} nodes: moved {moved:.4} (ideal {ideal:.4})", n + 1);
@@ -121,7 +121,7 @@ fn removing_a_node_moves_only_its_scenes() {
 
 #[test]
 fn removing_the_last_node_leaves_no_owner() {
-    let ring = Ring::new(Vec::<NodeId>::new()).expect("ring");
+    let ring = Ring::new(Vec::<RingNode>::new()).expect("ring");
     assert_eq!(ring.owner("scene-1"), None);
 }
 
@@ -130,7 +130,7 @@ fn most_loaded_node_is_within_1_15_of_the_mean_over_100k_scenes() {
     let scenes = scenes(100_000);
     for n in [3, 5, 10] {
         let ring = Ring::new(ids(n)).expect("ring");
-        let mut load: HashMap<&NodeId, usize> = HashMap::new();
+        let mut load: HashMap<&RingNode, usize> = HashMap::new();
         for s in &scenes {
             *load.entry(ring.owner(s).expect("owner")).or_default() += 1;
         }
@@ -151,7 +151,7 @@ fn movement_invariants_hold_for_random_memberships() {
     let mut rng = Rng(0x05ee_d0f7_209e);
     for _ in 0..40 {
         let n = 1 + rng.below(9);
-        let mut members: Vec<NodeId> = Vec::new();
+        let mut members: Vec<RingNode> = Vec::new();
         while members.len() < n {
             let id = rng.id();
             if !members.contains(&id) {
@@ -188,10 +188,10 @@ fn movement_invariants_hold_for_random_memberships() {
 fn ring_depends_only_on_the_set_of_active_nodes() {
     let scenes = scenes(5_000);
     let full = Ring::new(ids(5)).expect("ring");
-    let without: Vec<NodeId> = ids(5).into_iter().filter(|n| n.as_str() != "n3").collect();
+    let without: Vec<RingNode> = ids(5).into_iter().filter(|n| n.as_str() != "n3").collect();
     let drained = Ring::new(&without).expect("ring");
     let mut back = without.clone();
-    back.push(NodeId::new("n3"));
+    back.push(RingNode::new("n3"));
     let readded = Ring::new(&back).expect("ring");
     assert_ne!(owners(&full, &scenes), owners(&drained, &scenes));
     assert_eq!(owners(&full, &scenes), owners(&readded, &scenes));

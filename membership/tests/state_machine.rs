@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use troupe_membership::state::{ClusterState, Command, NodeState};
+use troupe_membership::state::{ClusterState, Command, NodeId, NodeState};
 
 /// SplitMix64: reproducible sequences without a dependency.
 struct Rng(u64);
@@ -29,7 +29,7 @@ impl Rng {
 }
 
 fn random_command(rng: &mut Rng) -> Command {
-    let id = 1 + rng.below(7);
+    let id = NodeId(1 + rng.below(7));
     match rng.below(7) {
         0 | 1 => Command::Register {
             id,
@@ -47,7 +47,7 @@ fn random_command(rng: &mut Rng) -> Command {
     }
 }
 
-fn active(state: &ClusterState) -> BTreeMap<u64, String> {
+fn active(state: &ClusterState) -> BTreeMap<NodeId, String> {
     state
         .nodes
         .values()

@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::duration::parse_duration;
 use troupe_proto::token::{self as auth, Verifier};
+use troupe_proto::NodeId;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -223,11 +224,11 @@ pub enum StoreLocation {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub node_id: u64,
+    pub node_id: NodeId,
     pub rpc_listen: SocketAddr,
     pub rpc_advertise: Option<String>,
     /// Initial voters: id -> internal address.
-    pub peers: BTreeMap<u64, String>,
+    pub peers: BTreeMap<NodeId, String>,
     /// Folder of this node's Raft log, vote and snapshot.
     pub raft_dir: PathBuf,
     pub down_after: Duration,
@@ -345,7 +346,7 @@ impl Config {
         }
         Ok(Settings {
             listen: self.listen,
-            node_id: self.node_id,
+            node_id: NodeId(self.node_id),
             rpc_listen: self.rpc_listen,
             rpc_advertise: self.rpc_advertise.clone(),
             peers,
@@ -364,17 +365,18 @@ impl Config {
 }
 
 /// Parses `TROUPE_PEERS`: `id=host:port` items separated by commas.
-fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, String> {
+fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
     for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (id, addr) = item
             .split_once('=')
             .ok_or_else(|| format!("TROUPE_PEERS: {item:?} must look like id=host:port"))?;
-        let id: u64 = id
+        let id = id
             .trim()
-            .parse()
+            .parse::<u64>()
             .ok()
             .filter(|id| *id > 0)
+            .map(NodeId)
             .ok_or_else(|| format!("TROUPE_PEERS: {id:?} is not a positive node id"))?;
         let addr = addr.trim();
         check_host_port("TROUPE_PEERS", addr)?;
@@ -430,7 +432,7 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(settings.peers.len(), 3);
-        assert_eq!(settings.peers[&2], "h2:4100");
+        assert_eq!(settings.peers[&NodeId(2)], "h2:4100");
         assert!(settings.raft_dir.ends_with("raft-2"));
     }
 

@@ -12,9 +12,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::placement::Verdict;
 use crate::server::App;
 use crate::ws::{self, ConnectRequest};
+use troupe_membership::placement::Verdict;
 
 pub type Body = Full<Bytes>;
 

@@ -2,18 +2,19 @@
 //! protocol, persists every edit to a durable store and refuses bad input with a clear
 //! close code.
 //!
-//! The modules, from the socket inwards:
+//! The contracts it shares with routers and tools (wire format, close codes, tokens, scene
+//! ids, presence keys) are in [`troupe_proto`]; which scenes it may serve comes from
+//! [`troupe_membership::placement`]. The modules, from the socket inwards:
 //! - [`server`]: wiring of a node: store, writer, rooms and the HTTP listener, with
 //!   graceful shutdown;
 //! - [`http`]: the HTTP routes: the WebSocket endpoint, `/healthz` and `/metrics`;
 //! - [`ws`]: one client connection: authenticate, join the scene's room, shuttle frames;
-//! - [`auth`]: access tokens, JWTs minted by the app's backend that scope a user to scenes;
-//! - [`protocol`]: the y-websocket wire protocol (y-protocols, v1): parsing and encoding;
+//! - [`protocol`]: what a node accepts from a client: frames of the shared wire format
+//!   ([`troupe_proto`]) whose payloads are valid;
 //! - [`update_check`]: structural validation of untrusted Yjs v1 data before yrs decodes it;
 //! - [`outbox`]: the bounded queue from a room to one connection;
 //! - [`rooms`]: the directory of live rooms on this node: scene id -> the room's inbox;
 //! - [`room`]: one live scene, owned by a single task: document, clients, acks, presence;
-//! - [`placement`]: which scenes this node may serve, at the cluster's current epoch;
 //! - [`writer`]: the group committer: every room's pending batches in one transaction;
 //! - [`store`]: the durable store: each scene's update log, snapshots and leases;
 //! - [`presence`]: presence and failover notices on Redis (the cross-node side);
@@ -26,7 +27,6 @@ pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
-pub mod placement;
 pub mod presence;
 pub mod protocol;
 pub mod room;

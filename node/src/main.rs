@@ -52,7 +52,7 @@ async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
     let addr = listeners.public.local_addr()?;
     let rpc_addr = listeners.rpc.local_addr()?;
     tracing::info!(
-        node = settings.node_id,
+        node = %settings.node_id,
         %addr,
         %rpc_addr,
         store = match &settings.store {

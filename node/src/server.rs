@@ -17,12 +17,12 @@ use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::placement::{self, PlacementView};
 use crate::presence::RedisHandle;
 use crate::room::RoomContext;
 use crate::rooms::Rooms;
 use crate::store::{Store, StoreError};
 use crate::writer;
+use troupe_membership::placement::{self, PlacementView};
 use troupe_proto::presence::Notice;
 
 /// How long shutdown waits for rooms to flush before giving up.

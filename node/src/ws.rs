@@ -17,11 +17,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::outbox::{ClientQueue, Outbound};
-use crate::placement::Verdict;
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
+use troupe_membership::placement::Verdict;
 use troupe_proto::token::{AuthError, Role};
 use troupe_proto::CloseCode;
 

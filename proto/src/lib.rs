@@ -9,6 +9,7 @@
 //! - [`close`]: WebSocket close codes, what each means and its metric label.
 //! - [`token`]: access token claims, signing and verification.
 //! - [`scene`]: which strings are scene ids.
+//! - [`node`]: node ids.
 //! - [`presence`]: presence records and failover notices, and their Redis keys.
 //! - [`clock`]: wall-clock time as the records above carry it.
 
@@ -18,9 +19,11 @@ pub mod clock;
 pub mod close;
 pub mod lib0;
 pub mod message;
+pub mod node;
 pub mod presence;
 pub mod scene;
 pub mod token;
 
 pub use close::CloseCode;
 pub use message::{AwarenessEntry, Message, WireError};
+pub use node::NodeId;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeId;
+
 /// How long a scene's presence outlives its last refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 
@@ -38,7 +40,7 @@ pub struct PresenceRecord {
     /// The awareness state as the client sent it (JSON: name, colour, cursor, typing…).
     pub state: String,
     /// The node serving the scene.
-    pub node: u64,
+    pub node: NodeId,
     /// When it was written (ms since the Unix epoch).
     pub at_ms: u64,
 }
@@ -69,7 +71,7 @@ pub struct PresenceChange {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Notice {
     NodeDown {
-        node: u64,
+        node: NodeId,
         epoch: u64,
     },
     EpochChanged {
@@ -77,8 +79,8 @@ pub enum Notice {
     },
     SceneMoved {
         scene: String,
-        from: u64,
-        to: Option<u64>,
+        from: NodeId,
+        to: Option<NodeId>,
         epoch: u64,
     },
 }
@@ -92,7 +94,7 @@ mod tests {
         let record = PresenceRecord {
             user: "ada".into(),
             state: "{}".into(),
-            node: 2,
+            node: NodeId(2),
             at_ms: 5,
         };
         let changes = PresenceChanges {
@@ -114,7 +116,7 @@ mod tests {
         );
         let notice = Notice::SceneMoved {
             scene: "s1".into(),
-            from: 1,
+            from: NodeId(1),
             to: None,
             epoch: 4,
         };

@@ -215,7 +215,7 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String)
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http_body_util::BodyExt;
-    use troupe_membership::state::{ClusterState, Command};
+    use troupe_membership::state::{ClusterState, Command, NodeId};
     use troupe_membership::ClusterView;
 
     use super::*;
@@ -226,12 +226,12 @@ mod tests {
         for id in 1..=n {
             cluster
                 .apply(&Command::Register {
-                    id,
+                    id: NodeId(id),
                     url: format!("ws://127.0.0.1:40{id:02}"),
                     rpc_addr: format!("127.0.0.1:41{id:02}"),
                 })
                 .unwrap();
-            cluster.apply(&Command::Activate { id }).unwrap();
+            cluster.apply(&Command::Activate { id: NodeId(id) }).unwrap();
         }
         cluster
     }
@@ -312,7 +312,7 @@ mod tests {
             json!({ "scene": "film:s1", "node": owner.node, "url": owner.url, "epoch": 3 })
         );
         // Scenes spread over the nodes.
-        let owners: std::collections::BTreeSet<u64> = (0..64)
+        let owners: std::collections::BTreeSet<NodeId> = (0..64)
             .map(|i| state.placement.route(&format!("s{i}")).unwrap().node)
             .collect();
         assert_eq!(owners.len(), 3);
@@ -367,8 +367,8 @@ mod tests {
 
         // Every node drained or down: the membership is known but owns nothing.
         let mut none_active = cluster(2);
-        none_active.apply(&Command::MarkDown { id: 1 }).unwrap();
-        none_active.apply(&Command::MarkDown { id: 2 }).unwrap();
+        none_active.apply(&Command::MarkDown { id: NodeId(1) }).unwrap();
+        none_active.apply(&Command::MarkDown { id: NodeId(2) }).unwrap();
         let empty = state_of(none_active);
         for uri in ["/v1/route/s1", "/ws/scenes/s1"] {
             let r = get(uri, Some(&empty), &metrics);
@@ -414,12 +414,12 @@ mod tests {
     async fn an_unprintable_owner_url_is_a_server_error() {
         let mut odd = ClusterState::default();
         odd.apply(&Command::Register {
-            id: 1,
+            id: NodeId(1),
             url: "ws://h:1\u{1}".into(),
             rpc_addr: "h:2".into(),
         })
         .unwrap();
-        odd.apply(&Command::Activate { id: 1 }).unwrap();
+        odd.apply(&Command::Activate { id: NodeId(1) }).unwrap();
         let state = state_of(odd);
         let r = get("/ws/scenes/s1", Some(&state), &Metrics::new());
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(json_body(r).await, json!({ "status": "no_membership" }));
 
         let mut drained = cluster(3);
-        drained.apply(&Command::Drain { id: 3 }).unwrap();
+        drained.apply(&Command::Drain { id: NodeId(3) }).unwrap();
         let state = state_of(drained);
         let r = get("/healthz", Some(&state), &metrics);
         assert_eq!(r.status(), StatusCode::OK);

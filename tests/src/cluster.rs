@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 pub use troupe_chaos::editor::{resolve, FinishedEditor, FollowingEditor};
-use troupe_membership::{ClusterClient, ClusterView, NodeState};
+use troupe_membership::{ClusterClient, ClusterView, NodeId, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
 
@@ -162,7 +162,11 @@ impl TestCluster {
     pub async fn wait_all_at(&self, epoch: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let members = self.view().await?.state.nodes;
-        for (_, node) in self.nodes.iter().filter(|(id, _)| members.contains_key(id)) {
+        for (_, node) in self
+            .nodes
+            .iter()
+            .filter(|(id, _)| members.contains_key(&NodeId(**id)))
+        {
             loop {
                 let served = node.metric("troupe_ring_epoch").await.unwrap_or(0.0) as u64;
                 if served >= epoch {
@@ -182,7 +186,7 @@ impl TestCluster {
     pub async fn add_node_avoiding(&mut self, id: u64, avoid: u64) -> anyhow::Result<ClusterView> {
         let node = self.start_node(id)?;
         let request = troupe_membership::AdmitRequest {
-            id,
+            id: NodeId(id),
             url: format!("ws://{}", node.addr),
             rpc_addr: node.rpc_addr.to_string(),
         };

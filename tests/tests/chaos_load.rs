@@ -119,7 +119,9 @@ async fn through_a_router_and_after_4301_to_the_owners() {
     let placement = Placement::new(&cluster.view().await.unwrap().state).unwrap();
     let elsewhere = |prefix: &str| {
         (0..6)
-            .filter(|n| placement.route(&format!("{prefix}-{n}")).unwrap().node != 1)
+            .filter(|n| {
+                placement.route(&format!("{prefix}-{n}")).unwrap().node != troupe_membership::NodeId(1)
+            })
             .count() as u64
     };
     let base = unique("moved");

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use troupe_membership::{NodeState, Placement};
+use troupe_membership::{NodeId, NodeState, Placement};
 use troupe_tests::cluster::{
     editor_token, http_request, resolve, signal, FinishedEditor, FollowingEditor, RouterProcess, TestCluster,
 };
@@ -76,7 +76,7 @@ fn scenes(n: usize) -> Vec<String> {
 fn owners(placement: &Placement, scenes: &[String]) -> BTreeMap<String, u64> {
     scenes
         .iter()
-        .map(|s| (s.clone(), placement.route(s).map_or(0, |r| r.node)))
+        .map(|s| (s.clone(), placement.route(s).map_or(0, |r| r.node.0)))
         .collect()
 }
 
@@ -90,7 +90,7 @@ async fn routes_moved_closes_and_redirects() {
     let expected = view.placement().route(&scene).unwrap();
     assert_eq!(
         (owner, url.as_str(), epoch),
-        (expected.node, expected.url.as_str(), view.epoch())
+        (expected.node.0, expected.url.as_str(), view.epoch())
     );
 
     // troupectl agrees, for people and for scripts.
@@ -186,13 +186,13 @@ async fn adding_a_node_moves_scenes_onto_it_and_loses_nothing() {
         .wait_for(Duration::from_secs(10), |v| {
             v.state
                 .nodes
-                .get(&4)
+                .get(&NodeId(4))
                 .is_some_and(|n| n.state == NodeState::Active)
         })
         .await
         .unwrap();
     assert_eq!(
-        view.role(4),
+        view.role(NodeId(4)),
         "learner",
         "nodes beyond the voters follow as learners"
     );
@@ -265,11 +265,11 @@ async fn draining_and_removing_nodes_while_editing_loses_nothing() {
     cluster.troupectl_ok(&["remove", "2"]).unwrap();
     let view = cluster
         .wait_for(Duration::from_secs(10), |v| {
-            !v.state.nodes.contains_key(&2) && v.voters.len() == 3
+            !v.state.nodes.contains_key(&NodeId(2)) && v.voters.len() == 3
         })
         .await
         .unwrap();
-    assert!(!view.voters.contains(&2));
+    assert!(!view.voters.contains(&NodeId(2)));
     let learner = *view.learners.first().unwrap();
 
     // Remove an active node in one step while its scenes are being edited.
@@ -326,7 +326,7 @@ async fn restarted_voters_keep_the_membership() {
     cluster.troupectl_ok(&["activate", "3"]).unwrap();
     let view = cluster.view().await.unwrap();
     assert_eq!(view.epoch(), before.epoch() + 1);
-    assert_eq!(view.state.nodes[&3].state, NodeState::Active);
+    assert_eq!(view.state.nodes[&NodeId(3)].state, NodeState::Active);
 }
 
 /// Waits until the router answers for `scene` at `epoch` or later.
@@ -352,7 +352,7 @@ async fn a_paused_former_owner_can_never_write_again() {
         .find(|s| view.placement().route(s).unwrap().node != leader)
         .unwrap();
     let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
-    let zombie_id = view.placement().route(&scene).unwrap().node;
+    let zombie_id = view.placement().route(&scene).unwrap().node.0;
     let token = editor_token(&[&scene]);
     let editor = FollowingEditor::start(router.addr, &scene, &token, "z", TYPING)
         .await
@@ -365,7 +365,7 @@ async fn a_paused_former_owner_can_never_write_again() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.troupectl_ok(&["drain", &zombie_id.to_string()]).unwrap();
     let drained = cluster.view().await.unwrap();
-    let new_owner = drained.placement().route(&scene).unwrap().node;
+    let new_owner = drained.placement().route(&scene).unwrap().node.0;
     assert_ne!(new_owner, zombie_id);
 
     // The editor gives up on the frozen node (as a client's heartbeat would) and goes to
@@ -416,7 +416,7 @@ async fn a_paused_former_owner_can_never_write_again() {
 async fn a_stale_router_still_gets_clients_to_the_owner() {
     let mut cluster = TestCluster::start(3, &[]).await.unwrap();
     let view = cluster.view().await.unwrap();
-    let leader = view.leader.unwrap();
+    let leader = view.leader.unwrap().0;
     // The router follows one node only; freezing that node freezes the router's view.
     let followed = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let router = RouterProcess::start(&[cluster.node(followed).unwrap().rpc_addr.to_string()])
@@ -430,8 +430,8 @@ async fn a_stale_router_still_gets_clients_to_the_owner() {
     let moved = scenes
         .iter()
         .find(|s| {
-            fresh.placement().route(s).unwrap().node == 4
-                && view.placement().route(s).unwrap().node != followed
+            fresh.placement().route(s).unwrap().node == NodeId(4)
+                && view.placement().route(s).unwrap().node != NodeId(followed)
         })
         .unwrap()
         .clone();

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use troupe_membership::NodeState;
+use troupe_membership::{NodeId, NodeState};
 use troupe_tests::cluster::{editor_token, resolve, FollowingEditor, RouterProcess, TestCluster};
 use troupe_tests::{unique, TestClient};
 
@@ -18,7 +18,7 @@ async fn scenes_owned_by(cluster: &TestCluster, node: u64, count: usize) -> Vec<
     let base = unique("busy");
     (0..)
         .map(|i| format!("{base}-{i}"))
-        .filter(|s| placement.route(s).unwrap().node == node)
+        .filter(|s| placement.route(s).unwrap().node == NodeId(node))
         .take(count)
         .collect()
 }
@@ -51,7 +51,7 @@ async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count
         .wait_for(Duration::from_secs(10), |v| {
             v.state
                 .nodes
-                .get(&victim)
+                .get(&NodeId(victim))
                 .is_some_and(|n| n.state == NodeState::Down)
         })
         .await
@@ -117,7 +117,7 @@ async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count
 #[tokio::test]
 async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
     let mut cluster = TestCluster::start(3, &[]).await.unwrap();
-    let leader = cluster.view().await.unwrap().leader.unwrap();
+    let leader = cluster.view().await.unwrap().leader.unwrap().0;
     let victim = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let gaps = kill_owner_of_busy_scenes(&mut cluster, victim, 20).await;
     let p99 = percentile(&gaps, 0.99);
@@ -132,7 +132,7 @@ async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
         .wait_for(Duration::from_secs(10), |v| {
             v.state
                 .nodes
-                .get(&victim)
+                .get(&NodeId(victim))
                 .is_some_and(|n| n.state == NodeState::Active)
         })
         .await
@@ -141,7 +141,7 @@ async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
     // A scene the returning node owns again is served by it.
     let scene = scenes_owned_by(&cluster, victim, 1).await.remove(0);
     let owner = view.placement().route(&scene).unwrap();
-    assert_eq!(owner.node, victim);
+    assert_eq!(owner.node, NodeId(victim));
     let token = editor_token(&[&scene]);
     let mut client = TestClient::connect(&format!("{}/ws/scenes", owner.url), &scene, &token)
         .await
@@ -153,10 +153,10 @@ async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
 #[tokio::test]
 async fn killing_the_raft_leader_fails_over_too() {
     let mut cluster = TestCluster::start(3, &[]).await.unwrap();
-    let leader = cluster.view().await.unwrap().leader.unwrap();
+    let leader = cluster.view().await.unwrap().leader.unwrap().0;
     let gaps = kill_owner_of_busy_scenes(&mut cluster, leader, 10).await;
     let view = cluster.view().await.unwrap();
-    assert_ne!(view.leader, Some(leader), "a new leader took over");
+    assert_ne!(view.leader, Some(NodeId(leader)), "a new leader took over");
     let p99 = percentile(&gaps, 0.99);
     assert!(
         p99 < Duration::from_secs(4),
@@ -215,8 +215,8 @@ async fn without_a_quorum_placement_freezes_and_rooms_keep_serving() {
     let mut client = TestClient::connect(&base, &scene, &token).await.unwrap();
     client.type_text("EXT. DESERT - DAY").await.unwrap();
     client.wait_acked().await.unwrap();
-    for id in view.state.nodes.keys().filter(|id| **id != survivor) {
-        cluster.node_mut(*id).unwrap().kill9();
+    for id in view.state.nodes.keys().filter(|id| id.0 != survivor) {
+        cluster.node_mut(id.0).unwrap().kill9();
     }
     cluster.nodes.retain(|id, _| *id == survivor);
     tokio::time::sleep(Duration::from_secs(3)).await;

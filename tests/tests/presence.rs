@@ -186,13 +186,13 @@ async fn a_dead_nodes_presence_leaves_no_ghost() {
         .unwrap();
     wait_presence(&router, &scene, "both users", |u| u.len() == 2).await;
 
-    cluster.node_mut(victim.node).unwrap().kill9();
+    cluster.node_mut(victim.node.0).unwrap().kill9();
     drop(leaves);
     // The scene moves; the user who stays reconnects to its new owner.
     let deadline = Instant::now() + Duration::from_secs(10);
     let new_owner = loop {
         let (node, url, _) = resolve(router.addr, &scene).await.unwrap();
-        if node != victim.node {
+        if node != victim.node.0 {
             break url;
         }
         assert!(Instant::now() < deadline, "the scene never moved");
@@ -204,7 +204,7 @@ async fn a_dead_nodes_presence_leaves_no_ghost() {
         .unwrap();
     stays.wait_synced(Duration::from_secs(10)).await.unwrap();
     let users = wait_presence(&router, &scene, "only the user who came back", |u| {
-        u.len() == 1 && u[0]["state"]["user"]["name"] == "Stays" && u[0]["node"] != victim.node
+        u.len() == 1 && u[0]["state"]["user"]["name"] == "Stays" && u[0]["node"] != victim.node.0
     })
     .await;
     assert_eq!(users.len(), 1);
@@ -221,7 +221,7 @@ async fn failover_notices_bring_a_cut_off_router_up_to_date() {
         .await
         .unwrap();
     let view = cluster.view().await.unwrap();
-    let leader = view.leader.unwrap();
+    let leader = view.leader.unwrap().0;
     // The router follows one node only, and that node freezes: its watch learns nothing.
     let followed = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let router = RouterProcess::start_with(

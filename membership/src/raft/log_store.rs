@@ -231,7 +231,7 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            log_id: LogId::new(CommittedLeaderId::new(term, NodeId(1)), index),
             payload: EntryPayload::Blank,
         }
     }

@@ -15,7 +15,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResult,
-        NodeId = u64,
+        NodeId = crate::state::NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,

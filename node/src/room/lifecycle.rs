@@ -17,8 +17,8 @@ use yrs::{Doc, Transact, Update};
 use troupe_proto::CloseCode;
 
 use super::{Directory, JoinRefused, Room, RoomCmd, RoomContext};
-use crate::placement::{PlacementView, Verdict};
 use crate::store::{Snapshot, Store, StoreError, StoredScene};
+use troupe_membership::placement::{PlacementView, Verdict};
 use troupe_proto::presence::Notice;
 
 impl Room {

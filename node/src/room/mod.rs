@@ -46,11 +46,11 @@ use troupe_proto::CloseCode;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::outbox::ClientQueue;
-use crate::placement::PlacementView;
 use crate::presence::RedisHandle;
 use crate::protocol::ValidFrame;
 use crate::store::{Store, StoredScene};
 use crate::writer::WriterHandle;
+use troupe_membership::placement::PlacementView;
 
 use self::compaction::Uncompacted;
 use self::document::Document;

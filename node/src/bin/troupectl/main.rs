@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use troupe_node::duration::parse_duration;
 use troupe_proto::token::{self as auth, Claims, Role, Signer};
+use troupe_proto::NodeId;
 
 #[derive(Parser)]
 #[command(name = "troupectl", version, about = "Operate a Troupe cluster")]
@@ -42,11 +43,11 @@ enum Command {
         addr: String,
     },
     /// Move every scene off a node; it stays up and owns nothing.
-    Drain { id: u64 },
+    Drain { id: NodeId },
     /// Put a drained (or down) node back on the ring.
-    Activate { id: u64 },
+    Activate { id: NodeId },
     /// Remove a node from the cluster (its scenes move first).
-    Remove { id: u64 },
+    Remove { id: NodeId },
     /// Which node serves a scene.
     Route { scene: String },
     /// Print a signed access token (JWT) for a user.
