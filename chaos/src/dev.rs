@@ -79,7 +79,10 @@ fn source_tree() -> Option<PathBuf> {
 /// Runs one build step, its output passed through; `me` names the launcher in the line it
 /// prints first.
 fn step(me: &str, what: &str, dir: &Path, program: &str, args: &[&str]) -> Result<(), DevError> {
-    let command = format!("{program} {}", args.join(" "));
+    let name = Path::new(program)
+        .file_name()
+        .map_or(program.into(), |n| n.to_string_lossy());
+    let command = format!("{name} {}", args.join(" "));
     eprintln!("{me}: {what} ({command})…");
     let status = Command::new(program)
         .args(args)

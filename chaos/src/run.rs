@@ -223,7 +223,7 @@ impl Progress {
             return None;
         }
         let bar = ProgressBar::new(duration.as_secs().max(1));
-        let style = ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} s  {msg}")
+        let style = ProgressStyle::with_template("{pos:>4}/{len} s [{bar:20}] {msg}")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
@@ -234,7 +234,7 @@ impl Progress {
     fn show(&self, elapsed: Duration, fired: usize, acknowledged: usize) {
         self.bar.set_position(elapsed.as_secs());
         self.bar.set_message(format!(
-            "{fired}/{} faults fired, {acknowledged} edits acknowledged",
+            "faults {fired}/{}, {acknowledged} edits acknowledged",
             self.planned
         ));
     }
