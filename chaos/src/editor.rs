@@ -98,6 +98,11 @@ impl FollowingEditor {
 
     /// Leaves the current connection for the owner the router names now, as a client
     /// does when its heartbeat times out.
+    /// How many of its edits were acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acks.lock().map_or(0, |log| log.acknowledged)
+    }
+
     pub async fn move_on(&self) -> anyhow::Result<()> {
         let (_, url, _) = resolve(self.router, &self.scene).await?;
         follow(&self.client, Some(url), &self.scene, &self.token).await
@@ -213,6 +218,8 @@ pub struct AckLog {
     /// `(sent at, time to ack)`; `None` when its connection ended first (its content went
     /// out again in the next sync handshake).
     pub samples: Vec<(Instant, Option<Duration>)>,
+    /// How many edits were acknowledged so far.
+    pub acknowledged: usize,
 }
 
 impl AckLog {
@@ -223,6 +230,7 @@ impl AckLog {
             if connection < status.connection {
                 self.samples.push((sent, None));
             } else if n <= status.acked {
+                self.acknowledged += 1;
                 self.samples
                     .push((sent, Some(now.saturating_duration_since(sent))));
             } else {

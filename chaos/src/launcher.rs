@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use troupe_membership::{AdmitRequest, ClusterClient, NodeId, NodeState};
 
+use crate::logs::Logs;
 use crate::netns::Network;
 
 /// What to start.
@@ -33,8 +34,13 @@ pub struct ClusterSpec {
     /// Run each node in a network namespace of its own, so that it can be cut off
     /// ([`LocalCluster::cut_off`]). Needs root; see [`crate::netns`].
     pub isolated: bool,
-    /// Serve the demo editor (`web/dist`) from the router and let it mint demo tokens.
+    /// Let the router mint demo tokens (for the demo editor).
     pub demo: bool,
+    /// Have the router serve the demo editor from this folder instead of the one built
+    /// into it.
+    pub web_dir: Option<PathBuf>,
+    /// Where the processes' logs go.
+    pub logs: Logs,
 }
 
 /// The running processes; dropping it stops them all.
@@ -163,18 +169,13 @@ impl LocalCluster {
             cmd.env("TROUPE_REDIS_URL", url);
         }
         if spec.demo {
-            let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist");
             cmd.env("TROUPE_DEV_TOKENS", "1")
                 .env("TROUPE_JWT_SECRET", &spec.secret);
-            if web.is_dir() {
-                cmd.env("TROUPE_WEB_DIR", web);
-            } else {
-                // No page to serve: the router answers `/` with how to build it.
-                eprintln!("troupe-chaos: the demo editor is not built (cd web && npm ci && npm run build)");
-                cmd.env("TROUPE_WEB_DIR", "");
-            }
         }
-        let child = spawn_ready(cmd, "troupe-router listening on")
+        if let Some(dir) = &spec.web_dir {
+            cmd.env("TROUPE_WEB_DIR", dir);
+        }
+        let child = spawn_ready(cmd, "troupe-router listening on", "router", &spec.logs)
             .await
             .context("starting the router")?;
         cluster.children.push(("router".into(), child));
@@ -280,7 +281,7 @@ impl LocalCluster {
                 None => Command::new(&program),
             };
             cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-            match spawn_ready(cmd, "troupe-node listening on").await {
+            match spawn_ready(cmd, "troupe-node listening on", &format!("node {id}"), &spec.logs).await {
                 Ok(child) => break child,
                 Err(e) if Instant::now() > deadline => return Err(e.context(format!("starting node {id}"))),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -363,6 +364,11 @@ impl LocalCluster {
         })
     }
 
+    /// Where the processes' logs go.
+    pub fn logs(&self) -> &Logs {
+        &self.spec.logs
+    }
+
     /// Stops a removed node for good: it is no longer part of this cluster.
     pub fn forget_node(&mut self, id: u64) {
         self.kill_node(id);
@@ -417,6 +423,7 @@ impl LocalCluster {
     /// Stops every process: SIGTERM (nodes flush and close their clients), then SIGKILL
     /// whatever is still running after a grace period.
     pub fn stop(&mut self) {
+        self.spec.logs.stopping();
         for id in std::mem::take(&mut self.cut) {
             let _ = self.rejoin(id);
         }
@@ -519,18 +526,21 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Starts `cmd` and waits for the stdout line starting with `ready` (30 s at most).
-/// Starts `cmd` and waits (without blocking the runtime) for its stdout line starting
-/// with `ready`. The fork happens on the calling thread, which must outlive the child:
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits.
-async fn spawn_ready(mut cmd: Command, ready: &str) -> anyhow::Result<Child> {
+/// Starts `cmd` and waits (without blocking the runtime, 30 s at most) for its stdout line
+/// starting with `ready`; its stderr goes to `logs` as `name`'s. The fork happens on the
+/// calling thread, which must outlive the child: `PR_SET_PDEATHSIG` fires when the
+/// *thread* that forked it exits.
+async fn spawn_ready(mut cmd: Command, ready: &str, name: &str, logs: &Logs) -> anyhow::Result<Child> {
     die_with_parent(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    if let Some(stderr) = child.stderr.take() {
+        logs.forward(name, stderr);
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();

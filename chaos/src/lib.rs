@@ -6,16 +6,19 @@
 //! - [`editor`]: an editor that follows its scene across moves and node loss.
 //! - [`scenario`], [`run`], [`check`]: chaos runs — faults on a schedule, and the proof
 //!   that nothing was lost.
-//! - [`launcher`]: a local cluster of real processes (`troupe-chaos up`).
+//! - [`launcher`]: a local cluster of real processes, and [`logs`], their logs.
+//! - [`dev`]: `troupe dev` (alias `troupe-chaos up`), a local cluster for development.
 //! - [`chart`]: an SVG picture of edit latency over time, with faults and recovery times.
 
 pub mod bench;
 pub mod chart;
 pub mod check;
 pub mod client;
+pub mod dev;
 pub mod duration_de;
 pub mod editor;
 pub mod launcher;
+pub mod logs;
 pub mod netns;
 pub mod run;
 pub mod scenario;

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::io::IsTerminal;
+
 use anyhow::{anyhow, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use troupe_membership::{NodeId, NodeState};
 use troupe_node::config::StoreLocation;
@@ -16,6 +19,7 @@ use crate::check::{fenced_rows, stored_text};
 use crate::client::{mint_token, Access, ClientOptions, EditorClient};
 use crate::editor::{resolve, FinishedEditor, FollowingEditor};
 use crate::launcher::{ClusterSpec, LocalCluster};
+use crate::logs::Logs;
 use crate::scenario::{FaultKind, PlannedFault, Scenario, SplitMix};
 
 pub struct RunOptions {
@@ -109,6 +113,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         bin_dir: opts.bin_dir.clone(),
         isolated: sc.needs_network(),
         demo: false,
+        web_dir: None,
+        logs: Logs::direct(),
     };
     let mut cluster = LocalCluster::start(&spec).await?;
     let router: SocketAddr = cluster
@@ -142,7 +148,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     // Work to do later: (when, what) — restarts after kills, thaws after pauses.
     let mut later: Vec<(Instant, Deferred)> = Vec::new();
     let mut next = 0;
+    let progress = Progress::start(&cluster, opts.duration, schedule.len());
     while started.elapsed() < opts.duration {
+        if let Some(progress) = &progress {
+            let fired = faults.iter().filter(|(_, f)| f.fired).count();
+            progress.show(
+                started.elapsed(),
+                fired,
+                editors.iter().map(|e| e.acknowledged()).sum(),
+            );
+        }
         let now = Instant::now();
         let mut i = 0;
         while i < later.len() {
@@ -176,6 +191,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(progress) = progress {
+        progress.finish(&cluster);
+    }
     // Whatever was deferred happens now, so that the cluster is whole for the check.
     for (_, job) in later.drain(..) {
         job.run(&mut cluster).await;
@@ -190,6 +208,41 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let report = check(sc, &opts, started, &finished, faults, &store, router, &token).await?;
     cluster.stop();
     Ok(report)
+}
+
+/// A progress bar on a terminal (never in a log): time, faults fired, edits acknowledged.
+struct Progress {
+    bar: ProgressBar,
+    planned: usize,
+}
+
+impl Progress {
+    /// A bar on stderr if it is a terminal, with the cluster's logs printed above it.
+    fn start(cluster: &LocalCluster, duration: Duration, faults: usize) -> Option<Progress> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::new(duration.as_secs().max(1));
+        let style = ProgressStyle::with_template("{pos:>4}/{len} s [{bar:20}] {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        cluster.logs().print_above(Some(bar.clone()));
+        Some(Progress { bar, planned: faults })
+    }
+
+    fn show(&self, elapsed: Duration, fired: usize, acknowledged: usize) {
+        self.bar.set_position(elapsed.as_secs());
+        self.bar.set_message(format!(
+            "faults {fired}/{}, {acknowledged} edits acknowledged",
+            self.planned
+        ));
+    }
+
+    fn finish(self, cluster: &LocalCluster) {
+        cluster.logs().print_above(None);
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Waits (bounded) until every node that runs is active again.

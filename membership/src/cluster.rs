@@ -139,10 +139,14 @@ impl Cluster {
             voters
                 .entry(opts.id)
                 .or_insert_with(|| BasicNode::new(&opts.rpc_addr));
-            tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
-            raft.initialize(voters)
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            if voters.len() == 1 {
+                tracing::info!("forming a new cluster of one");
+                raft.initialize(voters)
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            } else {
+                tokio::spawn(form_cluster(raft.clone(), voters, opts.id, client.clone()));
+            }
         }
         let down_after = opts.down_after;
         let (detections, _) = tokio::sync::broadcast::channel(64);
@@ -390,6 +394,43 @@ impl Cluster {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// How long the node that forms the cluster waits for the other voters to listen.
+const FORM_WAIT: Duration = Duration::from_secs(10);
+
+/// Forms the cluster once every other initial voter answers on its internal port (or after
+/// [`FORM_WAIT`], with whoever is there): an election among peers that are still starting
+/// only fills the logs with refused connections.
+async fn form_cluster(raft: Raft, voters: BTreeMap<NodeId, BasicNode>, me: NodeId, client: RpcClient) {
+    let deadline = tokio::time::Instant::now() + FORM_WAIT;
+    loop {
+        let mut waiting = Vec::new();
+        for (id, node) in voters.iter().filter(|(id, _)| **id != me) {
+            let answer = client
+                .get::<serde_json::Value>(&node.addr, "/cluster/info", Duration::from_millis(500))
+                .await;
+            if answer.is_err() {
+                waiting.push(*id);
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                ?waiting,
+                "forming the cluster without voters that do not answer yet"
+            );
+            break;
+        }
+        tracing::debug!(?waiting, "waiting for the other voters to listen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
+    if let Err(error) = raft.initialize(voters).await {
+        tracing::error!(%error, "cannot form the cluster");
     }
 }
 

@@ -39,8 +39,8 @@ pub struct Config {
     #[arg(long, env = "TROUPE_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Directory of the demo page's built files, served at `/`. Unset: `web/dist` under
-    /// the current directory if it exists; empty: no page.
+    /// Serve the demo page from this folder (e.g. `web/dist`, during development) instead of
+    /// the page built into this binary; empty: no page.
     #[arg(long, env = "TROUPE_WEB_DIR")]
     pub web_dir: Option<String>,
 
@@ -64,9 +64,6 @@ pub struct Config {
     pub jwt_audience: String,
 }
 
-/// Where the demo page is looked for when `TROUPE_WEB_DIR` is not set.
-pub const DEFAULT_WEB_DIR: &str = "web/dist";
-
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -76,7 +73,7 @@ pub struct Settings {
     /// A filter [`EnvFilter::try_new`] accepts.
     pub log: String,
     pub redis_url: Option<String>,
-    /// The demo page's files; `None`: `/` says how to build them.
+    /// Where the demo page's files come from; `None`: `/` says how to build them.
     pub web_dir: Option<WebDir>,
     /// Set when `/v1/dev/token` is served.
     pub dev_tokens: Option<DevTokens>,
@@ -132,7 +129,7 @@ impl Config {
                 return Err("TROUPE_REDIS_URL must start with redis:// or rediss://".into());
             }
         }
-        let web_dir = web_dir(self.web_dir.as_deref(), Path::new(DEFAULT_WEB_DIR))?;
+        let web_dir = web_dir(self.web_dir.as_deref())?;
         let dev_tokens = self.dev_tokens()?;
         Ok(Settings {
             listen,
@@ -173,17 +170,14 @@ fn switch(value: &str) -> Option<bool> {
     }
 }
 
-/// The directory to serve: `setting` if given (empty: none), else `default` if it exists.
-fn web_dir(setting: Option<&str>, default: &Path) -> Result<Option<WebDir>, String> {
+/// Where the page comes from: the folder `setting` names (empty: none), else this binary.
+fn web_dir(setting: Option<&str>) -> Result<Option<WebDir>, String> {
     match setting.map(str::trim) {
+        None => Ok(Some(WebDir::Embedded)),
         Some("") => Ok(None),
         Some(dir) => WebDir::open(Path::new(dir))
             .map(Some)
             .map_err(|e| format!("TROUPE_WEB_DIR {dir:?} must be a readable directory: {e}")),
-        None if default.is_dir() => WebDir::open(default)
-            .map(Some)
-            .map_err(|e| format!("TROUPE_WEB_DIR (default {default:?}) cannot be read: {e}")),
-        None => Ok(None),
     }
 }
 
@@ -283,14 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn the_web_dir_is_optional() {
-        let missing = Path::new("/no/such/troupe/dist");
-        assert_eq!(web_dir(None, missing), Ok(None));
-        assert_eq!(web_dir(Some(" "), missing), Ok(None));
-        let here = web_dir(None, Path::new(".")).unwrap().unwrap();
-        assert_eq!(here.root(), std::fs::canonicalize(".").unwrap());
-        let src = web_dir(Some("src"), missing).unwrap().unwrap();
-        assert!(src.root().is_absolute() && src.root().ends_with("src"));
-        assert!(web_dir(Some("/no/such/troupe/dist"), Path::new(".")).is_err());
+    fn the_page_is_built_in_unless_a_folder_is_named() {
+        assert_eq!(web_dir(None), Ok(Some(WebDir::Embedded)));
+        assert_eq!(web_dir(Some(" ")), Ok(None));
+        let src = std::fs::canonicalize("src").unwrap();
+        assert_eq!(web_dir(Some("src")), Ok(Some(WebDir::Folder(src))));
+        assert!(web_dir(Some("/no/such/troupe/dist")).is_err());
     }
 }

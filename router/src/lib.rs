@@ -82,10 +82,7 @@ pub async fn run(
         None => None,
     };
 
-    match &settings.web_dir {
-        Some(dir) => tracing::info!(dir = %dir.root().display(), "serving the demo page at /"),
-        None => tracing::info!("no demo page to serve (build it with `cd web && npm ci && npm run build`)"),
-    }
+    WebDir::announce(settings.web_dir.as_ref());
     if settings.dev_tokens.is_some() {
         tracing::warn!("{}", dev_token::WARNING);
     }

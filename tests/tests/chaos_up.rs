@@ -1,5 +1,6 @@
-//! `troupe-chaos up`, the one command that starts a local cluster: it prints the router and a
-//! working token, the cluster serves, and SIGTERM stops every process it started.
+//! `troupe dev` (and its alias `troupe-chaos up`), the one command that starts a local
+//! cluster: it prints the router and a working token first, the cluster serves, start-up logs
+//! no refused connections, and SIGTERM stops every process it started.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use troupe_tests::cluster::{free_addr, http_request};
 use troupe_tests::{bin_dir, unique, TestClient};
 
-/// Stops `troupe-chaos up` (and with it its cluster) when the test ends, also on failure.
+/// Stops `troupe dev` (and with it its cluster) when the test ends, also on failure.
 struct Guard(std::process::Child);
 
 impl Drop for Guard {
@@ -26,21 +27,44 @@ impl Drop for Guard {
 }
 
 #[tokio::test]
-async fn up_starts_a_working_cluster_and_stops_it() {
+async fn dev_starts_a_working_cluster_and_stops_it() {
+    starts_a_working_cluster_and_stops_it("troupe", "dev").await;
+}
+
+#[tokio::test]
+async fn up_is_the_same_command() {
+    starts_a_working_cluster_and_stops_it("troupe-chaos", "up").await;
+}
+
+async fn starts_a_working_cluster_and_stops_it(program: &str, command: &str) {
     let data = std::env::temp_dir().join(unique("troupe-up"));
     let base = free_addr().port().min(30_000);
     let router_port = free_addr().port();
-    let mut child = Command::new(bin_dir().join("troupe-chaos"))
-        .args(["up", "--nodes", "3", "--base-port", &base.to_string()])
+    let mut child = Command::new(bin_dir().join(program))
+        .args([
+            command,
+            "--no-build",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+        ])
         .args(["--router-port", &router_port.to_string(), "--data-dir"])
         .arg(&data)
         .env_remove("TROUPE_DATABASE_URL")
-        .env("TROUPE_LOG", "warn")
+        .env_remove("TROUPE_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let mut guard = Guard(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -53,7 +77,9 @@ async fn up_starts_a_working_cluster_and_stops_it() {
     while router.is_none() || token.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("troupe-chaos up printed no router and token");
+            .expect("no router and token printed");
+        // The addresses come first: the router, then the editor.
+        assert_eq!(router.is_none(), line.starts_with("router"), "{line}");
         if let Some(url) = line.strip_prefix("router   http://") {
             router = Some(url.trim().to_string());
         }
@@ -83,7 +109,7 @@ async fn up_starts_a_working_cluster_and_stops_it() {
         }
         assert!(
             stopped.elapsed() < Duration::from_secs(20),
-            "troupe-chaos did not stop"
+            "{program} did not stop"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -92,4 +118,11 @@ async fn up_starts_a_working_cluster_and_stops_it() {
     let node_port = owner.rsplit(':').next().unwrap();
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{node_port}")).is_err());
     let _ = std::fs::remove_dir_all(&data);
+    // Logs are the processes', named; a start-up runs into no peer that is not listening yet.
+    let stderr = stderr.join().unwrap();
+    assert!(stderr.iter().any(|l| l.starts_with("node 1 | ")), "{stderr:#?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains("Connection refused")),
+        "{stderr:#?}"
+    );
 }

@@ -6,8 +6,9 @@
 //! troupe-chaos compare troupe=a/report.json,b/report.json reference=c/report.json
 //! ```
 //!
-//! `up` starts a local cluster in the foreground — nodes, a router, optionally Redis —
-//! prints the router URL and a development token, and stops everything on Ctrl-C.
+//! `up` is `troupe dev` (see `troupe_chaos::dev`): a local cluster in the foreground — nodes,
+//! a router, optionally Redis — with its addresses and a development token printed first,
+//! stopped by Ctrl-C.
 //! `load` drives a running cluster, or any y-websocket server (so that the reference server
 //! can be measured the same way), and reports fan-out latency, throughput, and the server's
 //! CPU per delivered update and memory per room; `compare` puts two servers' reports side
@@ -23,8 +24,8 @@ use troupe_chaos::bench::ramp::RampOptions;
 use troupe_chaos::bench::report::{compare_table, Medians};
 use troupe_chaos::bench::svg::latency_svg;
 use troupe_chaos::chart::{render_svg, ChartSpec, FaultMark, Sample};
-use troupe_chaos::client::{mint_token, Access};
-use troupe_chaos::launcher::{own_bin_dir, voters_for, ClusterSpec, LocalCluster};
+use troupe_chaos::dev::{self, stop_signal, DevArgs};
+use troupe_chaos::launcher::own_bin_dir;
 use troupe_chaos::run::{Report, RunOptions};
 use troupe_chaos::scenario::Scenario;
 
@@ -41,8 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start a local cluster in the foreground; Ctrl-C stops it.
-    Up(UpArgs),
+    /// Start a local cluster in the foreground; Ctrl-C stops it (the same as `troupe dev`).
+    Up(DevArgs),
     /// Run a chaos scenario (a name from chaos/scenarios/ or a path to a .toml file).
     Run(RunArgs),
     /// Drive a running cluster or any y-websocket server with simulated editors; report
@@ -166,33 +167,6 @@ struct RunArgs {
     database_url: Option<String>,
 }
 
-#[derive(clap::Args)]
-struct UpArgs {
-    /// Number of nodes (the first 1, 3 or 5 are Raft voters, the rest learners).
-    #[arg(long, default_value_t = 3)]
-    nodes: u64,
-    /// Node i listens on BASE+i (WebSocket) and BASE+100+i (internal).
-    #[arg(long, default_value_t = 4000)]
-    base_port: u16,
-    /// The router's port.
-    #[arg(long, default_value_t = 8080)]
-    router_port: u16,
-    /// Folder for the nodes' Raft state and the shared embedded store.
-    #[arg(long, default_value = "./troupe-local")]
-    data_dir: PathBuf,
-    /// Use this Postgres instead of the embedded store.
-    #[arg(long, env = "TROUPE_DATABASE_URL")]
-    database_url: Option<String>,
-    /// Start a Redis (needs `redis-server`) for presence and failover notices.
-    #[arg(long)]
-    redis: bool,
-    #[arg(long, default_value_t = 6379)]
-    redis_port: u16,
-    /// Shared token secret (default: a random one, printed with a dev token).
-    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
-    secret: Option<String>,
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The load generator wants every core; the cluster tools are fine on one thread.
@@ -209,7 +183,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Up(args) => up(args).await,
+            Cmd::Up(args) => dev::run(args, "troupe-chaos").await.map_err(anyhow::Error::from),
             Cmd::Run(args) => run(args).await,
             Cmd::Load(args) => load(*args).await,
             Cmd::Compare(args) => compare(args),
@@ -221,104 +195,6 @@ fn main() -> std::process::ExitCode {
             eprintln!("troupe-chaos: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let secret = args.secret.clone().unwrap_or_else(|| {
-        use rand::Rng;
-        let bytes: [u8; 16] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    });
-    let spec = ClusterSpec {
-        nodes: args.nodes,
-        base_port: args.base_port,
-        router_port: args.router_port,
-        data_dir: args.data_dir.clone(),
-        database_url: args.database_url.clone(),
-        redis_port: args.redis.then_some(args.redis_port),
-        postgres: false,
-        secret: secret.clone(),
-        bin_dir: own_bin_dir(),
-        isolated: false,
-        demo: true,
-    };
-    eprintln!(
-        "troupe-chaos: starting {} nodes ({} voters)…",
-        args.nodes,
-        voters_for(args.nodes)
-    );
-    let mut cluster = LocalCluster::start(&spec).await?;
-    let token = mint_token(
-        secret.as_bytes(),
-        "dev",
-        &[("*", Access::Edit)],
-        Duration::from_secs(24 * 3600),
-    )?;
-    println!("router   {}", cluster.router_url);
-    println!(
-        "editor   {}/  (the demo screenplay editor: open it in two windows; build it once with `cd web && npm ci && npm run build`)",
-        cluster.router_url
-    );
-    for (id, node) in &cluster.nodes {
-        println!("node {id}   {}  (internal {})", node.url, node.rpc);
-    }
-    if let Some(url) = &cluster.redis_url {
-        println!("redis    {url}");
-    }
-    println!("secret   TROUPE_JWT_SECRET={secret}");
-    println!("token    {token}");
-    println!();
-    println!("  curl {}/v1/route/s1", cluster.router_url);
-    let rpc = cluster
-        .nodes
-        .values()
-        .next()
-        .map(|n| n.rpc.clone())
-        .unwrap_or_default();
-    println!("  TROUPE_CLUSTER={rpc} troupectl status");
-    println!();
-    println!("Ctrl-C stops the cluster.");
-    let mut interrupted = std::pin::pin!(stop_signal());
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = &mut interrupted => break,
-            _ = tick.tick() => {
-                match cluster.exited() {
-                    // A node that dies is what the cluster is for: the others take its
-                    // scenes over, and the launcher lets it go.
-                    Some(name) if name.starts_with("node ") => {
-                        if let Ok(id) = name[5..].parse() {
-                            cluster.kill_node(id);
-                        }
-                        eprintln!("troupe-chaos: {name} exited; its scenes move to the others");
-                    }
-                    Some(name) => {
-                        eprintln!("troupe-chaos: {name} exited; stopping the cluster");
-                        cluster.stop();
-                        anyhow::bail!("{name} exited");
-                    }
-                    None => {}
-                }
-            }
-        }
-    }
-    eprintln!("troupe-chaos: stopping…");
-    cluster.stop();
-    Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }
 
