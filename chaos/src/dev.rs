@@ -226,7 +226,7 @@ pub async fn run(args: DevArgs, me: &str) -> Result<(), DevError> {
     println!("Ctrl-C stops the cluster. The nodes' and the router's logs follow.");
     logs.release();
 
-    let mut interrupted = std::pin::pin!(stop_signal());
+    let mut interrupted = std::pin::pin!(troupe_runtime::signal::shutdown());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -251,17 +251,4 @@ pub async fn run(args: DevArgs, me: &str) -> Result<(), DevError> {
     eprintln!("{me}: stopping…");
     cluster.stop();
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-pub async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
 }

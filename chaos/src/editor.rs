@@ -14,6 +14,7 @@ use anyhow::bail;
 use tokio::sync::watch;
 use troupe_membership::rpc::RpcClient;
 use troupe_proto::CloseCode;
+use troupe_runtime::Backoff;
 
 use crate::client::{scene_url, ClientError, ClientOptions, EditorClient, Sent, Status};
 
@@ -277,7 +278,7 @@ impl Typist {
         interval: Duration,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let mut pause = Duration::from_millis(50);
+        let mut pauses = Backoff::new(Duration::from_millis(50), Duration::from_millis(250));
         loop {
             if *stop.borrow() {
                 return false;
@@ -308,12 +309,12 @@ impl Typist {
                     Err(_) => {}
                 }
             }
+            let pause = pauses.next_delay();
             let until = tokio::time::Instant::now() + pause;
             while tokio::time::Instant::now() < until {
                 self.type_one().await;
                 tokio::time::sleep(interval.min(pause)).await;
             }
-            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 }

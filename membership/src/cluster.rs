@@ -10,6 +10,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::sync::watch;
 
+use troupe_runtime::Backoff;
+
 use crate::health::{self, Detection};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -442,10 +444,9 @@ fn millis(d: Duration) -> u64 {
 /// peer registers itself once it is a voter; a node added by an operator was registered by
 /// `add`, and only refreshes its entry if its addresses changed since.
 async fn register_self(cluster: std::sync::Weak<Cluster>, client: RpcClient) {
-    let mut delay = Duration::from_millis(50);
+    let mut delay = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        delay.wait().await;
         let Some(cluster) = cluster.upgrade() else { return };
         let view = cluster.view();
         let me = cluster.opts.id;

@@ -2,20 +2,19 @@
 //! variables (`troupe-node --help`).
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use troupe_node::config::Config;
 use troupe_node::server;
+use troupe_runtime::logging::{self, Style};
+
+/// Logs when `TROUPE_LOG` is unset.
+const DEFAULT_LOG: &str = "info,sqlx=warn,openraft=error";
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TROUPE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,openraft=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let config = Config::parse();
+    if let Err(line) = logging::init(DEFAULT_LOG, Style::Service) {
+        eprintln!("troupe-node: bad configuration: {line}");
+        return std::process::ExitCode::from(2);
+    }
     let settings = match config.validate() {
         Ok(settings) => settings,
         Err(line) => {
@@ -63,27 +62,7 @@ async fn serve(settings: troupe_node::config::Settings) -> anyhow::Result<()> {
     );
     // Scripts and tests wait for this exact line: the store is open and the address bound.
     let ready = move || println!("troupe-node listening on {addr} rpc {rpc_addr}");
-    server::run(settings, listeners, ready, shutdown_signal()).await?;
+    server::run(settings, listeners, ready, troupe_runtime::signal::shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

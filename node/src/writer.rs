@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use troupe_runtime::Backoff;
+
 use crate::metrics::Metrics;
 use crate::store::{LogAppend, Store};
 
@@ -117,7 +119,7 @@ async fn commit_with_retry(
     metrics: &Metrics,
     appends: &[LogAppend],
 ) -> Vec<usize> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         let started = Instant::now();
         match store.append(node_id, appends).await {
@@ -134,9 +136,9 @@ async fn commit_with_retry(
             Err(error) => {
                 metrics.store_up.set(0);
                 metrics.store_commit_failures.inc();
-                tracing::warn!(%error, batches = appends.len(), retry_in_ms = backoff.as_millis() as u64, "group commit failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, batches = appends.len(), retry_in_ms = delay.as_millis() as u64, "group commit failed; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use crate::assets::WebDir;
 use crate::dev_token::DevTokens;
@@ -70,7 +69,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Internal addresses of the nodes to follow; never empty once validated.
     pub cluster: Vec<String>,
-    /// A filter [`EnvFilter::try_new`] accepts.
+    /// A `tracing` filter ([`troupe_runtime::logging::parse_filter`] accepts it).
     pub log: String,
     pub redis_url: Option<String>,
     /// Where the demo page's files come from; `None`: `/` says how to build them.
@@ -118,7 +117,7 @@ impl Config {
         for addr in &cluster {
             check_host_port(addr)?;
         }
-        EnvFilter::try_new(&self.log).map_err(|e| format!("TROUPE_LOG {:?}: {e}", self.log))?;
+        troupe_runtime::logging::parse_filter(&self.log)?;
         let redis_url = self
             .redis_url
             .as_ref()

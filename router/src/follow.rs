@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use troupe_membership::rpc::RpcClient;
 use troupe_membership::{ClusterClient, ClusterView, Placement};
+use troupe_runtime::Backoff;
 
 use crate::metrics::Metrics;
 
@@ -116,7 +117,7 @@ async fn watch_node(
     latest: Arc<watch::Sender<Option<Arc<RouterState>>>>,
     metrics: Arc<Metrics>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut failing = false;
     loop {
         let known = latest.borrow().as_ref().map(|s| s.view.version);
@@ -131,7 +132,7 @@ async fn watch_node(
                     tracing::info!(%addr, "membership watch answers again");
                     failing = false;
                 }
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 if !publish(&latest, view, &metrics) && asked.elapsed() < QUICK_ANSWER {
                     tokio::time::sleep(MIN_BACKOFF).await;
                 }
@@ -144,8 +145,7 @@ async fn watch_node(
                     tracing::warn!(%addr, %error, "membership watch failed; answering from the last view while retrying");
                     failing = true;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.wait().await;
             }
         }
     }

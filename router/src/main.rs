@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use troupe_router::{Config, Settings};
+use troupe_runtime::logging::{self, Style};
 
 fn main() -> ExitCode {
     let settings = match Config::try_parse() {
@@ -34,11 +34,10 @@ fn main() -> ExitCode {
         // On stderr whatever the log filter, so that nobody misses it.
         eprintln!("troupe-router: WARNING: {}", troupe_router::dev_token::WARNING);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(line) = logging::init_with(&settings.log, Style::Service) {
+        eprintln!("troupe-router: bad configuration: {line}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -61,26 +60,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%addr, cluster = ?settings.cluster, "troupe-router starting");
     // Scripts and tests wait for this exact line, then read the address from it.
     let ready = move || println!("troupe-router listening on {addr}");
-    troupe_router::run(settings, listener, ready, shutdown_signal()).await?;
+    troupe_router::run(settings, listener, ready, troupe_runtime::signal::shutdown()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use troupe_proto::clock::now_ms;
 use troupe_proto::presence::{presence_key, PresenceRecord, NOTICES_CHANNEL};
 use troupe_proto::scene::scene_id;
+use troupe_runtime::Backoff;
 
 use crate::follow::Follower;
 use crate::http::Body;
@@ -136,14 +137,13 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 /// connection does not reconnect by itself: on any error it is opened again, and the
 /// membership refreshed, since notices sent meanwhile were lost.
 pub async fn follow_notices(url: String, follower: Arc<Follower>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         match listen(&url, &follower).await {
-            Ok(()) => backoff = Duration::from_millis(200),
+            Ok(()) => backoff.reset(),
             Err(error) => tracing::debug!(%error, "notices subscription lost; reconnecting"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
         follower.refresh_now();
     }
 }

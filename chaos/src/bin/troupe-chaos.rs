@@ -24,10 +24,12 @@ use troupe_chaos::bench::ramp::RampOptions;
 use troupe_chaos::bench::report::{compare_table, Medians};
 use troupe_chaos::bench::svg::latency_svg;
 use troupe_chaos::chart::{render_svg, ChartSpec, FaultMark, Sample};
-use troupe_chaos::dev::{self, stop_signal, DevArgs};
+use troupe_chaos::dev::{self, DevArgs};
 use troupe_chaos::launcher::own_bin_dir;
 use troupe_chaos::run::{Report, RunOptions};
 use troupe_chaos::scenario::Scenario;
+use troupe_runtime::logging::{self, Style};
+use troupe_runtime::signal::shutdown as stop_signal;
 
 #[derive(Parser)]
 #[command(
@@ -169,6 +171,10 @@ struct RunArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(line) = logging::init("warn,troupe_chaos=info", Style::Tool) {
+        eprintln!("troupe-chaos: {line}");
+        return std::process::ExitCode::from(2);
+    }
     // The load generator wants every core; the cluster tools are fine on one thread.
     let mut builder = match cli.command {
         Cmd::Load(_) => tokio::runtime::Builder::new_multi_thread(),
@@ -377,15 +383,6 @@ fn seconds(text: &str) -> Result<Duration, String> {
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,troupe_chaos=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
     let opts = LoadOptions {
         url: args.url.clone(),
         scenes: args.scenes,

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use troupe_chaos::dev::{self, DevArgs};
+use troupe_runtime::logging::{self, Style};
 
 #[derive(Parser)]
 #[command(name = "troupe", version, about = "Troupe for developers")]
@@ -29,6 +30,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let Cmd::Dev(args) = Cli::parse().command;
+    if let Err(line) = logging::init("warn,troupe_chaos=info", Style::Tool) {
+        eprintln!("troupe: {line}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -87,6 +87,10 @@ struct TokenArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(line) = troupe_runtime::logging::init("warn", troupe_runtime::logging::Style::Tool) {
+        eprintln!("troupectl: {line}");
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Token(args) => token(args),
         command => run_cluster_command(&cli.cluster, cli.json, command),
