@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use troupe_membership::rpc::RpcClient;
-use troupe_membership::{ClusterClient, ClusterView, Placement};
+use troupe_membership::{ClusterClient, ClusterView, PlacementView};
 use troupe_runtime::Backoff;
 
 use crate::metrics::Metrics;
@@ -27,10 +27,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// misbehaving node cannot make the router spin.
 const QUICK_ANSWER: Duration = Duration::from_secs(1);
 
-/// What the router answers from: one membership version and the placement it implies.
+/// What the router answers from: one membership version and the placement it implies
+/// (the same [`PlacementView`] nodes decide with), and when a node last confirmed it.
 pub struct RouterState {
-    pub view: ClusterView,
-    pub placement: Placement,
+    pub current: Arc<PlacementView>,
     /// When a node last confirmed this is the newest membership: this version arrived, or
     /// a watch ended with nothing newer. Stays within ~25 s while the cluster answers.
     pub refreshed: Instant,
@@ -39,8 +39,15 @@ pub struct RouterState {
 impl RouterState {
     pub fn new(view: ClusterView) -> RouterState {
         RouterState {
-            placement: view.placement(),
-            view,
+            current: Arc::new(PlacementView::new(Arc::new(view))),
+            refreshed: Instant::now(),
+        }
+    }
+
+    /// The same membership, confirmed now (the placement is not built again).
+    fn confirmed(&self) -> RouterState {
+        RouterState {
+            current: self.current.clone(),
             refreshed: Instant::now(),
         }
     }
@@ -48,6 +55,15 @@ impl RouterState {
     /// Time since a node last confirmed this view.
     pub fn age(&self) -> Duration {
         self.refreshed.elapsed()
+    }
+}
+
+/// Answers read the view and placement straight through (`state.view`, `state.placement`).
+impl std::ops::Deref for RouterState {
+    type Target = PlacementView;
+
+    fn deref(&self) -> &PlacementView {
+        &self.current
     }
 }
 
@@ -158,7 +174,7 @@ fn publish(latest: &watch::Sender<Option<Arc<RouterState>>>, view: ClusterView, 
         Some(known) if view.version < known.view.version => false,
         Some(known) if view.version == known.view.version => {
             // Same version: only the time changes, nobody needs waking.
-            *current = Some(Arc::new(RouterState::new(view)));
+            *current = Some(Arc::new(known.confirmed()));
             false
         }
         _ => {
