@@ -18,6 +18,8 @@
 
 use std::fmt::Write;
 
+use crate::bench::stats::percentile;
+
 /// One measured edit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -218,15 +220,6 @@ impl Data {
         let v = latency_ms.clamp(self.floor_ms, self.y_max_ms);
         PB - (v.log10() - lo) / (hi - lo) * (PB - DT)
     }
-}
-
-/// Nearest-rank percentile of sorted values; `None` when empty.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// At most `cap` points: when there are more, the points are ordered by time, cut into runs
@@ -983,7 +976,7 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), Some(50.0));
         assert_eq!(percentile(&v, 99.0), Some(99.0));
-        assert_eq!(percentile(&[], 99.0), None);
+        assert_eq!(percentile::<f64>(&[], 99.0), None);
     }
 
     /// `cargo test -p troupe-chaos --lib chart -- --ignored` writes /tmp/chart-example.svg.

@@ -23,9 +23,9 @@ async fn scenes_owned_by(cluster: &TestCluster, node: u64, count: usize) -> Vec<
         .collect()
 }
 
+/// Nearest-rank percentile of sorted times (`p` in percent), zero when there are none.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(at).copied().unwrap_or_default()
+    troupe_chaos::bench::stats::percentile(sorted, p).unwrap_or_default()
 }
 
 /// Kills `victim` under `count` busy scenes and proves nothing was lost. Returns the
@@ -107,8 +107,8 @@ async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count
     gaps.sort();
     eprintln!(
         "kill -9 node {victim} under {count} scenes: marked down after {detected:?}; editors back: p50 {:?}, p99 {:?}, max {:?}",
-        percentile(&gaps, 0.5),
-        percentile(&gaps, 0.99),
+        percentile(&gaps, 50.0),
+        percentile(&gaps, 99.0),
         gaps.last().copied().unwrap_or_default()
     );
     gaps
@@ -120,7 +120,7 @@ async fn killing_the_owner_of_busy_scenes_loses_nothing_and_they_come_back() {
     let leader = cluster.view().await.unwrap().leader.unwrap().0;
     let victim = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let gaps = kill_owner_of_busy_scenes(&mut cluster, victim, 20).await;
-    let p99 = percentile(&gaps, 0.99);
+    let p99 = percentile(&gaps, 99.0);
     assert!(
         p99 < Duration::from_secs(3),
         "editors were back only after {p99:?} (p99)"
@@ -157,7 +157,7 @@ async fn killing_the_raft_leader_fails_over_too() {
     let gaps = kill_owner_of_busy_scenes(&mut cluster, leader, 10).await;
     let view = cluster.view().await.unwrap();
     assert_ne!(view.leader, Some(NodeId(leader)), "a new leader took over");
-    let p99 = percentile(&gaps, 0.99);
+    let p99 = percentile(&gaps, 99.0);
     assert!(
         p99 < Duration::from_secs(4),
         "editors were back only after {p99:?} (p99)"

@@ -25,18 +25,22 @@ impl Summary {
         Summary {
             count: samples.len() as u64,
             mean: sum as f64 / samples.len() as f64 / 1000.0,
-            p50: ms(percentile(samples, 50.0)),
-            p95: ms(percentile(samples, 95.0)),
-            p99: ms(percentile(samples, 99.0)),
+            p50: ms(percentile(samples, 50.0).unwrap_or_default()),
+            p95: ms(percentile(samples, 95.0).unwrap_or_default()),
+            p99: ms(percentile(samples, 99.0).unwrap_or_default()),
             max: ms(samples[samples.len() - 1]),
         }
     }
 }
 
-/// Nearest-rank percentile of sorted, non-empty samples.
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// Nearest-rank percentile (`p` in percent) of sorted samples; `None` when empty. The one
+/// percentile of the load reports, the chaos charts and the tests.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// Median of the values (mean of the middle two for an even count); `None` when empty.
@@ -61,11 +65,12 @@ mod tests {
     #[test]
     fn nearest_rank() {
         let s: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&s, 50.0), 50);
-        assert_eq!(percentile(&s, 95.0), 95);
-        assert_eq!(percentile(&s, 99.0), 99);
-        assert_eq!(percentile(&s, 100.0), 100);
-        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&s, 50.0), Some(50));
+        assert_eq!(percentile(&s, 95.0), Some(95));
+        assert_eq!(percentile(&s, 99.0), Some(99));
+        assert_eq!(percentile(&s, 100.0), Some(100));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile::<u64>(&[], 99.0), None);
     }
 
     #[test]

@@ -122,8 +122,8 @@ pub(crate) fn tally(results: &[StepResult], editors: u32, window: Window, acks: 
             Second {
                 at_s: s,
                 deliveries: lat.len() as u64,
-                p50_ms: ms(percentile(&lat, 50.0)),
-                p99_ms: ms(percentile(&lat, 99.0)),
+                p50_ms: ms(percentile(&lat, 50.0).unwrap_or_default()),
+                p99_ms: ms(percentile(&lat, 99.0).unwrap_or_default()),
                 max_ms: ms(lat[lat.len() - 1]),
             }
         })
