@@ -12,7 +12,10 @@
 #
 # Environment:
 #   ROUNDS=2                  rounds per server
-#   TARGETS="troupe reference"  which servers to bench (one alone skips the comparison)
+#   TARGETS="troupe reference"  which servers to bench (one alone skips the comparison);
+#                             `baseline` is a second troupe-node, from BASELINE_NODE
+#   BASELINE_NODE=PATH        another build of troupe-node (e.g. of an older commit) to bench
+#                             side by side: TARGETS="troupe baseline" BASELINE_NODE=…/troupe-node
 #   BENCH_OUT=DIR             where the reports go, one folder per run with report.json and
 #                             latency.svg (default target/bench-reports/<time>)
 #   KEEP_LOGS=1               keep the server logs and data (printed path) after exit
@@ -101,7 +104,7 @@ CHAOS="$ROOT/target/release/troupe-chaos"
 mkdir -p "$OUT"
 
 # --- servers -----------------------------------------------------------------------------
-if wants troupe; then
+if wants troupe || wants baseline; then
     [ -x "$ROOT/tests/pg.sh" ] || die "tests/pg.sh is missing"
     DB_URL="$(PG_STATE_DIR="$WORK/pg" "$ROOT/tests/pg.sh" start)"
     PG_STARTED=1
@@ -113,26 +116,44 @@ if wants troupe; then
         PG_PID="$(pgrep -o -f -- "-p $pg_port" || true)"
     fi
     log "PostgreSQL at $DB_URL (postmaster pid ${PG_PID:-unknown})"
+fi
 
-    node_port="$(free_port)"
-    mkdir -p "$WORK/data"
-    TROUPE_LISTEN="127.0.0.1:$node_port" \
+# start_node NAME BINARY DATABASE: starts a troupe-node on its own database; sets NODE_PID
+# and NODE_URL.
+start_node() {
+    local name="$1" bin="$2" db="$3" port addr
+    [ -x "$bin" ] || die "$bin is not an executable troupe-node"
+    port="$(free_port)"
+    mkdir -p "$WORK/data-$name"
+    TROUPE_LISTEN="127.0.0.1:$port" \
     TROUPE_RPC_LISTEN="127.0.0.1:0" \
-    TROUPE_DATABASE_URL="$DB_URL" \
+    TROUPE_DATABASE_URL="$db" \
     TROUPE_JWT_SECRET="$SECRET" \
-    TROUPE_DATA_DIR="$WORK/data" \
-    RUST_LOG="${RUST_LOG:-warn}" \
-        "$ROOT/target/release/troupe-node" >"$WORK/troupe-node.log" 2>&1 &
+    TROUPE_DATA_DIR="$WORK/data-$name" \
+    TROUPE_LOG="${TROUPE_LOG:-warn}" \
+        "$bin" >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     STARTED_PIDS+=("$NODE_PID")
-    wait_for_line "$NODE_PID" "$WORK/troupe-node.log" "troupe-node listening on" 60 \
-        || die "troupe-node did not start"
-    node_addr="$(grep -oE 'troupe-node listening on [^ ]+' "$WORK/troupe-node.log" | head -n1 | awk '{print $4}')"
-    node_addr="${node_addr#*://}"
-    node_addr="${node_addr%%/*}"
-    [ -n "$node_addr" ] || node_addr="127.0.0.1:$node_port"
-    TROUPE_URL="ws://$node_addr/ws/scenes"
-    log "troupe-node (pid $NODE_PID) at $TROUPE_URL"
+    wait_for_line "$NODE_PID" "$WORK/$name.log" "troupe-node listening on" 60 \
+        || die "$name did not start"
+    addr="$(grep -oE 'troupe-node listening on [^ ]+' "$WORK/$name.log" | head -n1 | awk '{print $4}')"
+    addr="${addr#*://}"
+    addr="${addr%%/*}"
+    [ -n "$addr" ] || addr="127.0.0.1:$port"
+    NODE_URL="ws://$addr/ws/scenes"
+    log "$name (pid $NODE_PID) at $NODE_URL"
+}
+
+if wants troupe; then
+    start_node troupe "$ROOT/target/release/troupe-node" "$DB_URL"
+    TROUPE_PID="$NODE_PID" TROUPE_URL="$NODE_URL"
+fi
+if wants baseline; then
+    [ -n "${BASELINE_NODE:-}" ] || die "TARGETS has baseline: set BASELINE_NODE to a troupe-node binary"
+    # Its own database, so that the two nodes never fence each other's scenes.
+    psql -q "$DB_URL" -c "CREATE DATABASE troupe_baseline" >&2 || die "cannot create the baseline database"
+    start_node baseline "$BASELINE_NODE" "${DB_URL%/*}/troupe_baseline"
+    BASELINE_PID="$NODE_PID" BASELINE_URL="$NODE_URL"
 fi
 
 if wants reference; then
@@ -157,11 +178,12 @@ run_one() {
     shift 2
     log "round $round: $target"
     case "$target" in
-        troupe)
-            local aux=()
+        troupe | baseline)
+            local aux=() url pid
             [ -n "${PG_PID:-}" ] && aux=(--aux-pid "$PG_PID")
-            "$CHAOS" load --url "$TROUPE_URL" --jwt-secret "$SECRET" --label troupe \
-                --pid "$NODE_PID" "${aux[@]}" --out "$out" "$@"
+            if [ "$target" = troupe ]; then url="$TROUPE_URL" pid="$TROUPE_PID"; else url="$BASELINE_URL" pid="$BASELINE_PID"; fi
+            "$CHAOS" load --url "$url" --jwt-secret "$SECRET" --label "$target" \
+                --pid "$pid" "${aux[@]}" --out "$out" "$@"
             ;;
         reference)
             "$CHAOS" load --url "$REF_URL" --label reference --pid "$REF_PID" \
@@ -180,9 +202,13 @@ for round in $(seq 1 "$ROUNDS"); do
     order=("${order[@]:1}" "${order[0]}")
 done
 
+reports() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r"; done; echo "$list"; }
 if wants troupe && wants reference; then
-    reports() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r"; done; echo "$list"; }
     echo "=== troupe vs y-websocket reference (medians of $ROUNDS rounds) ==="
     "$CHAOS" compare "troupe=$(reports troupe)" "reference=$(reports reference)"
+fi
+if wants troupe && wants baseline; then
+    echo "=== troupe vs baseline $BASELINE_NODE (medians of $ROUNDS rounds) ==="
+    "$CHAOS" compare "troupe=$(reports troupe)" "baseline=$(reports baseline)"
 fi
 log "reports (report.json, latency.svg) in $OUT"
