@@ -19,25 +19,17 @@ pub mod http;
 pub mod metrics;
 pub mod presence;
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::assets::WebDir;
 pub use crate::config::{Config, Settings};
-use crate::dev_token::DevTokens;
 pub use crate::follow::RouterState;
-use crate::http::Body;
+use crate::http::Shared;
 use crate::metrics::Metrics;
-use crate::presence::PresenceReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -98,65 +90,23 @@ pub async fn run(
     });
 
     on_ready();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let shared = shared.clone();
-                        // No route reads a body.
-                        let req = Request::from_parts(req.into_parts().0, ());
-                        async move { Ok::<_, Infallible>(shared.respond(&req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // Stops accepting when `shutdown` resolves, then lets the requests in flight finish.
+    let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(());
+    };
+    let ((), served) = tokio::join!(signal, server.into_future());
+    if let Err(error) = served {
+        tracing::warn!(%error, "serving stopped");
     }
     tracing::info!("stopped");
     drop(follower);
     Ok(())
-}
-
-/// What every request may need.
-struct Shared {
-    latest: follow::Latest,
-    metrics: Arc<Metrics>,
-    presence: Option<Arc<PresenceReader>>,
-    web_dir: Option<WebDir>,
-    dev_tokens: Option<DevTokens>,
-}
-
-impl Shared {
-    /// Routes one request: the API paths first, whatever files the page has.
-    async fn respond(&self, req: &Request<()>) -> Response<Body> {
-        let path = req.uri().path();
-        if let Some(scene) = presence::presence_path(path) {
-            return presence::answer(scene, self.presence.as_deref()).await;
-        }
-        if path == dev_token::PATH && req.method() == hyper::Method::GET {
-            return dev_token::answer(req.uri().query(), self.dev_tokens.as_ref());
-        }
-        if http::is_api_path(path) {
-            // One snapshot per request: the route and its epoch agree.
-            let state = self.latest.borrow().clone();
-            return http::handle(req, state.as_deref(), &self.metrics);
-        }
-        assets::answer(self.web_dir.as_ref(), req.method(), path).await
-    }
 }
