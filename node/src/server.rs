@@ -1,13 +1,12 @@
 //! Wiring of a node: store, writer, rooms and the HTTP listener, with graceful shutdown.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -224,35 +223,23 @@ pub async fn run(
     });
 
     on_ready();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| crate::http::handle(req, app.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
+    // Served apart, so that shutdown goes on with the rooms as soon as it stops accepting:
+    // upgraded connections are the rooms' to close (1001), and requests still in flight
+    // finish on their own.
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let public = axum::serve(listener, crate::http::router(app.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = serving_stopped.await;
+        })
+        .into_future();
+    let public_task = tokio::spawn(public);
+    shutdown.await;
+    let _ = stop_serving.send(());
 
     tracing::info!(rooms = rooms.len(), "shutting down: flushing rooms");
-    drop(listener);
     let _ = shutdown_tx.send(true);
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while !rooms.is_empty() && tokio::time::Instant::now() < deadline {
@@ -265,7 +252,13 @@ pub async fn run(
     drop(rooms);
     // The writer ends once the last room let go of its handle.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer_task).await;
-    let _ = rpc_task.await;
+    // Both let their last requests finish; a client that never completes one is not
+    // waited for past the grace period.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = public_task.await;
+        let _ = rpc_task.await;
+    })
+    .await;
     cluster.shutdown().await;
     Ok(())
 }
