@@ -8,25 +8,35 @@
 //! | `GET /cluster/view?after=V` | the membership; with `after`, waits (up to 25 s) for a newer version |
 //! | `POST /cluster/nodes` | admit a node (leader only) |
 //! | `POST /cluster/nodes/{id}/drain`, `/activate`, `/remove` | operator changes (leader only) |
+//!
+//! Anything else, other methods included, is a 404 [`ErrorBody`]. The routes are built in
+//! one place, [`router`], and served by [`serve`], so that transport security can be
+//! layered over the listener without touching them.
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
+use axum::http::header::{self, HeaderValue};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post, MethodRouter};
+use axum::serve::ListenerExt;
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::cluster::{AdminError, Cluster};
 use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::raft::TypeConfig;
 use crate::state::{Command, CommandError, NodeId};
 use crate::view::{AdmitRequest, ErrorBody, NodeSelf};
 
@@ -44,129 +54,183 @@ pub trait LocalStatus: Send + Sync + 'static {
     fn epoch(&self) -> u64;
 }
 
-type Body = Full<Bytes>;
+/// What the handlers share.
+struct Internal {
+    cluster: Arc<Cluster>,
+    local: Arc<dyn LocalStatus>,
+    /// Turns true when the server shuts down: watch calls then answer at once, so that a
+    /// graceful shutdown never waits out a router's long poll.
+    stopping: watch::Receiver<bool>,
+}
 
-/// Serves the internal endpoint until `shutdown` resolves.
+type Shared = State<Arc<Internal>>;
+
+/// The internal endpoint's routes. `stopping` ends pending watch calls when it turns true.
+pub fn router(cluster: Arc<Cluster>, local: Arc<dyn LocalStatus>, stopping: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route(APPEND_PATH, post_only(append))
+        .route(VOTE_PATH, post_only(vote))
+        .route(SNAPSHOT_PATH, post_only(snapshot))
+        .route("/cluster/info", get_only(info))
+        .route("/cluster/view", get_only(view))
+        .route("/cluster/nodes", post_only(admit))
+        .route("/cluster/nodes/{id}/{action}", post_only(change))
+        .fallback(not_found)
+        .with_state(Arc::new(Internal {
+            cluster,
+            local,
+            stopping,
+        }))
+}
+
+/// Serves the internal endpoint until `shutdown` resolves, then lets the requests in
+/// flight finish (watch calls answer at once).
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     local: Arc<dyn LocalStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (cluster, local) = (cluster.clone(), local.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, cluster.clone(), local.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            () = &mut shutdown => return,
-        }
+    let (stop, stopping) = watch::channel(false);
+    let app = router(cluster, local, stopping.clone());
+    let mut stopped = stopping;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    let signal = async move {
+        shutdown.await;
+        stop.send_replace(true);
+    };
+    let ((), served) = tokio::join!(signal, server.into_future());
+    if let Err(error) = served {
+        tracing::warn!(%error, "internal endpoint stopped");
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    cluster: Arc<Cluster>,
-    local: Arc<dyn LocalStatus>,
-) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let method = req.method().clone();
-    let raft = cluster.raft();
-    let response = match (&method, path.as_str()) {
-        (&Method::POST, APPEND_PATH) => match body(req).await {
-            Ok(rpc) => json(StatusCode::OK, &raft.append_entries(rpc).await),
-            Err(r) => r,
+/// Other methods than POST get the endpoint's 404.
+fn post_only<H, T>(handler: H) -> MethodRouter<Arc<Internal>>
+where
+    H: Handler<T, Arc<Internal>>,
+    T: 'static,
+{
+    post(handler).fallback(not_found)
+}
+
+/// Other methods than GET (HEAD included) get the endpoint's 404.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<Internal>>
+where
+    H: Handler<T, Arc<Internal>>,
+    T: 'static,
+{
+    get(handler).head(not_found).fallback(not_found)
+}
+
+async fn append(State(s): Shared, JsonBody(rpc): JsonBody<AppendEntriesRequest<TypeConfig>>) -> Response {
+    json(StatusCode::OK, &s.cluster.raft().append_entries(rpc).await)
+}
+
+async fn vote(State(s): Shared, JsonBody(rpc): JsonBody<VoteRequest<NodeId>>) -> Response {
+    json(StatusCode::OK, &s.cluster.raft().vote(rpc).await)
+}
+
+async fn snapshot(State(s): Shared, JsonBody(rpc): JsonBody<InstallSnapshotRequest<TypeConfig>>) -> Response {
+    json(StatusCode::OK, &s.cluster.raft().install_snapshot(rpc).await)
+}
+
+async fn info(State(s): Shared) -> Response {
+    let opts = s.cluster.options();
+    json(
+        StatusCode::OK,
+        &NodeSelf {
+            id: opts.id,
+            url: opts.url.clone(),
+            rpc_addr: opts.rpc_addr.clone(),
+            initialized: s.cluster.is_initialized(),
+            rooms: s.local.rooms(),
+            epoch: s.local.epoch(),
         },
-        (&Method::POST, VOTE_PATH) => match body(req).await {
-            Ok(rpc) => json(StatusCode::OK, &raft.vote(rpc).await),
-            Err(r) => r,
-        },
-        (&Method::POST, SNAPSHOT_PATH) => match body(req).await {
-            Ok(rpc) => json(StatusCode::OK, &raft.install_snapshot(rpc).await),
-            Err(r) => r,
-        },
-        (&Method::GET, "/cluster/info") => {
-            let opts = cluster.options();
-            json(
-                StatusCode::OK,
-                &NodeSelf {
-                    id: opts.id,
-                    url: opts.url.clone(),
-                    rpc_addr: opts.rpc_addr.clone(),
-                    initialized: cluster.is_initialized(),
-                    rooms: local.rooms(),
-                    epoch: local.epoch(),
-                },
-            )
-        }
-        (&Method::GET, "/cluster/view") => {
-            let after = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("after="))
-                .and_then(|v| v.parse::<u64>().ok());
-            let view = match after {
-                Some(after) => cluster.view_after(after, MAX_WATCH).await,
-                None => cluster.view(),
+    )
+}
+
+#[derive(Deserialize)]
+struct ViewQuery {
+    after: Option<u64>,
+}
+
+/// A watch (`after` given) waits for a newer version; an unreadable `after` is no watch.
+async fn view(State(s): Shared, query: Result<Query<ViewQuery>, QueryRejection>) -> Response {
+    let after = query.ok().and_then(|Query(q)| q.after);
+    let view = match after {
+        Some(after) => {
+            let mut stopping = s.stopping.clone();
+            let stopped = async move {
+                if stopping.wait_for(|stop| *stop).await.is_err() {
+                    // No server to stop: only the watch's own limit ends it.
+                    std::future::pending::<()>().await;
+                }
             };
-            json(StatusCode::OK, &view)
-        }
-        (&Method::POST, "/cluster/nodes") => match body::<AdmitRequest>(req).await {
-            Ok(node) => admin(cluster.admit(&node).await),
-            Err(r) => r,
-        },
-        (&Method::POST, p) if p.starts_with("/cluster/nodes/") => {
-            let rest = &p["/cluster/nodes/".len()..];
-            match rest.split_once('/') {
-                Some((id, action)) => match id.parse::<NodeId>() {
-                    Ok(id) => match action {
-                        "drain" => admin(cluster.set_state(Command::Drain { id }).await),
-                        "activate" => admin(cluster.set_state(Command::Activate { id }).await),
-                        "remove" => admin(cluster.remove(id).await),
-                        _ => not_found(),
-                    },
-                    Err(_) => error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("{id:?} is not a node id"),
-                        None,
-                    ),
-                },
-                None => not_found(),
+            tokio::select! {
+                view = s.cluster.view_after(after, MAX_WATCH) => view,
+                () = stopped => s.cluster.view(),
             }
         }
-        _ => not_found(),
+        None => s.cluster.view(),
     };
-    Ok(response)
+    json(StatusCode::OK, &view)
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let bytes = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_request", e.to_string(), None)),
+async fn admit(State(s): Shared, JsonBody(node): JsonBody<AdmitRequest>) -> Response {
+    admin(s.cluster.admit(&node).await)
+}
+
+/// `POST /cluster/nodes/{id}/{action}`: the id is checked before the action.
+async fn change(State(s): Shared, path: Result<Path<(String, String)>, PathRejection>) -> Response {
+    let Ok(Path((id, action))) = path else {
+        return not_found().await;
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
+    let Ok(id) = id.parse::<NodeId>() else {
+        return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("bad JSON body: {e}"),
+            format!("{id:?} is not a node id"),
             None,
-        )
-    })
+        );
+    };
+    match action.as_str() {
+        "drain" => admin(s.cluster.set_state(Command::Drain { id }).await),
+        "activate" => admin(s.cluster.set_state(Command::Activate { id }).await),
+        "remove" => admin(s.cluster.remove(id).await),
+        _ => not_found().await,
+    }
 }
 
-fn admin<T: Serialize>(result: Result<T, AdminError>) -> Response<Body> {
+/// A JSON request body of at most [`MAX_REQUEST`] bytes; a refusal is the endpoint's
+/// usual 400 [`ErrorBody`] (axum's own extractors answer in plain text).
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Response> {
+        let bytes = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_request", e.to_string(), None)),
+        };
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bad JSON body: {e}"),
+                None,
+            )
+        })
+    }
+}
+
+fn admin<T: Serialize>(result: Result<T, AdminError>) -> Response {
     match result {
         Ok(value) => json(StatusCode::OK, &value),
         Err(e) => {
@@ -192,28 +256,24 @@ fn admin<T: Serialize>(result: Result<T, AdminError>) -> Response<Body> {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Ok(bytes) => json_bytes(status, bytes),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string(), None),
     }
 }
 
-fn error(status: StatusCode, kind: &str, message: String, leader: Option<String>) -> Response<Body> {
+fn error(status: StatusCode, kind: &str, message: String, leader: Option<String>) -> Response {
     let body = ErrorBody {
         error: kind.into(),
         message,
         leader,
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -221,7 +281,7 @@ fn error(status: StatusCode, kind: &str, message: String, leader: Option<String>
     response
 }
 
-fn not_found() -> Response<Body> {
+async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -1,43 +1,74 @@
-//! HTTP routes of a node: the WebSocket endpoint, `/healthz` and `/metrics`.
+//! HTTP routes of a node, in one table ([`router`]):
+//!
+//! | Route | Answer |
+//! |---|---|
+//! | `GET /ws/scenes/{scene}?token=JWT[&acks=1]` | WebSocket upgrade, then one connection (see [`ws`]) |
+//! | the same, without an upgrade | 307 to the scene's owner when it is another node, else 426 |
+//! | `GET /healthz` | store, rooms, epoch and leader as JSON; 503 while the store does not answer |
+//! | `GET /metrics` | OpenMetrics text |
+//!
+//! Anything else, other methods included, is a plain `404 not found`.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::handler::Handler;
+use axum::http::header::{self, HeaderValue};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use troupe_proto::scene::is_scene_id;
 
 use crate::server::App;
 use crate::ws::{self, ConnectRequest};
 use troupe_membership::placement::Verdict;
 
-pub type Body = Full<Bytes>;
-
 /// Path prefix of the WebSocket endpoint: `/ws/scenes/{scene_id}`.
 pub const SCENES_PREFIX: &str = "/ws/scenes/";
 
-/// Routes one request.
-pub async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_string();
-    let response = match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => healthz(&app).await,
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            app.metrics.encode(),
-        ),
-        (&Method::GET, p) if p.starts_with(SCENES_PREFIX) => websocket(req, &app),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-    };
-    Ok(response)
+type Ctx = State<Arc<App>>;
+
+/// Every route of the node's public port.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get_only(healthz))
+        .route("/metrics", get_only(metrics))
+        // The scene is the rest of the path, empty or with slashes: a bad id is told with
+        // a close code after the upgrade, like any other.
+        .route(SCENES_PREFIX, get_only(websocket))
+        .route("/ws/scenes/{*scene}", get_only(websocket))
+        .fallback(not_found)
+        .with_state(app)
 }
 
-async fn healthz(app: &App) -> Response<Body> {
+/// Other methods than GET (HEAD included) get the usual 404.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<App>>
+where
+    H: Handler<T, Arc<App>>,
+    T: 'static,
+{
+    get(handler).head(not_found).fallback(not_found)
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
+}
+
+async fn metrics(State(app): Ctx) -> Response {
+    text(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        app.metrics.encode(),
+    )
+}
+
+async fn healthz(State(app): Ctx) -> Response {
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
         Ok(Ok(()))
@@ -58,8 +89,8 @@ async fn healthz(app: &App) -> Response<Body> {
     text(status, "application/json", format!("{body}\n"))
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -67,9 +98,33 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
+/// The query of the WebSocket endpoint (other parameters are ignored).
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    /// The access token; stock y-websocket sends it as `params: { token }`.
+    pub token: Option<String>,
+    /// `1` (or `true`) asks for durable acks.
+    pub acks: Option<String>,
+}
+
+impl ConnectQuery {
+    fn wants_acks(&self) -> bool {
+        matches!(self.acks.as_deref(), Some("1" | "true"))
+    }
+}
+
 /// Upgrades `/ws/scenes/{scene}` to a WebSocket. Token and scene problems are reported
-/// with a close code after the upgrade, since browsers cannot read an HTTP refusal.
-fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+/// with a close code after the upgrade, since browsers cannot read an HTTP refusal; so
+/// path and query never refuse the request here (a query that does not parse, such as a
+/// token given twice, carries no token).
+async fn websocket(
+    State(app): Ctx,
+    scene: Result<Path<String>, PathRejection>,
+    query: Result<Query<ConnectQuery>, QueryRejection>,
+    mut req: Request,
+) -> Response {
+    // Decoded by the extractor; a capture that is not UTF-8 is no scene either.
+    let scene = scene.ok().map(|Path(s)| s).filter(|s| is_scene_id(s));
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -77,34 +132,7 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (is_upgrade, key) else {
-        // A plain GET (a tool, a curl) is sent to the owner, as the router would.
-        let raw_scene = &req.uri().path()[SCENES_PREFIX.len()..];
-        if let Some(scene) = scene_id(raw_scene) {
-            if let Verdict::Elsewhere(route) = app.placement.borrow().verdict(app.settings.node_id, &scene) {
-                let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-                let location = format!("{}{SCENES_PREFIX}{raw_scene}{query}", route.url);
-                let mut response = text(
-                    StatusCode::TEMPORARY_REDIRECT,
-                    "text/plain",
-                    format!(
-                        "scene {scene} is served by node {} at {}\n",
-                        route.node, route.url
-                    ),
-                );
-                if let Ok(value) = HeaderValue::from_str(&location) {
-                    response.headers_mut().insert(header::LOCATION, value);
-                }
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                return response;
-            }
-        }
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            "text/plain",
-            "this endpoint speaks the y-websocket protocol over WebSocket\n".into(),
-        );
+        return plain_get(&app, scene.as_deref(), &req);
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| app.settings.origins.allows(o));
@@ -113,21 +141,21 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
             return text(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n".into());
         }
     }
-    let query = parse_query(req.uri().query().unwrap_or(""));
+    let Query(query) = query.unwrap_or_default();
     let request = ConnectRequest {
-        scene: scene_id(&req.uri().path()[SCENES_PREFIX.len()..]),
-        token: query.get("token").cloned().unwrap_or_default(),
-        acks: query.get("acks").is_some_and(|v| v == "1" || v == "true"),
+        scene,
+        acks: query.wants_acks(),
+        token: query.token.unwrap_or_default(),
     };
+    // The handshake is ours so that `ws` keeps tokio-tungstenite's socket and its limits.
     let upgrade = hyper::upgrade::on(&mut req);
-    let app = app.clone();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => ws::serve(upgraded, request, app).await,
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -138,28 +166,55 @@ fn websocket(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     response
 }
 
-use troupe_proto::scene::percent_decode;
-pub use troupe_proto::scene::scene_id;
-
-fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(k)?, percent_decode(&v.replace('+', " "))?))
-        })
-        .collect()
+/// A plain GET (a tool, a curl) is sent to the owner, as the router would: the same path
+/// and query as sent, on the owner's URL.
+fn plain_get(app: &App, scene: Option<&str>, req: &Request) -> Response {
+    let verdict = scene.map(|scene| app.placement.borrow().verdict(app.settings.node_id, scene));
+    if let (Some(scene), Some(Verdict::Elsewhere(route))) = (scene, verdict) {
+        let uri = req.uri();
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let location = format!("{}{}{query}", route.url, uri.path());
+        let mut response = text(
+            StatusCode::TEMPORARY_REDIRECT,
+            "text/plain",
+            format!(
+                "scene {scene} is served by node {} at {}\n",
+                route.node, route.url
+            ),
+        );
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+    text(
+        StatusCode::UPGRADE_REQUIRED,
+        "text/plain",
+        "this endpoint speaks the y-websocket protocol over WebSocket\n".into(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn query(uri: &str) -> ConnectQuery {
+        let uri: axum::http::Uri = uri.parse().unwrap_or_default();
+        Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default()
+    }
+
     #[test]
     fn queries() {
-        let q = parse_query("token=a.b.c&acks=1&x");
-        assert_eq!(q.get("token").map(String::as_str), Some("a.b.c"));
-        assert_eq!(q.get("acks").map(String::as_str), Some("1"));
-        assert_eq!(q.get("x").map(String::as_str), Some(""));
+        let q = query("/ws/scenes/s?token=a.b.c&acks=1&x");
+        assert_eq!(q.token.as_deref(), Some("a.b.c"));
+        assert!(q.wants_acks());
+        assert!(query("/ws/scenes/s?acks=true").wants_acks());
+        let q = query("/ws/scenes/s?acks=0&token=a%2Eb+c");
+        assert!(!q.wants_acks());
+        assert_eq!(q.token.as_deref(), Some("a.b c"));
+        assert_eq!(query("/ws/scenes/s").token, None);
     }
 }

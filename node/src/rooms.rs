@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Semaphore};
 
+use troupe_runtime::Tasks;
+
 use crate::room::{Directory, Room, RoomCmd, RoomContext};
 
 /// Messages a room's inbox holds before senders wait.
@@ -29,14 +31,18 @@ pub struct RoomHandle {
 
 pub struct Rooms {
     ctx: Arc<RoomContext>,
+    /// Every room's task; shutdown cancels them (`ctx.shutdown`) and waits for them.
+    tasks: Tasks,
     live: Mutex<HashMap<String, RoomHandle>>,
     next_id: AtomicU64,
 }
 
 impl Rooms {
-    pub fn new(ctx: Arc<RoomContext>) -> Arc<Self> {
+    /// A directory whose rooms run in `tasks` (whose token is `ctx.shutdown`).
+    pub fn new(ctx: Arc<RoomContext>, tasks: Tasks) -> Arc<Self> {
         Arc::new(Self {
             ctx,
+            tasks,
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
@@ -57,7 +63,7 @@ impl Rooms {
         };
         live.insert(scene.to_string(), handle.clone());
         drop(live);
-        tokio::spawn(Room::run(
+        self.tasks.spawn(Room::run(
             scene.to_string(),
             handle.id,
             self.ctx.clone(),

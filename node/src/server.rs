@@ -1,13 +1,12 @@
 //! Wiring of a node: store, writer, rooms and the HTTP listener, with graceful shutdown.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -24,6 +23,8 @@ use crate::store::{Store, StoreError};
 use crate::writer;
 use troupe_membership::placement::{self, PlacementView};
 use troupe_proto::presence::Notice;
+use troupe_runtime::tasks::CancellationToken;
+use troupe_runtime::Tasks;
 
 /// How long shutdown waits for rooms to flush before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -147,7 +148,11 @@ pub async fn run(
         .redis_url
         .clone()
         .map(|url| RedisHandle::spawn(url, metrics.clone()));
-    tokio::spawn(report_failovers(
+    // Two groups stop in turn at shutdown: the rooms (each flushes, then closes its
+    // clients with 1001), then the node's background work.
+    let room_tasks = Tasks::new();
+    let background = Tasks::new();
+    background.spawn_until_cancelled(report_failovers(
         cluster.clone(),
         placement.clone(),
         presence.clone(),
@@ -155,7 +160,7 @@ pub async fn run(
     ));
     {
         let (mut watch, gauge) = (placement.clone(), metrics.ring_epoch.clone());
-        tokio::spawn(async move {
+        background.spawn_until_cancelled(async move {
             loop {
                 gauge.set(watch.borrow_and_update().epoch() as i64);
                 if watch.changed().await.is_err() {
@@ -171,7 +176,6 @@ pub async fn run(
         settings.commit_batch,
         65_536,
     );
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         writer,
@@ -181,28 +185,26 @@ pub async fn run(
         node_id: settings.node_id.to_string(),
         placement: placement.clone(),
         presence,
-        shutdown: shutdown_rx.clone(),
+        shutdown: room_tasks.token().clone(),
         rpc: RpcClient::new(),
     });
-    let rooms = Rooms::new(ctx);
-    tokio::spawn(check_leases(
+    let rooms = Rooms::new(ctx, room_tasks.clone());
+    // With the rooms, so that it lets go of them (and the writer) when they stop.
+    room_tasks.spawn_until_cancelled(check_leases(
         store.clone(),
         rooms.clone(),
         settings.node_id.to_string(),
-        shutdown_rx.clone(),
     ));
     let status = Arc::new(NodeStatus {
         rooms: Arc::downgrade(&rooms),
         placement: placement.clone(),
     });
-    let mut rpc_shutdown = shutdown_rx.clone();
-    let rpc_task = tokio::spawn(troupe_membership::server::serve(
+    // The internal port closes when the rooms start to flush.
+    background.spawn(troupe_membership::server::serve(
         rpc,
         cluster.clone(),
         status,
-        async move {
-            let _ = rpc_shutdown.wait_for(|stop| *stop).await;
-        },
+        room_tasks.token().clone().cancelled_owned(),
     ));
     if settings.peers.is_empty() {
         // A node of its own serves every scene as soon as it has put itself on the ring.
@@ -224,48 +226,33 @@ pub async fn run(
     });
 
     on_ready();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| crate::http::handle(req, app.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
+    // Served apart, so that shutdown goes on with the rooms as soon as it stops accepting:
+    // upgraded connections are the rooms' to close (1001), and requests still in flight
+    // finish on their own.
+    let accepting = CancellationToken::new();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    background.spawn(
+        axum::serve(listener, crate::http::router(app.clone()))
+            .with_graceful_shutdown(accepting.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.await;
+    accepting.cancel();
 
     tracing::info!(rooms = rooms.len(), "shutting down: flushing rooms");
-    drop(listener);
-    let _ = shutdown_tx.send(true);
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while !rooms.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !rooms.is_empty() {
-        tracing::error!(rooms = rooms.len(), "rooms still unflushed at shutdown");
+    let unflushed = room_tasks.shutdown(SHUTDOWN_GRACE).await;
+    if unflushed > 0 {
+        tracing::error!(rooms = unflushed, "rooms still unflushed at shutdown");
     }
     drop(app);
     drop(rooms);
     // The writer ends once the last room let go of its handle.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer_task).await;
-    let _ = rpc_task.await;
+    // The servers let their last requests finish; a client that never completes one is
+    // not waited for past the grace period.
+    background.shutdown(SHUTDOWN_GRACE).await;
     cluster.shutdown().await;
     Ok(())
 }
@@ -317,14 +304,11 @@ const LEASE_CHECK: Duration = Duration::from_secs(1);
 /// paused, or behind on placement) stops serving within about a second of the new owner
 /// taking over, even if none of its clients writes. The store decides, not Raft contact:
 /// while nobody claims a scene — no quorum anywhere, say — its room keeps serving.
-async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String, mut shutdown: watch::Receiver<bool>) {
+async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String) {
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+        tick.tick().await;
         let live = rooms.snapshot();
         if live.is_empty() {
             continue;

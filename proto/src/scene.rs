@@ -3,13 +3,17 @@
 /// Decodes and checks a scene id from a URL path segment: 1-128 bytes of letters, digits
 /// and `-_.:~` once percent-decoded.
 pub fn scene_id(raw: &str) -> Option<String> {
-    let decoded = percent_decode(raw)?;
-    let valid = !decoded.is_empty()
+    percent_decode(raw).filter(|decoded| is_scene_id(decoded))
+}
+
+/// The same rule for an id already percent-decoded (as HTTP routers' path extractors hand
+/// it over). `%` is not a scene id character, so an id decoded twice is never accepted.
+pub fn is_scene_id(decoded: &str) -> bool {
+    !decoded.is_empty()
         && decoded.len() <= 128
         && decoded
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b));
-    valid.then_some(decoded)
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
 }
 
 /// Decodes `%XX` escapes; `None` for a broken escape or bytes that are not UTF-8.
@@ -46,5 +50,8 @@ mod tests {
         assert_eq!(scene_id("%"), None);
         assert_eq!(scene_id("%e9"), None);
         assert_eq!(scene_id(&"x".repeat(129)), None);
+        assert!(is_scene_id("film:scene-12"));
+        assert!(!is_scene_id("film%3Ascene-12"));
+        assert!(!is_scene_id("a/b"));
     }
 }

@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
 use hyper::{Response, StatusCode};
+use serde::Deserialize;
 use serde_json::json;
 use troupe_proto::clock::now_secs;
-use troupe_proto::scene::percent_decode;
 pub use troupe_proto::token::MIN_SECRET_LEN;
 use troupe_proto::token::{Claims, Role, Signer};
 
@@ -105,30 +107,32 @@ pub fn valid_user(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'))
 }
 
-/// The `user` parameter of a query string, decoded (`+` and `%20` are spaces) and checked.
-pub fn user_param(query: Option<&str>) -> Result<String, BadUser> {
-    let raw = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("user="))
-        .ok_or(BadUser::Missing)?;
-    let name = percent_decode(&raw.replace('+', " ")).ok_or(BadUser::Invalid)?;
-    if name.is_empty() {
-        return Err(BadUser::Missing);
-    }
-    if valid_user(&name) {
-        Ok(name)
-    } else {
-        Err(BadUser::Invalid)
+/// The query of `GET /v1/dev/token`: `user`, decoded (`+` and `%20` are spaces).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenQuery {
+    pub user: Option<String>,
+}
+
+/// The user a query asks a token for, checked. A query that does not parse (`user` given
+/// twice) names no valid user.
+pub fn user_of(query: Result<Query<TokenQuery>, QueryRejection>) -> Result<String, BadUser> {
+    let Ok(Query(TokenQuery { user })) = query else {
+        return Err(BadUser::Invalid);
+    };
+    match user {
+        None => Err(BadUser::Missing),
+        Some(name) if name.is_empty() => Err(BadUser::Missing),
+        Some(name) if valid_user(&name) => Ok(name),
+        Some(_) => Err(BadUser::Invalid),
     }
 }
 
 /// `GET /v1/dev/token?user=NAME`; without dev tokens, the same 404 as any unknown path.
-pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body> {
+pub fn answer(user: Result<String, BadUser>, tokens: Option<&DevTokens>) -> Response<Body> {
     let Some(tokens) = tokens else {
         return crate::http::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
     };
-    let user = match user_param(query) {
+    let user = match user {
         Ok(user) => user,
         Err(bad) => {
             return crate::http::no_store(crate::http::error(
@@ -163,7 +167,7 @@ pub fn answer(query: Option<&str>, tokens: Option<&DevTokens>) -> Response<Body>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http_body_util::BodyExt;
-    use hyper::header;
+    use hyper::{header, Uri};
     use troupe_proto::token::Verifier;
 
     use super::*;
@@ -210,6 +214,17 @@ mod tests {
         assert!(!format!("{tokens:?}").contains(SECRET));
     }
 
+    /// The user of a request's query, as the route extracts it.
+    fn user_param(query: Option<&str>) -> Result<String, BadUser> {
+        let uri: Uri = match query {
+            Some(query) => format!("{PATH}?{query}"),
+            None => PATH.to_string(),
+        }
+        .parse()
+        .unwrap();
+        user_of(Query::try_from_uri(&uri))
+    }
+
     #[test]
     fn user_names() {
         for (query, want) in [
@@ -237,6 +252,8 @@ mod tests {
             (Some("user=a%0Ab"), BadUser::Invalid),
             (Some("user=%zz"), BadUser::Invalid),
             (Some("user=a%2Bb"), BadUser::Invalid),
+            (Some("user=%C3"), BadUser::Invalid),
+            (Some("user=ada&user=bob"), BadUser::Invalid),
         ] {
             assert_eq!(user_param(query), Err(want), "{query:?}");
         }
@@ -249,12 +266,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_endpoint() {
-        let off = answer(Some("user=ada"), None);
+        let off = answer(Ok("ada".into()), None);
         assert_eq!(off.status(), StatusCode::NOT_FOUND);
         assert_eq!(json_of(off).await["error"], "not_found");
 
         let tokens = DevTokens::new(SECRET, "troupe").unwrap();
-        let r = answer(Some("user=ada"), Some(&tokens));
+        let r = answer(user_param(Some("user=ada")), Some(&tokens));
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
@@ -267,11 +284,14 @@ mod tests {
             .unwrap();
         assert_eq!(claims.sub, "ada");
 
-        let bad = answer(Some("user=%3Cb%3E"), Some(&tokens));
+        let bad = answer(user_param(Some("user=%3Cb%3E")), Some(&tokens));
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         let json = json_of(bad).await;
         assert_eq!(json["error"], "bad_user");
         assert!(json["message"].as_str().unwrap().contains("1-32"));
-        assert_eq!(answer(None, Some(&tokens)).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            answer(user_param(None), Some(&tokens)).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

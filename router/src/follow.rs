@@ -236,42 +236,29 @@ mod tests {
     /// A stand-in for a node's `GET /cluster/view[?after=V]`, serving the versions sent on
     /// the returned channel.
     async fn fake_node() -> (String, watch::Sender<u64>) {
-        use http_body_util::Full;
-        use hyper::body::Incoming;
-        use hyper::service::service_fn;
-        use hyper_util::rt::TokioIo;
+        use axum::extract::{Query, State};
+
+        #[derive(serde::Deserialize)]
+        struct Watch {
+            after: Option<u64>,
+        }
+
+        async fn view_after(State(mut rx): State<watch::Receiver<u64>>, Query(q): Query<Watch>) -> Vec<u8> {
+            if let Some(after) = q.after {
+                let newer = rx.wait_for(|v| *v > after);
+                let _ = tokio::time::timeout(Duration::from_secs(2), newer).await;
+            }
+            let version = *rx.borrow();
+            serde_json::to_vec(&view(version)).unwrap()
+        }
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = watch::channel(1u64);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let rx = rx.clone();
-                let service = service_fn(move |req: hyper::Request<Incoming>| {
-                    let mut rx = rx.clone();
-                    async move {
-                        let after = req
-                            .uri()
-                            .query()
-                            .and_then(|q| q.strip_prefix("after="))
-                            .and_then(|v| v.parse::<u64>().ok());
-                        if let Some(after) = after {
-                            let newer = rx.wait_for(|v| *v > after);
-                            let _ = tokio::time::timeout(Duration::from_secs(2), newer).await;
-                        }
-                        let version = *rx.borrow();
-                        let body = serde_json::to_vec(&view(version)).unwrap();
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            bytes::Bytes::from(body),
-                        )))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
-            }
-        });
+        let app = axum::Router::new()
+            .route("/cluster/view", axum::routing::get(view_after))
+            .with_state(rx);
+        tokio::spawn(async move { axum::serve(listener, app).await });
         (addr, tx)
     }
 

@@ -1,97 +1,171 @@
-//! The router's HTTP routes: where a scene lives, a redirect to it, health and metrics.
+//! The router's HTTP routes, all in one table ([`router`]):
 //!
 //! | Route | Answer |
 //! |---|---|
 //! | `GET /v1/route/{scene}` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`) |
 //! | `GET /ws/scenes/{scene}[?query]` | 307 to the owner's `/ws/scenes/{scene}[?query]` |
+//! | `/v1/scenes/{scene}/presence` | who is in the scene (see [`presence`]) |
+//! | `GET /v1/dev/token?user=NAME` | a token for anyone, when enabled (see [`dev_token`]) |
 //! | `GET /healthz` | the membership the router answers from, 503 before it has one |
 //! | `GET /metrics` | OpenMetrics text |
 //!
-//! Presence (`/v1/scenes/{scene}/presence`), dev tokens (`/v1/dev/token`) and the demo
-//! page's files (any path outside the API, see [`is_api_path`]) have modules of their own.
+//! Any other path under the API (see [`is_api_path`]), and any other method on an API
+//! path, is a 404 JSON error; the rest are the demo page's files (see [`assets`]).
 //!
 //! Answers come from one snapshot of the membership, so a route and its epoch always agree.
+//!
+//! [`presence`]: crate::presence
+//! [`dev_token`]: crate::dev_token
+//! [`assets`]: crate::assets
 
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
+use axum::routing::{any, get, MethodRouter};
+use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode, Uri};
 use serde_json::json;
 use troupe_membership::Route;
-use troupe_proto::scene::scene_id;
+use troupe_proto::scene::is_scene_id;
 
-use crate::follow::RouterState;
+use crate::assets::{self, WebDir};
+use crate::dev_token::{self, DevTokens, TokenQuery};
+use crate::follow;
 use crate::metrics::{Metrics, Outcome};
+use crate::presence::{self, PresenceReader};
 
 pub type Body = Full<Bytes>;
 
-/// `GET /v1/route/{scene}`.
-pub const ROUTE_PREFIX: &str = "/v1/route/";
 /// `GET /ws/scenes/{scene}`: the nodes' WebSocket path, redirected as is.
 pub const SCENES_PREFIX: &str = "/ws/scenes/";
 
 const JSON: &str = "application/json";
 
-/// Whether a path belongs to the API (answered by [`handle`] and its siblings) rather than
-/// to the demo page's files: the API keeps `/v1/…`, `/ws/…`, `/healthz` and `/metrics`
-/// whatever files the page has.
+/// What every request may need.
+pub struct Shared {
+    pub latest: follow::Latest,
+    pub metrics: Arc<Metrics>,
+    pub presence: Option<Arc<PresenceReader>>,
+    pub web_dir: Option<WebDir>,
+    pub dev_tokens: Option<DevTokens>,
+}
+
+type Ctx = State<Arc<Shared>>;
+
+/// The scene id of a `{scene}` capture, checked (`None` if it breaks the rule, or is not
+/// UTF-8 once decoded). A capture that is not one segment (`a/b`, or empty) breaks it too:
+/// the routes capture the rest of the path for that reason.
+type SceneParam = Result<Path<String>, PathRejection>;
+
+fn scene_of(param: SceneParam) -> Option<String> {
+    param.ok().map(|Path(scene)| scene).filter(|s| is_scene_id(s))
+}
+
+/// Every route of the router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        // An empty id gets the same 400 as any bad one.
+        .route("/v1/route/", get_only(route))
+        .route("/v1/route/{*scene}", get_only(route))
+        .route(SCENES_PREFIX, get_only(redirect))
+        .route("/ws/scenes/{*scene}", get_only(redirect))
+        .route("/v1/scenes/{scene}/presence", any(presence))
+        .route(dev_token::PATH, get_only(dev_token))
+        .route("/healthz", get_only(healthz))
+        .route("/metrics", get_only(metrics))
+        .fallback(fallback)
+        .with_state(shared)
+}
+
+/// Other methods than GET (HEAD included) get the API's 404.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<Shared>>
+where
+    H: Handler<T, Arc<Shared>>,
+    T: 'static,
+{
+    get(handler).head(not_found).fallback(not_found)
+}
+
+/// Whether a path belongs to the API rather than to the demo page's files: the API keeps
+/// `/v1/…`, `/ws/…`, `/healthz` and `/metrics` whatever files the page has.
 pub fn is_api_path(path: &str) -> bool {
     path.starts_with("/v1/") || path.starts_with("/ws/") || path == "/healthz" || path == "/metrics"
 }
 
-/// Answers one request from `state`, the latest membership (`None` before the first one
-/// arrived). Reads only the method and URI, so it can be called without a network.
-pub fn handle<B>(req: &Request<B>, state: Option<&RouterState>, metrics: &Metrics) -> Response<Body> {
-    let uri = req.uri();
-    match (req.method(), uri.path()) {
-        (&Method::GET, "/healthz") => healthz(state),
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        (&Method::GET, path) if path.starts_with(ROUTE_PREFIX) => {
-            let mut response = route(&path[ROUTE_PREFIX.len()..], state, metrics);
-            // The demo page asks from its own origin; the answer is public anyway.
-            response
-                .headers_mut()
-                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-            response
-        }
-        (&Method::GET, path) if path.starts_with(SCENES_PREFIX) => {
-            redirect(&path[SCENES_PREFIX.len()..], uri.query(), state, metrics)
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+/// Unknown API paths get a JSON 404; the rest are the demo page's files.
+async fn fallback(State(s): Ctx, method: Method, uri: Uri) -> Response<Body> {
+    if is_api_path(uri.path()) {
+        return not_found().await;
     }
+    assets::answer(s.web_dir.as_ref(), &method, uri.path()).await
 }
 
-/// `GET /v1/route/{scene}`: the owner as JSON.
-fn route(raw_scene: &str, state: Option<&RouterState>, metrics: &Metrics) -> Response<Body> {
-    match resolve(raw_scene, state) {
+async fn not_found() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn healthz(State(s): Ctx) -> Response<Body> {
+    let state = s.latest.borrow().clone();
+    let (status, body) = match state.as_deref() {
+        Some(s) => (
+            StatusCode::OK,
+            json!({
+                "status": "ok",
+                "epoch": s.view.epoch(),
+                "version": s.view.version,
+                "nodes": s.view.state.nodes.len(),
+                "active": s.placement.active_nodes(),
+                "age_ms": u64::try_from(s.age().as_millis()).unwrap_or(u64::MAX),
+            }),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "no_membership" }),
+        ),
+    };
+    text(status, JSON, format!("{body}\n"))
+}
+
+async fn metrics(State(s): Ctx) -> Response<Body> {
+    text(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        s.metrics.encode(),
+    )
+}
+
+/// `GET /v1/route/{scene}`: the owner as JSON, for any origin (the demo page asks from its
+/// own; the answer is public anyway).
+async fn route(State(s): Ctx, scene: SceneParam) -> Response<Body> {
+    let mut response = match resolve(scene_of(scene), &s) {
         Ok(route) => match serde_json::to_string(&route) {
             Ok(body) => {
-                metrics.count(Outcome::Route);
+                s.metrics.count(Outcome::Route);
                 text(StatusCode::OK, JSON, body + "\n")
             }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
         },
-        Err(refusal) => refusal.respond(metrics),
-    }
+        Err(refusal) => refusal.respond(&s.metrics),
+    };
+    response
+        .headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
 }
 
 /// `GET /ws/scenes/{scene}`: a 307 to the owner, so that clients which follow redirects
 /// reach it in one step. Not cached: the owner changes with the epoch.
-fn redirect(
-    raw_scene: &str,
-    query: Option<&str>,
-    state: Option<&RouterState>,
-    metrics: &Metrics,
-) -> Response<Body> {
-    let route = match resolve(raw_scene, state) {
+async fn redirect(State(s): Ctx, scene: SceneParam, uri: Uri) -> Response<Body> {
+    let route = match resolve(scene_of(scene), &s) {
         Ok(route) => route,
-        Err(refusal) => return refusal.respond(metrics),
+        Err(refusal) => return refusal.respond(&s.metrics),
     };
-    let Ok(location) = HeaderValue::from_str(&location(&route.url, raw_scene, query)) else {
+    let Ok(location) = HeaderValue::from_str(&location(&route.url, uri.path(), uri.query())) else {
         // Only a node registered with an unprintable URL gets here.
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,7 +173,7 @@ fn redirect(
             &format!("node {} has a URL that cannot be sent in a header", route.node),
         );
     };
-    metrics.count(Outcome::Redirect);
+    s.metrics.count(Outcome::Redirect);
     let mut response = text(
         StatusCode::TEMPORARY_REDIRECT,
         "text/plain; charset=utf-8",
@@ -114,14 +188,24 @@ fn redirect(
     response
 }
 
-/// The owner's address for a scene: `raw_scene` is the path segment as the client sent
-/// it (still percent-encoded, already checked) and the query is passed on unchanged, so
+/// `/v1/scenes/{scene}/presence`, whatever the method (as it always was).
+async fn presence(State(s): Ctx, scene: SceneParam) -> Response<Body> {
+    presence::answer(scene_of(scene).as_deref(), s.presence.as_deref()).await
+}
+
+/// `GET /v1/dev/token?user=NAME`.
+async fn dev_token(State(s): Ctx, query: Result<Query<TokenQuery>, QueryRejection>) -> Response<Body> {
+    dev_token::answer(dev_token::user_of(query), s.dev_tokens.as_ref())
+}
+
+/// The owner's address for a request to `path` (`/ws/scenes/{scene}` as the client sent
+/// it: still percent-encoded, already checked); the query is passed on unchanged, so
 /// tokens and flags reach the node exactly as written.
-pub fn location(owner_url: &str, raw_scene: &str, query: Option<&str>) -> String {
+pub fn location(owner_url: &str, path: &str, query: Option<&str>) -> String {
     let base = owner_url.trim_end_matches('/');
     match query {
-        Some(q) if !q.is_empty() => format!("{base}{SCENES_PREFIX}{raw_scene}?{q}"),
-        _ => format!("{base}{SCENES_PREFIX}{raw_scene}"),
+        Some(q) if !q.is_empty() => format!("{base}{path}?{q}"),
+        _ => format!("{base}{path}"),
     }
 }
 
@@ -160,32 +244,12 @@ impl Refusal {
     }
 }
 
-/// The scene's owner, with the same scene id rule as the nodes.
-fn resolve(raw_scene: &str, state: Option<&RouterState>) -> Result<Route, Refusal> {
-    let scene = scene_id(raw_scene).ok_or(Refusal::BadScene)?;
+/// The scene's owner in the latest membership (one snapshot per request).
+fn resolve(scene: Option<String>, s: &Shared) -> Result<Route, Refusal> {
+    let scene = scene.ok_or(Refusal::BadScene)?;
+    let state = s.latest.borrow().clone();
     let state = state.ok_or(Refusal::NoMembership)?;
     state.placement.route(&scene).ok_or(Refusal::NoOwner)
-}
-
-fn healthz(state: Option<&RouterState>) -> Response<Body> {
-    let (status, body) = match state {
-        Some(s) => (
-            StatusCode::OK,
-            json!({
-                "status": "ok",
-                "epoch": s.view.epoch(),
-                "version": s.view.version,
-                "nodes": s.view.state.nodes.len(),
-                "active": s.placement.active_nodes(),
-                "age_ms": u64::try_from(s.age().as_millis()).unwrap_or(u64::MAX),
-            }),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "no_membership" }),
-        ),
-    };
-    text(status, JSON, format!("{body}\n"))
 }
 
 pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
@@ -214,11 +278,15 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String)
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use http_body_util::BodyExt;
+    use axum::body::Body as AxumBody;
+    use axum::response::Response as Answer;
+    use hyper::Request;
+    use tower::ServiceExt;
     use troupe_membership::state::{ClusterState, Command, NodeId};
     use troupe_membership::ClusterView;
 
     use super::*;
+    use crate::follow::RouterState;
 
     /// `n` active nodes at `ws://127.0.0.1:40NN`, epoch `n`.
     fn cluster(n: u64) -> ClusterState {
@@ -236,34 +304,57 @@ mod tests {
         cluster
     }
 
-    fn state_of(cluster: ClusterState) -> RouterState {
-        RouterState::new(ClusterView {
+    fn state_of(cluster: ClusterState) -> Arc<RouterState> {
+        Arc::new(RouterState::new(ClusterView {
             version: 9,
             state: cluster,
             ..Default::default()
-        })
+        }))
     }
 
-    fn get(uri: &str, state: Option<&RouterState>, metrics: &Metrics) -> Response<Body> {
-        handle(&Request::get(uri).body(()).unwrap(), state, metrics)
+    /// What the router answers with `state` as its latest membership (no Redis, no page).
+    async fn request(
+        req: Request<AxumBody>,
+        state: Option<&Arc<RouterState>>,
+        metrics: &Arc<Metrics>,
+    ) -> Answer {
+        let (_keep, latest) = tokio::sync::watch::channel(state.cloned());
+        let app = router(Arc::new(Shared {
+            latest,
+            metrics: metrics.clone(),
+            presence: None,
+            web_dir: None,
+            dev_tokens: None,
+        }));
+        app.oneshot(req).await.unwrap()
     }
 
-    async fn body(response: Response<Body>) -> String {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    async fn get(uri: &str, state: Option<&Arc<RouterState>>, metrics: &Arc<Metrics>) -> Answer {
+        request(Request::get(uri).body(AxumBody::empty()).unwrap(), state, metrics).await
+    }
+
+    fn new_metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new())
+    }
+
+    async fn body(response: Answer) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
-    async fn json_body(response: Response<Body>) -> serde_json::Value {
+    async fn json_body(response: Answer) -> serde_json::Value {
         serde_json::from_str(&body(response).await).unwrap()
     }
 
-    #[test]
-    fn scene_ids_follow_the_node_rule() {
+    #[tokio::test]
+    async fn scene_ids_follow_the_node_rule() {
         let state = state_of(cluster(3));
-        let metrics = Metrics::new();
+        let metrics = new_metrics();
         let max = "x".repeat(128);
         for ok in ["s1", "film%3As1", "A-b_c.d:e~f", "%41bc", max.as_str()] {
-            let r = get(&format!("/v1/route/{ok}"), Some(&state), &metrics);
+            let r = get(&format!("/v1/route/{ok}"), Some(&state), &metrics).await;
             assert_eq!(r.status(), StatusCode::OK, "{ok}");
         }
         let long = "x".repeat(129);
@@ -280,8 +371,8 @@ mod tests {
             "a,b",
             long.as_str(),
         ] {
-            for prefix in [ROUTE_PREFIX, SCENES_PREFIX] {
-                let r = get(&format!("{prefix}{bad}"), Some(&state), &metrics);
+            for prefix in ["/v1/route/", SCENES_PREFIX] {
+                let r = get(&format!("{prefix}{bad}"), Some(&state), &metrics).await;
                 assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{prefix}{bad}");
             }
         }
@@ -289,10 +380,16 @@ mod tests {
 
     #[test]
     fn locations_keep_the_query_and_the_encoding() {
-        assert_eq!(location("ws://h:1", "a%3Ab", None), "ws://h:1/ws/scenes/a%3Ab");
-        assert_eq!(location("ws://h:1", "s", Some("")), "ws://h:1/ws/scenes/s");
         assert_eq!(
-            location("wss://h/", "s", Some("token=a.b%2Bc&acks=1")),
+            location("ws://h:1", "/ws/scenes/a%3Ab", None),
+            "ws://h:1/ws/scenes/a%3Ab"
+        );
+        assert_eq!(
+            location("ws://h:1", "/ws/scenes/s", Some("")),
+            "ws://h:1/ws/scenes/s"
+        );
+        assert_eq!(
+            location("wss://h/", "/ws/scenes/s", Some("token=a.b%2Bc&acks=1")),
             "wss://h/ws/scenes/s?token=a.b%2Bc&acks=1"
         );
     }
@@ -300,9 +397,9 @@ mod tests {
     #[tokio::test]
     async fn route_names_the_owner_for_any_origin() {
         let state = state_of(cluster(3));
-        let metrics = Metrics::new();
+        let metrics = new_metrics();
         let owner = state.placement.route("film:s1").unwrap();
-        let r = get("/v1/route/film%3As1", Some(&state), &metrics);
+        let r = get("/v1/route/film%3As1", Some(&state), &metrics).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         assert_eq!(r.headers()[header::CONTENT_TYPE], JSON);
@@ -324,20 +421,21 @@ mod tests {
     #[tokio::test]
     async fn scenes_redirect_to_the_owner_as_sent() {
         let state = state_of(cluster(3));
-        let metrics = Metrics::new();
+        let metrics = new_metrics();
         let owner = state.placement.route("film:s1").unwrap();
         let r = get(
             "/ws/scenes/film%3As1?token=a.b%2Bc&acks=1",
             Some(&state),
             &metrics,
-        );
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
         assert_eq!(
             r.headers()[header::LOCATION],
             format!("{}/ws/scenes/film%3As1?token=a.b%2Bc&acks=1", owner.url).as_str()
         );
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
-        let r = get("/ws/scenes/s1", Some(&state), &metrics);
+        let r = get("/ws/scenes/s1", Some(&state), &metrics).await;
         let owner = state.placement.route("s1").unwrap();
         assert_eq!(
             r.headers()[header::LOCATION],
@@ -350,16 +448,16 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_say_why() {
-        let metrics = Metrics::new();
+        let metrics = new_metrics();
         let state = state_of(cluster(1));
 
-        let r = get("/v1/route/a%2Fb", Some(&state), &metrics);
+        let r = get("/v1/route/a%2Fb", Some(&state), &metrics).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         assert_eq!(json_body(r).await["error"], "bad_scene");
 
         for uri in ["/v1/route/s1", "/ws/scenes/s1?token=x"] {
-            let r = get(uri, None, &metrics);
+            let r = get(uri, None, &metrics).await;
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
             assert!(r.headers().get(header::LOCATION).is_none());
             assert_eq!(json_body(r).await["error"], "no_membership", "{uri}");
@@ -371,7 +469,7 @@ mod tests {
         none_active.apply(&Command::MarkDown { id: NodeId(2) }).unwrap();
         let empty = state_of(none_active);
         for uri in ["/v1/route/s1", "/ws/scenes/s1"] {
-            let r = get(uri, Some(&empty), &metrics);
+            let r = get(uri, Some(&empty), &metrics).await;
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
             let json = json_body(r).await;
             assert_eq!(json["error"], "no_owner", "{uri}");
@@ -383,6 +481,28 @@ mod tests {
             text.contains("router_requests_total{kind=\"unavailable\"} 4"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn presence_takes_any_method_and_the_scene_rule() {
+        let metrics = new_metrics();
+        for method in [Method::GET, Method::POST] {
+            let req = Request::builder()
+                .method(method)
+                .uri("/v1/scenes/film%3As1/presence")
+                .body(AxumBody::empty())
+                .unwrap();
+            let r = request(req, None, &metrics).await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+            assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+            assert_eq!(json_body(r).await["error"], "presence_unavailable");
+        }
+        for bad in ["a%2Fb", "a%20b", "%e9"] {
+            let r = get(&format!("/v1/scenes/{bad}/presence"), None, &metrics).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(json_body(r).await["error"], "bad_scene", "{bad}");
+        }
     }
 
     #[test]
@@ -421,22 +541,22 @@ mod tests {
         .unwrap();
         odd.apply(&Command::Activate { id: NodeId(1) }).unwrap();
         let state = state_of(odd);
-        let r = get("/ws/scenes/s1", Some(&state), &Metrics::new());
+        let r = get("/ws/scenes/s1", Some(&state), &new_metrics()).await;
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(json_body(r).await["error"], "bad_owner_url");
     }
 
     #[tokio::test]
     async fn health_metrics_and_unknown_paths() {
-        let metrics = Metrics::new();
-        let r = get("/healthz", None, &metrics);
+        let metrics = new_metrics();
+        let r = get("/healthz", None, &metrics).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json_body(r).await, json!({ "status": "no_membership" }));
 
         let mut drained = cluster(3);
         drained.apply(&Command::Drain { id: NodeId(3) }).unwrap();
         let state = state_of(drained);
-        let r = get("/healthz", Some(&state), &metrics);
+        let r = get("/healthz", Some(&state), &metrics).await;
         assert_eq!(r.status(), StatusCode::OK);
         let json = json_body(r).await;
         assert_eq!(json["status"], "ok");
@@ -446,21 +566,41 @@ mod tests {
         assert_eq!(json["active"], 2);
         assert!(json["age_ms"].as_u64().unwrap() < 60_000);
 
-        let r = get("/metrics", Some(&state), &metrics);
+        let r = get("/metrics", Some(&state), &metrics).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(body(r).await.contains("# TYPE router_epoch gauge"));
 
         for uri in ["/", "/v1/route", "/ws/scenes", "/v1/routes/s1", "/healthz/x"] {
             assert_eq!(
-                get(uri, Some(&state), &metrics).status(),
+                get(uri, Some(&state), &metrics).await.status(),
                 StatusCode::NOT_FOUND,
                 "{uri}"
             );
         }
-        let post = Request::post("/v1/route/s1").body(()).unwrap();
-        assert_eq!(
-            handle(&post, Some(&state), &metrics).status(),
-            StatusCode::NOT_FOUND
-        );
+        // Other methods on API paths, HEAD included, are unknown endpoints.
+        for method in [Method::POST, Method::HEAD, Method::PUT] {
+            for uri in [
+                "/v1/route/s1",
+                "/ws/scenes/s1",
+                "/healthz",
+                "/metrics",
+                "/v1/dev/token",
+            ] {
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(uri)
+                    .body(AxumBody::empty())
+                    .unwrap();
+                let r = request(req, Some(&state), &metrics).await;
+                assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {uri}");
+                assert_eq!(r.headers()[header::CONTENT_TYPE], JSON, "{method} {uri}");
+            }
+        }
+        // Unknown API paths answer JSON; others are the (unbuilt) demo page's.
+        let r = get("/v1/routes/s1", Some(&state), &metrics).await;
+        assert_eq!(json_body(r).await["error"], "not_found");
+        let r = get("/nothing.js", Some(&state), &metrics).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     }
 }

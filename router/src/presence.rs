@@ -15,14 +15,10 @@ use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use troupe_proto::clock::now_ms;
 use troupe_proto::presence::{presence_key, PresenceRecord, NOTICES_CHANNEL};
-use troupe_proto::scene::scene_id;
 use troupe_runtime::Backoff;
 
 use crate::follow::Follower;
 use crate::http::Body;
-
-pub const PRESENCE_PREFIX: &str = "/v1/scenes/";
-pub const PRESENCE_SUFFIX: &str = "/presence";
 
 /// Reads scenes' presence from Redis.
 pub struct PresenceReader {
@@ -90,14 +86,10 @@ impl PresenceReader {
     }
 }
 
-/// The scene id of a presence path, undecoded (`None` if the path is not one).
-pub fn presence_path(path: &str) -> Option<&str> {
-    path.strip_prefix(PRESENCE_PREFIX)?.strip_suffix(PRESENCE_SUFFIX)
-}
-
-/// `GET /v1/scenes/{scene}/presence`.
-pub async fn answer(raw_scene: &str, reader: Option<&PresenceReader>) -> Response<Body> {
-    let Some(scene) = scene_id(raw_scene) else {
+/// `GET /v1/scenes/{scene}/presence`: `scene` is the checked id, `None` when the path's
+/// id breaks the rule.
+pub async fn answer(scene: Option<&str>, reader: Option<&PresenceReader>) -> Response<Body> {
+    let Some(scene) = scene else {
         return json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "bad_scene", "message": "a scene id is 1-128 characters of letters, digits and -_.:~" }),
@@ -109,7 +101,7 @@ pub async fn answer(raw_scene: &str, reader: Option<&PresenceReader>) -> Respons
             serde_json::json!({ "error": "presence_unavailable", "message": "this router has no Redis (TROUPE_REDIS_URL)" }),
         );
     };
-    match tokio::time::timeout(Duration::from_secs(3), reader.read(&scene)).await {
+    match tokio::time::timeout(Duration::from_secs(3), reader.read(scene)).await {
         Ok(Ok(users)) => json(
             StatusCode::OK,
             serde_json::json!({ "scene": scene, "users": users }),
@@ -170,18 +162,11 @@ async fn listen(url: &str, follower: &Follower) -> redis::RedisResult<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn presence_paths() {
-        assert_eq!(presence_path("/v1/scenes/s1/presence"), Some("s1"));
-        assert_eq!(presence_path("/v1/scenes/s1"), None);
-        assert_eq!(presence_path("/v1/route/s1"), None);
-    }
-
     #[tokio::test]
     async fn without_redis_presence_is_unavailable_not_an_error() {
-        let r = answer("s1", None).await;
+        let r = answer(Some("s1"), None).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let r = answer("a%2Fb", None).await;
+        let r = answer(None, None).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -42,6 +42,7 @@ use yrs::Doc;
 
 use troupe_proto::token::Role;
 use troupe_proto::CloseCode;
+use troupe_runtime::tasks::CancellationToken;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -129,7 +130,7 @@ pub struct RoomContext {
     /// Presence and notices on Redis, when configured.
     pub presence: Option<RedisHandle>,
     /// Turns true when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
     /// Asks a former owner whether it is alive before waiting for its release.
     pub rpc: RpcClient,
 }

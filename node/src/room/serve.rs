@@ -22,7 +22,8 @@ const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(2);
 
 impl Room {
     pub(super) async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
-        let mut shutdown = self.ctx.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
+        let mut told_to_stop = false;
         self.placement.mark_unchanged();
         // Placement may have moved on while the scene loaded.
         self.on_placement();
@@ -46,10 +47,9 @@ impl Room {
                     housekeeping.as_mut().reset(next);
                 }
                 Ok(()) = self.placement.changed() => self.on_placement(),
-                Ok(()) = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        self.stop(CloseCode::GoingAway, "server shutting down");
-                    }
+                () = shutdown.cancelled(), if !told_to_stop => {
+                    told_to_stop = true;
+                    self.stop(CloseCode::GoingAway, "server shutting down");
                 }
             }
             if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {

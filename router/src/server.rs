@@ -1,0 +1,96 @@
+//! Running a router: bind, serve until the shutdown signal, stop its background work.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use troupe_runtime::Tasks;
+
+use crate::assets::WebDir;
+use crate::config::Settings;
+use crate::http::Shared;
+use crate::metrics::Metrics;
+use crate::{dev_token, follow, http, presence};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no cluster address to follow")]
+    NoCluster,
+}
+
+/// Binds the configured address.
+pub async fn bind(settings: &Settings) -> Result<TcpListener, RouterError> {
+    TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| RouterError::Bind {
+            addr: settings.listen,
+            source,
+        })
+}
+
+/// Serves on `listener` until `shutdown` resolves. `on_ready` runs once the membership
+/// watches are started (before any node has answered: `/healthz` says when one has).
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    on_ready: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    if settings.cluster.is_empty() {
+        return Err(RouterError::NoCluster);
+    }
+    let metrics = Arc::new(Metrics::new());
+    // Dropped when this function returns, which stops the watches.
+    let follower = Arc::new(follow::follow(&settings.cluster, metrics.clone()));
+    // Background work that ends with the server.
+    let tasks = Tasks::new();
+    let presence = match &settings.redis_url {
+        Some(url) => {
+            tasks.spawn_until_cancelled(presence::follow_notices(url.clone(), follower.clone()));
+            presence::PresenceReader::new(url).ok().map(Arc::new)
+        }
+        None => None,
+    };
+
+    WebDir::announce(settings.web_dir.as_ref());
+    if settings.dev_tokens.is_some() {
+        tracing::warn!("{}", dev_token::WARNING);
+    }
+    let shared = Arc::new(Shared {
+        latest: follower.latest.clone(),
+        metrics,
+        presence,
+        web_dir: settings.web_dir.clone(),
+        dev_tokens: settings.dev_tokens.clone(),
+    });
+
+    on_ready();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // Stops accepting when `shutdown` resolves, then lets the requests in flight finish.
+    let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(());
+    };
+    let ((), served) = tokio::join!(signal, server.into_future());
+    if let Err(error) = served {
+        tracing::warn!(%error, "serving stopped");
+    }
+    tasks.shutdown(std::time::Duration::from_secs(1)).await;
+    tracing::info!("stopped");
+    drop(follower);
+    Ok(())
+}
