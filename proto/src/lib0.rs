@@ -3,7 +3,8 @@
 //!
 //! The bytes come from untrusted peers, so the [`Reader`] checks every claimed length against
 //! the bytes that are really there before it slices, never allocates from a claim, and
-//! refuses integers that do not fit in 64 bits.
+//! refuses integers that do not fit in 64 bits. Its methods are `#[inline]`: the node's
+//! update validator calls them for every byte of every edit, from another crate.
 
 /// Why lib0 bytes could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -28,25 +29,30 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
     /// Bytes not read yet.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
     /// How far into the input the cursor is.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Succeeds only if everything was read.
+    #[inline]
     pub fn finish(&self) -> Result<()> {
         if self.is_empty() {
             Ok(())
@@ -55,6 +61,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8> {
         let byte = *self.buf.get(self.pos).ok_or(Lib0Error::Truncated)?;
         self.pos += 1;
@@ -62,6 +69,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `len` bytes, if the input has them.
+    #[inline]
     pub fn take(&mut self, len: u64) -> Result<&'a [u8]> {
         let len = usize::try_from(len).map_err(|_| Lib0Error::Truncated)?;
         if len > self.remaining() {
@@ -73,6 +81,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned varint: at most 10 bytes, the 10th carrying only the 64th bit.
+    #[inline]
     pub fn var_u64(&mut self) -> Result<u64> {
         let mut value = 0u64;
         for i in 0..10u32 {
@@ -91,6 +100,7 @@ impl<'a> Reader<'a> {
 
     /// A signed varint: the first byte holds a continuation bit, the sign (0x40) and 6 bits
     /// of magnitude; the magnitude must fit in 63 bits.
+    #[inline]
     pub fn var_i64(&mut self) -> Result<i64> {
         let first = self.u8()?;
         let mut magnitude = u64::from(first & 0x3f);
@@ -116,6 +126,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items that each take at least `min_bytes`: a count the rest of the input
     /// cannot hold is refused before anyone loops over (or allocates for) it.
+    #[inline]
     pub fn count(&mut self, min_bytes: usize) -> Result<u64> {
         let n = self.var_u64()?;
         if n > (self.remaining() / min_bytes.max(1)) as u64 {
@@ -125,18 +136,21 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-prefixed byte string (lib0 `varUint8Array`).
+    #[inline]
     pub fn var_bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.var_u64()?;
         self.take(len)
     }
 
     /// A length-prefixed UTF-8 string (lib0 `varString`).
+    #[inline]
     pub fn var_str(&mut self) -> Result<&'a str> {
         std::str::from_utf8(self.var_bytes()?).map_err(|_| Lib0Error::InvalidUtf8)
     }
 }
 
 /// Appends an unsigned varint.
+#[inline]
 pub fn write_var_u64(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
@@ -146,6 +160,7 @@ pub fn write_var_u64(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Appends a length-prefixed byte string.
+#[inline]
 pub fn write_var_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_var_u64(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
