@@ -230,3 +230,82 @@ async fn a_released_lease_stops_its_holder_and_keeps_the_epoch() {
         assert_eq!(store.lease(&unique("none")).await.unwrap(), None);
     }
 }
+
+/// The fence under concurrency (Postgres): a former owner's append that passed its lease
+/// check just before a new owner claimed the scene must not commit after that claim. A
+/// trigger holds the append inside its statement (after the check, before the commit) for
+/// 1.5 s while another store claims the scene at a newer epoch. Either the append is
+/// refused, or it committed first and the claim waited for it; never the append landing
+/// well after the claim returned. (SQLite takes its write lock before the check, with
+/// `BEGIN IMMEDIATE`, so nothing can come between there.)
+#[tokio::test]
+async fn a_claim_never_overtakes_a_former_owners_append() {
+    use sqlx::Connection;
+    use std::time::{Duration, Instant};
+
+    let Some(url) = Backend::all().into_iter().find_map(|b| match b {
+        Backend::Postgres(url) => Some(url),
+        Backend::Sqlite => None,
+    }) else {
+        return;
+    };
+    let former = open(&Backend::Postgres(url.clone())).await;
+    let scene = unique("fence-race");
+    assert!(former.claim_lease(&scene, 5, "1").await.unwrap());
+
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // Only this test's scenes are slowed down; other tests share the table.
+    sqlx::raw_sql(
+        "CREATE OR REPLACE FUNCTION troupe_test_slow_fence_race() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.scene_id LIKE 'fence-race%' THEN PERFORM pg_sleep(1.5); END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         DROP TRIGGER IF EXISTS troupe_test_slow_fence_race ON scene_versions;
+         CREATE TRIGGER troupe_test_slow_fence_race BEFORE INSERT ON scene_versions
+           FOR EACH ROW EXECUTE FUNCTION troupe_test_slow_fence_race();",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("install the slow trigger");
+
+    let started = Instant::now();
+    let appending = {
+        let (store, scene) = (former.clone(), scene.clone());
+        tokio::spawn(async move {
+            let batch = [LogAppend {
+                scene,
+                seq: 1,
+                epoch: 5,
+                data: vec![1, 2, 3],
+            }];
+            let result = store.append("1", &batch).await;
+            (result, started.elapsed())
+        })
+    };
+    // The append is now inside its statement, past the lease check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_owner = open(&Backend::Postgres(url.clone())).await;
+    assert!(
+        new_owner.claim_lease(&scene, 6, "2").await.unwrap(),
+        "the claim was refused"
+    );
+    let claimed_after = started.elapsed();
+    let (appended, appended_after) = appending.await.expect("append task");
+
+    sqlx::raw_sql("DROP TRIGGER IF EXISTS troupe_test_slow_fence_race ON scene_versions")
+        .execute(&mut admin)
+        .await
+        .expect("drop the slow trigger");
+
+    let refused = appended.expect("append");
+    if refused.is_empty() {
+        // Accepted: then it committed before the claim, which must have waited for it.
+        assert!(
+            appended_after <= claimed_after + Duration::from_millis(200),
+            "the former owner's append committed {:?} after the new owner's claim",
+            appended_after.saturating_sub(claimed_after)
+        );
+    }
+    assert_eq!(new_owner.lease(&scene).await.unwrap(), Some((6, "2".to_string())));
+}

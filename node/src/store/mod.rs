@@ -8,9 +8,12 @@
 //! Everything older is deleted when a new snapshot is written.
 
 /// Methods whose SQL is the same on both backends (both accept `$n` placeholders); each
-/// backend struct has a `pool` field of its own pool type.
+/// backend struct has a `pool` field of its own pool type. `$lock_lease` ends the query
+/// that checks a writer's lease: Postgres locks the lease row (`FOR SHARE`) so that a claim
+/// of the scene waits for this write to commit instead of overtaking it; SQLite writes
+/// one transaction at a time (`BEGIN IMMEDIATE`) and needs nothing.
 macro_rules! shared_queries {
-    () => {
+    ($lock_lease:literal) => {
         pub async fn load(&self, scene: &str) -> Result<StoredScene, StoreError> {
             let mut tx = self.pool.begin().await?;
             let snapshots = sqlx::query(
@@ -56,9 +59,10 @@ macro_rules! shared_queries {
             epoch: u64,
         ) -> Result<bool, StoreError> {
             let mut tx = self.begin_write().await?;
-            let holds: Option<i64> = sqlx::query_scalar(
+            let holds: Option<i64> = sqlx::query_scalar(concat!(
                 "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
-            )
+                $lock_lease
+            ))
             .bind(scene)
             .bind(epoch as i64)
             .bind(owner)

@@ -1,5 +1,12 @@
 //! Postgres backend: the whole group commit is one `INSERT … SELECT FROM UNNEST`, a single
 //! round trip and a single transaction for the pending batches of every room.
+//!
+//! The lease check locks each lease row it reads (`FOR SHARE`). Under READ COMMITTED a
+//! plain `EXISTS` reads the lease as of the statement's start and locks nothing, so a new
+//! owner's claim could commit while a former owner's append was still running, and the
+//! append commit after it. With the lock, a claim waits until such an append has
+//! committed (it happened before the claim), and an append that starts after a claim
+//! re-reads the claimed row and is refused.
 
 use std::time::Duration;
 
@@ -62,7 +69,8 @@ impl PgStore {
              SELECT s, q, e, $4, d, $6
              FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::bytea[]) AS t(s, q, e, d)
              WHERE EXISTS (SELECT 1 FROM scene_leases l
-                           WHERE l.scene_id = t.s AND l.epoch = t.e AND l.owner = $4)
+                           WHERE l.scene_id = t.s AND l.epoch = t.e AND l.owner = $4
+                           FOR SHARE)
              ON CONFLICT (scene_id, seq) DO NOTHING",
         )
         .bind(&scenes)
@@ -111,5 +119,5 @@ impl PgStore {
         )
     }
 
-    super::shared_queries!();
+    super::shared_queries!(" FOR SHARE");
 }

@@ -87,5 +87,5 @@ impl SqliteStore {
         Ok(refused)
     }
 
-    super::shared_queries!();
+    super::shared_queries!("");
 }
