@@ -170,9 +170,17 @@ async fn run(
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.reset();
     let mut last_heard = Instant::now();
+    // A token is good until it expires: the connection ends then (the client fetches a
+    // new token and reconnects), however long it has been open.
+    let expiry = tokio::time::sleep(claims.valid_for(troupe_proto::clock::now_secs()));
+    tokio::pin!(expiry);
 
     let outcome = loop {
         tokio::select! {
+            () = &mut expiry => {
+                app.metrics.error("token_expired");
+                break Some((CloseCode::Unauthorized, "token expired".into()));
+            }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
                     // Write whatever else is already queued, then flush once.

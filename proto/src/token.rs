@@ -38,6 +38,10 @@ pub use jsonwebtoken::errors::Error as JwtError;
 /// The audience nodes expect unless configured otherwise (`TROUPE_JWT_AUDIENCE`).
 pub const DEFAULT_AUDIENCE: &str = "troupe";
 
+/// Clock skew tolerated on `exp` (seconds): a token is refused, and a connection that
+/// presented it closed, this long after it expires.
+pub const LEEWAY_SECS: u64 = 5;
+
 /// The shortest HS256 secret (`TROUPE_JWT_SECRET`) a node or router accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -56,6 +60,12 @@ impl Claims {
     /// The role this token grants in `scene`: an exact entry wins over `*`.
     pub fn role_in(&self, scene: &str) -> Option<Role> {
         self.scenes.get(scene).or_else(|| self.scenes.get("*")).copied()
+    }
+
+    /// How long until a connection that presented these claims must be closed (expiry
+    /// plus [`LEEWAY_SECS`]), from `now` in seconds since the Unix epoch.
+    pub fn valid_for(&self, now: u64) -> Duration {
+        Duration::from_secs(self.exp.saturating_add(LEEWAY_SECS).saturating_sub(now))
     }
 
     /// Claims for `user` (also its display name) granting `scenes` (scene id or `*` ->
@@ -147,7 +157,7 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Self { key, validation }
     }
 

@@ -101,6 +101,48 @@ async fn bad_tokens_close_with_4401_and_missing_scene_grants_with_4403() {
 }
 
 #[tokio::test]
+async fn a_connection_closes_with_4401_when_its_token_expires() {
+    let node = node();
+    let scene = unique("s");
+    // Valid for one more second (plus the 5 s leeway every check allows).
+    let short = token_with(
+        "a",
+        &[(scene.as_str(), Role::Edit)],
+        now_secs() + 1,
+        "troupe",
+        SECRET,
+    );
+    let mut client = TestClient::connect(&node.ws_base(), &scene, &short)
+        .await
+        .unwrap();
+    client.type_text("before it expires").await.unwrap();
+    client.wait_acked().await.unwrap();
+    let started = std::time::Instant::now();
+    let closed = client
+        .expect_close()
+        .await
+        .expect("closed when the token expired");
+    assert_eq!(closed.code, 4401, "{closed}");
+    assert_eq!(closed.reason, "token expired");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        node.metric("websocket_errors_total{reason=\"token_expired\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // A token with time left is not cut off.
+    let long = token("b", &[(scene.as_str(), Role::Edit)]);
+    let mut other = TestClient::connect(&node.ws_base(), &scene, &long).await.unwrap();
+    other.type_text("still here").await.unwrap();
+    other.wait_acked().await.unwrap();
+}
+
+#[tokio::test]
 async fn garbage_frames_close_only_their_connection() {
     let node = node();
     let scene = unique("s");
