@@ -39,6 +39,7 @@ pub struct Metrics {
     pub pending_bytes: Gauge,
     pub viewer_updates_dropped: Counter,
     pub awareness_dropped: Counter,
+    pub awareness_rewritten: Counter,
 }
 
 impl Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
             pending_bytes: Gauge::default(),
             viewer_updates_dropped: Counter::default(),
             awareness_dropped: Counter::default(),
+            awareness_rewritten: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +180,11 @@ impl Metrics {
             "troupe_awareness_dropped",
             "Awareness messages or entries dropped (over the rate limit, or for another client's id)",
             m.awareness_dropped.clone(),
+        );
+        registry.register(
+            "troupe_awareness_rewritten",
+            "Awareness states rewritten: a user name other than the token's, or a colour that is not #rrggbb",
+            m.awareness_rewritten.clone(),
         );
         Self { registry, ..m }
     }

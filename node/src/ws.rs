@@ -22,7 +22,7 @@ use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
 use troupe_membership::placement::Verdict;
-use troupe_proto::token::{AuthError, Role};
+use troupe_proto::token::{AuthError, Claims, Role};
 use troupe_proto::CloseCode;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -133,15 +133,7 @@ async fn run(
         .client_queue_bytes
         .max(limits.max_doc_bytes + limits.max_frame_bytes);
     let (outbox, mut inbox) = ClientQueue::new(limits.client_queue, queue_bytes);
-    let joining = Box::pin(join(
-        app,
-        &scene,
-        conn_id,
-        &claims.sub,
-        role,
-        request.acks,
-        outbox,
-    ));
+    let joining = Box::pin(join(app, &scene, conn_id, &claims, role, request.acks, outbox));
     let room = match joining.await {
         Ok(room) => room,
         Err(JoinRefused::Full) => {
@@ -294,7 +286,7 @@ async fn join(
     app: &Arc<App>,
     scene: &str,
     conn_id: u64,
-    user: &str,
+    claims: &Claims,
     role: Role,
     acks: bool,
     outbox: ClientQueue,
@@ -304,7 +296,8 @@ async fn join(
         let (reply, answer) = oneshot::channel();
         let joiner = Box::new(Joiner {
             conn_id,
-            user: user.to_string(),
+            user: claims.sub.clone(),
+            name: claims.display_name().to_owned(),
             role,
             acks,
             outbox: outbox.clone(),

@@ -62,6 +62,11 @@ impl Claims {
         self.scenes.get(scene).or_else(|| self.scenes.get("*")).copied()
     }
 
+    /// The name collaborators see: the token's `name`, or its subject when it has none.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.sub)
+    }
+
     /// How long until a connection that presented these claims must be closed (expiry
     /// plus [`LEEWAY_SECS`]), from `now` in seconds since the Unix epoch.
     pub fn valid_for(&self, now: u64) -> Duration {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use troupe_chaos::client::{ClientOptions, EditorClient};
-use troupe_tests::cluster::{editor_token, http_request, resolve, RouterProcess, TestCluster};
+use troupe_proto::token::Role;
+use troupe_tests::cluster::{http_request, resolve, RouterProcess, TestCluster};
 use troupe_tests::redis::{skip_without_redis, RedisProcess};
-use troupe_tests::unique;
+use troupe_tests::{token, unique};
 
 /// The users the router reports in `scene` (`None` while presence is unavailable).
 async fn presence(router: &RouterProcess, scene: &str) -> Option<Vec<Value>> {
@@ -83,26 +84,27 @@ async fn presence_follows_clients_and_survives_a_redis_outage() {
         .await
         .unwrap();
     let scene = unique("presence");
-    let token = editor_token(&[&scene]);
+    let grant = [(scene.as_str(), Role::Edit)];
     let (_, owner, _) = resolve(router.addr, &scene).await.unwrap();
 
     // Appears, with the awareness state as the client sent it and the token's user.
-    let alice = editor(&owner, &scene, &token).await;
+    let alice = editor(&owner, &scene, &token("Alice", &grant)).await;
     alice
         .set_awareness(Some(
-            &json!({ "user": { "name": "Alice", "color": "#e33" }, "cursor": { "anchor": 3 } }),
+            &json!({ "user": { "name": "Alice", "color": "#ee3333" }, "cursor": { "anchor": 3 } }),
         ))
         .await
         .unwrap();
     let users = wait_presence(&router, &scene, "Alice", |u| cursor(u, "Alice") == Some(3)).await;
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0]["user"], "editor");
+    assert_eq!(users[0]["user"], "Alice");
+    assert_eq!(users[0]["state"]["user"]["color"], "#ee3333");
     assert_eq!(users[0]["client"], alice.client_id());
 
     // Moves with the cursor.
     alice
         .set_awareness(Some(
-            &json!({ "user": { "name": "Alice", "color": "#e33" }, "cursor": { "anchor": 42 } }),
+            &json!({ "user": { "name": "Alice", "color": "#ee3333" }, "cursor": { "anchor": 42 } }),
         ))
         .await
         .unwrap();
@@ -111,14 +113,17 @@ async fn presence_follows_clients_and_survives_a_redis_outage() {
     })
     .await;
 
-    // A second user; then the first leaves and only she disappears.
-    let bob = editor(&owner, &scene, &token).await;
+    // A second user, who poses as Alice with a colour carrying CSS: everyone sees Bob, with
+    // no colour. Then the first leaves and only she disappears.
+    let bob = editor(&owner, &scene, &token("Bob", &grant)).await;
     bob.set_awareness(Some(
-        &json!({ "user": { "name": "Bob" }, "cursor": { "anchor": 1 } }),
+        &json!({ "user": { "name": "Alice", "color": "red; background: url(//evil)" }, "cursor": { "anchor": 1 } }),
     ))
     .await
     .unwrap();
-    wait_presence(&router, &scene, "two users", |u| u.len() == 2).await;
+    let users = wait_presence(&router, &scene, "two users", |u| u.len() == 2).await;
+    let posed = users.iter().find(|u| u["client"] == bob.client_id()).unwrap();
+    assert_eq!(posed["state"]["user"], json!({ "name": "Bob" }), "{posed}");
     alice.close(1000, "bye").await.unwrap();
     let users = wait_presence(&router, &scene, "Bob alone", |u| u.len() == 1).await;
     assert_eq!(users[0]["state"]["user"]["name"], "Bob");
@@ -167,7 +172,8 @@ async fn a_dead_nodes_presence_leaves_no_ghost() {
         .find(|s| view.placement().route(s).unwrap().node != leader)
         .unwrap();
     let victim = view.placement().route(&scene).unwrap();
-    let token = editor_token(&[&scene]);
+    let grant = [(scene.as_str(), Role::Edit)];
+    let token = token("Stays", &grant);
 
     // Two users on the doomed node; only one of them will come back.
     let stays = editor(&victim.url, &scene, &token).await;
@@ -177,7 +183,7 @@ async fn a_dead_nodes_presence_leaves_no_ghost() {
         ))
         .await
         .unwrap();
-    let leaves = editor(&victim.url, &scene, &token).await;
+    let leaves = editor(&victim.url, &scene, &troupe_tests::token("Gone", &grant)).await;
     leaves
         .set_awareness(Some(
             &json!({ "user": { "name": "Gone" }, "cursor": { "anchor": 2 } }),

@@ -64,6 +64,8 @@ pub struct Joiner {
     pub conn_id: u64,
     /// The token's subject.
     pub user: String,
+    /// The name collaborators see (the token's `name`, or its subject).
+    pub name: String,
     pub role: Role,
     pub acks: bool,
     pub outbox: ClientQueue,

@@ -22,6 +22,8 @@ use troupe_proto::token::Role;
 /// One joined connection.
 pub(super) struct Peer {
     pub(super) user: String,
+    /// The name this connection's presence carries, whatever the client says.
+    pub(super) name: String,
     pub(super) role: Role,
     outbox: ClientQueue,
     pub(super) acks: PeerAcks,
@@ -51,6 +53,7 @@ impl Room {
             conn_id,
             Peer {
                 user: joiner.user,
+                name: joiner.name,
                 role: joiner.role,
                 outbox: joiner.outbox,
                 acks: PeerAcks::new(joiner.acks),

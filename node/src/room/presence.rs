@@ -3,8 +3,11 @@
 //!
 //! The in-room half of presence (what y-websocket calls awareness); the Redis half, shared
 //! across nodes, is [`crate::presence`]. Apart because it has its own rules: a connection
-//! speaks for a few client ids of its own user, and stale clocks are ignored.
+//! speaks for a few client ids of its own user, stale clocks are ignored, and what a state
+//! says about its user is vouched for ([`vouch`]): the name is the token's, and colours are
+//! plain `#rrggbb` (editors put them into `style` attributes).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -108,12 +111,44 @@ impl RoomPresence {
     }
 }
 
+/// Colour fields of an awareness `user` (y-prosemirror's `color`, the Yjs demos' `colorLight`).
+const COLOUR_FIELDS: [&str; 2] = ["color", "colorLight"];
+
+/// What a connection may say about its user in an awareness state: the name is `name` (its
+/// token's), and colours are `#rrggbb` (others are dropped, since editors put them into
+/// `style` attributes). Returns the state rewritten, or `None` when it already complies
+/// (then it is passed on byte for byte). States without a `user` object are left alone.
+fn vouch(state: &str, name: &str) -> Option<String> {
+    let mut value: serde_json::Value = serde_json::from_str(state).ok()?;
+    let user = value.get_mut("user")?.as_object_mut()?;
+    let mut changed = false;
+    if user.get("name").and_then(serde_json::Value::as_str) != Some(name) {
+        user.insert("name".to_owned(), serde_json::Value::from(name));
+        changed = true;
+    }
+    for field in COLOUR_FIELDS {
+        if user
+            .get(field)
+            .is_some_and(|c| !c.as_str().is_some_and(is_hex_colour))
+        {
+            user.remove(field);
+            changed = true;
+        }
+    }
+    changed.then(|| value.to_string())
+}
+
+/// `#` and six hex digits.
+fn is_hex_colour(colour: &str) -> bool {
+    colour.len() == 7 && colour.starts_with('#') && colour[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Room {
     pub(super) fn on_awareness(&mut self, conn_id: u64, payload: &[u8]) {
         let Ok(entries) = update_check::parse_awareness_v1(payload, usize::MAX) else {
             return;
         };
-        let mut accepted: Vec<(u64, u64, &str)> = Vec::new();
+        let mut accepted: Vec<(u64, u64, Cow<'_, str>)> = Vec::new();
         for entry in entries {
             if !self.claim_client_id(conn_id, entry.client_id, entry.state == "null") {
                 self.ctx.metrics.awareness_dropped.inc();
@@ -127,30 +162,39 @@ impl Room {
             {
                 continue;
             }
+            let mut state = Cow::Borrowed(entry.state);
             if entry.state == "null" {
                 self.presence.entries.remove(&entry.client_id);
             } else {
-                let user = self
+                let (user, name) = self
                     .peers
                     .get(&conn_id)
-                    .map(|p| p.user.clone())
+                    .map(|p| (p.user.clone(), p.name.clone()))
                     .unwrap_or_default();
+                if let Some(vouched) = vouch(entry.state, &name) {
+                    self.ctx.metrics.awareness_rewritten.inc();
+                    state = Cow::Owned(vouched);
+                }
                 self.presence.entries.insert(
                     entry.client_id,
                     PresenceEntry {
                         clock: entry.clock,
-                        state: entry.state.to_string(),
+                        state: state.to_string(),
                         user,
                     },
                 );
             }
             self.presence.dirty.insert(entry.client_id);
-            accepted.push((entry.client_id, entry.clock, entry.state));
+            accepted.push((entry.client_id, entry.clock, state));
         }
         if !accepted.is_empty() {
             // To everyone, the sender included, as the reference server does: stock clients
             // count their own renewed presence as a sign of life and reconnect without it.
-            let frame = message::encode_awareness(accepted.into_iter());
+            let frame = message::encode_awareness(
+                accepted
+                    .iter()
+                    .map(|(id, clock, state)| (*id, *clock, state.as_ref())),
+            );
             self.broadcast(frame.into(), None);
         }
     }
@@ -188,5 +232,33 @@ impl Room {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_says_its_tokens_name_and_plain_colours() {
+        // Complying states pass unchanged, byte for byte.
+        let ok = r##"{"user":{"name":"Ada","color":"#e6194b"},"cursor":{"anchor":3}}"##;
+        assert_eq!(vouch(ok, "Ada"), None);
+        assert_eq!(vouch(r#"{"cursor":{"anchor":3}}"#, "Ada"), None);
+        // Another name is replaced by the token's; a colour carrying CSS is dropped.
+        let forged = r##"{"user":{"name":"The Producer","color":"red;background:url(x)","colorLight":"#aabbcc"},"typing":1}"##;
+        let vouched: serde_json::Value =
+            serde_json::from_str(&vouch(forged, "Ada").unwrap_or_default()).unwrap_or_default();
+        assert_eq!(vouched["user"]["name"], "Ada");
+        assert!(vouched["user"].get("color").is_none());
+        assert_eq!(vouched["user"]["colorLight"], "#aabbcc");
+        assert_eq!(vouched["typing"], 1);
+        // A user without a name gets the token's; short or non-string colours go.
+        let bare: serde_json::Value =
+            serde_json::from_str(&vouch(r##"{"user":{"color":"#e33"}}"##, "Ada").unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(bare, serde_json::json!({ "user": { "name": "Ada" } }));
+        assert!(vouch(r##"{"user":{"name":"Ada","color":7}}"##, "Ada").is_some());
+        assert!(is_hex_colour("#00FFaa") && !is_hex_colour("#00FFa") && !is_hex_colour("00FFaa0"));
     }
 }
