@@ -8,6 +8,8 @@ use std::path::Path;
 
 use clap::Parser;
 
+use troupe_proto::token::{parse_algorithm, KeyError, Verifier, MIN_SECRET_LEN};
+
 use crate::assets::WebDir;
 use crate::dev_token::DevTokens;
 
@@ -54,13 +56,65 @@ pub struct Config {
     )]
     pub dev_tokens: Option<String>,
 
-    /// The nodes' HS256 secret, to sign dev tokens with (only read with --dev-tokens).
+    /// The nodes' HS256 secret: checks the tokens presented to the REST endpoints (presence),
+    /// and signs dev tokens with --dev-tokens.
     #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// The `aud` claim the nodes require (their TROUPE_JWT_AUDIENCE), for dev tokens.
+    /// The issuer's public key (PEM), to check RS256 or EdDSA tokens instead of a secret.
+    #[arg(long, env = "TROUPE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<String>,
+
+    /// The algorithm of TROUPE_JWT_PUBLIC_KEY_FILE: RS256 or EdDSA.
+    #[arg(long, env = "TROUPE_JWT_ALGORITHM", default_value = "RS256")]
+    pub jwt_algorithm: String,
+
+    /// The `aud` claim the nodes require (their TROUPE_JWT_AUDIENCE).
     #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
     pub jwt_audience: String,
+}
+
+/// How the router checks tokens: the nodes' keys. Its `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenKeys {
+    Secret {
+        secret: String,
+        audience: String,
+    },
+    PublicKey {
+        path: String,
+        algorithm: String,
+        audience: String,
+    },
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKeys::Secret { audience, .. } => write!(f, "Secret {{ <hidden>, audience: {audience:?} }}"),
+            TokenKeys::PublicKey {
+                path,
+                algorithm,
+                audience,
+            } => {
+                write!(f, "PublicKey {{ {path:?}, {algorithm}, audience: {audience:?} }}")
+            }
+        }
+    }
+}
+
+impl TokenKeys {
+    /// The verifier these keys make (reads the key file).
+    pub fn verifier(&self) -> Result<Verifier, KeyError> {
+        match self {
+            TokenKeys::Secret { secret, audience } => Ok(Verifier::from_secret(secret.as_bytes(), audience)),
+            TokenKeys::PublicKey {
+                path,
+                algorithm,
+                audience,
+            } => Verifier::from_public_key_file(path, parse_algorithm(algorithm)?, audience),
+        }
+    }
 }
 
 /// A checked configuration.
@@ -76,6 +130,9 @@ pub struct Settings {
     pub web_dir: Option<WebDir>,
     /// Set when `/v1/dev/token` is served.
     pub dev_tokens: Option<DevTokens>,
+    /// How tokens presented to the REST endpoints are checked; `None`: those endpoints
+    /// answer 503, since they cannot tell who asks.
+    pub token_keys: Option<TokenKeys>,
 }
 
 impl Settings {
@@ -89,6 +146,7 @@ impl Settings {
             redis_url: None,
             web_dir: None,
             dev_tokens: None,
+            token_keys: None,
         }
     }
 }
@@ -130,6 +188,7 @@ impl Config {
         }
         let web_dir = web_dir(self.web_dir.as_deref())?;
         let dev_tokens = self.dev_tokens()?;
+        let token_keys = self.token_keys()?;
         Ok(Settings {
             listen,
             cluster,
@@ -137,10 +196,50 @@ impl Config {
             redis_url,
             web_dir,
             dev_tokens,
+            token_keys,
         })
     }
 
     /// The signer for `/v1/dev/token`, if dev tokens are on.
+    fn token_keys(&self) -> Result<Option<TokenKeys>, String> {
+        let audience = self.jwt_audience.trim().to_string();
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let key_file = self
+            .jwt_public_key_file
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let keys = match (secret, key_file) {
+            (Some(_), Some(_)) => {
+                return Err("set TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE, not both".into())
+            }
+            (Some(secret), None) => {
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(format!(
+                        "TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
+                    ));
+                }
+                TokenKeys::Secret {
+                    secret: secret.to_string(),
+                    audience,
+                }
+            }
+            (None, Some(path)) => {
+                parse_algorithm(self.jwt_algorithm.trim())
+                    .map_err(|e| format!("TROUPE_JWT_ALGORITHM: {e}"))?;
+                TokenKeys::PublicKey {
+                    path: path.to_string(),
+                    algorithm: self.jwt_algorithm.trim().to_string(),
+                    audience,
+                }
+            }
+            (None, None) => return Ok(None),
+        };
+        // A key file that cannot be read is a bad setting, said at start.
+        keys.verifier().map_err(|e| e.to_string())?;
+        Ok(Some(keys))
+    }
+
     fn dev_tokens(&self) -> Result<Option<DevTokens>, String> {
         let on = match self.dev_tokens.as_deref().map(str::trim) {
             None => false,
@@ -238,7 +337,7 @@ mod tests {
         assert_eq!(parse(&[]).validate().unwrap().dev_tokens, None);
         for args in [
             &["--dev-tokens", "0"][..],
-            &["--dev-tokens=off", "--jwt-secret", "short"],
+            &["--dev-tokens=off", "--jwt-secret", "a-secret-of-16-chars"],
         ] {
             assert_eq!(parse(args).validate().unwrap().dev_tokens, None, "{args:?}");
         }

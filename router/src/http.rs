@@ -27,12 +27,14 @@ use axum::routing::{any, get, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode, Uri};
 use serde_json::json;
 use troupe_membership::Route;
 use troupe_proto::scene::is_scene_id;
+use troupe_proto::token::Verifier;
 
+use crate::access::{self, Need};
 use crate::assets::{self, WebDir};
 use crate::dev_token::{self, DevTokens, TokenQuery};
 use crate::follow;
@@ -53,6 +55,8 @@ pub struct Shared {
     pub presence: Option<Arc<PresenceReader>>,
     pub web_dir: Option<WebDir>,
     pub dev_tokens: Option<DevTokens>,
+    /// Checks the tokens of scene-scoped REST requests (see [`crate::access`]).
+    pub verifier: Option<Verifier>,
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -188,9 +192,16 @@ async fn redirect(State(s): Ctx, scene: SceneParam, uri: Uri) -> Response<Body> 
     response
 }
 
-/// `/v1/scenes/{scene}/presence`, whatever the method (as it always was).
-async fn presence(State(s): Ctx, scene: SceneParam) -> Response<Body> {
-    presence::answer(scene_of(scene).as_deref(), s.presence.as_deref()).await
+/// `/v1/scenes/{scene}/presence`, whatever the method (as it always was), for a token
+/// that may read the scene.
+async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Response<Body> {
+    let Some(scene) = scene_of(scene) else {
+        return presence::answer(None, None).await;
+    };
+    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), &scene, Need::Read) {
+        return no_store(refused);
+    }
+    presence::answer(Some(&scene), s.presence.as_deref()).await
 }
 
 /// `GET /v1/dev/token?user=NAME`.
@@ -284,6 +295,7 @@ mod tests {
     use tower::ServiceExt;
     use troupe_membership::state::{ClusterState, Command, NodeId};
     use troupe_membership::ClusterView;
+    use troupe_proto::token::{Claims, Role, Signer};
 
     use super::*;
     use crate::follow::RouterState;
@@ -325,6 +337,7 @@ mod tests {
             presence: None,
             web_dir: None,
             dev_tokens: None,
+            verifier: Some(Verifier::from_secret(TEST_SECRET, "troupe")),
         }));
         app.oneshot(req).await.unwrap()
     }
@@ -486,15 +499,17 @@ mod tests {
     #[tokio::test]
     async fn presence_takes_any_method_and_the_scene_rule() {
         let metrics = new_metrics();
+        let reader = bearer(&[("film:s1", Role::View)]);
         for method in [Method::GET, Method::POST] {
             let req = Request::builder()
                 .method(method)
                 .uri("/v1/scenes/film%3As1/presence")
+                .header(header::AUTHORIZATION, &reader)
                 .body(AxumBody::empty())
                 .unwrap();
             let r = request(req, None, &metrics).await;
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+            assert!(r.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
             assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
             assert_eq!(json_body(r).await["error"], "presence_unavailable");
         }
@@ -502,6 +517,47 @@ mod tests {
             let r = get(&format!("/v1/scenes/{bad}/presence"), None, &metrics).await;
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
             assert_eq!(json_body(r).await["error"], "bad_scene", "{bad}");
+        }
+    }
+
+    const TEST_SECRET: &[u8] = b"router-test-secret-0123456789";
+
+    /// An `Authorization` header value for a token with these grants.
+    fn bearer(scenes: &[(&str, Role)]) -> String {
+        let claims = Claims::grant(
+            "ada@example.com",
+            "troupe",
+            scenes,
+            std::time::Duration::from_secs(60),
+        );
+        format!(
+            "Bearer {}",
+            Signer::from_secret(TEST_SECRET).sign(&claims).unwrap()
+        )
+    }
+
+    #[tokio::test]
+    async fn presence_needs_a_token_that_may_read_the_scene() {
+        let metrics = new_metrics();
+        let ask = |auth: Option<String>| {
+            let mut req = Request::get("/v1/scenes/s1/presence");
+            if let Some(auth) = auth {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            req.body(AxumBody::empty()).unwrap()
+        };
+        let r = request(ask(None), None, &metrics).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let r = request(ask(Some("Bearer not-a-token".into())), None, &metrics).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = request(ask(Some(bearer(&[("s2", Role::Edit)]))), None, &metrics).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(json_body(r).await["error"], "forbidden");
+        // A view grant reads; so does `*`. (No Redis here: readable, but unavailable.)
+        for grant in [("s1", Role::View), ("*", Role::Edit)] {
+            let r = request(ask(Some(bearer(&[grant]))), None, &metrics).await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{grant:?}");
         }
     }
 

@@ -13,6 +13,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod access;
 pub mod assets;
 pub mod config;
 pub mod dev_token;

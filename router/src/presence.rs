@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
@@ -72,9 +71,9 @@ impl PresenceReader {
                 }
                 let state: serde_json::Value =
                     serde_json::from_str(&record.state).unwrap_or(serde_json::Value::Null);
+                // Names and states, never the token's subject (often an email).
                 Some(serde_json::json!({
                     "client": client.parse::<u64>().ok(),
-                    "user": record.user,
                     "node": record.node,
                     "state": state,
                     "at_ms": record.at_ms,
@@ -118,11 +117,11 @@ pub async fn answer(scene: Option<&str>, reader: Option<&PresenceReader>) -> Res
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = crate::http::text(status, "application/json", format!("{value}\n"));
-    let h = response.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::http::no_store(crate::http::text(
+        status,
+        "application/json",
+        format!("{value}\n"),
+    ))
 }
 
 /// Listens for failover notices and refreshes the membership on each. A plain pub/sub

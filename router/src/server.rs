@@ -24,6 +24,8 @@ pub enum RouterError {
     },
     #[error("no cluster address to follow")]
     NoCluster,
+    #[error(transparent)]
+    Keys(#[from] troupe_proto::token::KeyError),
 }
 
 /// Binds the configured address.
@@ -47,6 +49,13 @@ pub async fn run(
     if settings.cluster.is_empty() {
         return Err(RouterError::NoCluster);
     }
+    let verifier = match &settings.token_keys {
+        Some(keys) => Some(keys.verifier()?),
+        None => {
+            tracing::warn!("no TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE: presence answers 503");
+            None
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     // Dropped when this function returns, which stops the watches.
     let follower = Arc::new(follow::follow(&settings.cluster, metrics.clone()));
@@ -70,6 +79,7 @@ pub async fn run(
         presence,
         web_dir: settings.web_dir.clone(),
         dev_tokens: settings.dev_tokens.clone(),
+        verifier,
     });
 
     on_ready();

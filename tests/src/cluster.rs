@@ -289,6 +289,8 @@ impl RouterProcess {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TROUPE_LISTEN", "127.0.0.1:0")
             .env("TROUPE_CLUSTER", cluster.join(","))
+            // The nodes' secret, so that the router can check the tokens its REST answers need.
+            .env("TROUPE_JWT_SECRET", crate::SECRET)
             .env(
                 "TROUPE_LOG",
                 std::env::var("TROUPE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -340,7 +342,16 @@ pub async fn http_request(
     addr: SocketAddr,
     path: &str,
 ) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
-    let raw = tokio::time::timeout(Duration::from_secs(10), crate::http_get(addr, path))
+    http_request_with(addr, path, &[]).await
+}
+
+/// [`http_request`] with extra request headers (e.g. `Authorization`).
+pub async fn http_request_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    let raw = tokio::time::timeout(Duration::from_secs(10), crate::http_get_with(addr, path, headers))
         .await
         .map_err(|_| anyhow!("GET {path} timed out"))??;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));

@@ -272,10 +272,18 @@ pub fn ready_line(child: &mut Child, limit: Duration) -> anyhow::Result<String> 
 
 /// A bare HTTP/1.1 GET, enough for `/healthz` and `/metrics`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    http_get_with(addr, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut out = String::new();
     stream.read_to_string(&mut out).await?;

@@ -8,15 +8,21 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use troupe_chaos::client::{ClientOptions, EditorClient};
 use troupe_proto::token::Role;
-use troupe_tests::cluster::{http_request, resolve, RouterProcess, TestCluster};
+use troupe_tests::cluster::{http_request, http_request_with, resolve, RouterProcess, TestCluster};
 use troupe_tests::redis::{skip_without_redis, RedisProcess};
 use troupe_tests::{token, unique};
 
 /// The users the router reports in `scene` (`None` while presence is unavailable).
+/// The scene's presence as a viewer of it sees it through the router.
 async fn presence(router: &RouterProcess, scene: &str) -> Option<Vec<Value>> {
-    let (status, _, body) = http_request(router.addr, &format!("/v1/scenes/{scene}/presence"))
-        .await
-        .ok()?;
+    let viewer = format!("Bearer {}", token("viewer", &[(scene, Role::View)]));
+    let (status, _, body) = http_request_with(
+        router.addr,
+        &format!("/v1/scenes/{scene}/presence"),
+        &[("Authorization", &viewer)],
+    )
+    .await
+    .ok()?;
     if status != 200 {
         return None;
     }
@@ -97,7 +103,17 @@ async fn presence_follows_clients_and_survives_a_redis_outage() {
         .unwrap();
     let users = wait_presence(&router, &scene, "Alice", |u| cursor(u, "Alice") == Some(3)).await;
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0]["user"], "Alice");
+    // Names and states; never the token's subject.
+    assert!(users[0].get("user").is_none(), "{}", users[0]);
+    // Only for a token that may read the scene.
+    let path = format!("/v1/scenes/{scene}/presence");
+    let (status, _, _) = http_request(router.addr, &path).await.unwrap();
+    assert_eq!(status, 401, "presence without a token");
+    let elsewhere = format!("Bearer {}", token("nosy", &[("another-scene", Role::Edit)]));
+    let (status, _, _) = http_request_with(router.addr, &path, &[("Authorization", &elsewhere)])
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "presence with another scene's token");
     assert_eq!(users[0]["state"]["user"]["color"], "#ee3333");
     assert_eq!(users[0]["client"], alice.client_id());
 
