@@ -16,40 +16,58 @@ pub enum Need {
     Write,
 }
 
-/// The claims of the request's token if it grants `need` in `scene`, or the answer to
-/// send: 503 when this router cannot check tokens, 401 without a valid token, 403 when
-/// the token does not grant the scene.
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// This router has no key to check tokens with.
+    NoKeys,
+    /// No `Authorization: Bearer` token.
+    NoToken,
+    /// A token that is invalid or expired.
+    BadToken,
+    /// A valid token that does not grant what the request needs in the scene.
+    NotGranted,
+}
+
+impl Refusal {
+    /// The answer: 503, 401 (with `WWW-Authenticate: Bearer`) or 403, as JSON.
+    pub fn response(self) -> Response<Body> {
+        match self {
+            Refusal::NoKeys => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tokens_unchecked",
+                "this router cannot check tokens: set TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE",
+            ),
+            Refusal::NoToken => unauthorized("send the token as Authorization: Bearer <token>"),
+            Refusal::BadToken => unauthorized("the token is invalid or expired"),
+            Refusal::NotGranted => error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token does not grant this scene",
+            ),
+        }
+    }
+}
+
+/// The claims of the request's token if it grants `need` in `scene`.
 pub fn authorize(
     headers: &HeaderMap,
     verifier: Option<&Verifier>,
     scene: &str,
     need: Need,
-) -> Result<Claims, Response<Body>> {
-    let Some(verifier) = verifier else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "tokens_unchecked",
-            "this router cannot check tokens: set TROUPE_JWT_SECRET or TROUPE_JWT_PUBLIC_KEY_FILE",
-        ));
-    };
-    let Some(token) = bearer(headers) else {
-        return Err(unauthorized("send the token as Authorization: Bearer <token>"));
-    };
-    let claims = verifier
-        .verify(token)
-        .map_err(|_| unauthorized("the token is invalid or expired"))?;
+) -> Result<Claims, Refusal> {
+    let verifier = verifier.ok_or(Refusal::NoKeys)?;
+    let token = bearer(headers).ok_or(Refusal::NoToken)?;
+    let claims = verifier.verify(token).map_err(|_| Refusal::BadToken)?;
     let granted = match (claims.role_in(scene), need) {
         (Some(Role::Edit), _) | (Some(Role::View), Need::Read) => true,
         (Some(Role::View), Need::Write) | (None, _) => false,
     };
-    if !granted {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the token does not grant this scene",
-        ));
+    if granted {
+        Ok(claims)
+    } else {
+        Err(Refusal::NotGranted)
     }
-    Ok(claims)
 }
 
 /// The token of an `Authorization: Bearer …` header.

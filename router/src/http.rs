@@ -199,7 +199,7 @@ async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Respo
         return presence::answer(None, None).await;
     };
     if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), &scene, Need::Read) {
-        return no_store(refused);
+        return no_store(refused.response());
     }
     presence::answer(Some(&scene), s.presence.as_deref()).await
 }
