@@ -84,6 +84,15 @@ pub struct Config {
     #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
     pub jwt_audience: String,
 
+    /// Required `iss` claim; unset: any issuer (or none).
+    #[arg(long, env = "TROUPE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The longest a token may still be valid when it is presented (e.g. 1h, 1d); tokens
+    /// minted for longer are refused. Unset: no limit.
+    #[arg(long, env = "TROUPE_JWT_MAX_LIFETIME", value_parser = crate::duration::parse_duration)]
+    pub jwt_max_lifetime: Option<std::time::Duration>,
+
     /// Browser origins allowed to open a WebSocket, comma-separated; `*` allows any and a
     /// trailing `:*` any port. Clients that send no Origin (servers, tools) are not affected.
     #[arg(
@@ -290,6 +299,15 @@ impl Config {
                 Verifier::from_public_key_file(path, alg, &self.jwt_audience).map_err(|e| e.to_string())?
             }
         };
+        let verifier = match self.jwt_issuer.as_deref().map(str::trim) {
+            Some("") | None => verifier,
+            Some(issuer) => verifier.with_issuer(issuer),
+        };
+        let verifier = match self.jwt_max_lifetime {
+            Some(max) if max.is_zero() => return Err("TROUPE_JWT_MAX_LIFETIME must be more than 0".into()),
+            Some(max) => verifier.with_max_lifetime(max),
+            None => verifier,
+        };
         if self.node_id == 0 {
             return Err("TROUPE_NODE_ID must be a positive integer".into());
         }
@@ -419,6 +437,52 @@ mod tests {
         assert!(matches!(settings.store, StoreLocation::Sqlite(_)));
         assert!(settings.peers.is_empty());
         assert_eq!(settings.rpc_listen.to_string(), "127.0.0.1:4100");
+    }
+
+    #[test]
+    fn token_rules_apply_to_the_verifier() {
+        use troupe_proto::token::{Claims, Role, Signer};
+        let settings = config(&["--jwt-max-lifetime", "1h", "--jwt-issuer", "https://app.example"])
+            .validate()
+            .unwrap();
+        let sign = |ttl: u64, iss: Option<&str>| {
+            let claims = Claims::grant(
+                "ada",
+                "troupe",
+                &[("s1", Role::Edit)],
+                std::time::Duration::from_secs(ttl),
+            );
+            let mut value = serde_json::to_value(&claims).unwrap();
+            if let Some(iss) = iss {
+                value["iss"] = iss.into();
+            }
+            let key = jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef");
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &value, &key).unwrap()
+        };
+        assert!(settings
+            .verifier
+            .verify(&sign(600, Some("https://app.example")))
+            .is_ok());
+        assert!(settings.verifier.verify(&sign(600, None)).is_err(), "no issuer");
+        assert!(
+            settings
+                .verifier
+                .verify(&sign(2 * 3600, Some("https://app.example")))
+                .is_err(),
+            "too long"
+        );
+        // Without the settings, neither rule applies.
+        let plain = config(&[]).validate().unwrap();
+        let token = Signer::from_secret(b"0123456789abcdef")
+            .sign(&Claims::grant(
+                "ada",
+                "troupe",
+                &[("s1", Role::Edit)],
+                std::time::Duration::from_secs(7 * 24 * 3600),
+            ))
+            .unwrap();
+        assert!(plain.verifier.verify(&token).is_ok());
+        assert!(config(&["--jwt-max-lifetime", "0s"]).validate().is_err());
     }
 
     #[test]

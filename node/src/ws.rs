@@ -101,6 +101,7 @@ async fn run(
             let reason = match error {
                 AuthError::Missing => "missing token".to_string(),
                 AuthError::Invalid(e) => format!("invalid token: {e}"),
+                too_long @ AuthError::TooLong(_) => too_long.to_string(),
             };
             return Some((CloseCode::Unauthorized, reason));
         }

@@ -95,6 +95,8 @@ pub enum AuthError {
     Missing,
     #[error("token rejected: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("token rejected: it is valid for longer than the {0:?} allowed")]
+    TooLong(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,8 @@ fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The longest a token may be valid from when it is checked; `None`: no limit.
+    max_lifetime: Option<Duration>,
 }
 
 impl Verifier {
@@ -163,7 +167,28 @@ impl Verifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        Self { key, validation }
+        // `nbf` is optional; a token that carries one is refused before that time.
+        validation.validate_nbf = true;
+        Self {
+            key,
+            validation,
+            max_lifetime: None,
+        }
+    }
+
+    /// Also requires `iss` to be `issuer`.
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.validation
+            .set_required_spec_claims(&["exp", "aud", "sub", "iss"]);
+        self
+    }
+
+    /// Also refuses tokens that stay valid for longer than `max` from when they are
+    /// checked, so that a leaked long-lived token is no use.
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
     }
 
     /// Checks signature, expiry and audience, and returns the claims.
@@ -172,6 +197,11 @@ impl Verifier {
             return Err(AuthError::Missing);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
+        if let Some(max) = self.max_lifetime {
+            if data.claims.exp > now_secs().saturating_add(max.as_secs()) {
+                return Err(AuthError::TooLong(max));
+            }
+        }
         Ok(data.claims)
     }
 }
@@ -278,6 +308,48 @@ mod tests {
             assert!(verifier.verify(&token).is_err(), "accepted {token}");
         }
         assert!(matches!(verifier.verify(""), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn not_before_issuer_and_lifetime_are_checked() {
+        #[derive(serde::Serialize)]
+        struct Extra<'a> {
+            #[serde(flatten)]
+            claims: Claims,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nbf: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+        }
+        let sign = |exp: u64, nbf: Option<u64>, iss: Option<&str>| {
+            let claims = claims(&[("s1", Role::Edit)], exp, "troupe");
+            let key = EncodingKey::from_secret(b"secret");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &Extra { claims, nbf, iss }, &key).unwrap()
+        };
+        let verifier = Verifier::from_secret(b"secret", "troupe");
+        let now = now_secs();
+        assert!(verifier.verify(&sign(now + 60, Some(now - 10), None)).is_ok());
+        assert!(
+            verifier.verify(&sign(now + 60, Some(now + 600), None)).is_err(),
+            "not yet valid"
+        );
+        let issuer = verifier.clone().with_issuer("https://app.example");
+        assert!(issuer
+            .verify(&sign(now + 60, None, Some("https://app.example")))
+            .is_ok());
+        assert!(issuer
+            .verify(&sign(now + 60, None, Some("https://other")))
+            .is_err());
+        assert!(
+            issuer.verify(&sign(now + 60, None, None)).is_err(),
+            "iss required"
+        );
+        let short = verifier.with_max_lifetime(Duration::from_secs(3600));
+        assert!(short.verify(&sign(now + 600, None, None)).is_ok());
+        assert!(matches!(
+            short.verify(&sign(now + 7 * 24 * 3600, None, None)),
+            Err(AuthError::TooLong(_))
+        ));
     }
 
     /// Minimal unpadded base64url, enough to forge test tokens.
