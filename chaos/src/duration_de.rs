@@ -6,5 +6,5 @@ use serde::{Deserialize, Deserializer};
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    troupe_node::duration::parse_duration(&text).map_err(serde::de::Error::custom)
+    troupe_runtime::duration::parse_duration(&text).map_err(serde::de::Error::custom)
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::duration::parse_duration;
 use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
+use troupe_runtime::duration::parse_duration;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -90,7 +90,7 @@ pub struct Config {
 
     /// The longest a token may still be valid when it is presented (e.g. 1h, 1d); tokens
     /// minted for longer are refused. Unset: no limit.
-    #[arg(long, env = "TROUPE_JWT_MAX_LIFETIME", value_parser = crate::duration::parse_duration)]
+    #[arg(long, env = "TROUPE_JWT_MAX_LIFETIME", value_parser = troupe_runtime::duration::parse_duration)]
     pub jwt_max_lifetime: Option<std::time::Duration>,
 
     /// Browser origins allowed to open a WebSocket, comma-separated; `*` allows any and a

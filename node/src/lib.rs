@@ -20,10 +20,8 @@
 //! - [`presence`]: presence and failover notices on Redis (the cross-node side);
 //! - [`metrics`]: Prometheus metrics, served as text at `/metrics`;
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
-//! - [`duration`]: human-friendly durations for configuration (`250ms`, `30s`, `2d`).
 
 pub mod config;
-pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

@@ -72,6 +72,21 @@ pub struct Config {
     /// The `aud` claim the nodes require (their TROUPE_JWT_AUDIENCE).
     #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
     pub jwt_audience: String,
+
+    /// The `iss` claim the nodes require (their TROUPE_JWT_ISSUER); unset: any.
+    #[arg(long, env = "TROUPE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The nodes' TROUPE_JWT_MAX_LIFETIME: tokens valid for longer are refused.
+    #[arg(long, env = "TROUPE_JWT_MAX_LIFETIME")]
+    pub jwt_max_lifetime: Option<String>,
+}
+
+/// What a token must also satisfy, as the nodes require it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRules {
+    pub issuer: Option<String>,
+    pub max_lifetime: Option<std::time::Duration>,
 }
 
 /// How the router checks tokens: the nodes' keys. Its `Debug` hides the secret.
@@ -80,25 +95,31 @@ pub enum TokenKeys {
     Secret {
         secret: String,
         audience: String,
+        rules: TokenRules,
     },
     PublicKey {
         path: String,
         algorithm: String,
         audience: String,
+        rules: TokenRules,
     },
 }
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TokenKeys::Secret { audience, .. } => write!(f, "Secret {{ <hidden>, audience: {audience:?} }}"),
+            TokenKeys::Secret { audience, rules, .. } => {
+                write!(f, "Secret {{ <hidden>, audience: {audience:?}, {rules:?} }}")
+            }
             TokenKeys::PublicKey {
                 path,
                 algorithm,
                 audience,
-            } => {
-                write!(f, "PublicKey {{ {path:?}, {algorithm}, audience: {audience:?} }}")
-            }
+                rules,
+            } => write!(
+                f,
+                "PublicKey {{ {path:?}, {algorithm}, audience: {audience:?}, {rules:?} }}"
+            ),
         }
     }
 }
@@ -106,14 +127,30 @@ impl std::fmt::Debug for TokenKeys {
 impl TokenKeys {
     /// The verifier these keys make (reads the key file).
     pub fn verifier(&self) -> Result<Verifier, KeyError> {
-        match self {
-            TokenKeys::Secret { secret, audience } => Ok(Verifier::from_secret(secret.as_bytes(), audience)),
+        let (verifier, rules) = match self {
+            TokenKeys::Secret {
+                secret,
+                audience,
+                rules,
+            } => (Verifier::from_secret(secret.as_bytes(), audience), rules),
             TokenKeys::PublicKey {
                 path,
                 algorithm,
                 audience,
-            } => Verifier::from_public_key_file(path, parse_algorithm(algorithm)?, audience),
-        }
+                rules,
+            } => (
+                Verifier::from_public_key_file(path, parse_algorithm(algorithm)?, audience)?,
+                rules,
+            ),
+        };
+        let verifier = match &rules.issuer {
+            Some(issuer) => verifier.with_issuer(issuer),
+            None => verifier,
+        };
+        Ok(match rules.max_lifetime {
+            Some(max) => verifier.with_max_lifetime(max),
+            None => verifier,
+        })
     }
 }
 
@@ -203,6 +240,26 @@ impl Config {
     /// The signer for `/v1/dev/token`, if dev tokens are on.
     fn token_keys(&self) -> Result<Option<TokenKeys>, String> {
         let audience = self.jwt_audience.trim().to_string();
+        let max_lifetime = match self.jwt_max_lifetime.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match troupe_runtime::duration::parse_duration(text) {
+                Ok(max) if !max.is_zero() => Some(max),
+                _ => {
+                    return Err(format!(
+                        "TROUPE_JWT_MAX_LIFETIME {text:?} must be a duration such as 1h or 1d"
+                    ))
+                }
+            },
+        };
+        let rules = TokenRules {
+            issuer: self
+                .jwt_issuer
+                .as_deref()
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .map(str::to_string),
+            max_lifetime,
+        };
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
         let key_file = self
             .jwt_public_key_file
@@ -222,6 +279,7 @@ impl Config {
                 TokenKeys::Secret {
                     secret: secret.to_string(),
                     audience,
+                    rules,
                 }
             }
             (None, Some(path)) => {
@@ -231,6 +289,7 @@ impl Config {
                     path: path.to_string(),
                     algorithm: self.jwt_algorithm.trim().to_string(),
                     audience,
+                    rules,
                 }
             }
             (None, None) => return Ok(None),
@@ -329,6 +388,54 @@ mod tests {
             let err = parse(&args).validate().unwrap_err();
             assert!(err.starts_with(name), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_with_the_nodes_keys_and_rules() {
+        use troupe_proto::token::{Claims, Role, Signer};
+        assert_eq!(parse(&[]).validate().unwrap().token_keys, None);
+        let secret = "a-secret-of-16-chars";
+        let keys = parse(&["--jwt-secret", secret, "--jwt-max-lifetime", "1h"])
+            .validate()
+            .unwrap()
+            .token_keys
+            .unwrap();
+        assert!(!format!("{keys:?}").contains(secret), "the secret is hidden");
+        let verifier = keys.verifier().unwrap();
+        let sign = |hours: u64| {
+            let claims = Claims::grant(
+                "ada",
+                "troupe",
+                &[("s1", Role::View)],
+                std::time::Duration::from_secs(hours * 3600),
+            );
+            Signer::from_secret(secret.as_bytes()).sign(&claims).unwrap()
+        };
+        assert!(verifier.verify(&sign(1)).is_ok());
+        assert!(
+            verifier.verify(&sign(48)).is_err(),
+            "longer than TROUPE_JWT_MAX_LIFETIME"
+        );
+        let with_issuer = parse(&["--jwt-secret", secret, "--jwt-issuer", "https://app.example"])
+            .validate()
+            .unwrap()
+            .token_keys
+            .unwrap();
+        assert!(
+            with_issuer.verifier().unwrap().verify(&sign(1)).is_err(),
+            "no iss"
+        );
+        for (args, names) in [
+            (&["--jwt-secret", "short"][..], "TROUPE_JWT_SECRET"),
+            (
+                &["--jwt-secret", secret, "--jwt-max-lifetime", "soon"],
+                "TROUPE_JWT_MAX_LIFETIME",
+            ),
+            (&["--jwt-public-key-file", "/nonexistent.pem"], "/nonexistent.pem"),
+        ] {
+            let error = parse(args).validate().unwrap_err();
+            assert!(error.contains(names), "{args:?}: {error}");
         }
     }
 

@@ -3,11 +3,13 @@
 //! - [`logging`]: `tracing` to stderr, filtered by `TROUPE_LOG`;
 //! - [`signal`]: the shutdown signal (Ctrl-C or SIGTERM);
 //! - [`tasks`]: background tasks that stop together: cancel, then wait with a deadline;
-//! - [`backoff`]: the delay between retries of anything that failed.
+//! - [`backoff`]: the delay between retries of anything that failed;
+//! - [`duration`]: durations in settings (`250ms`, `30s`, `2d`).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backoff;
+pub mod duration;
 pub mod logging;
 pub mod signal;
 pub mod tasks;

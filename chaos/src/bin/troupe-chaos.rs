@@ -154,7 +154,7 @@ struct RunArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// How long editors type and faults fire (default: the scenario's).
-    #[arg(long, value_parser = troupe_node::duration::parse_duration)]
+    #[arg(long, value_parser = troupe_runtime::duration::parse_duration)]
     duration: Option<Duration>,
     /// Node i listens on BASE+i and BASE+100+i.
     #[arg(long, default_value_t = 14000)]
@@ -378,7 +378,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
         Ok(_) => Err(format!("{text:?} is not a positive number of seconds")),
-        Err(_) => troupe_node::duration::parse_duration(text),
+        Err(_) => troupe_runtime::duration::parse_duration(text),
     }
 }
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use troupe_node::duration::parse_duration;
 use troupe_proto::token::{self as auth, Claims, Role, Signer};
 use troupe_proto::NodeId;
+use troupe_runtime::duration::parse_duration;
 
 #[derive(Parser)]
 #[command(name = "troupectl", version, about = "Operate a Troupe cluster")]
