@@ -73,6 +73,11 @@ impl Rooms {
         handle
     }
 
+    /// Whether `scene` has a room on this node now.
+    pub fn is_live(&self, scene: &str) -> bool {
+        self.lock().get(scene).is_some_and(|h| !h.tx.is_closed())
+    }
+
     /// The live rooms: scene and inbox.
     pub fn snapshot(&self) -> Vec<(String, RoomHandle)> {
         self.lock().iter().map(|(s, h)| (s.clone(), h.clone())).collect()

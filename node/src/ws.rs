@@ -128,6 +128,22 @@ async fn run(
         }
     }
 
+    // A viewer may read a scene, not bring one into being: a scene nobody opened to edit
+    // yet (no lease was ever claimed) is not loaded, claimed or created for it.
+    if role == Role::View && !app.rooms.is_live(&scene) {
+        match app.store.lease(&scene).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                app.metrics.error("no_such_scene");
+                return Some((CloseCode::UnknownScene, "no such scene".into()));
+            }
+            Err(_) => {
+                app.metrics.error("scene_unavailable");
+                return Some((CloseCode::Internal, "scene unavailable, try again".into()));
+            }
+        }
+    }
+
     let limits = &app.settings.limits;
     // Room enough for at least one full document (a sync step 2), whatever the setting.
     let queue_bytes = limits

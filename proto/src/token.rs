@@ -57,9 +57,18 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// The role this token grants in `scene`: an exact entry wins over `*`.
+    /// The role this token grants in `scene`: an exact entry wins, then the longest
+    /// prefix grant that matches (`project-42:*`), then `*`.
     pub fn role_in(&self, scene: &str) -> Option<Role> {
-        self.scenes.get(scene).or_else(|| self.scenes.get("*")).copied()
+        if let Some(role) = self.scenes.get(scene) {
+            return Some(*role);
+        }
+        self.scenes
+            .iter()
+            .filter_map(|(grant, role)| Some((grant.strip_suffix('*')?, role)))
+            .filter(|(prefix, _)| scene.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, role)| *role)
     }
 
     /// The name collaborators see: the token's `name`, or its subject when it has none.
@@ -308,6 +317,31 @@ mod tests {
             assert!(verifier.verify(&token).is_err(), "accepted {token}");
         }
         assert!(matches!(verifier.verify(""), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn grants_exact_then_longest_prefix_then_everything() {
+        let c = claims(
+            &[
+                ("project-42:*", Role::Edit),
+                ("project-42:drafts:*", Role::View),
+                ("project-42:drafts:final", Role::Edit),
+                ("*", Role::View),
+            ],
+            now_secs() + 60,
+            "troupe",
+        );
+        assert_eq!(c.role_in("project-42:act-1"), Some(Role::Edit));
+        assert_eq!(c.role_in("project-42:drafts:old"), Some(Role::View));
+        assert_eq!(c.role_in("project-42:drafts:final"), Some(Role::Edit));
+        assert_eq!(c.role_in("project-7:act-1"), Some(Role::View));
+        let narrow = claims(&[("project-42:*", Role::Edit)], now_secs() + 60, "troupe");
+        assert_eq!(narrow.role_in("project-43:x"), None);
+        assert_eq!(
+            narrow.role_in("project-42"),
+            None,
+            "the prefix includes the colon"
+        );
     }
 
     #[test]

@@ -290,8 +290,10 @@ describe('troupe-node with stock y-websocket clients', { timeout: 10 * TEST_TIME
   test('(f) a viewer receives edits but its own edits are never applied', { timeout: TEST_TIMEOUT_MS }, withLogs(ctx, async () => {
     const scene = newSceneId('f')
     const editor = connectClient(ctx.url, scene, editToken(scene, { sub: 'ed' }))
+    // The editor opens the scene first: a viewer may read a scene, not create one (4404).
+    await waitSynced(editor, 'editor')
     const viewer = connectClient(ctx.url, scene, mintToken(ctx.secret, { sub: 'vi', scenes: { [scene]: 'view' } }))
-    await Promise.all([waitSynced(editor, 'editor'), waitSynced(viewer, 'viewer')])
+    await waitSynced(viewer, 'viewer')
 
     editor.text.insert(0, 'editor before. ')
     await waitFor('viewer to receive the editor\'s first edit', () => viewer.text.toString().includes('editor before. '))

@@ -232,6 +232,44 @@ async fn garbage_frames_close_only_their_connection() {
 }
 
 #[tokio::test]
+async fn a_view_token_cannot_bring_a_scene_into_being() {
+    let node = node();
+    let scene = unique("never-opened");
+    // Even a token that may view every scene (or a prefix of them) opens none that an
+    // editor has not opened: no room, no lease row, nothing created.
+    for grant in ["*", "never-opened*"] {
+        let viewer = token("vi", &[(grant, Role::View)]);
+        assert_eq!(
+            close_code(&node, &scene, &format!("token={viewer}")).await,
+            4404,
+            "{grant}"
+        );
+    }
+    assert!(
+        node.metric("websocket_errors_total{reason=\"no_such_scene\"}")
+            .await
+            .unwrap()
+            >= 2.0
+    );
+    // Once an editor has opened it, viewers read it; also after the room unloaded (the
+    // scene exists in the store, its lease says so).
+    let mut editor = TestClient::connect(
+        &node.ws_base(),
+        &scene,
+        &token("ed", &[(scene.as_str(), Role::Edit)]),
+    )
+    .await
+    .unwrap();
+    editor.type_text("FADE IN.").await.unwrap();
+    editor.wait_acked().await.unwrap();
+    let viewer = token("vi", &[("*", Role::View)]);
+    let reader = TestClient::connect(&node.ws_base(), &scene, &viewer)
+        .await
+        .unwrap();
+    assert_eq!(reader.text(), "FADE IN.");
+}
+
+#[tokio::test]
 async fn viewers_cannot_edit() {
     let node = node();
     let scene = unique("s");
