@@ -161,6 +161,10 @@ pub struct Config {
     #[arg(long, env = "TROUPE_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
+    /// A token `/metrics` requires (`Authorization: Bearer <token>`); unset: open.
+    #[arg(long, env = "TROUPE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Most log rows written in one group commit.
     #[arg(long, env = "TROUPE_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,
@@ -249,6 +253,8 @@ pub struct Settings {
     pub limits: Limits,
     pub commit_batch: usize,
     pub worker_threads: usize,
+    /// What `/metrics` requires, if anything.
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -378,6 +384,7 @@ impl Config {
             limits: self.limits(),
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
+            metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
         })
     }
 }

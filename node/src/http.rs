@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::handler::Handler;
-use axum::http::header::{self, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, MethodRouter};
@@ -60,7 +60,21 @@ async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
 }
 
-async fn metrics(State(app): Ctx) -> Response {
+async fn metrics(State(app): Ctx, headers: HeaderMap) -> Response {
+    if let Some(token) = &app.settings.metrics_token {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !troupe_proto::token::has_static_bearer(presented, token) {
+            let mut refused = text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "metrics need a token\n".into(),
+            );
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return refused;
+        }
+    }
     text(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -139,6 +139,26 @@ fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
     })
 }
 
+/// The token of an `Authorization` header value `Bearer <token>` (scheme in any case).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a presented `Authorization` header carries the static bearer token `expected`
+/// (e.g. the one that guards `/metrics`), compared in time that does not depend on where
+/// the two differ.
+pub fn has_static_bearer(authorization: Option<&str>, expected: &str) -> bool {
+    let Some(token) = authorization.and_then(bearer) else {
+        return false;
+    };
+    let (a, b) = (token.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// Verifies tokens presented by clients.
 #[derive(Clone)]
 pub struct Verifier {
@@ -317,6 +337,18 @@ mod tests {
             assert!(verifier.verify(&token).is_err(), "accepted {token}");
         }
         assert!(matches!(verifier.verify(""), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn static_bearer_tokens() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert!(has_static_bearer(Some("Bearer s3cret"), "s3cret"));
+        assert!(!has_static_bearer(Some("Bearer s3cre"), "s3cret"));
+        assert!(!has_static_bearer(Some("Bearer s3creT"), "s3cret"));
+        assert!(!has_static_bearer(None, "s3cret"));
     }
 
     #[test]

@@ -72,12 +72,7 @@ pub fn authorize(
 
 /// The token of an `Authorization: Bearer …` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    troupe_proto::token::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 fn unauthorized(message: &str) -> Response<Body> {

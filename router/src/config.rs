@@ -80,6 +80,20 @@ pub struct Config {
     /// The nodes' TROUPE_JWT_MAX_LIFETIME: tokens valid for longer are refused.
     #[arg(long, env = "TROUPE_JWT_MAX_LIFETIME")]
     pub jwt_max_lifetime: Option<String>,
+
+    /// A token `/metrics` requires (`Authorization: Bearer <token>`); unset: open.
+    #[arg(long, env = "TROUPE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+/// The token that guards `/metrics`. Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricsToken(pub String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<hidden>)")
+    }
 }
 
 /// What a token must also satisfy, as the nodes require it.
@@ -170,6 +184,8 @@ pub struct Settings {
     /// How tokens presented to the REST endpoints are checked; `None`: those endpoints
     /// answer 503, since they cannot tell who asks.
     pub token_keys: Option<TokenKeys>,
+    /// What `/metrics` requires, if anything.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Settings {
@@ -184,6 +200,7 @@ impl Settings {
             web_dir: None,
             dev_tokens: None,
             token_keys: None,
+            metrics_token: None,
         }
     }
 }
@@ -234,6 +251,12 @@ impl Config {
             web_dir,
             dev_tokens,
             token_keys,
+            metrics_token: self
+                .metrics_token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| MetricsToken(t.to_string())),
         })
     }
 

@@ -57,6 +57,8 @@ pub struct Shared {
     pub dev_tokens: Option<DevTokens>,
     /// Checks the tokens of scene-scoped REST requests (see [`crate::access`]).
     pub verifier: Option<Verifier>,
+    /// What `/metrics` requires, if anything.
+    pub metrics_token: Option<String>,
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -135,7 +137,17 @@ async fn healthz(State(s): Ctx) -> Response<Body> {
     text(status, JSON, format!("{body}\n"))
 }
 
-async fn metrics(State(s): Ctx) -> Response<Body> {
+async fn metrics(State(s): Ctx, headers: HeaderMap) -> Response<Body> {
+    if let Some(token) = &s.metrics_token {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !troupe_proto::token::has_static_bearer(presented, token) {
+            let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need a token");
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return refused;
+        }
+    }
     text(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -338,6 +350,7 @@ mod tests {
             web_dir: None,
             dev_tokens: None,
             verifier: Some(Verifier::from_secret(TEST_SECRET, "troupe")),
+            metrics_token: Some("scrape-me".into()),
         }));
         app.oneshot(req).await.unwrap()
     }
@@ -622,7 +635,23 @@ mod tests {
         assert_eq!(json["active"], 2);
         assert!(json["age_ms"].as_u64().unwrap() < 60_000);
 
+        // With TROUPE_METRICS_TOKEN set, /metrics wants it.
         let r = get("/metrics", Some(&state), &metrics).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let wrong = Request::get("/metrics")
+            .header(header::AUTHORIZATION, "Bearer scrape-you")
+            .body(AxumBody::empty())
+            .unwrap();
+        assert_eq!(
+            request(wrong, Some(&state), &metrics).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let scrape = Request::get("/metrics")
+            .header(header::AUTHORIZATION, "Bearer scrape-me")
+            .body(AxumBody::empty())
+            .unwrap();
+        let r = request(scrape, Some(&state), &metrics).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(body(r).await.contains("# TYPE router_epoch gauge"));
 

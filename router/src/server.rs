@@ -80,6 +80,7 @@ pub async fn run(
         web_dir: settings.web_dir.clone(),
         dev_tokens: settings.dev_tokens.clone(),
         verifier,
+        metrics_token: settings.metrics_token.as_ref().map(|t| t.0.clone()),
     });
 
     on_ready();

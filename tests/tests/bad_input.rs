@@ -482,3 +482,22 @@ async fn a_flood_of_sync_requests_is_refused() {
     }
     assert_eq!(client.expect_close().await.unwrap().code, 4429);
 }
+
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let node =
+        NodeProcess::start(&Backend::Sqlite, &[("TROUPE_METRICS_TOKEN", "scrape-me")]).expect("start node");
+    let status = |raw: String| raw.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let open = troupe_tests::http_get(node.addr, "/metrics").await.unwrap();
+    assert_eq!(status(open), "401");
+    let wrong = troupe_tests::http_get_with(node.addr, "/metrics", &[("Authorization", "Bearer guess")])
+        .await
+        .unwrap();
+    assert_eq!(status(wrong), "401");
+    let scraped =
+        troupe_tests::http_get_with(node.addr, "/metrics", &[("Authorization", "Bearer scrape-me")])
+            .await
+            .unwrap();
+    assert_eq!(status(scraped.clone()), "200");
+    assert!(scraped.contains("websocket_connections_active"), "{scraped}");
+}
