@@ -75,7 +75,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     troupe_proto::token::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
-fn unauthorized(message: &str) -> Response<Body> {
+/// A 401 that asks for a bearer token.
+pub(crate) fn unauthorized(message: &str) -> Response<Body> {
     let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
     response
         .headers_mut()

@@ -141,11 +141,7 @@ async fn metrics(State(s): Ctx, headers: HeaderMap) -> Response<Body> {
     if let Some(token) = &s.metrics_token {
         let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !troupe_proto::token::has_static_bearer(presented, token) {
-            let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need a token");
-            refused
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return refused;
+            return access::unauthorized("metrics need a token");
         }
     }
     text(

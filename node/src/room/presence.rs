@@ -14,7 +14,6 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Room, RoomContext};
-use crate::update_check;
 use troupe_proto::message;
 use troupe_proto::presence::{PresenceRecord, PRESENCE_REFRESH};
 
@@ -145,9 +144,17 @@ fn is_hex_colour(colour: &str) -> bool {
 
 impl Room {
     pub(super) fn on_awareness(&mut self, conn_id: u64, payload: &[u8]) {
-        let Ok(entries) = update_check::parse_awareness_v1(payload, usize::MAX) else {
+        // The connection validated the entries (ids, clocks, JSON) before they came here;
+        // the room only needs them split.
+        let Ok(entries) = message::decode_awareness(payload, usize::MAX) else {
             return;
         };
+        // A connection that already left claims no id below, so its entries are dropped.
+        let (user, name) = self
+            .peers
+            .get(&conn_id)
+            .map(|p| (p.user.clone(), p.name.clone()))
+            .unwrap_or_default();
         let mut accepted: Vec<(u64, u64, Cow<'_, str>)> = Vec::new();
         for entry in entries {
             if !self.claim_client_id(conn_id, entry.client_id, entry.state == "null") {
@@ -166,11 +173,6 @@ impl Room {
             if entry.state == "null" {
                 self.presence.entries.remove(&entry.client_id);
             } else {
-                let (user, name) = self
-                    .peers
-                    .get(&conn_id)
-                    .map(|p| (p.user.clone(), p.name.clone()))
-                    .unwrap_or_default();
                 if let Some(vouched) = vouch(entry.state, &name) {
                     self.ctx.metrics.awareness_rewritten.inc();
                     state = Cow::Owned(vouched);
@@ -180,7 +182,7 @@ impl Room {
                     PresenceEntry {
                         clock: entry.clock,
                         state: state.to_string(),
-                        user,
+                        user: user.clone(),
                     },
                 );
             }
