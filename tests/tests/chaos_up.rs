@@ -38,7 +38,17 @@ async fn up_is_the_same_command() {
 
 async fn starts_a_working_cluster_and_stops_it(program: &str, command: &str) {
     let data = std::env::temp_dir().join(unique("troupe-up"));
-    let base = free_addr().port().min(30_000);
+    // Nodes listen on base+i and base+100+i: all of them must be free, not just the base
+    // (another test's process may hold one).
+    let base = loop {
+        let port = free_addr().port();
+        let all_free = [1, 2, 3, 101, 102, 103]
+            .iter()
+            .all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if all_free {
+            break port;
+        }
+    };
     let router_port = free_addr().port();
     let mut child = Command::new(bin_dir().join(program))
         .args([
