@@ -97,7 +97,7 @@ wait_for_line() {
 # --- build -------------------------------------------------------------------------------
 cd "$ROOT"
 packages=(-p troupe-chaos)
-wants troupe && packages+=(-p troupe-node)
+(wants troupe || wants baseline) && packages+=(-p troupe-node)
 log "building release binaries (${packages[*]})"
 cargo build --release --bins "${packages[@]}" >&2
 CHAOS="$ROOT/target/release/troupe-chaos"
@@ -125,6 +125,14 @@ start_node() {
     [ -x "$bin" ] || die "$bin is not an executable troupe-node"
     port="$(free_port)"
     mkdir -p "$WORK/data-$name"
+    # The internal port's certificate (the node is a cluster of its own, id 1).
+    if [ ! -f "$WORK/certs/node-1.crt" ]; then
+        "$ROOT/target/release/troupectl" certs --dir "$WORK/certs" init >/dev/null
+        "$ROOT/target/release/troupectl" certs --dir "$WORK/certs" node --id 1 >/dev/null
+    fi
+    TROUPE_INTERNAL_CA="$WORK/certs/ca.crt" \
+    TROUPE_INTERNAL_CERT="$WORK/certs/node-1.crt" \
+    TROUPE_INTERNAL_KEY="$WORK/certs/node-1.key" \
     TROUPE_LISTEN="127.0.0.1:$port" \
     TROUPE_RPC_LISTEN="127.0.0.1:0" \
     TROUPE_DATABASE_URL="$db" \

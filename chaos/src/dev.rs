@@ -220,7 +220,13 @@ pub async fn run(args: DevArgs, me: &str) -> Result<(), DevError> {
     println!();
     println!("  curl {router}/v1/route/s1");
     if let Some(node) = cluster.nodes.values().next() {
-        println!("  TROUPE_CLUSTER={} troupectl status", node.rpc);
+        let certs: Vec<String> = cluster
+            .admin_files
+            .env()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        println!("  TROUPE_CLUSTER={} {} troupectl status", node.rpc, certs.join(" "));
     }
     println!();
     println!("Ctrl-C stops the cluster. The nodes' and the router's logs follow.");

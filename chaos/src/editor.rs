@@ -186,7 +186,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The owner of `scene` according to the router at `router`: `(node, url, epoch)`.
 pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, String, u64)> {
-    let route: troupe_membership::Route = RpcClient::new()
+    let route: troupe_membership::Route = RpcClient::plain()
         .get(
             &router.to_string(),
             &format!("/v1/route/{scene}"),

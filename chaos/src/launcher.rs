@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use troupe_membership::tls::issue::{CertDir, DEFAULT_DAYS};
+use troupe_membership::tls::{Identity, TlsArgs, Transport};
 use troupe_membership::{AdmitRequest, ClusterClient, NodeId, NodeState};
 
 use crate::logs::Logs;
@@ -61,6 +63,12 @@ pub struct LocalCluster {
     network: Option<Network>,
     /// Nodes cut off the network now.
     cut: std::collections::BTreeSet<u64>,
+    /// The cluster's CA and certificates (`<data dir>/certs`), kept across runs.
+    certs: CertDir,
+    /// The operator's certificate, for admitting and draining nodes.
+    admin: Transport,
+    /// Its files, for `troupectl`.
+    pub admin_files: TlsArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +93,9 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(&spec.data_dir)
             .with_context(|| format!("creating {}", spec.data_dir.display()))?;
+        let certs = CertDir::open_or_init(spec.data_dir.join("certs"), "troupe-local")?;
+        let admin_files = certs.issue(&Identity::Admin("local".into()), &[], DEFAULT_DAYS)?;
+        let admin = Transport::load(&admin_files)?;
         let mut cluster = LocalCluster {
             router_url: String::new(),
             nodes: BTreeMap::new(),
@@ -97,6 +108,9 @@ impl LocalCluster {
             postgres_state: None,
             network: None,
             cut: Default::default(),
+            certs,
+            admin,
+            admin_files,
         };
         if spec.isolated {
             if spec.database_url.is_some() && !spec.postgres {
@@ -127,7 +141,7 @@ impl LocalCluster {
         for id in 1..=spec.nodes {
             cluster.start_node(id).await?;
         }
-        let client = ClusterClient::new(cluster.nodes.values().map(|n| n.rpc.clone()).collect());
+        let client = cluster.client();
         wait_until(
             Duration::from_secs(30),
             "the voters to form the cluster",
@@ -168,6 +182,8 @@ impl LocalCluster {
         if let Some(url) = &cluster.redis_url {
             cmd.env("TROUPE_REDIS_URL", url);
         }
+        let reader = cluster.certs.issue(&Identity::Reader("router".into()), &[], DEFAULT_DAYS)?;
+        cmd.envs(reader.env());
         if spec.demo {
             cmd.env("TROUPE_DEV_TOKENS", "1")
                 .env("TROUPE_JWT_SECRET", &spec.secret);
@@ -179,7 +195,7 @@ impl LocalCluster {
             .await
             .context("starting the router")?;
         cluster.children.push(("router".into(), child));
-        let rpc = troupe_membership::rpc::RpcClient::new();
+        let rpc = troupe_membership::rpc::RpcClient::plain();
         wait_until(
             Duration::from_secs(10),
             "the router to hear from the cluster",
@@ -245,8 +261,10 @@ impl LocalCluster {
         if let Some(net) = self.network.as_mut() {
             net.add_node(id)?;
         }
-        let spec = &self.spec;
         let node = &self.nodes[&id];
+        let host = node.rpc.rsplit_once(':').map(|(host, _)| host.to_string()).unwrap_or_default();
+        let tls = self.certs.issue(&Identity::Node(NodeId(id)), &[host], DEFAULT_DAYS)?;
+        let spec = &self.spec;
         let mut env: Vec<(&str, String)> = vec![
             ("TROUPE_NODE_ID", id.to_string()),
             ("TROUPE_LISTEN", node.url.trim_start_matches("ws://").to_string()),
@@ -255,6 +273,7 @@ impl LocalCluster {
             ("TROUPE_DATA_DIR", spec.data_dir.display().to_string()),
             ("TROUPE_JWT_SECRET", spec.secret.clone()),
         ];
+        env.extend(tls.env());
         // An isolated node reaches Postgres and Redis over their Unix sockets.
         let isolated = self.network.is_some();
         if let Some(url) = &spec.database_url {
@@ -323,7 +342,7 @@ impl LocalCluster {
 
     /// A client of the cluster through every node's internal address.
     pub fn client(&self) -> ClusterClient {
-        ClusterClient::new(self.nodes.values().map(|n| n.rpc.clone()).collect())
+        ClusterClient::new(self.nodes.values().map(|n| n.rpc.clone()).collect(), &self.admin)
     }
 
     /// Adds a node with the next id: started, then admitted (learner, then active).

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::NodeId;
+use crate::tls::Transport;
 use crate::view::{AdmitRequest, ClusterView, NodeSelf};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,10 +24,11 @@ pub struct ClusterClient {
 }
 
 impl ClusterClient {
-    /// `addrs`: internal (RPC) addresses of one or more nodes.
-    pub fn new(addrs: Vec<String>) -> ClusterClient {
+    /// `addrs`: internal (RPC) addresses of one or more nodes; `transport`: this process's
+    /// credentials for the internal port.
+    pub fn new(addrs: Vec<String>, transport: &Transport) -> ClusterClient {
         ClusterClient {
-            rpc: RpcClient::new(),
+            rpc: RpcClient::new(transport),
             addrs: Arc::new(addrs),
             preferred: Arc::new(AtomicUsize::new(0)),
         }

@@ -20,6 +20,7 @@ pub mod ring;
 pub mod rpc;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod view;
 
 pub use client::ClusterClient;

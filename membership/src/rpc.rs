@@ -1,18 +1,24 @@
 //! A small JSON-over-HTTP client for the cluster's internal port: Raft messages between
-//! nodes, and the admin and watch calls of routers and `troupectl`.
+//! nodes, and the admin and watch calls of routers and `troupectl`. Over mutual TLS when
+//! the cluster has certificates ([`Transport`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tls::Transport;
 use crate::view::ErrorBody;
+
+/// How long an unused connection stays pooled.
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// Largest response body read (a Raft snapshot of the membership is a few KiB).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -49,27 +55,42 @@ impl RpcError {
 /// Shares pooled connections; cheap to clone.
 #[derive(Clone)]
 pub struct RpcClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Http,
 }
 
-impl Default for RpcClient {
-    fn default() -> Self {
-        Self::new()
-    }
+#[derive(Clone)]
+enum Http {
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Plain(Client<HttpConnector, Full<Bytes>>),
 }
 
 impl RpcClient {
-    pub fn new() -> RpcClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        RpcClient { http }
+    /// A client of the internal port: presents this process's certificate and checks the
+    /// node's against the cluster's CA.
+    pub fn new(transport: &Transport) -> RpcClient {
+        let Some(config) = transport.client_config() else {
+            return RpcClient::plain();
+        };
+        let mut connector = connector();
+        connector.enforce_http(false);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config((*config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(connector);
+        RpcClient {
+            http: Http::Tls(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https)),
+        }
     }
 
-    /// `POST http://{addr}{path}` with a JSON body.
+    /// A plain HTTP client (an insecure cluster, or the public port of a router).
+    pub fn plain() -> RpcClient {
+        RpcClient {
+            http: Http::Plain(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector())),
+        }
+    }
+
+    /// `POST {addr}{path}` with a JSON body.
     pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -85,7 +106,7 @@ impl RpcClient {
             .await
     }
 
-    /// `GET http://{addr}{path}`.
+    /// `GET {addr}{path}`.
     pub async fn get<Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -109,7 +130,7 @@ impl RpcClient {
         };
         let request = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("{}://{addr}{path}", self.http.scheme()))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| bad(format!("bad request: {e}")))?;
@@ -153,6 +174,32 @@ impl RpcClient {
         }
         serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
     }
+}
+
+impl Http {
+    fn scheme(&self) -> &'static str {
+        match self {
+            Http::Tls(_) => "https",
+            Http::Plain(_) => "http",
+        }
+    }
+
+    async fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Http::Tls(client) => client.request(request).await,
+            Http::Plain(client) => client.request(request).await,
+        }
+    }
+}
+
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_nodelay(true);
+    connector
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -10,10 +10,19 @@
 //! | `POST /cluster/nodes/{id}/drain`, `/activate`, `/remove` | operator changes (leader only) |
 //!
 //! Anything else, other methods included, is a 404 [`ErrorBody`]. The routes are built in
-//! one place, [`router`], and served by [`serve`], so that transport security can be
-//! layered over the listener without touching them.
+//! one place, [`router`], and served by [`serve`] over mutual TLS: every request carries
+//! the sender's [`Peer`], and each route checks it ([`authorize`]):
+//!
+//! | sender | may |
+//! |---|---|
+//! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses |
+//! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove |
+//! | reader (routers) | read (`/cluster/info`, `/cluster/view`) |
+//!
+//! Anything else is a 403 [`ErrorBody`] that changes nothing. Without TLS
+//! (`TROUPE_INTERNAL_INSECURE=1`, loopback only) every sender may do everything.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,19 +34,24 @@ use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post, MethodRouter};
-use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Extension, Router};
 use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
 
 use crate::cluster::{AdminError, Cluster};
 use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::raft::TypeConfig;
 use crate::state::{Command, CommandError, NodeId};
+use crate::tls::{Identity, Peer, Transport};
 use crate::view::{AdmitRequest, ErrorBody, NodeSelf};
 
 /// Largest request body accepted (Raft snapshots of the membership are small).
@@ -45,6 +59,12 @@ const MAX_REQUEST: usize = 16 << 20;
 
 /// Longest a watch call waits for a change.
 const MAX_WATCH: Duration = Duration::from_secs(25);
+
+/// Longest a TLS handshake, or the headers of a request, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the requests in flight may take to finish once the server stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the node reports about itself besides membership.
 pub trait LocalStatus: Send + Sync + 'static {
@@ -84,29 +104,95 @@ pub fn router(cluster: Arc<Cluster>, local: Arc<dyn LocalStatus>, stopping: watc
 }
 
 /// Serves the internal endpoint until `shutdown` resolves, then lets the requests in
-/// flight finish (watch calls answer at once).
+/// flight finish (watch calls answer at once). With TLS, a connection whose certificate
+/// the cluster's CA did not sign, or that names no identity, is closed in the handshake.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     cluster: Arc<Cluster>,
     local: Arc<dyn LocalStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopping) = watch::channel(false);
-    let app = router(cluster, local, stopping.clone());
-    let mut stopped = stopping;
-    let listener = listener.tap_io(|tcp| {
+    let app = router(cluster, local, stopping);
+    let acceptor = transport.server_config().map(TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, from) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(%error, "internal endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        match acceptor.clone() {
+            None => {
+                tokio::spawn(serve_connection(tcp, Peer::Insecure, app, watcher));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::warn!(%from, %error, "internal endpoint: TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%from, "internal endpoint: TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| Identity::of_certificate(cert));
+                    match identity {
+                        Some(Ok(identity)) => {
+                            serve_connection(tls, Peer::Verified(identity), app, watcher).await;
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%from, %error, "internal endpoint: the peer's certificate names nobody");
+                        }
+                        None => tracing::warn!(%from, "internal endpoint: the peer sent no certificate"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    stop.send_replace(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("internal endpoint: requests still in flight at shutdown were cut");
+    }
+}
+
+/// Serves HTTP/1 on one connection, every request tagged with the sender.
+async fn serve_connection<I>(io: I, peer: Peer, app: Router, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        let mut app = app.clone();
+        async move { app.call(request.map(Body::new)).await }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
-    let signal = async move {
-        shutdown.await;
-        stop.send_replace(true);
-    };
-    let ((), served) = tokio::join!(signal, server.into_future());
-    if let Err(error) = served {
-        tracing::warn!(%error, "internal endpoint stopped");
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "internal endpoint: connection ended");
     }
 }
 
@@ -128,15 +214,32 @@ where
     get(handler).head(not_found).fallback(not_found)
 }
 
-async fn append(State(s): Shared, JsonBody(rpc): JsonBody<AppendEntriesRequest<TypeConfig>>) -> Response {
+async fn append(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(rpc): JsonBody<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if !speaks_for(&peer, rpc.vote.leader_id().voted_for()) {
+        return forbidden(&peer, "send Raft messages for another node");
+    }
     json(StatusCode::OK, &s.cluster.raft().append_entries(rpc).await)
 }
 
-async fn vote(State(s): Shared, JsonBody(rpc): JsonBody<VoteRequest<NodeId>>) -> Response {
+async fn vote(State(s): Shared, Extension(peer): Extension<Peer>, JsonBody(rpc): JsonBody<VoteRequest<NodeId>>) -> Response {
+    if !speaks_for(&peer, rpc.vote.leader_id().voted_for()) {
+        return forbidden(&peer, "ask for votes for another node");
+    }
     json(StatusCode::OK, &s.cluster.raft().vote(rpc).await)
 }
 
-async fn snapshot(State(s): Shared, JsonBody(rpc): JsonBody<InstallSnapshotRequest<TypeConfig>>) -> Response {
+async fn snapshot(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(rpc): JsonBody<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if !speaks_for(&peer, rpc.vote.leader_id().voted_for()) {
+        return forbidden(&peer, "send Raft messages for another node");
+    }
     json(StatusCode::OK, &s.cluster.raft().install_snapshot(rpc).await)
 }
 
@@ -182,12 +285,35 @@ async fn view(State(s): Shared, query: Result<Query<ViewQuery>, QueryRejection>)
     json(StatusCode::OK, &view)
 }
 
-async fn admit(State(s): Shared, JsonBody(node): JsonBody<AdmitRequest>) -> Response {
+async fn admit(State(s): Shared, Extension(peer): Extension<Peer>, JsonBody(node): JsonBody<AdmitRequest>) -> Response {
+    let view = s.cluster.view();
+    let entry = view.state.nodes.get(&node.id);
+    let known = entry.is_some() || view.voters.contains(&node.id) || view.learners.contains(&node.id);
+    let moves = entry.is_some_and(|n| n.url != node.url || n.rpc_addr != node.rpc_addr);
+    let allowed = match &peer {
+        Peer::Insecure => true,
+        // A node refreshes its own entry; it never brings itself (or another) in.
+        Peer::Verified(Identity::Node(id)) => *id == node.id && known,
+        // Operators bring nodes in, but only a node may say where it now lives.
+        Peer::Verified(Identity::Admin(_)) => !moves,
+        Peer::Verified(Identity::Reader(_)) => false,
+    };
+    if !allowed {
+        let what = match &peer {
+            Peer::Verified(Identity::Admin(_)) => format!("change the addresses of node {} (only the node itself may)", node.id),
+            _ => format!("admit node {}", node.id),
+        };
+        return forbidden(&peer, &what);
+    }
     admin(s.cluster.admit(&node).await)
 }
 
 /// `POST /cluster/nodes/{id}/{action}`: the id is checked before the action.
-async fn change(State(s): Shared, path: Result<Path<(String, String)>, PathRejection>) -> Response {
+async fn change(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
     let Ok(Path((id, action))) = path else {
         return not_found().await;
     };
@@ -199,12 +325,34 @@ async fn change(State(s): Shared, path: Result<Path<(String, String)>, PathRejec
             None,
         );
     };
-    match action.as_str() {
-        "drain" => admin(s.cluster.set_state(Command::Drain { id }).await),
-        "activate" => admin(s.cluster.set_state(Command::Activate { id }).await),
-        "remove" => admin(s.cluster.remove(id).await),
-        _ => not_found().await,
+    let command = match action.as_str() {
+        "drain" => Command::Drain { id },
+        "activate" => Command::Activate { id },
+        "remove" => Command::Remove { id },
+        _ => return not_found().await,
+    };
+    if !matches!(peer, Peer::Insecure | Peer::Verified(Identity::Admin(_))) {
+        return forbidden(&peer, &format!("{action} node {id} (an admin certificate is needed)"));
     }
+    match command {
+        Command::Remove { id } => admin(s.cluster.remove(id).await),
+        command => admin(s.cluster.set_state(command).await),
+    }
+}
+
+/// Whether `peer` may send a Raft message whose vote names `sender`: only that node.
+fn speaks_for(peer: &Peer, sender: Option<NodeId>) -> bool {
+    match peer {
+        Peer::Insecure => true,
+        Peer::Verified(Identity::Node(id)) => sender == Some(*id),
+        Peer::Verified(_) => false,
+    }
+}
+
+/// The 403 of a request its sender may not make; nothing was changed.
+fn forbidden(peer: &Peer, what: &str) -> Response {
+    tracing::warn!(%peer, what, "internal endpoint: request refused");
+    error(StatusCode::FORBIDDEN, "forbidden", format!("{peer} may not {what}"), None)
 }
 
 /// A JSON request body of at most [`MAX_REQUEST`] bytes; a refusal is the endpoint's

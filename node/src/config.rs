@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use troupe_membership::tls::{Identity, TlsArgs, Transport};
 use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
 use troupe_runtime::duration::parse_duration;
@@ -33,6 +34,10 @@ pub struct Config {
     /// Internal address for Raft between nodes and for admin calls (troupectl, routers).
     #[arg(long, env = "TROUPE_RPC_LISTEN", default_value = "127.0.0.1:4100")]
     pub rpc_listen: SocketAddr,
+
+    /// Certificates of the internal port (mutual TLS between nodes, routers and troupectl).
+    #[command(flatten)]
+    pub internal: TlsArgs,
 
     /// The internal address other nodes reach this one at (default: this node's entry in
     /// TROUPE_PEERS, else the bound TROUPE_RPC_LISTEN address).
@@ -240,6 +245,8 @@ pub struct Settings {
     pub node_id: NodeId,
     pub rpc_listen: SocketAddr,
     pub rpc_advertise: Option<String>,
+    /// How the internal port authenticates (mutual TLS, or nothing on loopback).
+    pub transport: Transport,
     /// Initial voters: id -> internal address.
     pub peers: BTreeMap<NodeId, String>,
     /// Folder of this node's Raft log, vote and snapshot.
@@ -273,6 +280,26 @@ impl Config {
             compact_rows: self.compact_rows,
             compact_bytes: self.compact_bytes,
             compact_age: self.compact_age,
+        }
+    }
+
+    /// The internal port's credentials: a certificate naming this node, or plain HTTP on
+    /// loopback when asked for explicitly.
+    fn transport(&self) -> Result<Transport, String> {
+        let transport = Transport::load(&self.internal).map_err(|e| e.to_string())?;
+        match transport.identity() {
+            None if !self.rpc_listen.ip().is_loopback() => Err(format!(
+                "TROUPE_INTERNAL_INSECURE=1 is refused: TROUPE_RPC_LISTEN {} is not on loopback, so \
+                 anyone on the network could take over the cluster; give the node a certificate \
+                 (`troupectl certs node --id {}`)",
+                self.rpc_listen, self.node_id
+            )),
+            None => Ok(transport),
+            Some(Identity::Node(id)) if id.0 == self.node_id => Ok(transport),
+            Some(other) => Err(format!(
+                "TROUPE_INTERNAL_CERT names {other}, not node {} (make one with `troupectl certs node --id {}`)",
+                self.node_id, self.node_id
+            )),
         }
     }
 
@@ -318,6 +345,7 @@ impl Config {
             return Err("TROUPE_NODE_ID must be a positive integer".into());
         }
         let peers = parse_peers(&self.peers)?;
+        let transport = self.transport()?;
         if let Some(addr) = &self.rpc_advertise {
             check_host_port("TROUPE_RPC_ADVERTISE", addr)?;
         }
@@ -373,6 +401,7 @@ impl Config {
             node_id: NodeId(self.node_id),
             rpc_listen: self.rpc_listen,
             rpc_advertise: self.rpc_advertise.clone(),
+            transport,
             peers,
             raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
             down_after: self.down_after,
@@ -432,7 +461,7 @@ mod tests {
     use super::*;
 
     fn config(args: &[&str]) -> Config {
-        let mut all = vec!["troupe-node", "--jwt-secret", "0123456789abcdef"];
+        let mut all = vec!["troupe-node", "--jwt-secret", "0123456789abcdef", "--internal-insecure"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
     }
@@ -522,6 +551,8 @@ mod tests {
             &["--public-url", "http://x"],
             &["--max-frame-bytes", "10"],
             &["--allowed-origins", "example.com"],
+            &["--rpc-listen", "0.0.0.0:4100"],
+            &["--internal-ca", "/nonexistent/ca.crt"],
         ] {
             let err = config(args).validate().err().unwrap();
             assert!(!err.contains('\n'), "{err}");
@@ -530,6 +561,39 @@ mod tests {
         if std::env::var_os("TROUPE_JWT_SECRET").is_none() {
             assert!(no_secret.validate().is_err());
         }
+    }
+
+    #[test]
+    fn the_internal_certificate_must_name_this_node() {
+        use troupe_membership::tls::issue::CertDir;
+        let dir = std::env::temp_dir().join(format!("troupe-node-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = CertDir::init(&dir, "test").unwrap();
+        let files = ca.issue(&Identity::Node(NodeId(2)), &[], 1).unwrap();
+        let (ca_file, cert, key) = (files.ca.unwrap(), files.cert.unwrap(), files.key.unwrap());
+        let with = |id: &str, listen: &str| {
+            Config::try_parse_from([
+                "troupe-node",
+                "--jwt-secret",
+                "0123456789abcdef",
+                "--node-id",
+                id,
+                "--rpc-listen",
+                listen,
+                "--internal-ca",
+                ca_file.to_str().unwrap(),
+                "--internal-cert",
+                cert.to_str().unwrap(),
+                "--internal-key",
+                key.to_str().unwrap(),
+            ])
+            .unwrap()
+            .validate()
+        };
+        assert!(with("2", "0.0.0.0:4100").is_ok(), "TLS works on any address");
+        let err = with("1", "127.0.0.1:4100").err().unwrap();
+        assert!(err.contains("names node 2, not node 1"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

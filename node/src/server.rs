@@ -112,6 +112,13 @@ pub async fn run(
         public: listener,
         rpc,
     } = listeners;
+    if settings.transport.identity().is_none() {
+        tracing::warn!(
+            rpc_listen = %settings.rpc_listen,
+            "TROUPE_INTERNAL_INSECURE=1: the internal port is plain HTTP and UNAUTHENTICATED; \
+             anything on this machine can change the cluster. Never run this in production."
+        );
+    }
     let store = Store::open(&settings.store).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.store_up.set(1);
@@ -140,7 +147,7 @@ pub async fn run(
             timing: RaftTiming::default(),
             down_after: settings.down_after,
         },
-        RpcClient::new(),
+        RpcClient::new(&settings.transport),
     )
     .await?;
     let placement = placement::follow(cluster.watch());
@@ -186,7 +193,7 @@ pub async fn run(
         placement: placement.clone(),
         presence,
         shutdown: room_tasks.token().clone(),
-        rpc: RpcClient::new(),
+        rpc: RpcClient::new(&settings.transport),
     });
     let rooms = Rooms::new(ctx, room_tasks.clone());
     // With the rooms, so that it lets go of them (and the writer) when they stop.
@@ -202,6 +209,7 @@ pub async fn run(
     // The internal port closes when the rooms start to flush.
     background.spawn(troupe_membership::server::serve(
         rpc,
+        settings.transport.clone(),
         cluster.clone(),
         status,
         room_tasks.token().clone().cancelled_owned(),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::Parser;
+use troupe_membership::tls::{TlsArgs, Transport};
 
 use troupe_proto::token::{parse_algorithm, KeyError, Verifier, MIN_SECRET_LEN};
 
@@ -31,6 +32,11 @@ pub struct Config {
     /// comma-separated. Listing several keeps the router current while one is down.
     #[arg(long, env = "TROUPE_CLUSTER", default_value = "127.0.0.1:4100")]
     pub cluster: String,
+
+    /// The router's certificate for the nodes' internal port (a reader's: `troupectl certs
+    /// client --role reader`).
+    #[command(flatten)]
+    pub internal: TlsArgs,
 
     /// Log filter, e.g. `info` or `troupe_router=debug,warn`.
     #[arg(long, env = "TROUPE_LOG", default_value = DEFAULT_LOG)]
@@ -174,6 +180,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Internal addresses of the nodes to follow; never empty once validated.
     pub cluster: Vec<String>,
+    /// Credentials for the nodes' internal port, checked at start.
+    pub internal: TlsArgs,
     /// A `tracing` filter ([`troupe_runtime::logging::parse_filter`] accepts it).
     pub log: String,
     pub redis_url: Option<String>,
@@ -195,6 +203,7 @@ impl Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster,
+            internal: TlsArgs::insecure(),
             log: DEFAULT_LOG.into(),
             redis_url: None,
             web_dir: None,
@@ -229,6 +238,7 @@ impl Config {
         for addr in &cluster {
             check_host_port(addr)?;
         }
+        Transport::load(&self.internal).map_err(|e| e.to_string())?;
         troupe_runtime::logging::parse_filter(&self.log)?;
         let redis_url = self
             .redis_url
@@ -246,6 +256,7 @@ impl Config {
         Ok(Settings {
             listen,
             cluster,
+            internal: self.internal.clone(),
             log: self.log.clone(),
             redis_url,
             web_dir,
@@ -378,7 +389,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        let mut argv = vec!["troupe-router"];
+        let mut argv = vec!["troupe-router", "--internal-insecure"];
         argv.extend_from_slice(args);
         Config::try_parse_from(argv).unwrap()
     }

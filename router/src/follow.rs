@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use troupe_membership::rpc::RpcClient;
+use troupe_membership::tls::Transport;
 use troupe_membership::{ClusterClient, ClusterView, PlacementView};
 use troupe_runtime::Backoff;
 
@@ -82,12 +83,12 @@ pub struct Follower {
 }
 
 /// Starts one watch per node address.
-pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
+pub fn follow(addrs: &[String], transport: &Transport, metrics: Arc<Metrics>) -> Follower {
     let (tx, latest) = watch::channel(None);
     let tx = Arc::new(tx);
     let mut watches = JoinSet::new();
     for addr in addrs {
-        let client = ClusterClient::new(vec![addr.clone()]);
+        let client = ClusterClient::new(vec![addr.clone()], transport);
         watches.spawn(watch_node(addr.clone(), client, tx.clone(), metrics.clone()));
     }
     Follower {
@@ -96,7 +97,7 @@ pub fn follow(addrs: &[String], metrics: Arc<Metrics>) -> Follower {
         addrs: addrs.to_vec(),
         tx,
         metrics,
-        rpc: RpcClient::new(),
+        rpc: RpcClient::new(transport),
     }
 }
 
@@ -277,7 +278,7 @@ mod tests {
         let frozen_addr = frozen.local_addr().unwrap().to_string();
         let (live_addr, versions) = fake_node().await;
         let metrics = Arc::new(Metrics::new());
-        let mut follower = follow(&[frozen_addr, live_addr], metrics.clone());
+        let mut follower = follow(&[frozen_addr, live_addr], &Transport::Insecure, metrics.clone());
         wait_version(&mut follower.latest, 1).await;
         versions.send_replace(2);
         wait_version(&mut follower.latest, 2).await;
@@ -294,7 +295,7 @@ mod tests {
         let addr = free.local_addr().unwrap().to_string();
         drop(free);
         let metrics = Arc::new(Metrics::new());
-        let follower = follow(&[addr], metrics.clone());
+        let follower = follow(&[addr], &Transport::Insecure, metrics.clone());
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(follower.latest.borrow().is_none());
         assert!(!metrics.encode().contains("router_watch_errors_total 0"));

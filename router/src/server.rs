@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use troupe_membership::tls::Transport;
 use troupe_runtime::Tasks;
 
 use crate::assets::WebDir;
@@ -26,6 +27,8 @@ pub enum RouterError {
     NoCluster,
     #[error(transparent)]
     Keys(#[from] troupe_proto::token::KeyError),
+    #[error(transparent)]
+    Internal(#[from] troupe_membership::tls::TlsError),
 }
 
 /// Binds the configured address.
@@ -58,7 +61,8 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::new());
     // Dropped when this function returns, which stops the watches.
-    let follower = Arc::new(follow::follow(&settings.cluster, metrics.clone()));
+    let transport = Transport::load(&settings.internal)?;
+    let follower = Arc::new(follow::follow(&settings.cluster, &transport, metrics.clone()));
     // Background work that ends with the server.
     let tasks = Tasks::new();
     let presence = match &settings.redis_url {

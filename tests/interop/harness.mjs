@@ -8,7 +8,7 @@
 
 import { after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFile, spawn } from 'node:child_process'
+import { execFile, execFileSync, spawn } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -329,6 +329,25 @@ export async function freePorts (n) {
   }
 }
 
+/**
+ * Certificates for a test cluster's internal port, made with `troupectl certs` in `dir`:
+ * `certs.node(id)`, `certs.router` and `certs.admin` are the TROUPE_INTERNAL_* settings
+ * that present each one (the nodes refuse peers without them).
+ */
+export function clusterCerts (ctlBin, dir, nodeIds) {
+  const ctl = (...args) => execFileSync(ctlBin, ['certs', '--dir', dir, ...args], { env: childEnv({}), stdio: ['ignore', 'ignore', 'pipe'] })
+  const files = (stem) => ({
+    TROUPE_INTERNAL_CA: join(dir, 'ca.crt'),
+    TROUPE_INTERNAL_CERT: join(dir, `${stem}.crt`),
+    TROUPE_INTERNAL_KEY: join(dir, `${stem}.key`)
+  })
+  ctl('init')
+  for (const id of nodeIds) ctl('node', '--id', String(id), '--days', '1')
+  ctl('client', '--name', 'router', '--role', 'reader', '--days', '1')
+  ctl('client', '--name', 'tests', '--role', 'admin', '--days', '1')
+  return { node: (id) => files(`node-${id}`), router: files('reader-router'), admin: files('admin-tests') }
+}
+
 /** Environment for a child: ours without any inherited TROUPE_* setting, plus `extra`. */
 export function childEnv (extra) {
   const env = {}
@@ -355,6 +374,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
   const ctx = {
     secret: randomBytes(32).toString('hex'),
     dataDir: null,
+    certs: null,
     peers: '',
     voterIds,
     addrs: new Map(), // id -> {listen, rpc}
@@ -372,7 +392,8 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
         TROUPE_RPC_LISTEN: rpc,
         TROUPE_PEERS: ctx.peers,
         TROUPE_DATA_DIR: ctx.dataDir,
-        TROUPE_JWT_SECRET: ctx.secret
+        TROUPE_JWT_SECRET: ctx.secret,
+        ...ctx.certs.node(id)
       }
       if (process.env.TROUPE_TEST_DATABASE_URL) env.TROUPE_DATABASE_URL = process.env.TROUPE_TEST_DATABASE_URL
       let last
@@ -400,7 +421,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
     ctl (args, { timeout = 30_000 } = {}) {
       const cluster = [...ctx.nodes.values()].filter((n) => !n.exited).map((n) => n.rpc).join(',')
       return new Promise((resolve) => {
-        execFile(ctlBin, ['--cluster', cluster, ...args], { env: childEnv({}), timeout },
+        execFile(ctlBin, ['--cluster', cluster, ...args], { env: childEnv(ctx.certs.admin), timeout },
           (error, stdout, stderr) => resolve({ code: error ? (error.code ?? 1) : 0, stdout, stderr, error }))
       })
     },
@@ -437,6 +458,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
     if (CLUSTER_LOG_DIR) mkdirSync(CLUSTER_LOG_DIR, { recursive: true })
     ctx.dataDir = tempDir(prefix)
     const total = voters + spares
+    ctx.certs = clusterCerts(ctlBin, join(ctx.dataDir, 'certs'), Array.from({ length: total }, (_, i) => i + 1))
     const ports = await freePorts(2 * total)
     for (let id = 1; id <= total; id++) {
       ctx.addrs.set(id, { listen: `127.0.0.1:${ports[2 * id - 2]}`, rpc: `127.0.0.1:${ports[2 * id - 1]}` })
@@ -451,7 +473,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
     const router = await startProcess({
       name: 'router',
       bin: routerBin,
-      env: childEnv({ TROUPE_LISTEN: '127.0.0.1:0', TROUPE_CLUSTER: voterIds.map((id) => ctx.addrs.get(id).rpc).join(',') }),
+      env: childEnv({ TROUPE_LISTEN: '127.0.0.1:0', TROUPE_CLUSTER: voterIds.map((id) => ctx.addrs.get(id).rpc).join(','), ...ctx.certs.router }),
       readyRe: ROUTER_RE,
       logDir: CLUSTER_LOG_DIR
     })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 pub use troupe_chaos::editor::{resolve, FinishedEditor, FollowingEditor};
+use troupe_membership::tls::Identity;
 use troupe_membership::{ClusterClient, ClusterView, NodeId, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
@@ -132,8 +133,10 @@ impl TestCluster {
         self.nodes.values().map(|n| n.rpc_addr.to_string()).collect()
     }
 
+    /// A client of the cluster with the operator's (admin) certificate.
     pub fn client(&self) -> ClusterClient {
-        ClusterClient::new(self.rpc_addrs())
+        let admin = crate::certs::admin().unwrap_or(troupe_membership::tls::Transport::Insecure);
+        ClusterClient::new(self.rpc_addrs(), &admin)
     }
 
     pub async fn view(&self) -> anyhow::Result<ClusterView> {
@@ -196,7 +199,7 @@ impl TestCluster {
             .filter(|(n, _)| **n != avoid)
             .map(|(_, n)| n.rpc_addr.to_string())
             .collect();
-        Ok(ClusterClient::new(others).admit(&request).await?)
+        Ok(ClusterClient::new(others, &crate::certs::admin()?).admit(&request).await?)
     }
 
     /// Runs `troupectl --cluster <running nodes> args…`.
@@ -204,6 +207,7 @@ impl TestCluster {
         let output = Command::new(bin_dir().join("troupectl"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(crate::certs::env(&Identity::Admin("tests".into()))?)
             .arg("--cluster")
             .arg(self.rpc_addrs().join(","))
             .args(args)
@@ -289,6 +293,7 @@ impl RouterProcess {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TROUPE_LISTEN", "127.0.0.1:0")
             .env("TROUPE_CLUSTER", cluster.join(","))
+            .envs(crate::certs::env(&Identity::Reader("router".into()))?)
             // The nodes' secret, so that the router can check the tokens its REST answers need.
             .env("TROUPE_JWT_SECRET", crate::SECRET)
             .env(

@@ -5,6 +5,7 @@
 //! `target/debug`. Postgres comes from `TROUPE_TEST_DATABASE_URL`, which the test command
 //! starts; without it the Postgres variants fail unless `TROUPE_TEST_SKIP_POSTGRES=1`.
 
+pub mod certs;
 pub mod cluster;
 pub mod redis;
 
@@ -142,6 +143,16 @@ impl NodeProcess {
             .stderr(Stdio::inherit());
         if let Backend::Postgres(url) = &backend {
             cmd.env("TROUPE_DATABASE_URL", url);
+        }
+        // The certificate of the node id it is given (1 by default), unless the test
+        // chooses the internal port's settings itself.
+        if !env.iter().any(|(k, _)| k.starts_with("TROUPE_INTERNAL_")) {
+            let id = env
+                .iter()
+                .find(|(k, _)| k == "TROUPE_NODE_ID")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(1);
+            cmd.envs(certs::node_env(id)?);
         }
         for (k, v) in &env {
             cmd.env(k, v);

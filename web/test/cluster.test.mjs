@@ -12,7 +12,7 @@
 
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFile, spawn, spawnSync } from 'node:child_process'
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -72,6 +72,21 @@ process.on('exit', () => {
     try { child.kill('SIGKILL') } catch { /* gone */ }
   }
 })
+
+/** Certificates for the cluster's internal port (`troupectl certs`): TROUPE_INTERNAL_* settings. */
+function clusterCerts (dir, nodeIds) {
+  const ctl = (...args) => execFileSync(join(BIN.dir, 'troupectl'), ['certs', '--dir', dir, ...args], { env: childEnv({}), stdio: ['ignore', 'ignore', 'pipe'] })
+  const files = (stem) => ({
+    TROUPE_INTERNAL_CA: join(dir, 'ca.crt'),
+    TROUPE_INTERNAL_CERT: join(dir, `${stem}.crt`),
+    TROUPE_INTERNAL_KEY: join(dir, `${stem}.key`)
+  })
+  ctl('init')
+  for (const id of nodeIds) ctl('node', '--id', String(id), '--days', '1')
+  ctl('client', '--name', 'router', '--role', 'reader', '--days', '1')
+  ctl('client', '--name', 'tests', '--role', 'admin', '--days', '1')
+  return { node: (id) => files(`node-${id}`), router: files('reader-router'), admin: files('admin-tests') }
+}
 
 function childEnv (extra) {
   const env = {}
@@ -181,11 +196,12 @@ describe('connectScene against a real 3-node cluster', { skip: BIN.skip ?? false
   const nodes = new Map()
   let router = null
   let dataDir = null
+  let certs = null
   const sessions = []
 
   const ctl = (args) => new Promise((resolve, reject) => {
     const cluster = [...nodes.values()].filter((n) => n.child.exitCode === null && n.child.signalCode === null).map((n) => n.rpc).join(',')
-    execFile(join(BIN.dir, 'troupectl'), ['--cluster', cluster, ...args], { env: childEnv({}), timeout: 20_000 },
+    execFile(join(BIN.dir, 'troupectl'), ['--cluster', cluster, ...args], { env: childEnv(certs.admin), timeout: 20_000 },
       (err, stdout, stderr) => (err ? reject(new Error(`troupectl ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout)))
   })
   const route = async (scene) => {
@@ -197,6 +213,7 @@ describe('connectScene against a real 3-node cluster', { skip: BIN.skip ?? false
 
   before(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'troupe-web-cluster-'))
+    certs = clusterCerts(join(dataDir, 'certs'), [1, 2, 3])
     const ports = await freePorts(6)
     const addrs = [1, 2, 3].map((id) => ({ id, listen: `127.0.0.1:${ports[2 * id - 2]}`, rpc: `127.0.0.1:${ports[2 * id - 1]}` }))
     const peers = addrs.map((a) => `${a.id}=${a.rpc}`).join(',')
@@ -212,7 +229,8 @@ describe('connectScene against a real 3-node cluster', { skip: BIN.skip ?? false
             TROUPE_RPC_LISTEN: a.rpc,
             TROUPE_PEERS: peers,
             TROUPE_DATA_DIR: dataDir,
-            TROUPE_JWT_SECRET: secret
+            TROUPE_JWT_SECRET: secret,
+            ...certs.node(a.id)
           }, /^troupe-node listening on (\S+) rpc (\S+)\s*$/)
         } catch (err) {
           last = err
@@ -234,7 +252,8 @@ describe('connectScene against a real 3-node cluster', { skip: BIN.skip ?? false
     }, { timeout: 30_000, interval: 200 })
     router = await start('router', join(BIN.dir, 'troupe-router'), {
       TROUPE_LISTEN: '127.0.0.1:0',
-      TROUPE_CLUSTER: addrs.map((a) => a.rpc).join(',')
+      TROUPE_CLUSTER: addrs.map((a) => a.rpc).join(','),
+      ...certs.router
     }, /^troupe-router listening on (\S+)\s*$/)
     router.base = `http://${router.match[1]}`
     await waitFor('the router to answer', async () => [1, 2, 3].includes((await route('warmup')).node), { interval: 100 })

@@ -45,7 +45,7 @@ impl Target {
                 let port = parsed.port_or_known_default().unwrap_or(80);
                 Ok(Target::Router {
                     addr: format!("{host}:{port}"),
-                    rpc: RpcClient::new(),
+                    rpc: RpcClient::plain(),
                 })
             }
             "https" => Err(bad(

@@ -1,13 +1,16 @@
 //! `troupectl`: operator tool. Cluster commands (`nodes`, `status`, `add`, `drain`,
-//! `activate`, `remove`, `route`) talk to any node's internal address; `troupectl token`
-//! mints an access token with the configured key, the way an app's backend would.
+//! `activate`, `remove`, `route`) talk to any node's internal address over mutual TLS;
+//! `troupectl token` mints an access token with the configured key, the way an app's
+//! backend would; `troupectl certs` makes the cluster's certificates.
 
+mod certs;
 mod cluster;
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use troupe_membership::tls::{TlsArgs, Transport};
 use troupe_proto::token::{self as auth, Claims, Role, Signer};
 use troupe_proto::NodeId;
 use troupe_runtime::duration::parse_duration;
@@ -27,6 +30,9 @@ struct Cli {
     /// Print JSON instead of text (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// This operator's certificate for the internal port (`troupectl certs client --role admin`).
+    #[command(flatten)]
+    internal: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +58,15 @@ enum Command {
     Route { scene: String },
     /// Print a signed access token (JWT) for a user.
     Token(TokenArgs),
+    /// Make the certificates of the internal port: `init` a CA, then one per `node` and
+    /// `client` (operators and routers).
+    Certs {
+        /// The folder of the CA and the certificates.
+        #[arg(long, env = "TROUPE_CERTS_DIR", default_value = "certs")]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -93,7 +108,8 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Token(args) => token(args),
-        command => run_cluster_command(&cli.cluster, cli.json, command),
+        Command::Certs { dir, command } => certs::run(&dir, command),
+        command => run_cluster_command(&cli.cluster, &cli.internal, cli.json, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -104,7 +120,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow::Result<()> {
+fn run_cluster_command(addrs: &[String], internal: &TlsArgs, json: bool, command: Command) -> anyhow::Result<()> {
     let addrs: Vec<String> = addrs
         .iter()
         .map(|a| a.trim().to_string())
@@ -116,7 +132,8 @@ fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = troupe_membership::ClusterClient::new(addrs);
+    let transport = Transport::load(internal)?;
+    let client = troupe_membership::ClusterClient::new(addrs, &transport);
     runtime.block_on(async {
         let work = async {
             match command {
@@ -127,7 +144,7 @@ fn run_cluster_command(addrs: &[String], json: bool, command: Command) -> anyhow
                 Command::Activate { id } => cluster::activate(&client, id, json).await,
                 Command::Remove { id } => cluster::remove(&client, id, json).await,
                 Command::Route { scene } => cluster::route(&client, &scene, json).await,
-                Command::Token(_) => Ok(()),
+                Command::Token(_) | Command::Certs { .. } => Ok(()),
             }
         };
         tokio::time::timeout(cluster::COMMAND_TIMEOUT, work)
