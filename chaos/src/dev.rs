@@ -226,7 +226,11 @@ pub async fn run(args: DevArgs, me: &str) -> Result<(), DevError> {
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
-        println!("  TROUPE_CLUSTER={} {} troupectl status", node.rpc, certs.join(" "));
+        println!(
+            "  TROUPE_CLUSTER={} {} troupectl status",
+            node.rpc,
+            certs.join(" ")
+        );
     }
     println!();
     println!("Ctrl-C stops the cluster. The nodes' and the router's logs follow.");

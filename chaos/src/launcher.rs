@@ -182,7 +182,9 @@ impl LocalCluster {
         if let Some(url) = &cluster.redis_url {
             cmd.env("TROUPE_REDIS_URL", url);
         }
-        let reader = cluster.certs.issue(&Identity::Reader("router".into()), &[], DEFAULT_DAYS)?;
+        let reader = cluster
+            .certs
+            .issue(&Identity::Reader("router".into()), &[], DEFAULT_DAYS)?;
         cmd.envs(reader.env());
         if spec.demo {
             cmd.env("TROUPE_DEV_TOKENS", "1")
@@ -262,8 +264,14 @@ impl LocalCluster {
             net.add_node(id)?;
         }
         let node = &self.nodes[&id];
-        let host = node.rpc.rsplit_once(':').map(|(host, _)| host.to_string()).unwrap_or_default();
-        let tls = self.certs.issue(&Identity::Node(NodeId(id)), &[host], DEFAULT_DAYS)?;
+        let host = node
+            .rpc
+            .rsplit_once(':')
+            .map(|(host, _)| host.to_string())
+            .unwrap_or_default();
+        let tls = self
+            .certs
+            .issue(&Identity::Node(NodeId(id)), &[host], DEFAULT_DAYS)?;
         let spec = &self.spec;
         let mut env: Vec<(&str, String)> = vec![
             ("TROUPE_NODE_ID", id.to_string()),

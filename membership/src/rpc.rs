@@ -79,14 +79,22 @@ impl RpcClient {
             .enable_http1()
             .wrap_connector(connector);
         RpcClient {
-            http: Http::Tls(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https)),
+            http: Http::Tls(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .build(https),
+            ),
         }
     }
 
     /// A plain HTTP client (an insecure cluster, or the public port of a router).
     pub fn plain() -> RpcClient {
         RpcClient {
-            http: Http::Plain(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector())),
+            http: Http::Plain(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .build(connector()),
+            ),
         }
     }
 

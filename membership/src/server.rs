@@ -172,7 +172,10 @@ pub async fn serve(
     }
     drop(listener);
     stop.send_replace(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("internal endpoint: requests still in flight at shutdown were cut");
     }
 }
@@ -225,7 +228,11 @@ async fn append(
     json(StatusCode::OK, &s.cluster.raft().append_entries(rpc).await)
 }
 
-async fn vote(State(s): Shared, Extension(peer): Extension<Peer>, JsonBody(rpc): JsonBody<VoteRequest<NodeId>>) -> Response {
+async fn vote(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(rpc): JsonBody<VoteRequest<NodeId>>,
+) -> Response {
     if !speaks_for(&peer, rpc.vote.leader_id().voted_for()) {
         return forbidden(&peer, "ask for votes for another node");
     }
@@ -245,6 +252,11 @@ async fn snapshot(
 
 async fn info(State(s): Shared) -> Response {
     let opts = s.cluster.options();
+    let (raft_term, raft_last_log) = {
+        let metrics = s.cluster.raft().metrics();
+        let m = metrics.borrow();
+        (m.current_term, m.last_log_index)
+    };
     json(
         StatusCode::OK,
         &NodeSelf {
@@ -254,6 +266,8 @@ async fn info(State(s): Shared) -> Response {
             initialized: s.cluster.is_initialized(),
             rooms: s.local.rooms(),
             epoch: s.local.epoch(),
+            raft_term,
+            raft_last_log,
         },
     )
 }
@@ -285,7 +299,11 @@ async fn view(State(s): Shared, query: Result<Query<ViewQuery>, QueryRejection>)
     json(StatusCode::OK, &view)
 }
 
-async fn admit(State(s): Shared, Extension(peer): Extension<Peer>, JsonBody(node): JsonBody<AdmitRequest>) -> Response {
+async fn admit(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(node): JsonBody<AdmitRequest>,
+) -> Response {
     let view = s.cluster.view();
     let entry = view.state.nodes.get(&node.id);
     let known = entry.is_some() || view.voters.contains(&node.id) || view.learners.contains(&node.id);
@@ -300,7 +318,10 @@ async fn admit(State(s): Shared, Extension(peer): Extension<Peer>, JsonBody(node
     };
     if !allowed {
         let what = match &peer {
-            Peer::Verified(Identity::Admin(_)) => format!("change the addresses of node {} (only the node itself may)", node.id),
+            Peer::Verified(Identity::Admin(_)) => format!(
+                "change the addresses of node {} (only the node itself may)",
+                node.id
+            ),
             _ => format!("admit node {}", node.id),
         };
         return forbidden(&peer, &what);
@@ -332,7 +353,10 @@ async fn change(
         _ => return not_found().await,
     };
     if !matches!(peer, Peer::Insecure | Peer::Verified(Identity::Admin(_))) {
-        return forbidden(&peer, &format!("{action} node {id} (an admin certificate is needed)"));
+        return forbidden(
+            &peer,
+            &format!("{action} node {id} (an admin certificate is needed)"),
+        );
     }
     match command {
         Command::Remove { id } => admin(s.cluster.remove(id).await),
@@ -352,7 +376,12 @@ fn speaks_for(peer: &Peer, sender: Option<NodeId>) -> bool {
 /// The 403 of a request its sender may not make; nothing was changed.
 fn forbidden(peer: &Peer, what: &str) -> Response {
     tracing::warn!(%peer, what, "internal endpoint: request refused");
-    error(StatusCode::FORBIDDEN, "forbidden", format!("{peer} may not {what}"), None)
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{peer} may not {what}"),
+        None,
+    )
 }
 
 /// A JSON request body of at most [`MAX_REQUEST`] bytes; a refusal is the endpoint's

@@ -55,6 +55,12 @@ pub struct NodeSelf {
     pub rooms: u64,
     /// The epoch this node serves at.
     pub epoch: u64,
+    /// This node's Raft term and the index of the last entry in its log (what an
+    /// operator, or a test, watches to see that nothing moved).
+    #[serde(default)]
+    pub raft_term: u64,
+    #[serde(default)]
+    pub raft_last_log: Option<u64>,
 }
 
 /// An admin call's failure as sent over RPC.

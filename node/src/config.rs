@@ -461,7 +461,12 @@ mod tests {
     use super::*;
 
     fn config(args: &[&str]) -> Config {
-        let mut all = vec!["troupe-node", "--jwt-secret", "0123456789abcdef", "--internal-insecure"];
+        let mut all = vec![
+            "troupe-node",
+            "--jwt-secret",
+            "0123456789abcdef",
+            "--internal-insecure",
+        ];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
     }

@@ -199,7 +199,9 @@ impl TestCluster {
             .filter(|(n, _)| **n != avoid)
             .map(|(_, n)| n.rpc_addr.to_string())
             .collect();
-        Ok(ClusterClient::new(others, &crate::certs::admin()?).admit(&request).await?)
+        Ok(ClusterClient::new(others, &crate::certs::admin()?)
+            .admit(&request)
+            .await?)
     }
 
     /// Runs `troupectl --cluster <running nodes> args…`.

@@ -230,7 +230,9 @@ impl Router {
             .env("TROUPE_LISTEN", "127.0.0.1:0")
             // Nobody there: the router starts all the same.
             .env("TROUPE_CLUSTER", "127.0.0.1:9")
-            .envs(troupe_tests::certs::env(&troupe_membership::tls::Identity::Reader("router".into())).unwrap())
+            .envs(
+                troupe_tests::certs::env(&troupe_membership::tls::Identity::Reader("router".into())).unwrap(),
+            )
             .env("TROUPE_WEB_DIR", "")
             .envs(env.iter().copied());
         command

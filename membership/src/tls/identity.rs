@@ -116,7 +116,9 @@ impl fmt::Display for Peer {
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -148,7 +150,10 @@ mod tests {
             "urn:troupe:root:x",
             "urn:troupe:reader",
         ] {
-            assert!(matches!(Identity::parse(bad), Some(Err(IdentityError::Bad(_)))), "{bad}");
+            assert!(
+                matches!(Identity::parse(bad), Some(Err(IdentityError::Bad(_)))),
+                "{bad}"
+            );
         }
         let long = format!("urn:troupe:admin:{}", "a".repeat(MAX_NAME + 1));
         assert!(matches!(Identity::parse(&long), Some(Err(_))));
@@ -160,6 +165,9 @@ mod tests {
             Identity::of_certificate(b"\x30\x82\xff\xff"),
             Err(IdentityError::Unreadable(_))
         ));
-        assert!(matches!(Identity::of_certificate(&[]), Err(IdentityError::Unreadable(_))));
+        assert!(matches!(
+            Identity::of_certificate(&[]),
+            Err(IdentityError::Unreadable(_))
+        ));
     }
 }

@@ -100,8 +100,10 @@ impl CertDir {
         params.subject_alt_names = vec![SanType::URI(identity.uri().try_into().map_err(issue_error)?)];
         match identity {
             Identity::Node(_) => {
-                params.extended_key_usages =
-                    vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
                 let mut names: Vec<String> = LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
                 names.extend(hosts.iter().cloned());
                 names.dedup();
@@ -116,7 +118,10 @@ impl CertDir {
         validity(&mut params, days);
         let cert = params.signed_by(&key, &issuer).map_err(issue_error)?;
         let stem = file_stem(identity);
-        let (cert_path, key_path) = (self.dir.join(format!("{stem}.crt")), self.dir.join(format!("{stem}.key")));
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{stem}.crt")),
+            self.dir.join(format!("{stem}.key")),
+        );
         write(&key_path, &key.serialize_pem(), true)?;
         write(&cert_path, &cert.pem(), false)?;
         Ok(TlsArgs::files(self.dir.join("ca.crt"), cert_path, key_path))
@@ -147,7 +152,9 @@ fn host_name(host: &str) -> Result<SanType, TlsError> {
             .split('.')
             .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if !valid {
-        return Err(TlsError::Issue(format!("{host:?} is not a host name or an IP address")));
+        return Err(TlsError::Issue(format!(
+            "{host:?} is not a host name or an IP address"
+        )));
     }
     Ok(SanType::DnsName(host.try_into().map_err(issue_error)?))
 }
@@ -214,14 +221,18 @@ mod tests {
             Identity::Admin("ops".into()),
             Identity::Reader("router".into()),
         ] {
-            let args = ca.issue(&identity, &["node7.internal".into()], 30).expect("issue");
+            let args = ca
+                .issue(&identity, &["node7.internal".into()], 30)
+                .expect("issue");
             let transport = Transport::load(&args).expect("load");
             assert_eq!(transport.identity(), Some(&identity));
         }
         let key = std::fs::metadata(dir.join("node-7.key")).expect("key");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(key.permissions().mode() & 0o777, 0o600);
-        assert!(ca.issue(&Identity::Node(crate::state::NodeId(1)), &["bad host".into()], 30).is_err());
+        assert!(ca
+            .issue(&Identity::Node(crate::state::NodeId(1)), &["bad host".into()], 30)
+            .is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -28,14 +28,29 @@ pub use identity::{Identity, IdentityError, Peer};
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsArgs {
     /// The cluster's CA certificate (PEM): peers must present certificates it signed.
-    #[arg(long = "internal-ca", env = "TROUPE_INTERNAL_CA", value_name = "FILE", global = true)]
+    #[arg(
+        long = "internal-ca",
+        env = "TROUPE_INTERNAL_CA",
+        value_name = "FILE",
+        global = true
+    )]
     pub ca: Option<PathBuf>,
     /// This process's certificate (PEM) for the internal port, signed by the CA; a node's
     /// names its id (`troupectl certs node`).
-    #[arg(long = "internal-cert", env = "TROUPE_INTERNAL_CERT", value_name = "FILE", global = true)]
+    #[arg(
+        long = "internal-cert",
+        env = "TROUPE_INTERNAL_CERT",
+        value_name = "FILE",
+        global = true
+    )]
     pub cert: Option<PathBuf>,
     /// The private key (PEM) of that certificate.
-    #[arg(long = "internal-key", env = "TROUPE_INTERNAL_KEY", value_name = "FILE", global = true)]
+    #[arg(
+        long = "internal-key",
+        env = "TROUPE_INTERNAL_KEY",
+        value_name = "FILE",
+        global = true
+    )]
     pub key: Option<PathBuf>,
     /// Plain, unauthenticated HTTP on the internal port: anyone who reaches it can change
     /// the cluster. Only for a cluster on one machine (a node refuses it on a port that is
@@ -107,19 +122,13 @@ pub enum TlsError {
     #[error("cannot read {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Identity {
-        path: PathBuf,
-        source: IdentityError,
-    },
+    Identity { path: PathBuf, source: IdentityError },
     #[error("the internal TLS settings are refused: {0}")]
     Config(String),
     #[error("cannot make certificates: {0}")]
     Issue(String),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// How this process talks on the internal port. Cheap to clone.
@@ -147,9 +156,18 @@ impl Transport {
             (false, false) => return Err(TlsError::NotConfigured),
             (false, true) => {}
         }
-        let ca = args.ca.as_deref().ok_or(TlsError::Incomplete("TROUPE_INTERNAL_CA"))?;
-        let cert = args.cert.as_deref().ok_or(TlsError::Incomplete("TROUPE_INTERNAL_CERT"))?;
-        let key = args.key.as_deref().ok_or(TlsError::Incomplete("TROUPE_INTERNAL_KEY"))?;
+        let ca = args
+            .ca
+            .as_deref()
+            .ok_or(TlsError::Incomplete("TROUPE_INTERNAL_CA"))?;
+        let cert = args
+            .cert
+            .as_deref()
+            .ok_or(TlsError::Incomplete("TROUPE_INTERNAL_CERT"))?;
+        let key = args
+            .key
+            .as_deref()
+            .ok_or(TlsError::Incomplete("TROUPE_INTERNAL_KEY"))?;
         let roots = certificates(ca)?;
         let chain = certificates(cert)?;
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
@@ -268,8 +286,14 @@ mod tests {
 
     #[test]
     fn settings_that_do_not_go_together_are_refused() {
-        assert!(matches!(Transport::load(&TlsArgs::default()), Err(TlsError::NotConfigured)));
-        assert!(matches!(Transport::load(&TlsArgs::insecure()), Ok(Transport::Insecure)));
+        assert!(matches!(
+            Transport::load(&TlsArgs::default()),
+            Err(TlsError::NotConfigured)
+        ));
+        assert!(matches!(
+            Transport::load(&TlsArgs::insecure()),
+            Ok(Transport::Insecure)
+        ));
         let mut both = TlsArgs::files("ca", "cert", "key");
         both.insecure = true;
         assert!(matches!(Transport::load(&both), Err(TlsError::Conflicting)));

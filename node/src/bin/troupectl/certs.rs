@@ -44,7 +44,10 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { name } => {
             CertDir::init(dir, &name)?;
-            println!("made the cluster CA: {0}/ca.crt (share it) and {0}/ca.key (keep it secret)", dir.display());
+            println!(
+                "made the cluster CA: {0}/ca.crt (share it) and {0}/ca.key (keep it secret)",
+                dir.display()
+            );
             Ok(())
         }
         CertsCommand::Node { id, hosts, days } => {

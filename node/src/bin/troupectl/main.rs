@@ -120,7 +120,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_cluster_command(addrs: &[String], internal: &TlsArgs, json: bool, command: Command) -> anyhow::Result<()> {
+fn run_cluster_command(
+    addrs: &[String],
+    internal: &TlsArgs,
+    json: bool,
+    command: Command,
+) -> anyhow::Result<()> {
     let addrs: Vec<String> = addrs
         .iter()
         .map(|a| a.trim().to_string())
