@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::NodeId;
 use crate::tls::Transport;
-use crate::view::{AdmitRequest, ClusterView, NodeSelf};
+use crate::view::{AdmitRequest, ClusterView, NodeSelf, RevokeRequest};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,6 +132,15 @@ impl ClusterClient {
     pub async fn activate(&self, id: NodeId) -> Result<ClusterView, RpcError> {
         self.on_leader(&format!("/cluster/nodes/{id}/activate"), &())
             .await
+    }
+
+    /// Revokes `user`'s tokens issued before `not_before` (`None`: lifts the revocation).
+    pub async fn revoke(&self, user: &str, not_before: Option<u64>) -> Result<ClusterView, RpcError> {
+        let request = RevokeRequest {
+            user: user.to_string(),
+            not_before,
+        };
+        self.on_leader("/cluster/revocations", &request).await
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<ClusterView, RpcError> {

@@ -324,6 +324,17 @@ impl Cluster {
         Ok(self.view())
     }
 
+    /// Revokes a user's tokens issued before `not_before` on every node (`None` lifts it).
+    pub async fn revoke(&self, user: &str, not_before: Option<u64>) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        self.write(Command::Revoke {
+            user: user.to_string(),
+            not_before,
+        })
+        .await?;
+        Ok(self.view())
+    }
+
     /// Drains (`Drain`), reactivates (`Activate`) or marks down a node.
     pub async fn set_state(&self, command: Command) -> Result<ClusterView, AdminError> {
         self.ensure_leader()?;

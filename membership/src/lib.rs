@@ -7,6 +7,8 @@
 //!   that it can be pinned and tested on its own);
 //! - [`raft`] and [`cluster`]: the openraft replication of the state, durable on each voter;
 //! - [`health`]: the leader's failure detector, which marks silent nodes down;
+//! - [`revocation`]: revoked users, followed by nodes and routers as the state changes;
+//! - [`tls`]: the certificates and identities of the internal port's mutual TLS;
 //! - [`server`], [`rpc`], [`client`]: the internal HTTP endpoint and its clients.
 
 #![deny(clippy::unwrap_used)]
@@ -16,6 +18,7 @@ pub mod cluster;
 pub mod health;
 pub mod placement;
 pub mod raft;
+pub mod revocation;
 pub mod ring;
 pub mod rpc;
 pub mod server;
@@ -28,4 +31,4 @@ pub use cluster::{AdminError, Cluster, ClusterError, ClusterOptions, RaftTiming}
 pub use placement::{Placement, PlacementView, Route, Verdict};
 pub use ring::{Ring, RingError, DEFAULT_VNODES, MAX_VNODES};
 pub use state::{ClusterState, Command, CommandError, NodeId, NodeInfo, NodeState};
-pub use view::{AdmitRequest, ClusterView, ErrorBody, NodeSelf};
+pub use view::{AdmitRequest, ClusterView, ErrorBody, NodeSelf, RevokeRequest};

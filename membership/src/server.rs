@@ -8,6 +8,7 @@
 //! | `GET /cluster/view?after=V` | the membership; with `after`, waits (up to 25 s) for a newer version |
 //! | `POST /cluster/nodes` | admit a node (leader only) |
 //! | `POST /cluster/nodes/{id}/drain`, `/activate`, `/remove` | operator changes (leader only) |
+//! | `POST /cluster/revocations` | revoke a user's tokens everywhere, or lift it (leader only) |
 //!
 //! Anything else, other methods included, is a 404 [`ErrorBody`]. The routes are built in
 //! one place, [`router`], and served by [`serve`] over mutual TLS: every request carries
@@ -16,7 +17,7 @@
 //! | sender | may |
 //! |---|---|
 //! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses |
-//! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove |
+//! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove; revoke users |
 //! | reader (routers) | read (`/cluster/info`, `/cluster/view`) |
 //!
 //! Anything else is a 403 [`ErrorBody`] that changes nothing. Without TLS
@@ -52,7 +53,7 @@ use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::raft::TypeConfig;
 use crate::state::{Command, CommandError, NodeId};
 use crate::tls::{Identity, Peer, Transport};
-use crate::view::{AdmitRequest, ErrorBody, NodeSelf};
+use crate::view::{AdmitRequest, ErrorBody, NodeSelf, RevokeRequest};
 
 /// Largest request body accepted (Raft snapshots of the membership are small).
 const MAX_REQUEST: usize = 16 << 20;
@@ -95,6 +96,7 @@ pub fn router(cluster: Arc<Cluster>, local: Arc<dyn LocalStatus>, stopping: watc
         .route("/cluster/view", get_only(view))
         .route("/cluster/nodes", post_only(admit))
         .route("/cluster/nodes/{id}/{action}", post_only(change))
+        .route("/cluster/revocations", post_only(revoke))
         .fallback(not_found)
         .with_state(Arc::new(Internal {
             cluster,
@@ -362,6 +364,17 @@ async fn change(
         Command::Remove { id } => admin(s.cluster.remove(id).await),
         command => admin(s.cluster.set_state(command).await),
     }
+}
+
+async fn revoke(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<RevokeRequest>,
+) -> Response {
+    if !matches!(peer, Peer::Insecure | Peer::Verified(Identity::Admin(_))) {
+        return forbidden(&peer, "revoke users (an admin certificate is needed)");
+    }
+    admin(s.cluster.revoke(&request.user, request.not_before).await)
 }
 
 /// Whether `peer` may send a Raft message whose vote names `sender`: only that node.

@@ -72,6 +72,9 @@ pub enum Command {
     Remove { id: NodeId },
     /// Sets (or, with `None`, clears) a cluster setting.
     SetConfig { key: String, value: Option<String> },
+    /// Refuses `user`'s tokens issued before `not_before` (seconds since the Unix epoch)
+    /// on every node, open connections included; `None` lifts the revocation.
+    Revoke { user: String, not_before: Option<u64> },
 }
 
 /// What applying a command did.
@@ -97,7 +100,15 @@ pub enum CommandError {
     BadAddress { id: NodeId, reason: String },
     #[error("invalid cluster setting: {reason}")]
     BadConfig { reason: String },
+    #[error("invalid revocation: {reason}")]
+    BadRevocation { reason: String },
 }
+
+/// Longest user id a revocation names (a token's `sub`).
+pub const MAX_USER_LEN: usize = 256;
+
+/// Most users revoked at once: the list is part of every node's state.
+pub const MAX_REVOKED: usize = 100_000;
 
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +118,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Cluster-wide settings (feature flags), by name.
     pub config: BTreeMap<String, String>,
+    /// Revoked users (a token's `sub`) and the time before which their tokens are refused
+    /// (seconds since the Unix epoch).
+    #[serde(default)]
+    pub revoked: BTreeMap<String, u64>,
 }
 
 impl ClusterState {
@@ -128,6 +143,10 @@ impl ClusterState {
                     Some(value) => self.config.insert(key.clone(), value.clone()),
                     None => self.config.remove(key),
                 };
+                false
+            }
+            Command::Revoke { user, not_before } => {
+                self.revoke(user, *not_before)?;
                 false
             }
         };
@@ -195,6 +214,29 @@ impl ClusterState {
         Ok(was_active)
     }
 
+    fn revoke(&mut self, user: &str, not_before: Option<u64>) -> Result<(), CommandError> {
+        let bad = |reason: &str| CommandError::BadRevocation {
+            reason: reason.into(),
+        };
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            return Err(bad("a user id is 1-256 bytes"));
+        }
+        match not_before {
+            Some(at) => {
+                if !self.revoked.contains_key(user) && self.revoked.len() >= MAX_REVOKED {
+                    return Err(bad("too many revoked users; lift old revocations first"));
+                }
+                // A revocation only ever moves forward: an older one changes nothing.
+                let entry = self.revoked.entry(user.to_string()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+            None => {
+                self.revoked.remove(user);
+            }
+        }
+        Ok(())
+    }
+
     fn active_count(&self) -> usize {
         self.nodes
             .values()
@@ -208,6 +250,13 @@ impl ClusterState {
             .values()
             .filter(|n| n.state == NodeState::Active)
             .map(|n| n.id)
+    }
+
+    /// Whether a revocation refuses the token with these claims.
+    pub fn revokes(&self, claims: &troupe_proto::token::Claims) -> bool {
+        self.revoked
+            .get(&claims.sub)
+            .is_some_and(|at| claims.revoked_by(*at))
     }
 
     /// The placement this state implies.
@@ -420,5 +469,35 @@ mod tests {
             r#"{"op":"register","id":4,"url":"ws://h:1","rpc_addr":"h:2"}"#
         );
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
+    }
+
+    #[test]
+    fn revocations_only_move_forward_and_can_be_lifted() {
+        let mut state = ClusterState::default();
+        let revoke = |user: &str, at: Option<u64>| Command::Revoke {
+            user: user.into(),
+            not_before: at,
+        };
+        let epoch = state.epoch;
+        state.apply(&revoke("mallory", Some(100))).unwrap();
+        state.apply(&revoke("mallory", Some(50))).unwrap();
+        assert_eq!(
+            state.revoked["mallory"], 100,
+            "an older revocation changes nothing"
+        );
+        state.apply(&revoke("mallory", Some(200))).unwrap();
+        assert_eq!(state.revoked["mallory"], 200);
+        assert_eq!(state.epoch, epoch, "placement is untouched");
+        state.apply(&revoke("mallory", None)).unwrap();
+        assert!(state.revoked.is_empty());
+        let before = state.clone();
+        assert!(state.apply(&revoke("", Some(1))).is_err());
+        assert!(state
+            .apply(&revoke(&"x".repeat(MAX_USER_LEN + 1), Some(1)))
+            .is_err());
+        assert_eq!(state, before);
+        // A state written before revocations existed still reads.
+        let old: ClusterState = serde_json::from_str(r#"{"epoch":3,"nodes":{},"config":{}}"#).unwrap();
+        assert!(old.revoked.is_empty());
     }
 }

@@ -43,6 +43,16 @@ impl ClusterView {
     }
 }
 
+/// A revocation as an operator asks for it (`POST /cluster/revocations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// The user (a token's `sub`).
+    pub user: String,
+    /// Tokens issued before this (seconds since the Unix epoch) are refused; `None` lifts
+    /// the revocation.
+    pub not_before: Option<u64>,
+}
+
 /// What a node says about itself (`GET /cluster/info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSelf {

@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use troupe_membership::revocation::Revocations;
 use troupe_membership::rpc::RpcClient;
 use troupe_membership::server::LocalStatus;
 use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
@@ -50,6 +51,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<Cluster>,
     pub placement: watch::Receiver<Arc<PlacementView>>,
+    /// Revoked users: their connections close, and they cannot connect again.
+    pub revocations: watch::Receiver<Arc<Revocations>>,
     conn_ids: AtomicU64,
 }
 
@@ -228,6 +231,7 @@ pub async fn run(
         store,
         rooms: rooms.clone(),
         metrics,
+        revocations: troupe_membership::revocation::follow(cluster.watch()),
         cluster: cluster.clone(),
         placement,
         conn_ids: AtomicU64::new(1),

@@ -106,6 +106,10 @@ async fn run(
             return Some((CloseCode::Unauthorized, reason));
         }
     };
+    if app.revocations.borrow().refuses(&claims) {
+        app.metrics.error("revoked");
+        return Some((CloseCode::Unauthorized, "access revoked".into()));
+    }
     let Some(role) = claims.role_in(&scene) else {
         app.metrics.error("forbidden");
         return Some((CloseCode::Forbidden, "token does not grant this scene".into()));
@@ -183,12 +187,20 @@ async fn run(
     // new token and reconnects), however long it has been open.
     let expiry = tokio::time::sleep(claims.valid_for(troupe_proto::clock::now_secs()));
     tokio::pin!(expiry);
+    // An operator revoking the user ends the connection at once, on every node.
+    let revoked = troupe_membership::revocation::revoked(app.revocations.clone(), &claims);
+    tokio::pin!(revoked);
 
     let outcome = loop {
         tokio::select! {
             () = &mut expiry => {
                 app.metrics.error("token_expired");
                 break Some((CloseCode::Unauthorized, "token expired".into()));
+            }
+            () = &mut revoked => {
+                app.metrics.error("revoked");
+                tracing::info!(conn_id, user = %claims.sub, "access revoked: closing");
+                break Some((CloseCode::Unauthorized, "access revoked".into()));
             }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {

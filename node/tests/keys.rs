@@ -17,6 +17,7 @@ fn claims() -> Claims {
         aud: "troupe".into(),
         name: None,
         scenes: BTreeMap::from([("s1".to_string(), Role::Edit)]),
+        iat: Some(now_secs()),
     }
 }
 

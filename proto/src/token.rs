@@ -54,6 +54,10 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub scenes: BTreeMap<String, Role>,
+    /// When the token was issued (seconds since the Unix epoch). A revocation of the user
+    /// refuses the tokens issued before it, and those that do not say when they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -69,6 +73,12 @@ impl Claims {
             .filter(|(prefix, _)| scene.starts_with(prefix))
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, role)| *role)
+    }
+
+    /// Whether a revocation of this user at `not_before` (seconds since the Unix epoch)
+    /// refuses this token: it was issued earlier, or does not say when.
+    pub fn revoked_by(&self, not_before: u64) -> bool {
+        self.iat.is_none_or(|issued| issued < not_before)
     }
 
     /// The name collaborators see: the token's `name`, or its subject when it has none.
@@ -94,6 +104,7 @@ impl Claims {
                 .iter()
                 .map(|(scene, role)| ((*scene).to_owned(), *role))
                 .collect(),
+            iat: Some(now_secs()),
         }
     }
 }
@@ -282,6 +293,7 @@ mod tests {
             aud: aud.into(),
             name: Some("Alice".into()),
             scenes: scenes.iter().map(|(s, r)| (s.to_string(), *r)).collect(),
+            iat: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
+use troupe_membership::ClusterState;
 use troupe_proto::token::{Claims, Role, Verifier};
 
 use crate::http::{error, Body};
@@ -25,6 +26,8 @@ pub enum Refusal {
     NoToken,
     /// A token that is invalid or expired.
     BadToken,
+    /// An operator revoked the token's user (`troupectl revoke`).
+    Revoked,
     /// A valid token that does not grant what the request needs in the scene.
     NotGranted,
 }
@@ -40,6 +43,7 @@ impl Refusal {
             ),
             Refusal::NoToken => unauthorized("send the token as Authorization: Bearer <token>"),
             Refusal::BadToken => unauthorized("the token is invalid or expired"),
+            Refusal::Revoked => unauthorized("access revoked"),
             Refusal::NotGranted => error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -49,16 +53,21 @@ impl Refusal {
     }
 }
 
-/// The claims of the request's token if it grants `need` in `scene`.
+/// The claims of the request's token if it grants `need` in `scene` and the cluster
+/// (`state`, once the router has heard from it) has not revoked its user.
 pub fn authorize(
     headers: &HeaderMap,
     verifier: Option<&Verifier>,
+    state: Option<&ClusterState>,
     scene: &str,
     need: Need,
 ) -> Result<Claims, Refusal> {
     let verifier = verifier.ok_or(Refusal::NoKeys)?;
     let token = bearer(headers).ok_or(Refusal::NoToken)?;
     let claims = verifier.verify(token).map_err(|_| Refusal::BadToken)?;
+    if state.is_some_and(|state| state.revokes(&claims)) {
+        return Err(Refusal::Revoked);
+    }
     let granted = match (claims.role_in(scene), need) {
         (Some(Role::Edit), _) | (Some(Role::View), Need::Read) => true,
         (Some(Role::View), Need::Write) | (None, _) => false,

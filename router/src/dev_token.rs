@@ -91,6 +91,7 @@ impl DevTokens {
             aud: self.audience.clone(),
             name: Some(user.to_owned()),
             scenes: BTreeMap::from([("*".to_owned(), Role::Edit)]),
+            iat: Some(now),
         };
         Signer::from_secret(self.secret.as_bytes()).sign(&claims)
     }

@@ -206,7 +206,9 @@ async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Respo
     let Some(scene) = scene_of(scene) else {
         return presence::answer(None, None).await;
     };
-    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), &scene, Need::Read) {
+    let latest = s.latest.borrow().clone();
+    let state = latest.as_ref().map(|l| &l.view.state);
+    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), state, &scene, Need::Read) {
         return no_store(refused.response());
     }
     presence::answer(Some(&scene), s.presence.as_deref()).await

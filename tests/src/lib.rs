@@ -316,6 +316,7 @@ pub fn token_with(user: &str, scenes: &[(&str, Role)], exp: u64, aud: &str, secr
             .iter()
             .map(|(s, r)| (s.to_string(), *r))
             .collect::<BTreeMap<_, _>>(),
+        iat: Some(now_secs()),
     };
     Signer::from_secret(secret.as_bytes())
         .sign(&claims)

@@ -158,6 +158,43 @@ pub async fn remove(client: &ClusterClient, id: NodeId, as_json: bool) -> anyhow
     Ok(())
 }
 
+/// Revokes `user` from now on (or lifts it): their connections close on every node, and
+/// tokens issued before now are refused.
+pub async fn revoke(client: &ClusterClient, user: &str, lift: bool, as_json: bool) -> anyhow::Result<()> {
+    let now = troupe_proto::clock::now_secs();
+    let view = client
+        .revoke(user, (!lift).then_some(now))
+        .await
+        .map_err(explain)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&view.state.revoked)?);
+    } else if lift {
+        println!("{user:?} is no longer revoked");
+    } else {
+        println!(
+            "{user:?} revoked: open connections close now; tokens issued before {now} (Unix time) are refused, \
+             newer ones (with an iat claim) work again"
+        );
+    }
+    Ok(())
+}
+
+/// Lists the revoked users.
+pub async fn revoked(client: &ClusterClient, as_json: bool) -> anyhow::Result<()> {
+    let view = client.view().await.map_err(explain)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&view.state.revoked)?);
+        return Ok(());
+    }
+    if view.state.revoked.is_empty() {
+        println!("no user is revoked");
+    }
+    for (user, not_before) in &view.state.revoked {
+        println!("{user}\ttokens issued before {not_before} refused");
+    }
+    Ok(())
+}
+
 /// Which node serves `scene`, as placement says at the current epoch.
 pub async fn route(client: &ClusterClient, scene: &str, as_json: bool) -> anyhow::Result<()> {
     let view = client.view().await.map_err(explain)?;

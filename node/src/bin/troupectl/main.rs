@@ -1,5 +1,6 @@
 //! `troupectl`: operator tool. Cluster commands (`nodes`, `status`, `add`, `drain`,
-//! `activate`, `remove`, `route`) talk to any node's internal address over mutual TLS;
+//! `activate`, `remove`, `route`, `revoke`, `revoked`) talk to any node's internal address
+//! over mutual TLS;
 //! `troupectl token` mints an access token with the configured key, the way an app's
 //! backend would; `troupectl certs` makes the cluster's certificates.
 
@@ -56,6 +57,17 @@ enum Command {
     Remove { id: NodeId },
     /// Which node serves a scene.
     Route { scene: String },
+    /// Cut a user off everywhere: their open connections close (4401) and their tokens
+    /// issued until now are refused (tokens issued later, with an `iat` claim, work).
+    Revoke {
+        /// The user id (the tokens' `sub`).
+        user: String,
+        /// Lift the revocation instead.
+        #[arg(long)]
+        lift: bool,
+    },
+    /// List the revoked users.
+    Revoked,
     /// Print a signed access token (JWT) for a user.
     Token(TokenArgs),
     /// Make the certificates of the internal port: `init` a CA, then one per `node` and
@@ -149,6 +161,8 @@ fn run_cluster_command(
                 Command::Activate { id } => cluster::activate(&client, id, json).await,
                 Command::Remove { id } => cluster::remove(&client, id, json).await,
                 Command::Route { scene } => cluster::route(&client, &scene, json).await,
+                Command::Revoke { user, lift } => cluster::revoke(&client, &user, lift, json).await,
+                Command::Revoked => cluster::revoked(&client, json).await,
                 Command::Token(_) | Command::Certs { .. } => Ok(()),
             }
         };
@@ -174,6 +188,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         aud: args.audience,
         name: args.name,
         scenes,
+        iat: Some(troupe_proto::clock::now_secs()),
     };
     println!("{}", signer.sign(&claims).context("signing the token")?);
     Ok(())
