@@ -328,6 +328,7 @@ async fn join(
             user: claims.sub.clone(),
             name: claims.display_name().to_owned(),
             role,
+            publishes_presence: claims.publishes_presence(role),
             acks,
             outbox: outbox.clone(),
         });

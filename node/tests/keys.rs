@@ -18,6 +18,7 @@ fn claims() -> Claims {
         name: None,
         scenes: BTreeMap::from([("s1".to_string(), Role::Edit)]),
         iat: Some(now_secs()),
+        presence: false,
     }
 }
 

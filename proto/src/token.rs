@@ -58,6 +58,10 @@ pub struct Claims {
     /// refuses the tokens issued before it, and those that do not say when they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Lets a view-only token publish presence (its cursor and name) to the scene's other
+    /// users; editors always may. Without it a viewer's presence reaches nobody else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
 }
 
 impl Claims {
@@ -79,6 +83,11 @@ impl Claims {
     /// refuses this token: it was issued earlier, or does not say when.
     pub fn revoked_by(&self, not_before: u64) -> bool {
         self.iat.is_none_or(|issued| issued < not_before)
+    }
+
+    /// Whether a connection in `role` may publish presence.
+    pub fn publishes_presence(&self, role: Role) -> bool {
+        role == Role::Edit || self.presence
     }
 
     /// The name collaborators see: the token's `name`, or its subject when it has none.
@@ -105,6 +114,7 @@ impl Claims {
                 .map(|(scene, role)| ((*scene).to_owned(), *role))
                 .collect(),
             iat: Some(now_secs()),
+            presence: false,
         }
     }
 }
@@ -294,6 +304,7 @@ mod tests {
             name: Some("Alice".into()),
             scenes: scenes.iter().map(|(s, r)| (s.to_string(), *r)).collect(),
             iat: None,
+            presence: false,
         }
     }
 

@@ -92,6 +92,7 @@ impl DevTokens {
             name: Some(user.to_owned()),
             scenes: BTreeMap::from([("*".to_owned(), Role::Edit)]),
             iat: Some(now),
+            presence: false,
         };
         Signer::from_secret(self.secret.as_bytes()).sign(&claims)
     }

@@ -317,6 +317,7 @@ pub fn token_with(user: &str, scenes: &[(&str, Role)], exp: u64, aud: &str, secr
             .map(|(s, r)| (s.to_string(), *r))
             .collect::<BTreeMap<_, _>>(),
         iat: Some(now_secs()),
+        presence: false,
     };
     Signer::from_secret(secret.as_bytes())
         .sign(&claims)

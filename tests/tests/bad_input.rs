@@ -370,6 +370,81 @@ async fn awareness_is_limited_to_own_ids_size_and_rate() {
     );
 }
 
+/// A view-only token for `user` in `scene`, granted presence or not.
+fn viewer_token(user: &str, scene: &str, presence: bool) -> String {
+    let mut claims =
+        troupe_proto::token::Claims::grant(user, "troupe", &[(scene, Role::View)], Duration::from_secs(600));
+    claims.presence = presence;
+    troupe_proto::token::Signer::from_secret(SECRET.as_bytes())
+        .sign(&claims)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn viewers_publish_presence_only_when_granted() {
+    let node = node();
+    let scene = unique("s");
+    let mut alice = TestClient::connect(
+        &node.ws_base(),
+        &scene,
+        &token("alice", &[(scene.as_str(), Role::Edit)]),
+    )
+    .await
+    .unwrap();
+    let mut viewer = TestClient::connect(&node.ws_base(), &scene, &viewer_token("vic", &scene, false))
+        .await
+        .unwrap();
+    let dropped_before = node.metric("troupe_awareness_dropped_total").await.unwrap_or(0.0);
+    viewer
+        .send_raw(protocol::encode_awareness(
+            [(
+                501u64,
+                1u64,
+                r#"{"user":{"name":"Alice","color":"red; background: url(//evil)"}}"#,
+            )]
+            .into_iter(),
+        ))
+        .await
+        .unwrap();
+    // The viewer hears itself (stock clients need that), Alice hears nothing.
+    viewer
+        .pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty())
+        .await
+        .unwrap();
+    alice.pump(Duration::from_millis(400)).await.unwrap();
+    assert!(
+        alice.awareness_seen.is_empty(),
+        "an ungranted viewer's presence reached an editor"
+    );
+    assert!(node.metric("troupe_awareness_dropped_total").await.unwrap() > dropped_before);
+
+    // Granted: the presence reaches Alice, with the token's name and without the CSS.
+    let mut reviewer = TestClient::connect(&node.ws_base(), &scene, &viewer_token("rita", &scene, true))
+        .await
+        .unwrap();
+    reviewer
+        .send_raw(protocol::encode_awareness(
+            [(
+                502u64,
+                1u64,
+                r#"{"user":{"name":"Alice","color":"red; background: url(//evil)"}}"#,
+            )]
+            .into_iter(),
+        ))
+        .await
+        .unwrap();
+    alice
+        .pump_until(Duration::from_secs(5), |c| !c.awareness_seen.is_empty())
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&alice.awareness_seen.concat()).into_owned();
+    assert!(seen.contains("rita"), "{seen}");
+    assert!(
+        !seen.contains("evil") && !seen.contains("\"name\":\"Alice\""),
+        "{seen}"
+    );
+}
+
 #[tokio::test]
 async fn browsers_from_other_origins_are_refused() {
     let node = node();

@@ -67,6 +67,8 @@ pub struct Joiner {
     /// The name collaborators see (the token's `name`, or its subject).
     pub name: String,
     pub role: Role,
+    /// Whether others see this connection's presence (editors, and viewers granted it).
+    pub publishes_presence: bool,
     pub acks: bool,
     pub outbox: ClientQueue,
 }

@@ -25,6 +25,7 @@ pub(super) struct Peer {
     /// The name this connection's presence carries, whatever the client says.
     pub(super) name: String,
     pub(super) role: Role,
+    pub(super) publishes_presence: bool,
     outbox: ClientQueue,
     pub(super) acks: PeerAcks,
     /// Awareness client ids this connection speaks for.
@@ -55,6 +56,7 @@ impl Room {
                 user: joiner.user,
                 name: joiner.name,
                 role: joiner.role,
+                publishes_presence: joiner.publishes_presence,
                 outbox: joiner.outbox,
                 acks: PeerAcks::new(joiner.acks),
                 client_ids: Vec::new(),

@@ -150,11 +150,19 @@ impl Room {
             return;
         };
         // A connection that already left claims no id below, so its entries are dropped.
-        let (user, name) = self
+        let (user, name, publishes) = self
             .peers
             .get(&conn_id)
-            .map(|p| (p.user.clone(), p.name.clone()))
+            .map(|p| (p.user.clone(), p.name.clone(), p.publishes_presence))
             .unwrap_or_default();
+        if !publishes {
+            // A viewer without the grant: nobody else sees it, nothing is stored, but the
+            // sender hears it back, as stock clients take their own presence as a sign of life.
+            self.ctx.metrics.awareness_dropped.inc();
+            let echo = message::encode_awareness(entries.iter().map(|e| (e.client_id, e.clock, e.state)));
+            self.send(conn_id, echo);
+            return;
+        }
         let mut accepted: Vec<(u64, u64, Cow<'_, str>)> = Vec::new();
         for entry in entries {
             if !self.claim_client_id(conn_id, entry.client_id, entry.state == "null") {

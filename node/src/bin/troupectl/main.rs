@@ -98,6 +98,9 @@ struct TokenArgs {
     /// Display name shown to collaborators.
     #[arg(long)]
     name: Option<String>,
+    /// Let a view-only token publish presence (editors always do).
+    #[arg(long)]
+    presence: bool,
     /// `aud` claim; must match the node's TROUPE_JWT_AUDIENCE.
     #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
     audience: String,
@@ -189,6 +192,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         name: args.name,
         scenes,
         iat: Some(troupe_proto::clock::now_secs()),
+        presence: args.presence,
     };
     println!("{}", signer.sign(&claims).context("signing the token")?);
     Ok(())
