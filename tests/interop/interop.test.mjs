@@ -12,12 +12,14 @@
 import { after, afterEach, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import * as Y from 'yjs'
 
 import {
-  b64url, binPath, describeTail, destroyClients, mintToken, removeDir, startProcess, stockClient,
+  b64url, binPath, clusterCerts, describeTail, destroyClients, mintToken, removeDir, startProcess, stockClient,
   tempDir, waitFor, withLogs
 } from './harness.mjs'
 
@@ -39,12 +41,18 @@ const LISTEN_RE = /^troupe-node listening on (127\.0\.0\.1):(\d+) rpc \S+\s*$/
  * @param {{dataDir: string, secret: string, listen?: string}} opts
  */
 async function startNode ({ dataDir, secret, listen = '127.0.0.1:0' }) {
+  // The internal port's certificates, kept with the data (a restarted node reuses them).
+  const certs = join(dataDir, 'certs')
+  if (!existsSync(join(certs, 'node-1.crt'))) clusterCerts(binPath('troupectl'), certs, [1])
   const env = {
     ...process.env,
     TROUPE_LISTEN: listen,
     TROUPE_RPC_LISTEN: '127.0.0.1:0',
     TROUPE_DATA_DIR: dataDir,
-    TROUPE_JWT_SECRET: secret
+    TROUPE_JWT_SECRET: secret,
+    TROUPE_INTERNAL_CA: join(certs, 'ca.crt'),
+    TROUPE_INTERNAL_CERT: join(certs, 'node-1.crt'),
+    TROUPE_INTERNAL_KEY: join(certs, 'node-1.key')
   }
   const node = await startProcess({
     name: 'troupe-node',
