@@ -220,17 +220,12 @@ pub async fn run(args: DevArgs, me: &str) -> Result<(), DevError> {
     println!();
     println!("  curl {router}/v1/route/s1");
     if let Some(node) = cluster.nodes.values().next() {
-        let certs: Vec<String> = cluster
-            .admin_files
-            .env()
-            .into_iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
-        println!(
-            "  TROUPE_CLUSTER={} {} troupectl status",
-            node.rpc,
-            certs.join(" ")
-        );
+        // troupectl needs the cluster's address and an admin's certificate.
+        println!("  export TROUPE_CLUSTER={}", node.rpc);
+        for (name, value) in cluster.admin_files.env() {
+            println!("  export {name}={value}");
+        }
+        println!("  troupectl status");
     }
     println!();
     println!("Ctrl-C stops the cluster. The nodes' and the router's logs follow.");
