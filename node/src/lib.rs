@@ -19,9 +19,12 @@
 //! - [`store`]: the durable store: each scene's update log, snapshots and leases;
 //! - [`presence`]: presence and failover notices on Redis (the cross-node side);
 //! - [`metrics`]: Prometheus metrics, served as text at `/metrics`;
+//! - [`content`]: scene content outside the editor: the blocks of the P1 product and
+//!   their place in a scene's document;
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
 pub mod config;
+pub mod content;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
