@@ -27,7 +27,7 @@ ROUNDS="${ROUNDS:-2}"
 TARGETS="${TARGETS:-troupe reference}"
 OUT="${BENCH_OUT:-$ROOT/target/bench-reports/$(date +%Y%m%d-%H%M%S)}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-load.XXXXXX")"
-SECRET="${TROUPE_JWT_SECRET:-bench-secret-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}"
+SECRET="${TROUPE_JWT_SECRET:-bench-secret-$(od -An -N16 -tx8 /dev/urandom | tr -d ' \n')}"
 STARTED_PIDS=()
 PG_STARTED=""
 

@@ -100,7 +100,7 @@ impl Percentiles {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let sc = &opts.scenario;
-    let secret = format!("chaos-{:016x}-secret", opts.seed);
+    let secret = format!("chaos-secret-{:016x}-{:016x}", opts.seed, opts.seed.rotate_left(32));
     let spec = ClusterSpec {
         nodes: sc.nodes,
         base_port: opts.base_port,

@@ -318,7 +318,7 @@ impl Config {
             (Some(secret), None) => {
                 if secret.len() < auth::MIN_SECRET_LEN {
                     return Err(format!(
-                        "TROUPE_JWT_SECRET must be at least {} characters",
+                        "TROUPE_JWT_SECRET must be at least {} bytes (make one with `openssl rand -hex 32`)",
                         auth::MIN_SECRET_LEN
                     ));
                 }
@@ -464,7 +464,7 @@ mod tests {
         let mut all = vec![
             "troupe-node",
             "--jwt-secret",
-            "0123456789abcdef",
+            "0123456789abcdef0123456789abcdef",
             "--internal-insecure",
         ];
         all.extend_from_slice(args);
@@ -497,7 +497,7 @@ mod tests {
             if let Some(iss) = iss {
                 value["iss"] = iss.into();
             }
-            let key = jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef");
+            let key = jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
             jsonwebtoken::encode(&jsonwebtoken::Header::default(), &value, &key).unwrap()
         };
         assert!(settings
@@ -514,7 +514,7 @@ mod tests {
         );
         // Without the settings, neither rule applies.
         let plain = config(&[]).validate().unwrap();
-        let token = Signer::from_secret(b"0123456789abcdef")
+        let token = Signer::from_secret(b"0123456789abcdef0123456789abcdef")
             .sign(&Claims::grant(
                 "ada",
                 "troupe",
@@ -569,6 +569,18 @@ mod tests {
     }
 
     #[test]
+    fn secrets_shorter_than_32_bytes_are_refused() {
+        let with = |secret: &str| {
+            Config::try_parse_from(["troupe-node", "--internal-insecure", "--jwt-secret", secret])
+                .unwrap()
+                .validate()
+        };
+        let err = with(&"x".repeat(31)).err().unwrap();
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(with(&"x".repeat(32)).is_ok());
+    }
+
+    #[test]
     fn the_internal_certificate_must_name_this_node() {
         use troupe_membership::tls::issue::CertDir;
         let dir = std::env::temp_dir().join(format!("troupe-node-config-{}", std::process::id()));
@@ -580,7 +592,7 @@ mod tests {
             Config::try_parse_from([
                 "troupe-node",
                 "--jwt-secret",
-                "0123456789abcdef",
+                "0123456789abcdef0123456789abcdef",
                 "--node-id",
                 id,
                 "--rpc-listen",

@@ -43,7 +43,7 @@ pub const DEFAULT_AUDIENCE: &str = "troupe";
 pub const LEEWAY_SECS: u64 = 5;
 
 /// The shortest HS256 secret (`TROUPE_JWT_SECRET`) a node or router accepts, in bytes.
-pub const MIN_SECRET_LEN: usize = 16;
+pub const MIN_SECRET_LEN: usize = 32;
 
 /// The claims Troupe reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

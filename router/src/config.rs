@@ -307,7 +307,7 @@ impl Config {
             (Some(secret), None) => {
                 if secret.len() < MIN_SECRET_LEN {
                     return Err(format!(
-                        "TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
+                        "TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes (make one with `openssl rand -hex 32`)"
                     ));
                 }
                 TokenKeys::Secret {
@@ -429,7 +429,7 @@ mod tests {
     fn tokens_are_checked_with_the_nodes_keys_and_rules() {
         use troupe_proto::token::{Claims, Role, Signer};
         assert_eq!(parse(&[]).validate().unwrap().token_keys, None);
-        let secret = "a-secret-of-16-chars";
+        let secret = "a-secret-of-at-least-32-characters";
         let keys = parse(&["--jwt-secret", secret, "--jwt-max-lifetime", "1h"])
             .validate()
             .unwrap()
@@ -478,7 +478,7 @@ mod tests {
         assert_eq!(parse(&[]).validate().unwrap().dev_tokens, None);
         for args in [
             &["--dev-tokens", "0"][..],
-            &["--dev-tokens=off", "--jwt-secret", "a-secret-of-16-chars"],
+            &["--dev-tokens=off", "--jwt-secret", "a-secret-of-at-least-32-characters"],
         ] {
             assert_eq!(parse(args).validate().unwrap().dev_tokens, None, "{args:?}");
         }
@@ -492,21 +492,21 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         for args in [
-            &["--dev-tokens", "--jwt-secret", "sixteen-chars!!!"][..],
-            &["--jwt-secret", "sixteen-chars!!!", "--dev-tokens", "1"],
-            &["--dev-tokens=true", "--jwt-secret", "sixteen-chars!!!"],
+            &["--dev-tokens", "--jwt-secret", "thirty-two-characters-or-more!!!"][..],
+            &["--jwt-secret", "thirty-two-characters-or-more!!!", "--dev-tokens", "1"],
+            &["--dev-tokens=true", "--jwt-secret", "thirty-two-characters-or-more!!!"],
         ] {
             let settings = parse(args).validate().unwrap();
             assert!(settings.dev_tokens.is_some(), "{args:?}");
             assert!(
-                !format!("{settings:?}").contains("sixteen"),
+                !format!("{settings:?}").contains("thirty-two"),
                 "the secret leaks in Debug"
             );
         }
         let err = parse(&[
             "--dev-tokens",
             "--jwt-secret",
-            "sixteen-chars!!!",
+            "thirty-two-characters-or-more!!!",
             "--jwt-audience",
             " ",
         ])

@@ -36,7 +36,7 @@ pub const MAX_USER_CHARS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DevTokenError {
-    #[error("TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters")]
+    #[error("TROUPE_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes")]
     ShortSecret,
     #[error("TROUPE_JWT_AUDIENCE must not be empty")]
     NoAudience,
@@ -174,7 +174,7 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef";
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     async fn json_of(response: Response<Body>) -> serde_json::Value {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -208,7 +208,7 @@ mod tests {
     fn secrets_follow_the_node_rule_and_stay_hidden() {
         assert_eq!(DevTokens::new("short", "troupe"), Err(DevTokenError::ShortSecret));
         assert_eq!(
-            DevTokens::new(&"x".repeat(15), "troupe"),
+            DevTokens::new(&"x".repeat(31), "troupe"),
             Err(DevTokenError::ShortSecret)
         );
         assert_eq!(DevTokens::new(SECRET, ""), Err(DevTokenError::NoAudience));

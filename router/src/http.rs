@@ -531,7 +531,7 @@ mod tests {
         }
     }
 
-    const TEST_SECRET: &[u8] = b"router-test-secret-0123456789";
+    const TEST_SECRET: &[u8] = b"router-test-secret-0123456789abcdef";
 
     /// An `Authorization` header value for a token with these grants.
     fn bearer(scenes: &[(&str, Role)]) -> String {

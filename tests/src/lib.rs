@@ -28,7 +28,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
-pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// Where the project's binaries are.
 pub fn bin_dir() -> PathBuf {

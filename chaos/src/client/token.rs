@@ -35,7 +35,7 @@ mod tests {
 
     #[test]
     fn token_verifies_with_the_same_secret() {
-        let secret = b"a-secret-of-16-chars";
+        let secret = b"a-secret-of-at-least-32-characters";
         let token = mint_token(
             secret,
             "ada",
