@@ -281,6 +281,10 @@ impl LocalCluster {
             ("TROUPE_DATA_DIR", spec.data_dir.display().to_string()),
             ("TROUPE_JWT_SECRET", spec.secret.clone()),
         ];
+        if spec.demo {
+            // The router's demo tokens (`/v1/dev/token`) open scenes on these nodes.
+            env.push(("TROUPE_ACCEPT_DEV_TOKENS", "1".into()));
+        }
         env.extend(tls.env());
         // An isolated node reaches Postgres and Redis over their Unix sockets.
         let isolated = self.network.is_some();

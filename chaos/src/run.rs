@@ -100,7 +100,11 @@ impl Percentiles {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let sc = &opts.scenario;
-    let secret = format!("chaos-secret-{:016x}-{:016x}", opts.seed, opts.seed.rotate_left(32));
+    let secret = format!(
+        "chaos-secret-{:016x}-{:016x}",
+        opts.seed,
+        opts.seed.rotate_left(32)
+    );
     let spec = ClusterSpec {
         nodes: sc.nodes,
         base_port: opts.base_port,

@@ -35,6 +35,20 @@ pub struct Config {
     #[arg(long, env = "TROUPE_RPC_LISTEN", default_value = "127.0.0.1:4100")]
     pub rpc_listen: SocketAddr,
 
+    /// Accept the demo tokens a router mints for anyone who asks (`TROUPE_DEV_TOKENS`, whose
+    /// audience is `troupe-dev`). For `troupe dev` and demos only.
+    #[arg(
+        long,
+        env = "TROUPE_ACCEPT_DEV_TOKENS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+    )]
+    pub accept_dev_tokens: bool,
+
     /// Certificates of the internal port (mutual TLS between nodes, routers and troupectl).
     #[command(flatten)]
     pub internal: TlsArgs,
@@ -340,6 +354,11 @@ impl Config {
             Some(max) if max.is_zero() => return Err("TROUPE_JWT_MAX_LIFETIME must be more than 0".into()),
             Some(max) => verifier.with_max_lifetime(max),
             None => verifier,
+        };
+        let verifier = if self.accept_dev_tokens {
+            verifier.with_dev_tokens()
+        } else {
+            verifier
         };
         if self.node_id == 0 {
             return Err("TROUPE_NODE_ID must be a positive integer".into());

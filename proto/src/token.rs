@@ -42,6 +42,11 @@ pub const DEFAULT_AUDIENCE: &str = "troupe";
 /// presented it closed, this long after it expires.
 pub const LEEWAY_SECS: u64 = 5;
 
+/// The audience of the demo tokens a router mints for anyone who asks (`TROUPE_DEV_TOKENS`):
+/// nodes accept it only when told to (`TROUPE_ACCEPT_DEV_TOKENS`), so that a router serving
+/// dev tokens by mistake hands out nothing a production node takes.
+pub const DEV_AUDIENCE: &str = "troupe-dev";
+
 /// The shortest HS256 secret (`TROUPE_JWT_SECRET`) a node or router accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -185,6 +190,8 @@ pub fn has_static_bearer(authorization: Option<&str>, expected: &str) -> bool {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The `aud` required (besides [`DEV_AUDIENCE`] once dev tokens are accepted).
+    audience: String,
     /// The longest a token may be valid from when it is checked; `None`: no limit.
     max_lifetime: Option<Duration>,
 }
@@ -222,8 +229,16 @@ impl Verifier {
         Self {
             key,
             validation,
+            audience: audience.to_string(),
             max_lifetime: None,
         }
+    }
+
+    /// Also accepts dev tokens ([`DEV_AUDIENCE`]).
+    pub fn with_dev_tokens(mut self) -> Self {
+        self.validation
+            .set_audience(&[self.audience.as_str(), DEV_AUDIENCE]);
+        self
     }
 
     /// Also requires `iss` to be `issuer`.

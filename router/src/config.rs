@@ -346,7 +346,7 @@ impl Config {
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty()).ok_or(
             "TROUPE_JWT_SECRET is required with TROUPE_DEV_TOKENS: the HS256 secret the nodes verify tokens with",
         )?;
-        DevTokens::new(secret, self.jwt_audience.trim())
+        DevTokens::new(secret, troupe_proto::token::DEV_AUDIENCE)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -478,7 +478,11 @@ mod tests {
         assert_eq!(parse(&[]).validate().unwrap().dev_tokens, None);
         for args in [
             &["--dev-tokens", "0"][..],
-            &["--dev-tokens=off", "--jwt-secret", "a-secret-of-at-least-32-characters"],
+            &[
+                "--dev-tokens=off",
+                "--jwt-secret",
+                "a-secret-of-at-least-32-characters",
+            ],
         ] {
             assert_eq!(parse(args).validate().unwrap().dev_tokens, None, "{args:?}");
         }
@@ -493,8 +497,17 @@ mod tests {
         }
         for args in [
             &["--dev-tokens", "--jwt-secret", "thirty-two-characters-or-more!!!"][..],
-            &["--jwt-secret", "thirty-two-characters-or-more!!!", "--dev-tokens", "1"],
-            &["--dev-tokens=true", "--jwt-secret", "thirty-two-characters-or-more!!!"],
+            &[
+                "--jwt-secret",
+                "thirty-two-characters-or-more!!!",
+                "--dev-tokens",
+                "1",
+            ],
+            &[
+                "--dev-tokens=true",
+                "--jwt-secret",
+                "thirty-two-characters-or-more!!!",
+            ],
         ] {
             let settings = parse(args).validate().unwrap();
             assert!(settings.dev_tokens.is_some(), "{args:?}");

@@ -68,7 +68,8 @@ impl fmt::Debug for DevTokens {
 }
 
 impl DevTokens {
-    /// Signs with `secret` for nodes that require `audience`.
+    /// Signs with `secret` for `audience` ([`troupe_proto::token::DEV_AUDIENCE`], which
+    /// nodes accept only when told to).
     pub fn new(secret: &str, audience: &str) -> Result<DevTokens, DevTokenError> {
         if secret.len() < MIN_SECRET_LEN {
             return Err(DevTokenError::ShortSecret);

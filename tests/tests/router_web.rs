@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use troupe_tests::cluster::{http_request, resolve, RouterProcess, TestCluster};
-use troupe_tests::{bin_dir, ready_line, unique, TestClient, SECRET};
+use troupe_tests::{bin_dir, ready_line, unique, NodeProcess, TestClient, SECRET};
 
 /// A folder under the system's temporary one, removed when dropped.
 struct TempDir(PathBuf);
@@ -158,7 +158,9 @@ async fn dev_token(router: &RouterProcess, user: &str) -> (u16, serde_json::Valu
 
 #[tokio::test]
 async fn dev_tokens_open_every_scene_on_real_nodes() {
-    let cluster = TestCluster::start(3, &[]).await.unwrap();
+    let cluster = TestCluster::start(3, &[("TROUPE_ACCEPT_DEV_TOKENS", "1")])
+        .await
+        .unwrap();
     let router = RouterProcess::start_with(
         &cluster.rpc_addrs(),
         &[("TROUPE_DEV_TOKENS", "1"), ("TROUPE_JWT_SECRET", SECRET)],
@@ -200,7 +202,7 @@ async fn dev_tokens_open_every_scene_on_real_nodes() {
         &cluster.rpc_addrs(),
         &[
             ("TROUPE_DEV_TOKENS", "1"),
-            ("TROUPE_JWT_SECRET", "not-the-cluster-secret"),
+            ("TROUPE_JWT_SECRET", "not-the-cluster-secret-0123456789abcdef"),
         ],
     )
     .await
@@ -213,6 +215,20 @@ async fn dev_tokens_open_every_scene_on_real_nodes() {
         .await
         .unwrap();
     assert_eq!(refused.expect_close().await.unwrap().code, 4401);
+
+    // Dev tokens have their own audience: a node not told to accept them refuses them,
+    // though they are signed with its secret.
+    let strict = NodeProcess::start(&troupe_tests::Backend::Sqlite, &[]).unwrap();
+    let scene = unique("dev-d");
+    let mut refused = TestClient::open(&strict.ws_base(), &scene, &format!("token={ada}"))
+        .await
+        .unwrap();
+    let closed = refused.expect_close().await.unwrap();
+    assert_eq!(closed.code, 4401, "{closed}");
+    assert!(
+        closed.reason.contains("audience") || closed.reason.contains("Aud"),
+        "{closed}"
+    );
 }
 
 /// A router started by hand, to see its exit status and stderr; killed when dropped.
@@ -285,8 +301,8 @@ fn refused_at_start(env: &[(&str, &str)]) -> String {
 async fn dev_tokens_need_the_secret_warn_loudly_and_are_never_logged() {
     let missing = refused_at_start(&[("TROUPE_DEV_TOKENS", "1")]);
     assert!(missing.contains("TROUPE_JWT_SECRET is required"), "{missing}");
-    let short = refused_at_start(&[("TROUPE_DEV_TOKENS", "1"), ("TROUPE_JWT_SECRET", "too-short")]);
-    assert!(short.contains("TROUPE_JWT_SECRET must be at least 16"), "{short}");
+    let short = refused_at_start(&[("TROUPE_DEV_TOKENS", "1"), ("TROUPE_JWT_SECRET", &"x".repeat(31))]);
+    assert!(short.contains("TROUPE_JWT_SECRET must be at least 32"), "{short}");
     let bad_dir = refused_at_start(&[("TROUPE_WEB_DIR", "/no/such/troupe/dist")]);
     assert!(bad_dir.contains("TROUPE_WEB_DIR"), "{bad_dir}");
 
