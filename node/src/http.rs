@@ -2,7 +2,7 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `GET /ws/scenes/{scene}?token=JWT[&acks=1]` | WebSocket upgrade, then one connection (see [`ws`]) |
+//! | `GET /ws/scenes/{scene}?token=JWT[&acks=1]` | WebSocket upgrade, then one connection (see [`ws`]); the token may instead come as the subprotocol `troupe.bearer.JWT` beside `troupe` |
 //! | the same, without an upgrade | 307 to the scene's owner when it is another node, else 426 |
 //! | `GET /healthz` | store, rooms, epoch and leader as JSON; 503 while the store does not answer |
 //! | `GET /metrics` | OpenMetrics text |
@@ -156,11 +156,19 @@ async fn websocket(
         }
     }
     let Query(query) = query.unwrap_or_default();
-    let request = ConnectRequest {
-        scene,
-        acks: query.wants_acks(),
-        token: query.token.unwrap_or_default(),
-    };
+    // The token may come in an offered subprotocol instead of the URL (browsers can set no
+    // other header): `troupe, troupe.bearer.<token>`; the answer then selects `troupe`.
+    let (selects_troupe, header_token) = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(troupe_proto::token::offered_protocols)
+        .unwrap_or_default();
+    let acks = query.wants_acks();
+    let token = header_token
+        .map(str::to_owned)
+        .or(query.token)
+        .unwrap_or_default();
+    let request = ConnectRequest { scene, acks, token };
     // The handshake is ours so that `ws` keeps tokio-tungstenite's socket and its limits.
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -177,16 +185,27 @@ async fn websocket(
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    if selects_troupe {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(troupe_proto::token::PROTOCOL),
+        );
+    }
     response
 }
 
 /// A plain GET (a tool, a curl) is sent to the owner, as the router would: the same path
-/// and query as sent, on the owner's URL.
+/// and query as sent, on the owner's URL, less any token (the client presents it again).
 fn plain_get(app: &App, scene: Option<&str>, req: &Request) -> Response {
     let verdict = scene.map(|scene| app.placement.borrow().verdict(app.settings.node_id, scene));
     if let (Some(scene), Some(Verdict::Elsewhere(route))) = (scene, verdict) {
         let uri = req.uri();
-        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let query = uri
+            .query()
+            .map(troupe_proto::token::query_without_token)
+            .filter(|q| !q.is_empty())
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         let location = format!("{}{}{query}", route.url, uri.path());
         let mut response = text(
             StatusCode::TEMPORARY_REDIRECT,

@@ -174,6 +174,72 @@ pub fn bearer(authorization: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The WebSocket subprotocol a client offers to say that it presents its token in the
+/// handshake's `Sec-WebSocket-Protocol` header (browsers cannot set other headers on a
+/// WebSocket), beside [`BEARER_PROTOCOL_PREFIX`]`<token>`. The node selects it.
+pub const PROTOCOL: &str = "troupe";
+
+/// The prefix of the offered subprotocol that carries the token: `troupe.bearer.<JWT>` (a
+/// JWT's characters are all allowed in a subprotocol name).
+pub const BEARER_PROTOCOL_PREFIX: &str = "troupe.bearer.";
+
+/// What a `Sec-WebSocket-Protocol` request header offers: whether [`PROTOCOL`] is among
+/// the subprotocols, and the token of a `troupe.bearer.<token>` one.
+pub fn offered_protocols(header: &str) -> (bool, Option<&str>) {
+    let mut troupe = false;
+    let mut token = None;
+    for offered in header.split(',').map(str::trim) {
+        if offered == PROTOCOL {
+            troupe = true;
+        } else if let Some(t) = offered.strip_prefix(BEARER_PROTOCOL_PREFIX) {
+            if !t.is_empty() {
+                token = Some(t);
+            }
+        }
+    }
+    (troupe, token)
+}
+
+/// The query string without its `token` parameters (however the name is percent-encoded),
+/// the others exactly as written: a redirect must not copy a token into a `Location`
+/// header, which proxies and browsers record.
+pub fn query_without_token(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            percent_decoded(name).as_deref() != Some(b"token".as_slice())
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `name` with `%XX` and `+` decoded, as a query parser reads it (`None` if malformed).
+fn percent_decoded(name: &str) -> Option<Vec<u8>> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Whether a presented `Authorization` header carries the static bearer token `expected`
 /// (e.g. the one that guards `/metrics`), compared in time that does not depend on where
 /// the two differ.
@@ -469,5 +535,28 @@ mod tests {
             }
             out
         }
+    }
+
+    #[test]
+    fn redirects_drop_every_token_and_keep_the_rest_as_written() {
+        assert_eq!(query_without_token("token=a.b.c&acks=1"), "acks=1");
+        assert_eq!(
+            query_without_token("acks=1&%74oken=x&x=%2F&token&tok=1"),
+            "acks=1&x=%2F&tok=1"
+        );
+        assert_eq!(query_without_token("a=1&&b=2+3&tok%en=1"), "a=1&b=2+3&tok%en=1");
+        assert_eq!(query_without_token("token=1&token=2"), "");
+        assert_eq!(query_without_token(""), "");
+    }
+
+    #[test]
+    fn the_token_rides_in_an_offered_subprotocol() {
+        assert_eq!(
+            offered_protocols("troupe, troupe.bearer.a.b-c_d"),
+            (true, Some("a.b-c_d"))
+        );
+        assert_eq!(offered_protocols("troupe.bearer.x,troupe"), (true, Some("x")));
+        assert_eq!(offered_protocols("chat"), (false, None));
+        assert_eq!(offered_protocols("troupe, troupe.bearer."), (true, None));
     }
 }

@@ -220,13 +220,18 @@ async fn dev_token(State(s): Ctx, query: Result<Query<TokenQuery>, QueryRejectio
 }
 
 /// The owner's address for a request to `path` (`/ws/scenes/{scene}` as the client sent
-/// it: still percent-encoded, already checked); the query is passed on unchanged, so
-/// tokens and flags reach the node exactly as written.
+/// it: still percent-encoded, already checked); the query is passed on as written, less
+/// any token: a `Location` header is recorded by proxies and browsers, so the client
+/// presents its token again to the owner.
 pub fn location(owner_url: &str, path: &str, query: Option<&str>) -> String {
     let base = owner_url.trim_end_matches('/');
-    match query {
-        Some(q) if !q.is_empty() => format!("{base}{path}?{q}"),
-        _ => format!("{base}{path}"),
+    let query = query
+        .map(troupe_proto::token::query_without_token)
+        .unwrap_or_default();
+    if query.is_empty() {
+        format!("{base}{path}")
+    } else {
+        format!("{base}{path}?{query}")
     }
 }
 
@@ -413,8 +418,13 @@ mod tests {
             "ws://h:1/ws/scenes/s"
         );
         assert_eq!(
-            location("wss://h/", "/ws/scenes/s", Some("token=a.b%2Bc&acks=1")),
-            "wss://h/ws/scenes/s?token=a.b%2Bc&acks=1"
+            location("wss://h/", "/ws/scenes/s", Some("token=a.b%2Bc&acks=1&x=%2F")),
+            "wss://h/ws/scenes/s?acks=1&x=%2F",
+            "a token is never copied into Location"
+        );
+        assert_eq!(
+            location("wss://h/", "/ws/scenes/s", Some("token=a.b")),
+            "wss://h/ws/scenes/s"
         );
     }
 
@@ -456,7 +466,7 @@ mod tests {
         assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
         assert_eq!(
             r.headers()[header::LOCATION],
-            format!("{}/ws/scenes/film%3As1?token=a.b%2Bc&acks=1", owner.url).as_str()
+            format!("{}/ws/scenes/film%3As1?acks=1", owner.url).as_str()
         );
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
         let r = get("/ws/scenes/s1", Some(&state), &metrics).await;

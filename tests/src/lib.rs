@@ -362,6 +362,39 @@ impl TestClient {
         })
     }
 
+    /// Opens a socket to `{base}/{scene}?{query}` offering `protocols` (as browsers offer
+    /// subprotocols), without the sync handshake. Returns the subprotocol the node selected.
+    pub async fn open_offering(
+        base: &str,
+        scene: &str,
+        query: &str,
+        protocols: &str,
+    ) -> anyhow::Result<(Self, Option<String>)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{base}/{scene}?{query}").into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse()?);
+        let (socket, response) = tokio_tungstenite::connect_async(request).await?;
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((
+            Self {
+                socket,
+                doc: Doc::new(),
+                acked: 0,
+                sent_updates: 0,
+                typed: Vec::new(),
+                synced: false,
+                awareness_seen: Vec::new(),
+            },
+            selected,
+        ))
+    }
+
     /// Connects with a token (and acks) and completes the sync handshake.
     pub async fn connect(base: &str, scene: &str, token: &str) -> anyhow::Result<Self> {
         let mut client = Self::open(base, scene, &format!("token={token}&acks=1")).await?;

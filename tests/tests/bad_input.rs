@@ -446,6 +446,63 @@ async fn viewers_publish_presence_only_when_granted() {
 }
 
 #[tokio::test]
+async fn the_token_can_ride_in_the_subprotocol_header_instead_of_the_url() {
+    let node = node();
+    let scene = unique("s");
+    let good = token("ada", &[(scene.as_str(), Role::Edit)]);
+    let (mut client, selected) = TestClient::open_offering(
+        &node.ws_base(),
+        &scene,
+        "acks=1",
+        &format!("troupe, troupe.bearer.{good}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        selected.as_deref(),
+        Some("troupe"),
+        "the node selects the protocol offered"
+    );
+    client
+        .send_raw(protocol::encode_sync_step1(
+            &yrs::updates::encoder::Encode::encode_v1(&yrs::StateVector::default()),
+        ))
+        .await
+        .unwrap();
+    client
+        .pump_until(Duration::from_secs(5), |c| c.synced)
+        .await
+        .unwrap();
+    client.type_text("FADE IN:").await.unwrap();
+    client.wait_acked().await.unwrap();
+
+    // Refused like a token in the URL: bad, expired, for another scene.
+    let expired = token_with(
+        "ada",
+        &[(scene.as_str(), Role::Edit)],
+        now_secs() - 60,
+        "troupe",
+        SECRET,
+    );
+    let other = token("ada", &[("elsewhere", Role::Edit)]);
+    for (bad, code) in [
+        ("not-a-jwt", 4401),
+        (expired.as_str(), 4401),
+        (other.as_str(), 4403),
+    ] {
+        let (mut refused, _) = TestClient::open_offering(
+            &node.ws_base(),
+            &scene,
+            "",
+            &format!("troupe, troupe.bearer.{bad}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(refused.expect_close().await.unwrap().code, code, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn browsers_from_other_origins_are_refused() {
     let node = node();
     let scene = unique("s");

@@ -143,9 +143,12 @@ async function openEditor (user, scene, proxy) {
   })
   const page = await context.newPage()
   page.on('pageerror', (error) => console.error(`[${user}] page error:`, error))
+  // Every WebSocket URL the page opens: the token must never be in one.
+  const sockets = []
+  page.on('websocket', (ws) => sockets.push(ws.url()))
   await page.goto(`${cluster.router}/?user=${encodeURIComponent(user)}&scene=${scene}`)
   await waitStatus(page, 'green', 20000)
-  return { context, page, user }
+  return { context, page, user, sockets }
 }
 
 async function waitStatus (page, colour, timeout = 15000) {
@@ -300,4 +303,12 @@ test('two writers, presence, offline, and a node killed mid-typing', async () =>
     (await editorText(carol.page)) === (await editorText(alice.page)))
   await alice.page.screenshot({ path: join(shots, 'alice-after-failover.png') })
   bobsNetwork.close()
+
+  // The token travelled in the WebSocket subprotocol header, never in a URL.
+  for (const editor of [alice, bob, carol]) {
+    assert.ok(editor.sockets.length > 0, `${editor.user} opened no WebSocket`)
+    for (const url of editor.sockets) {
+      assert.ok(!/[?&]token=/.test(url) && !url.includes('eyJ'), `${editor.user} opened ${url}`)
+    }
+  }
 })

@@ -28,11 +28,17 @@ export interface SessionEvents {
   error: SessionError
 }
 
+/** The subprotocol that says the token is presented in the handshake (the node selects it). */
+export const TROUPE_PROTOCOL: 'troupe'
+/** The offered subprotocol carrying the token: `troupe.bearer.<token>`. */
+export const BEARER_PROTOCOL_PREFIX: 'troupe.bearer.'
+
 export interface ConnectSceneOptions {
   /** Base URL of a Troupe router, e.g. `http://127.0.0.1:8080`. */
   router: string
   sceneId: string
-  /** The JWT the app's backend minted for this user. */
+  /** The JWT the app's backend minted for this user. Sent in the WebSocket handshake as the
+   * offered subprotocol `troupe.bearer.<token>` (beside `troupe`), never in the URL. */
   token: string
   doc: Y.Doc
   /**
@@ -47,7 +53,8 @@ export interface ConnectSceneOptions {
   awareness?: Awareness
   /** fetch for router look-ups; default `globalThis.fetch`. */
   fetch?: (url: string, init?: any) => Promise<{ ok: boolean, status: number, json (): Promise<any>, text (): Promise<string> }>
-  /** Extra query parameters sent to the node (token and acks are set by the session). */
+  /** Extra query parameters sent to the node (acks is set by the session; the token is not a
+   * query parameter). */
   params?: Record<string, string>
   /** Disable y-websocket's cross-tab BroadcastChannel (default false). */
   disableBc?: boolean

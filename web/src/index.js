@@ -50,6 +50,11 @@ export const ROUTE_TIMEOUT_MS = 5_000
 /** Failed attempts in a row after which the router is asked again before the next one. */
 export const RERESOLVE_AFTER_FAILURES = 2
 
+/** The subprotocol that says the token is presented in the handshake (the node selects it). */
+export const TROUPE_PROTOCOL = 'troupe'
+/** The offered subprotocol carrying the token: `troupe.bearer.<token>`. */
+export const BEARER_PROTOCOL_PREFIX = 'troupe.bearer.'
+
 const WS_OPEN = 1
 
 /**
@@ -189,9 +194,14 @@ export class SceneSession {
     const session = this
     /** The WebSocket class y-websocket builds its sockets with: counts outgoing update frames. */
     class TroupeWebSocket extends BaseWS {
-      /** @param {...any} args */
-      constructor (...args) {
-        super(...args)
+      /**
+       * The token rides in the offered subprotocols, never in the URL (which proxies and
+       * browser tooling record): `troupe` and `troupe.bearer.<token>`; the node selects
+       * `troupe`.
+       * @param {string} url
+       */
+      constructor (url) {
+        super(url, [TROUPE_PROTOCOL, BEARER_PROTOCOL_PREFIX + session._token])
         session._socketCreated(this)
       }
 
@@ -318,9 +328,9 @@ export class SceneSession {
     this._emit('status', { status })
   }
 
-  /** @private The node's query parameters. */
+  /** @private The node's query parameters (the token goes in the subprotocol header). */
   _query () {
-    return { ...this._params, token: this._token, acks: '1' }
+    return { ...this._params, acks: '1' }
   }
 
   /** @private A scene's WebSocket URL on the node at `base`. */

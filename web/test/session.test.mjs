@@ -23,8 +23,9 @@ import { connectScene, MESSAGE_ACK } from '../src/index.js'
 /** A fresh fake WebSocket class with its own list of instances. */
 function fakeWebSocketClass () {
   class FakeWebSocket {
-    constructor (url) {
+    constructor (url, protocols) {
       this.url = url
+      this.protocols = protocols
       this.readyState = 0
       this.binaryType = 'blob'
       this.sent = [] // Uint8Array copies of every frame sent
@@ -240,7 +241,8 @@ test('asks the router, connects a stock provider to the owner with the token and
   assert.equal(session.status, 'connecting')
   const ws = await socket(0)
   assert.deepEqual(router.calls, ['http://router.test:8080/v1/route/act1%3Ascene2'])
-  assert.equal(ws.url, 'ws://node-a.test:4001/ws/scenes/act1%3Ascene2?token=tok-1&acks=1')
+  assert.equal(ws.url, 'ws://node-a.test:4001/ws/scenes/act1%3Ascene2?acks=1', 'no token in the URL')
+  assert.deepEqual(ws.protocols, ['troupe', 'troupe.bearer.tok-1'], 'the token rides in the subprotocol')
   assert.equal(session.url, 'ws://node-a.test:4001')
   assert.equal(session.status, 'connecting', 'still connecting before the socket opens')
   await connect(0)
@@ -300,7 +302,8 @@ test('uses the real fetch against an HTTP router', async (t) => {
   t.after(() => { session.destroy(); doc.destroy() })
   const ws = await waitFor('a socket', () => WS.instances[0])
   assert.deepEqual(asked, ['/v1/route/scene~1'])
-  assert.equal(ws.url, 'ws://127.0.0.1:4002/ws/scenes/scene~1?token=a.b.c&acks=1')
+  assert.equal(ws.url, 'ws://127.0.0.1:4002/ws/scenes/scene~1?acks=1')
+  assert.deepEqual(ws.protocols, ['troupe', 'troupe.bearer.a.b.c'])
 })
 
 // ---------------------------------------------------------------------------------------
@@ -315,7 +318,8 @@ test('4301 with a URL: reconnects there at once, emits moved, no router look-up'
   assert.deepEqual(events.moved, ['ws://node-b.test:4002'])
   const ws1 = await socket(1)
   assert.ok(ws1.url.startsWith('ws://node-b.test:4002/ws/scenes/'), ws1.url)
-  assert.ok(ws1.url.endsWith('?token=tok-1&acks=1'))
+  assert.ok(ws1.url.endsWith('?acks=1'))
+  assert.deepEqual(ws1.protocols, ['troupe', 'troupe.bearer.tok-1'])
   assert.equal(router.calls.length, 1)
   await connect(1)
   assert.deepEqual(statuses, ['syncing', 'connected', 'reconnecting', 'connected'])
@@ -420,7 +424,8 @@ test('4401: calls getToken once and reconnects with the new token', async (t) =>
   ;(await socket(0)).serverClose(4401, 'invalid token: ExpiredSignature')
   const ws1 = await socket(1)
   assert.equal(calls, 1)
-  assert.ok(ws1.url.endsWith('?token=tok-2&acks=1'), ws1.url)
+  assert.ok(ws1.url.endsWith('?acks=1'), ws1.url)
+  assert.deepEqual(ws1.protocols, ['troupe', 'troupe.bearer.tok-2'], 'the refreshed token')
   await connect(1)
   assert.deepEqual(statuses, ['syncing', 'connected', 'reconnecting', 'connected'])
   assert.deepEqual(events.errors, [])
