@@ -280,6 +280,12 @@ impl LocalCluster {
             ("TROUPE_PEERS", self.peers.clone()),
             ("TROUPE_DATA_DIR", spec.data_dir.display().to_string()),
             ("TROUPE_JWT_SECRET", spec.secret.clone()),
+            // Isolated nodes listen on their namespace's address, not loopback: the pages
+            // that reach them are this machine's all the same.
+            (
+                "TROUPE_ALLOWED_ORIGINS",
+                troupe_node::config::LOCAL_ORIGINS.join(","),
+            ),
         ];
         if spec.demo {
             // The router's demo tokens (`/v1/dev/token`) open scenes on these nodes.

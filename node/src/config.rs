@@ -15,6 +15,9 @@ use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
 use troupe_runtime::duration::parse_duration;
 
+/// The origins a node on loopback allows when none are set: pages served from this machine.
+pub const LOCAL_ORIGINS: [&str; 2] = ["http://localhost:*", "http://127.0.0.1:*"];
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "troupe-node",
@@ -114,13 +117,10 @@ pub struct Config {
 
     /// Browser origins allowed to open a WebSocket, comma-separated; `*` allows any and a
     /// trailing `:*` any port. Clients that send no Origin (servers, tools) are not affected.
-    #[arg(
-        long,
-        env = "TROUPE_ALLOWED_ORIGINS",
-        default_value = "http://localhost:*,http://127.0.0.1:*",
-        value_delimiter = ','
-    )]
-    pub allowed_origins: Vec<String>,
+    /// Unset: `http://localhost:*,http://127.0.0.1:*` for a node listening on loopback; a
+    /// node listening elsewhere refuses to start without it.
+    #[arg(long, env = "TROUPE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 
     /// Largest WebSocket message accepted, in bytes; larger ones close with 4413.
     #[arg(long, env = "TROUPE_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
@@ -317,6 +317,22 @@ impl Config {
         }
     }
 
+    /// The allowed origins: as set, or the local ones for a node on loopback. A node that
+    /// browsers reach from elsewhere must say which app they come from.
+    fn origins(&self) -> Result<Vec<String>, String> {
+        match &self.allowed_origins {
+            Some(origins) => Ok(origins.clone()),
+            None if self.listen.ip().is_loopback() => Ok(LOCAL_ORIGINS.iter().map(|o| o.to_string()).collect()),
+            None => Err(format!(
+                "TROUPE_ALLOWED_ORIGINS must be set: this node listens on {}, not on loopback, and the default \
+                 ({}) only suits a node on this machine; set your app's origins, e.g. https://app.example.com \
+                 (or * to allow any)",
+                self.listen,
+                LOCAL_ORIGINS.join(",")
+            )),
+        }
+    }
+
     /// Checks every setting; the error is one line naming the setting.
     pub fn validate(&self) -> Result<Settings, String> {
         let verifier = match (&self.jwt_secret, &self.jwt_public_key_file) {
@@ -428,7 +444,7 @@ impl Config {
             public_url: self.public_url.clone(),
             store,
             verifier,
-            origins: OriginPolicy::new(&self.allowed_origins)?,
+            origins: OriginPolicy::new(&self.origins()?)?,
             limits: self.limits(),
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
@@ -576,6 +592,7 @@ mod tests {
             &["--max-frame-bytes", "10"],
             &["--allowed-origins", "example.com"],
             &["--rpc-listen", "0.0.0.0:4100"],
+            &["--listen", "0.0.0.0:4000"],
             &["--internal-ca", "/nonexistent/ca.crt"],
         ] {
             let err = config(args).validate().err().unwrap();
@@ -630,6 +647,25 @@ mod tests {
         let err = with("1", "127.0.0.1:4100").err().unwrap();
         assert!(err.contains("names node 2, not node 1"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn default_origins_only_for_a_node_on_loopback() {
+        let local = config(&[]).validate().unwrap();
+        assert!(local.origins.allows("http://localhost:5173"));
+        assert!(!local.origins.allows("https://app.example.com"));
+        let err = config(&["--listen", "0.0.0.0:4000"]).validate().err().unwrap();
+        assert!(err.starts_with("TROUPE_ALLOWED_ORIGINS must be set"), "{err}");
+        let public = config(&[
+            "--listen",
+            "0.0.0.0:4000",
+            "--allowed-origins",
+            "https://app.example.com",
+        ])
+        .validate()
+        .unwrap();
+        assert!(public.origins.allows("https://app.example.com"));
+        assert!(!public.origins.allows("http://localhost:5173"));
     }
 
     #[test]
