@@ -14,6 +14,7 @@ use troupe_membership::tls::{Identity, TlsArgs, Transport};
 use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
 use troupe_runtime::duration::parse_duration;
+use troupe_runtime::listen::LimitArgs;
 
 /// The origins a node on loopback allows when none are set: pages served from this machine.
 pub const LOCAL_ORIGINS: [&str; 2] = ["http://localhost:*", "http://127.0.0.1:*"];
@@ -187,6 +188,10 @@ pub struct Config {
     /// Most log rows written in one group commit.
     #[arg(long, env = "TROUPE_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,
+
+    /// The public port's limits: connections, header time and size, body size.
+    #[command(flatten)]
+    pub port: LimitArgs,
 }
 
 /// Settings the rooms and connections work with.
@@ -272,6 +277,8 @@ pub struct Settings {
     pub verifier: Verifier,
     pub origins: OriginPolicy,
     pub limits: Limits,
+    /// The public port's connection, header and body limits.
+    pub port: troupe_runtime::listen::Limits,
     pub commit_batch: usize,
     pub worker_threads: usize,
     /// What `/metrics` requires, if anything.
@@ -446,6 +453,7 @@ impl Config {
             verifier,
             origins: OriginPolicy::new(&self.origins()?)?,
             limits: self.limits(),
+            port: self.port.limits()?,
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),

@@ -1,12 +1,11 @@
 //! Wiring of a node: store, writer, rooms and the HTTP listener, with graceful shutdown.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -242,14 +241,14 @@ pub async fn run(
     // upgraded connections are the rooms' to close (1001), and requests still in flight
     // finish on their own.
     let accepting = CancellationToken::new();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    background.spawn(
-        axum::serve(listener, crate::http::router(app.clone()))
-            .with_graceful_shutdown(accepting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let refusals = app.metrics.clone();
+    background.spawn(troupe_runtime::listen::serve(
+        listener,
+        crate::http::router(app.clone()),
+        app.settings.port,
+        move |why| refusals.error(why.label()),
+        accepting.clone().cancelled_owned(),
+    ));
     shutdown.await;
     accepting.cancel();
 

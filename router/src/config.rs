@@ -8,6 +8,7 @@ use std::path::Path;
 
 use clap::Parser;
 use troupe_membership::tls::{TlsArgs, Transport};
+use troupe_runtime::listen::{LimitArgs, Limits};
 
 use troupe_proto::token::{parse_algorithm, KeyError, Verifier, MIN_SECRET_LEN};
 
@@ -32,6 +33,10 @@ pub struct Config {
     /// comma-separated. Listing several keeps the router current while one is down.
     #[arg(long, env = "TROUPE_CLUSTER", default_value = "127.0.0.1:4100")]
     pub cluster: String,
+
+    /// The public port's limits: connections, header time and size, body size.
+    #[command(flatten)]
+    pub port: LimitArgs,
 
     /// The router's certificate for the nodes' internal port (a reader's: `troupectl certs
     /// client --role reader`).
@@ -182,6 +187,8 @@ pub struct Settings {
     pub cluster: Vec<String>,
     /// Credentials for the nodes' internal port, checked at start.
     pub internal: TlsArgs,
+    /// The public port's connection, header and body limits.
+    pub port: Limits,
     /// A `tracing` filter ([`troupe_runtime::logging::parse_filter`] accepts it).
     pub log: String,
     pub redis_url: Option<String>,
@@ -204,6 +211,7 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster,
             internal: TlsArgs::insecure(),
+            port: Limits::default(),
             log: DEFAULT_LOG.into(),
             redis_url: None,
             web_dir: None,
@@ -257,6 +265,7 @@ impl Config {
             listen,
             cluster,
             internal: self.internal.clone(),
+            port: self.port.limits()?,
             log: self.log.clone(),
             redis_url,
             web_dir,

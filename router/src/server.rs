@@ -1,10 +1,9 @@
 //! Running a router: bind, serve until the shutdown signal, stop its background work.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use troupe_membership::tls::Transport;
@@ -13,7 +12,7 @@ use troupe_runtime::Tasks;
 use crate::assets::WebDir;
 use crate::config::Settings;
 use crate::http::Shared;
-use crate::metrics::Metrics;
+use crate::metrics::{KindLabels, Metrics};
 use crate::{dev_token, follow, http, presence};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +78,7 @@ pub async fn run(
     if settings.dev_tokens.is_some() {
         tracing::warn!("{}", dev_token::WARNING);
     }
+    let refusals = metrics.clone();
     let shared = Arc::new(Shared {
         latest: follower.latest.clone(),
         metrics,
@@ -90,22 +90,20 @@ pub async fn run(
     });
 
     on_ready();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     // Stops accepting when `shutdown` resolves, then lets the requests in flight finish.
-    let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
-        let _ = stopped.await;
-    });
-    let signal = async move {
-        shutdown.await;
-        let _ = stop.send(());
-    };
-    let ((), served) = tokio::join!(signal, server.into_future());
-    if let Err(error) = served {
-        tracing::warn!(%error, "serving stopped");
-    }
+    troupe_runtime::listen::serve(
+        listener,
+        http::router(shared),
+        settings.port,
+        move |why| {
+            refusals
+                .requests
+                .get_or_create(&KindLabels { kind: why.label() })
+                .inc();
+        },
+        shutdown,
+    )
+    .await;
     tasks.shutdown(std::time::Duration::from_secs(1)).await;
     tracing::info!("stopped");
     drop(follower);

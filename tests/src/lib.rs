@@ -448,9 +448,16 @@ impl TestClient {
     /// when the server closed the connection.
     pub async fn pump(&mut self, wait: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        while self.pump_one(deadline).await? {}
+        Ok(())
+    }
+
+    /// Reads and handles one message, waiting until `deadline` at most. Returns whether
+    /// one came; `Err` with a [`Closed`] when the server closed the connection.
+    async fn pump_one(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<bool> {
+        {
             let next = match tokio::time::timeout_at(deadline, self.socket.next()).await {
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(false),
                 Ok(next) => next,
             };
             match next {
@@ -472,6 +479,7 @@ impl TestClient {
                 Some(Ok(_)) => {}
             }
         }
+        Ok(true)
     }
 
     async fn handle(&mut self, frame: &[u8]) -> anyhow::Result<()> {
@@ -498,12 +506,13 @@ impl TestClient {
 
     /// Pumps until `done(self)` holds, or fails after `limit`.
     pub async fn pump_until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
         while !done(self) {
-            if Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 bail!("condition not met within {limit:?}");
             }
-            self.pump(Duration::from_millis(50)).await?;
+            // Checked after every message, so that a test measures the message, not a poll.
+            self.pump_one(deadline).await?;
         }
         Ok(())
     }
