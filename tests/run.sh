@@ -353,7 +353,12 @@ run_fuzz() {
     for t in $targets; do
         note "fuzzing $t for ${FUZZ_SECONDS}s"
         # -max_total_time bounds the run; timeout also bounds the (release + ASan) build.
-        if ! run_bounded $((FUZZ_SECONDS + 900)) cargo +nightly fuzz run "$t" -- \
+        # New inputs go to corpus/<target> (kept locally); the committed seeds/<target> are
+        # read too (and replayed by every test run: node/tests/fuzz_seeds.rs).
+        local seeds=()
+        [ -d "fuzz/seeds/$t" ] && seeds=("seeds/$t")
+        mkdir -p "fuzz/corpus/$t"
+        if ! run_bounded $((FUZZ_SECONDS + 900)) cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
             -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 -print_final_stats=1; then
             note "fuzz target $t FAILED (artifacts under fuzz/artifacts/$t)"
             rc=1

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::header::{self, HeaderMap, HeaderValue};
@@ -121,6 +121,17 @@ pub struct ConnectQuery {
     pub acks: Option<String>,
 }
 
+/// The query of the WebSocket endpoint, from the raw query string (what follows `?`); one
+/// that does not parse (a token given twice, say) carries nothing.
+pub fn connect_query(raw: &str) -> ConnectQuery {
+    format!("/?{raw}")
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| Query::<ConnectQuery>::try_from_uri(&uri).ok())
+        .map(|Query(query)| query)
+        .unwrap_or_default()
+}
+
 impl ConnectQuery {
     fn wants_acks(&self) -> bool {
         matches!(self.acks.as_deref(), Some("1" | "true"))
@@ -134,7 +145,6 @@ impl ConnectQuery {
 async fn websocket(
     State(app): Ctx,
     scene: Result<Path<String>, PathRejection>,
-    query: Result<Query<ConnectQuery>, QueryRejection>,
     mut req: Request,
 ) -> Response {
     // Decoded by the extractor; a capture that is not UTF-8 is no scene either.
@@ -155,7 +165,7 @@ async fn websocket(
             return text(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n".into());
         }
     }
-    let Query(query) = query.unwrap_or_default();
+    let query = connect_query(req.uri().query().unwrap_or(""));
     // The token may come in an offered subprotocol instead of the URL (browsers can set no
     // other header): `troupe, troupe.bearer.<token>`; the answer then selects `troupe`.
     let (selects_troupe, header_token) = headers
@@ -235,8 +245,7 @@ mod tests {
     use super::*;
 
     fn query(uri: &str) -> ConnectQuery {
-        let uri: axum::http::Uri = uri.parse().unwrap_or_default();
-        Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default()
+        connect_query(uri.split_once('?').map_or("", |(_, q)| q))
     }
 
     #[test]
