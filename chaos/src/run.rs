@@ -524,19 +524,27 @@ async fn check(
     let mut mismatched = Vec::new();
     let mut fenced = 0;
     for (scene, eds) in &by_scene {
-        if eds.windows(2).any(|w| w[0].text != w[1].text) {
+        if let Some(w) = eds.windows(2).find(|w| w[0].text != w[1].text) {
             divergent.push(scene.to_string());
+            problems.push(format!("{scene}: editors differ: {}", difference(&w[0].text, &w[1].text)));
         }
         let reference = eds.first().map(|e| e.text.as_str()).unwrap_or_default();
         // A fresh client through the router…
-        let fresh = fresh_text(router, scene, token).await;
-        if fresh.as_deref().ok() != Some(reference) {
-            mismatched.push(format!("{scene}: a fresh client read other text ({fresh:?})"));
+        match fresh_text(router, scene, token).await {
+            Ok(fresh) if fresh == reference => {}
+            Ok(fresh) => mismatched.push(format!(
+                "{scene}: a fresh client read other text than the first editor: {}",
+                difference(reference, &fresh)
+            )),
+            Err(e) => mismatched.push(format!("{scene}: a fresh client could not read: {e:#}")),
         }
         // …and the store agree with the editors.
         match stored_text(store, scene).await {
             Ok(text) if text == reference => {}
-            Ok(_) => mismatched.push(format!("{scene}: the store holds other text")),
+            Ok(text) => mismatched.push(format!(
+                "{scene}: the store holds other text than the first editor: {}",
+                difference(reference, &text)
+            )),
             Err(e) => mismatched.push(format!("{scene}: cannot rebuild from the store: {e}")),
         }
         fenced += fenced_rows(store, scene).await.map(|r| r.len()).unwrap_or(0);
@@ -659,4 +667,27 @@ async fn fresh_text(router: SocketAddr, scene: &str, token: &str) -> anyhow::Res
     let text = client.text("text").await?;
     let _ = client.close(1000, "checked").await;
     Ok(text)
+}
+
+/// Where two texts part: their lengths and 60 bytes of each from the first difference.
+fn difference(a: &str, b: &str) -> String {
+    let at = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let window = |s: &str| {
+        let mut start = at.min(s.len());
+        while !s.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + 60).min(s.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[start..end].to_string()
+    };
+    format!(
+        "{} vs {} bytes, first difference at byte {at}: {:?} vs {:?}",
+        a.len(),
+        b.len(),
+        window(a),
+        window(b)
+    )
 }
