@@ -526,7 +526,10 @@ async fn check(
     for (scene, eds) in &by_scene {
         if let Some(w) = eds.windows(2).find(|w| w[0].text != w[1].text) {
             divergent.push(scene.to_string());
-            problems.push(format!("{scene}: editors differ: {}", difference(&w[0].text, &w[1].text)));
+            problems.push(format!(
+                "{scene}: editors differ: {}",
+                difference(&w[0].text, &w[1].text)
+            ));
         }
         let reference = eds.first().map(|e| e.text.as_str()).unwrap_or_default();
         // A fresh client through the router…

@@ -192,6 +192,35 @@ pub struct Config {
     /// The public port's limits: connections, header time and size, body size.
     #[command(flatten)]
     pub port: LimitArgs,
+
+    /// New scenes one user (a token's `sub`) may bring into being per minute, counted over
+    /// the whole cluster; more are refused with 4429. 0: no limit.
+    #[arg(long, env = "TROUPE_MAX_NEW_SCENES_PER_MINUTE", default_value_t = 60)]
+    pub max_new_scenes_per_minute: u64,
+
+    /// Most scenes this node holds live at once; a connection that would load one more is
+    /// closed with 1013 (try again).
+    #[arg(long, env = "TROUPE_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// The lease row of a scene that never got content is deleted once released and not
+    /// claimed for this long.
+    #[arg(long, env = "TROUPE_LEASE_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub lease_retention: Duration,
+
+    /// How often a node collects such lease rows.
+    #[arg(long, env = "TROUPE_LEASE_GC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub lease_gc_interval: Duration,
+}
+
+/// What one user and one node may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// 0: no limit.
+    pub new_scenes_per_minute: u64,
+    pub max_rooms: usize,
+    pub lease_retention: Duration,
+    pub lease_gc_interval: Duration,
 }
 
 /// Settings the rooms and connections work with.
@@ -279,6 +308,7 @@ pub struct Settings {
     pub limits: Limits,
     /// The public port's connection, header and body limits.
     pub port: troupe_runtime::listen::Limits,
+    pub quotas: Quotas,
     pub commit_batch: usize,
     pub worker_threads: usize,
     /// What `/metrics` requires, if anything.
@@ -435,6 +465,12 @@ impl Config {
         if self.down_after < Duration::from_millis(200) {
             return Err("TROUPE_DOWN_AFTER must be at least 200ms".into());
         }
+        if self.max_rooms == 0 {
+            return Err("TROUPE_MAX_ROOMS must be at least 1".into());
+        }
+        if self.lease_gc_interval < Duration::from_millis(100) {
+            return Err("TROUPE_LEASE_GC_INTERVAL must be at least 100ms".into());
+        }
         if self.ping_interval < Duration::from_millis(100) {
             return Err("TROUPE_PING_INTERVAL must be at least 100ms".into());
         }
@@ -454,6 +490,12 @@ impl Config {
             origins: OriginPolicy::new(&self.origins()?)?,
             limits: self.limits(),
             port: self.port.limits()?,
+            quotas: Quotas {
+                new_scenes_per_minute: self.max_new_scenes_per_minute,
+                max_rooms: self.max_rooms,
+                lease_retention: self.lease_retention,
+                lease_gc_interval: self.lease_gc_interval,
+            },
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),

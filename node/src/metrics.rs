@@ -40,6 +40,7 @@ pub struct Metrics {
     pub viewer_updates_dropped: Counter,
     pub awareness_dropped: Counter,
     pub awareness_rewritten: Counter,
+    pub leases_collected: Counter,
 }
 
 impl Metrics {
@@ -69,6 +70,7 @@ impl Metrics {
             viewer_updates_dropped: Counter::default(),
             awareness_dropped: Counter::default(),
             awareness_rewritten: Counter::default(),
+            leases_collected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +187,11 @@ impl Metrics {
             "troupe_awareness_rewritten",
             "Awareness states rewritten: a user name other than the token's, or a colour that is not #rrggbb",
             m.awareness_rewritten.clone(),
+        );
+        registry.register(
+            "troupe_leases_collected",
+            "Lease rows of scenes that never got content, deleted once released and idle",
+            m.leases_collected.clone(),
         );
         Self { registry, ..m }
     }

@@ -208,6 +208,7 @@ pub async fn run(
         rooms: Arc::downgrade(&rooms),
         placement: placement.clone(),
     });
+    background.spawn_until_cancelled(collect_leases(store.clone(), settings.quotas, metrics.clone()));
     // The internal port closes when the rooms start to flush.
     background.spawn(troupe_membership::server::serve(
         rpc,
@@ -315,6 +316,27 @@ const LEASE_CHECK: Duration = Duration::from_secs(1);
 /// paused, or behind on placement) stops serving within about a second of the new owner
 /// taking over, even if none of its clients writes. The store decides, not Raft contact:
 /// while nobody claims a scene — no quorum anywhere, say — its room keeps serving.
+/// Deletes, now and then, the lease rows of scenes that never got content and have been
+/// released and idle for `TROUPE_LEASE_RETENTION` (see [`Store::collect_leases`]). Every
+/// node runs it; the deletes are idempotent.
+async fn collect_leases(store: Store, quotas: crate::config::Quotas, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(quotas.lease_gc_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_ms = troupe_proto::clock::now_secs() as i64 * 1000;
+        let before = now_ms - quotas.lease_retention.as_millis() as i64;
+        match store.collect_leases(before, 1000).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.leases_collected.inc_by(n);
+                tracing::info!(leases = n, "collected the leases of empty idle scenes");
+            }
+            Err(error) => tracing::warn!(%error, "collecting idle leases failed; will retry"),
+        }
+    }
+}
+
 async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String) {
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -83,6 +83,58 @@ async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
     .await;
 }
 
+/// Whether this connection may load `scene`, which is not live on this node: the node has
+/// room for one more; a viewer may read a scene, not bring one into being (a scene nobody
+/// opened to edit yet, with no lease ever claimed, is not loaded, claimed or created for
+/// it); an editor bringing one into being counts against its user's quota of new scenes
+/// per minute, over the whole cluster (the count is in the store).
+async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option<(CloseCode, String)> {
+    let quotas = app.settings.quotas;
+    if app.rooms.len() >= quotas.max_rooms {
+        app.metrics.error("max_rooms");
+        return Some((
+            CloseCode::TryAgain,
+            "this node holds too many scenes; try again".into(),
+        ));
+    }
+    let unavailable = || Some((CloseCode::Internal, "scene unavailable, try again".to_string()));
+    let exists = match app.store.lease(scene).await {
+        Ok(lease) => lease.is_some(),
+        Err(_) => {
+            app.metrics.error("scene_unavailable");
+            return unavailable();
+        }
+    };
+    if exists {
+        return None;
+    }
+    if role == Role::View {
+        app.metrics.error("no_such_scene");
+        return Some((CloseCode::UnknownScene, "no such scene".into()));
+    }
+    if quotas.new_scenes_per_minute == 0 {
+        return None;
+    }
+    let minute = (troupe_proto::clock::now_secs() / 60) as i64;
+    match app.store.count_new_scene(&claims.sub, minute).await {
+        Ok(count) if count > quotas.new_scenes_per_minute => {
+            app.metrics.error("new_scene_quota");
+            Some((
+                CloseCode::RateLimited,
+                format!(
+                    "too many new scenes: at most {} a minute per user; try again later",
+                    quotas.new_scenes_per_minute
+                ),
+            ))
+        }
+        Ok(_) => None,
+        Err(_) => {
+            app.metrics.error("scene_unavailable");
+            unavailable()
+        }
+    }
+}
+
 /// Returns the close code and reason to send, or None when the peer already went away.
 async fn run(
     socket: &mut Socket,
@@ -132,19 +184,9 @@ async fn run(
         }
     }
 
-    // A viewer may read a scene, not bring one into being: a scene nobody opened to edit
-    // yet (no lease was ever claimed) is not loaded, claimed or created for it.
-    if role == Role::View && !app.rooms.is_live(&scene) {
-        match app.store.lease(&scene).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                app.metrics.error("no_such_scene");
-                return Some((CloseCode::UnknownScene, "no such scene".into()));
-            }
-            Err(_) => {
-                app.metrics.error("scene_unavailable");
-                return Some((CloseCode::Internal, "scene unavailable, try again".into()));
-            }
+    if !app.rooms.is_live(&scene) {
+        if let Some(refusal) = may_load(app, &scene, &claims, role).await {
+            return Some(refusal);
         }
     }
 

@@ -14,7 +14,9 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut all = Vec::new();
     for dir in [fuzz.join("seeds").join(target), fuzz.join("corpus").join(target)] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if let Ok(bytes) = std::fs::read(entry.path()) {
                 all.push((entry.path(), bytes));
@@ -31,7 +33,10 @@ fn token_inputs() {
     let verifier = Verifier::from_secret(b"fuzzing-secret-0123456789abcdef0123", "troupe").with_dev_tokens();
     for (path, data) in inputs {
         let text = String::from_utf8_lossy(&data);
-        assert!(verifier.verify(&text).is_err(), "{path:?} verified with the fuzzing secret");
+        assert!(
+            verifier.verify(&text).is_err(),
+            "{path:?} verified with the fuzzing secret"
+        );
         if let Some(token) = bearer(&text) {
             let _ = verifier.verify(token);
         }
@@ -39,7 +44,11 @@ fn token_inputs() {
             let _ = verifier.verify(token);
         }
         let kept = query_without_token(&text);
-        assert!(kept.split('&').all(|pair| pair.split('=').next() != Some("token")), "{path:?}");
+        assert!(
+            kept.split('&')
+                .all(|pair| pair.split('=').next() != Some("token")),
+            "{path:?}"
+        );
     }
 }
 
@@ -63,8 +72,15 @@ fn connect_query_inputs() {
     for (_, data) in inputs {
         let _ = connect_query(&String::from_utf8_lossy(&data));
     }
-    assert_eq!(connect_query("token=a.b.c&acks=1").token.as_deref(), Some("a.b.c"));
-    assert_eq!(connect_query("token=a&token=b").token, None, "a token given twice is none");
+    assert_eq!(
+        connect_query("token=a.b.c&acks=1").token.as_deref(),
+        Some("a.b.c")
+    );
+    assert_eq!(
+        connect_query("token=a&token=b").token,
+        None,
+        "a token given twice is none"
+    );
 }
 
 #[test]

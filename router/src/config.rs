@@ -260,7 +260,9 @@ impl Config {
         }
         let web_dir = web_dir(self.web_dir.as_deref())?;
         if self.jwt_audience.trim().is_empty() {
-            return Err("TROUPE_JWT_AUDIENCE must not be empty (the nodes' audience, `troupe` by default)".into());
+            return Err(
+                "TROUPE_JWT_AUDIENCE must not be empty (the nodes' audience, `troupe` by default)".into(),
+            );
         }
         let dev_tokens = self.dev_tokens()?;
         let token_keys = self.token_keys()?;

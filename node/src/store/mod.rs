@@ -145,6 +145,41 @@ macro_rules! shared_queries {
             Ok(done.rows_affected() == 1)
         }
 
+        pub async fn count_new_scene(&self, user: &str, minute: i64) -> Result<u64, StoreError> {
+            let count: i64 = sqlx::query_scalar(
+                "INSERT INTO scene_creations (user_id, minute, count) VALUES ($1, $2, 1)
+                 ON CONFLICT (user_id, minute) DO UPDATE SET count = scene_creations.count + 1
+                 RETURNING count",
+            )
+            .bind(user)
+            .bind(minute)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(count.max(0) as u64)
+        }
+
+        pub async fn collect_leases(&self, idle_before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+            // The conditions sit on the DELETE itself, so that a row claimed meanwhile (an
+            // owner again, a new claim time) is re-checked and kept.
+            let done = sqlx::query(
+                "DELETE FROM scene_leases
+                 WHERE owner = '' AND claimed_at_ms < $1
+                   AND NOT EXISTS (SELECT 1 FROM scene_versions v WHERE v.scene_id = scene_leases.scene_id)
+                   AND NOT EXISTS (SELECT 1 FROM scene_snapshots s WHERE s.scene_id = scene_leases.scene_id)
+                   AND scene_id IN (SELECT scene_id FROM scene_leases
+                                    WHERE owner = '' AND claimed_at_ms < $1 LIMIT $2)",
+            )
+            .bind(idle_before_ms)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+            sqlx::query("DELETE FROM scene_creations WHERE minute < $1")
+                .bind(now_ms() / 60_000 - 60)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        }
+
         pub async fn writers(&self, scene: &str) -> Result<Vec<(u64, String, u64)>, StoreError> {
             let rows: Vec<(i64, String, i64)> = sqlx::query_as(
                 "SELECT seq, writer_node, epoch FROM scene_versions WHERE scene_id = $1 ORDER BY seq",
@@ -334,6 +369,27 @@ impl Store {
         match self {
             Self::Postgres(s) => s.release_lease(scene, epoch, owner).await,
             Self::Sqlite(s) => s.release_lease(scene, epoch, owner).await,
+        }
+    }
+
+    /// Counts one more scene `user` brought into being in `minute` (minutes since the Unix
+    /// epoch), for every node of the cluster at once, and returns that minute's count.
+    pub async fn count_new_scene(&self, user: &str, minute: i64) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(s) => s.count_new_scene(user, minute).await,
+            Self::Sqlite(s) => s.count_new_scene(user, minute).await,
+        }
+    }
+
+    /// Deletes up to `limit` lease rows of scenes that never got content (no log rows, no
+    /// snapshots: opened and left, or opened by a flood of random ids), released and not
+    /// claimed since `idle_before_ms`. Safe for the fence: a released lease has no owner
+    /// that could still append, and such a scene, claimed again, starts as a new one would.
+    /// Also forgets new-scene counts older than an hour. Returns the leases deleted.
+    pub async fn collect_leases(&self, idle_before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(s) => s.collect_leases(idle_before_ms, limit).await,
+            Self::Sqlite(s) => s.collect_leases(idle_before_ms, limit).await,
         }
     }
 
