@@ -64,6 +64,11 @@ const MAX_WATCH: Duration = Duration::from_secs(25);
 /// Longest a TLS handshake, or the headers of a request, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections open on the internal port at once (nodes, routers and operators hold a
+/// few each); beyond, new ones are closed at once, so that a flood of slow handshakes
+/// cannot hold the node's descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+
 /// Longest the requests in flight may take to finish once the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -119,6 +124,7 @@ pub async fn serve(
     let app = router(cluster, local, stopping);
     let acceptor = transport.server_config().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, from) = tokio::select! {
@@ -133,15 +139,23 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%from, "internal endpoint: too many connections; closing a new one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let watcher = graceful.watcher();
         match acceptor.clone() {
             None => {
-                tokio::spawn(serve_connection(tcp, Peer::Insecure, app, watcher));
+                tokio::spawn(async move {
+                    serve_connection(tcp, Peer::Insecure, app, watcher).await;
+                    drop(slot);
+                });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
