@@ -291,8 +291,9 @@ impl LocalCluster {
             // The router's demo tokens (`/v1/dev/token`) open scenes on these nodes.
             env.push(("TROUPE_ACCEPT_DEV_TOKENS", "1".into()));
         } else {
-            // Chaos runs open scenes by the hundred with one token: no quota of new scenes.
+            // Chaos runs open scenes by the hundred with one token: no per-user quotas.
             env.push(("TROUPE_MAX_NEW_SCENES_PER_MINUTE", "0".into()));
+            env.push(("TROUPE_MAX_BYTES_PER_HOUR", "0".into()));
         }
         env.extend(tls.env());
         // An isolated node reaches Postgres and Redis over their Unix sockets.

@@ -198,6 +198,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_MAX_NEW_SCENES_PER_MINUTE", default_value_t = 60)]
     pub max_new_scenes_per_minute: u64,
 
+    /// Bytes of edits one user may write per hour, counted over the whole cluster (in steps
+    /// of 64 KiB per connection); beyond, the connection closes with 4429. 0: no limit.
+    #[arg(long, env = "TROUPE_MAX_BYTES_PER_HOUR", default_value_t = 256 << 20)]
+    pub max_bytes_per_hour: u64,
+
     /// Most scenes this node holds live at once; a connection that would load one more is
     /// closed with 1013 (try again).
     #[arg(long, env = "TROUPE_MAX_ROOMS", default_value_t = 10_000)]
@@ -218,6 +223,8 @@ pub struct Config {
 pub struct Quotas {
     /// 0: no limit.
     pub new_scenes_per_minute: u64,
+    /// 0: no limit.
+    pub bytes_per_hour: u64,
     pub max_rooms: usize,
     pub lease_retention: Duration,
     pub lease_gc_interval: Duration,
@@ -492,6 +499,7 @@ impl Config {
             port: self.port.limits()?,
             quotas: Quotas {
                 new_scenes_per_minute: self.max_new_scenes_per_minute,
+                bytes_per_hour: self.max_bytes_per_hour,
                 max_rooms: self.max_rooms,
                 lease_retention: self.lease_retention,
                 lease_gc_interval: self.lease_gc_interval,

@@ -233,6 +233,8 @@ async fn run(
     let revoked = troupe_membership::revocation::revoked(app.revocations.clone(), &claims);
     tokio::pin!(revoked);
 
+    let mut written = WrittenBytes::new(Instant::now());
+
     let outcome = loop {
         tokio::select! {
             () = &mut expiry => {
@@ -324,6 +326,12 @@ async fn run(
                         app.metrics.error("rate_limited");
                         break Some((CloseCode::RateLimited, "too many sync requests".into()));
                     }
+                    MessageKind::SyncStep2 | MessageKind::Update if role == Role::Edit => {
+                        written.add(frame.payload().len() as u64);
+                        if let Some(refusal) = written.report_if_due(app, &claims.sub, now).await {
+                            break Some(refusal);
+                        }
+                    }
                     _ => {}
                 }
                 let bytes = u32::try_from(frame.payload().len().max(1)).unwrap_or(u32::MAX);
@@ -349,7 +357,76 @@ async fn run(
         }
     };
     let _ = room.tx.send(RoomCmd::Leave { conn_id }).await;
+    written.report_rest(app, &claims.sub);
     outcome
+}
+
+/// Bytes of edits a connection wrote, reported to the store now and then (every
+/// [`REPORT_BYTES`] or [`REPORT_EVERY`]), where every node's reports for a user add up
+/// against `TROUPE_MAX_BYTES_PER_HOUR`.
+struct WrittenBytes {
+    unreported: u64,
+    last_report: Instant,
+}
+
+/// Bytes a connection writes between two reports at most.
+const REPORT_BYTES: u64 = 64 * 1024;
+
+/// Longest a connection keeps bytes unreported.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl WrittenBytes {
+    fn new(now: Instant) -> Self {
+        Self {
+            unreported: 0,
+            last_report: now,
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.unreported = self.unreported.saturating_add(bytes);
+    }
+
+    /// Reports when due; the close to send when the user is over the quota. A store that
+    /// does not answer costs nobody their connection.
+    async fn report_if_due(&mut self, app: &App, user: &str, now: Instant) -> Option<(CloseCode, String)> {
+        let limit = app.settings.quotas.bytes_per_hour;
+        let due = self.unreported >= REPORT_BYTES
+            || (self.unreported > 0 && now.duration_since(self.last_report) >= REPORT_EVERY);
+        if limit == 0 || !due {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.unreported);
+        self.last_report = now;
+        let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
+        let total = tokio::time::timeout(
+            Duration::from_secs(2),
+            app.store.add_user_bytes(user, hour, bytes),
+        )
+        .await;
+        match total {
+            Ok(Ok(total)) if total > limit => {
+                app.metrics.error("byte_quota");
+                Some((
+                    CloseCode::RateLimited,
+                    format!("too many bytes of edits: at most {limit} an hour per user; try again later"),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reports what is left when the connection ends, without waiting for the store.
+    fn report_rest(self, app: &Arc<App>, user: &str) {
+        if self.unreported == 0 || app.settings.quotas.bytes_per_hour == 0 {
+            return;
+        }
+        let (store, user, bytes) = (app.store.clone(), user.to_string(), self.unreported);
+        let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
+        tokio::spawn(async move {
+            let _ = store.add_user_bytes(&user, hour, bytes).await;
+        });
+    }
 }
 
 /// Joins the scene's room, retrying when the room unloaded in between.

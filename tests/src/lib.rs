@@ -145,9 +145,11 @@ impl NodeProcess {
             cmd.env("TROUPE_DATABASE_URL", url);
         }
         // Tests share one Postgres and a few user names, and open scenes by the hundred
-        // within a minute: the per-user quota of new scenes is off unless a test sets it.
-        if !env.iter().any(|(k, _)| k == "TROUPE_MAX_NEW_SCENES_PER_MINUTE") {
-            cmd.env("TROUPE_MAX_NEW_SCENES_PER_MINUTE", "0");
+        // within a minute: the per-user quotas are off unless a test sets them.
+        for quota in ["TROUPE_MAX_NEW_SCENES_PER_MINUTE", "TROUPE_MAX_BYTES_PER_HOUR"] {
+            if !env.iter().any(|(k, _)| k == quota) {
+                cmd.env(quota, "0");
+            }
         }
         // The certificate of the node id it is given (1 by default), unless the test
         // chooses the internal port's settings itself.

@@ -127,3 +127,42 @@ async fn leases_of_scenes_that_never_got_content_are_collected() {
         again.wait_acked().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn bytes_of_edits_per_user_are_limited() {
+    let node = NodeProcess::start(&Backend::Sqlite, &[("TROUPE_MAX_BYTES_PER_HOUR", "150000")]).unwrap();
+    let user = unique("bulk");
+    let tok = token(&user, &[("*", Role::Edit)]);
+    let mut writer = TestClient::connect(&node.ws_base(), &unique("big"), &tok)
+        .await
+        .unwrap();
+    let chunk = "x".repeat(20_000);
+    let mut refused = None;
+    for _ in 0..20 {
+        if writer.type_text(&chunk).await.is_err() {
+            break;
+        }
+        if let Err(e) = writer.pump(Duration::from_millis(20)).await {
+            refused = e.downcast::<troupe_tests::Closed>().ok();
+            break;
+        }
+    }
+    let refused = match refused {
+        Some(closed) => closed,
+        None => writer.expect_close().await.unwrap(),
+    };
+    assert_eq!(refused.code, 4429, "{refused}");
+    assert!(refused.reason.contains("bytes of edits"), "{refused}");
+    // The user stays over the quota on any connection this hour; others are unaffected.
+    let mut again = TestClient::connect(&node.ws_base(), &unique("big"), &tok)
+        .await
+        .unwrap();
+    again.type_text(&"y".repeat(70_000)).await.unwrap();
+    assert_eq!(again.expect_close().await.unwrap().code, 4429);
+    let other = token(&unique("light"), &[("*", Role::Edit)]);
+    let mut light = TestClient::connect(&node.ws_base(), &unique("big"), &other)
+        .await
+        .unwrap();
+    light.type_text(&chunk).await.unwrap();
+    light.wait_acked().await.unwrap();
+}

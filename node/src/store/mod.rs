@@ -158,6 +158,20 @@ macro_rules! shared_queries {
             Ok(count.max(0) as u64)
         }
 
+        pub async fn add_user_bytes(&self, user: &str, hour: i64, bytes: i64) -> Result<u64, StoreError> {
+            let total: i64 = sqlx::query_scalar(
+                "INSERT INTO user_bytes (user_id, hour, bytes) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, hour) DO UPDATE SET bytes = user_bytes.bytes + excluded.bytes
+                 RETURNING bytes",
+            )
+            .bind(user)
+            .bind(hour)
+            .bind(bytes)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(total.max(0) as u64)
+        }
+
         pub async fn collect_leases(&self, idle_before_ms: i64, limit: i64) -> Result<u64, StoreError> {
             // The conditions sit on the DELETE itself, so that a row claimed meanwhile (an
             // owner again, a new claim time) is re-checked and kept.
@@ -175,6 +189,10 @@ macro_rules! shared_queries {
             .await?;
             sqlx::query("DELETE FROM scene_creations WHERE minute < $1")
                 .bind(now_ms() / 60_000 - 60)
+                .execute(&self.pool)
+                .await?;
+            sqlx::query("DELETE FROM user_bytes WHERE hour < $1")
+                .bind(now_ms() / 3_600_000 - 24)
                 .execute(&self.pool)
                 .await?;
             Ok(done.rows_affected())
@@ -381,11 +399,21 @@ impl Store {
         }
     }
 
+    /// Adds `bytes` of edits `user` wrote in `hour` (hours since the Unix epoch), for every
+    /// node of the cluster at once, and returns that hour's total.
+    pub async fn add_user_bytes(&self, user: &str, hour: i64, bytes: u64) -> Result<u64, StoreError> {
+        let bytes = to_i64(bytes)?;
+        match self {
+            Self::Postgres(s) => s.add_user_bytes(user, hour, bytes).await,
+            Self::Sqlite(s) => s.add_user_bytes(user, hour, bytes).await,
+        }
+    }
+
     /// Deletes up to `limit` lease rows of scenes that never got content (no log rows, no
     /// snapshots: opened and left, or opened by a flood of random ids), released and not
     /// claimed since `idle_before_ms`. Safe for the fence: a released lease has no owner
     /// that could still append, and such a scene, claimed again, starts as a new one would.
-    /// Also forgets new-scene counts older than an hour. Returns the leases deleted.
+    /// Also forgets new-scene counts older than an hour and byte counts older than a day. Returns the leases deleted.
     pub async fn collect_leases(&self, idle_before_ms: i64, limit: i64) -> Result<u64, StoreError> {
         match self {
             Self::Postgres(s) => s.collect_leases(idle_before_ms, limit).await,
