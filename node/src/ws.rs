@@ -85,8 +85,8 @@ async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
 
 /// Whether this connection may load `scene`, which is not live on this node: the node has
 /// room for one more; a viewer may read a scene, not bring one into being (a scene nobody
-/// opened to edit yet, with no lease ever claimed, is not loaded, claimed or created for
-/// it); an editor bringing one into being counts against its user's quota of new scenes
+/// opened to edit yet, with no lease ever claimed and not in P1, is not loaded, claimed or
+/// created for it); an editor bringing one into being counts against its user's quota of new scenes
 /// per minute, over the whole cluster (the count is in the store).
 async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option<(CloseCode, String)> {
     let quotas = app.settings.quotas;
@@ -98,8 +98,11 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
         ));
     }
     let unavailable = || Some((CloseCode::Internal, "scene unavailable, try again".to_string()));
+    // A scene exists once someone opened it to edit (it has a lease), or when the P1
+    // product has it (its first load seeds it from there).
     let exists = match app.store.lease(scene).await {
-        Ok(lease) => lease.is_some(),
+        Ok(Some(_)) => true,
+        Ok(None) => matches!(app.store.p1_blocks(scene).await, Ok(Some(_)) | Err(_)),
         Err(_) => {
             app.metrics.error("scene_unavailable");
             return unavailable();

@@ -160,6 +160,26 @@ impl Room {
 
     /// Applies an update and fans out what it changed. Returns false when the sender was
     /// disconnected instead.
+    /// Seeds a scene that had no state (the P1 product's content): applied as the first
+    /// change and written to the log like any edit, under the scene's lease.
+    pub(super) fn seed(&mut self, update: Vec<u8>) {
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let update = Update::decode_v1(&update).map_err(|e| e.to_string())?;
+            self.document
+                .doc
+                .transact_mut()
+                .apply_update(update)
+                .map_err(|e| e.to_string())
+        }));
+        if !matches!(applied, Ok(Ok(()))) {
+            tracing::error!(scene = %self.scene, "the seed from P1 did not apply");
+            return;
+        }
+        tracing::info!(scene = %self.scene, bytes = update.len(), "seeded from P1 content");
+        self.document.bytes += update.len();
+        self.log.pending.push(update);
+    }
+
     fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
         if self.document.bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
             self.ctx.metrics.error("document_too_large");

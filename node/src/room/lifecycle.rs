@@ -72,17 +72,20 @@ impl Room {
         let loaded = match claimed {
             Err(error) => Err(error),
             Ok(()) => match load_in_time(&ctx.store, &scene).await {
-                // Rebuilding a large scene takes a while: off the thread that serves the rooms.
-                Ok(stored) => tokio::task::spawn_blocking(move || {
-                    rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored))
-                })
-                .await
-                .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
+                Ok(stored) => match p1_seed(&ctx.store, &scene, &stored).await {
+                    // Rebuilding a large scene takes a while: off the thread that serves the rooms.
+                    Ok(seed) => tokio::task::spawn_blocking(move || {
+                        rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, seed))
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error.to_string()),
             },
         };
         match loaded {
-            Ok((doc, doc_bytes, stored)) => {
+            Ok((doc, doc_bytes, stored, seed)) => {
                 ctx.metrics
                     .rehydration_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -95,6 +98,9 @@ impl Room {
                 // The rows it was rebuilt from are not needed while the room serves.
                 drop(stored);
                 room.epoch = epoch;
+                if let Some(seed) = seed {
+                    room.seed(seed);
+                }
                 room.serve(&mut inbox).await;
             }
             Err(error) if matches!(refusal, JoinRefused::Moved(_)) => {
@@ -305,6 +311,21 @@ async fn answers(ctx: &RoomContext, placement: &PlacementView, owner: &str) -> b
     };
     let answer: Result<NodeSelf, _> = ctx.rpc.get(&addr, "/cluster/info", LIVENESS_PROBE).await;
     answer.is_ok_and(|me| me.id.to_string() == owner)
+}
+
+/// The update that seeds a scene with no Yjs state yet from the P1 product's content, if
+/// P1 has the scene (backfill on first load). The same bytes on every node and in every
+/// bulk run (see [`crate::content::blocks::seed_update`]), so seeds that race merge into one
+/// copy. P1 content that cannot be read refuses the load: seeding without it would lose it.
+async fn p1_seed(store: &Store, scene: &str, stored: &StoredScene) -> Result<Option<Vec<u8>>, String> {
+    if !(stored.snapshots.is_empty() && stored.rows.is_empty()) {
+        return Ok(None);
+    }
+    match store.p1_blocks(scene).await {
+        Ok(Some(blocks)) if !blocks.is_empty() => Ok(Some(crate::content::blocks::seed_update(&blocks))),
+        Ok(_) => Ok(None),
+        Err(error) => Err(format!("cannot seed the scene from P1: {error}")),
+    }
 }
 
 /// A scene's document. Text positions count UTF-16 code units, as Yjs does in browsers:

@@ -7,6 +7,8 @@
 //! them, so a snapshot that cannot be read falls back to the one before plus its tail.
 //! Everything older is deleted when a new snapshot is written.
 
+use crate::content::blocks::Block;
+
 /// Methods whose SQL is the same on both backends (both accept `$n` placeholders); each
 /// backend struct has a `pool` field of its own pool type. `$lock_lease` ends the query
 /// that checks a writer's lease: Postgres locks the lease row (`FOR SHARE`) so that a claim
@@ -158,6 +160,23 @@ macro_rules! shared_queries {
             Ok(count.max(0) as u64)
         }
 
+        pub async fn p1_blocks(&self, scene: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+            let known: Option<i64> = sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
+                .bind(scene)
+                .fetch_optional(&self.pool)
+                .await?;
+            if known.is_none() {
+                return Ok(None);
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT block_type, text FROM content_blocks WHERE scene_id = $1 ORDER BY position",
+            )
+            .bind(scene)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(Some(rows))
+        }
+
         pub async fn add_user_bytes(&self, user: &str, hour: i64, bytes: i64) -> Result<u64, StoreError> {
             let total: i64 = sqlx::query_scalar(
                 "INSERT INTO user_bytes (user_id, hour, bytes) VALUES ($1, $2, $3)
@@ -251,6 +270,8 @@ pub enum StoreError {
     Timeout,
     #[error("sequence number {0} does not fit the store")]
     SeqRange(u64),
+    #[error("P1 content cannot be read: {0}")]
+    Content(crate::content::blocks::BlockError),
 }
 
 /// One committed batch of a scene: the unit the group-committer writes.
@@ -397,6 +418,23 @@ impl Store {
             Self::Postgres(s) => s.count_new_scene(user, minute).await,
             Self::Sqlite(s) => s.count_new_scene(user, minute).await,
         }
+    }
+
+    /// The scene's blocks in the P1 product's `content_blocks`, in order; `None` when P1
+    /// has no such scene. A block of a type the editor does not know is an error: seeding
+    /// without it would lose it.
+    pub async fn p1_blocks(&self, scene: &str) -> Result<Option<Vec<Block>>, StoreError> {
+        let rows = match self {
+            Self::Postgres(s) => s.p1_blocks(scene).await?,
+            Self::Sqlite(s) => s.p1_blocks(scene).await?,
+        };
+        rows.map(|rows| {
+            rows.into_iter()
+                .map(|(block_type, text)| Ok(Block::new(block_type.parse()?, text)))
+                .collect::<Result<Vec<_>, crate::content::blocks::BlockError>>()
+                .map_err(StoreError::Content)
+        })
+        .transpose()
     }
 
     /// Adds `bytes` of edits `user` wrote in `hour` (hours since the Unix epoch), for every

@@ -1,0 +1,182 @@
+//! Scenes of the P1 product come into Troupe on first load: a scene with no Yjs state but
+//! rows in `content_blocks` is seeded from them, once, with the same bytes wherever it is
+//! seeded — so two nodes that seed the same scene independently merge into one copy.
+
+use sqlx::Connection;
+use troupe_node::content::blocks::{self, Block, BlockType};
+use troupe_proto::token::Role;
+use troupe_tests::{token, unique, Backend, NodeProcess, TestClient};
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+fn screenplay() -> Vec<Block> {
+    vec![
+        Block::new(BlockType::SceneHeading, "INT. DINER - NIGHT"),
+        Block::new(
+            BlockType::Action,
+            "Rain on the windows. ZOË (30s) stirs a coffee ☕.",
+        ),
+        Block::new(BlockType::Character, "ZOË"),
+        Block::new(BlockType::Parenthetical, "(not looking up)"),
+        Block::new(BlockType::Dialogue, "You're late."),
+        Block::new(BlockType::Action, ""),
+        Block::new(BlockType::Transition, "CUT TO:"),
+    ]
+}
+
+/// Writes `blocks` as P1 would: a `scenes` row and its `content_blocks`.
+async fn write_p1(node: &NodeProcess, backend: &Backend, scene: &str, blocks: &[(String, String)]) {
+    const SCENE: &str = "INSERT INTO scenes (id, title, content_version) VALUES ($1, 'Diner', 1)";
+    const BLOCK: &str =
+        "INSERT INTO content_blocks (scene_id, position, block_type, text) VALUES ($1, $2, $3, $4)";
+    match backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", node.data_dir.join("troupe.sqlite3").display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(SCENE).bind(scene).execute(&mut db).await.unwrap();
+            for (i, (block_type, text)) in blocks.iter().enumerate() {
+                sqlx::query(BLOCK)
+                    .bind(scene)
+                    .bind(i as i64)
+                    .bind(block_type)
+                    .bind(text)
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+        }
+        Backend::Postgres(url) => {
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(SCENE).bind(scene).execute(&mut db).await.unwrap();
+            for (i, (block_type, text)) in blocks.iter().enumerate() {
+                sqlx::query(BLOCK)
+                    .bind(scene)
+                    .bind(i as i32)
+                    .bind(block_type)
+                    .bind(text)
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn rows(blocks: &[Block]) -> Vec<(String, String)> {
+    blocks
+        .iter()
+        .map(|b| (b.block_type.as_str().to_string(), b.text.clone()))
+        .collect()
+}
+
+fn read(client: &TestClient) -> Vec<Block> {
+    blocks::read(&client.doc.transact()).unwrap()
+}
+
+#[tokio::test]
+async fn a_p1_scene_is_seeded_once_on_first_load() {
+    for backend in Backend::all() {
+        let mut node = NodeProcess::start(&backend, &[("TROUPE_ROOM_IDLE", "300ms")]).unwrap();
+        let scene = unique("p1");
+        write_p1(&node, &backend, &scene, &rows(&screenplay())).await;
+        // A viewer may open it first: the scene exists, in P1.
+        let viewer = token("vic", &[(scene.as_str(), Role::View)]);
+        let first = TestClient::connect(&node.ws_base(), &scene, &viewer)
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&first),
+            screenplay(),
+            "{backend:?}: a viewer sees the P1 content"
+        );
+        drop(first);
+        let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
+        let first = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+        assert_eq!(
+            read(&first),
+            screenplay(),
+            "{backend:?}: the editor sees the P1 content"
+        );
+        drop(first);
+        // The seed went to the log like an edit: the scene has Yjs state of its own now.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let location = match &backend {
+            Backend::Sqlite => {
+                troupe_node::config::StoreLocation::Sqlite(node.data_dir.join("troupe.sqlite3"))
+            }
+            Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
+        };
+        let stored = troupe_node::store::Store::open(&location)
+            .await
+            .unwrap()
+            .load(&scene)
+            .await
+            .unwrap();
+        assert!(
+            !(stored.rows.is_empty() && stored.snapshots.is_empty()),
+            "{backend:?}: the seed was not stored"
+        );
+        // Restarted: loaded from the store, not seeded again.
+        node = node.restart().unwrap();
+        let again = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+        assert_eq!(read(&again), screenplay(), "{backend:?}: once, after a restart");
+    }
+}
+
+#[tokio::test]
+async fn seeds_made_on_two_nodes_merge_into_one_copy() {
+    // Two nodes with stores of their own, the same P1 scene in both: each seeds it.
+    let (a, b) = (
+        NodeProcess::start(&Backend::Sqlite, &[]).unwrap(),
+        NodeProcess::start(&Backend::Sqlite, &[]).unwrap(),
+    );
+    let scene = unique("twice");
+    for node in [&a, &b] {
+        write_p1(node, &Backend::Sqlite, &scene, &rows(&screenplay())).await;
+    }
+    let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
+    let on_a = TestClient::connect(&a.ws_base(), &scene, &tok).await.unwrap();
+    let mut on_b = TestClient::connect(&b.ws_base(), &scene, &tok).await.unwrap();
+    // A's seed reaches B, as a client that saw A's copy would bring it after a move.
+    let state_of_a = on_a
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    on_b.doc
+        .transact_mut()
+        .apply_update(yrs::Update::decode_v1(&state_of_a).unwrap())
+        .unwrap();
+    on_b.send_raw(troupe_proto::message::encode_update(&state_of_a))
+        .await
+        .unwrap();
+    on_b.sent_updates += 1;
+    on_b.wait_acked().await.unwrap();
+    assert_eq!(read(&on_b), screenplay(), "the two seeds are one copy");
+    let fresh = TestClient::connect(&b.ws_base(), &scene, &tok).await.unwrap();
+    assert_eq!(read(&fresh), screenplay());
+}
+
+#[tokio::test]
+async fn unreadable_p1_content_refuses_the_load_and_writes_nothing() {
+    let node = NodeProcess::start(&Backend::Sqlite, &[]).unwrap();
+    let scene = unique("odd");
+    write_p1(
+        &node,
+        &Backend::Sqlite,
+        &scene,
+        &[("marquee".into(), "???".into())],
+    )
+    .await;
+    let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
+    let mut client = TestClient::open(&node.ws_base(), &scene, &format!("token={tok}"))
+        .await
+        .unwrap();
+    let closed = client.expect_close().await.unwrap();
+    assert_eq!(closed.code, 1011, "{closed}");
+    assert!(
+        node.metric("websocket_errors_total{reason=\"scene_load_failed\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
