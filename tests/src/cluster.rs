@@ -206,10 +206,16 @@ impl TestCluster {
 
     /// Runs `troupectl --cluster <running nodes> args…`.
     pub fn troupectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.troupectl_with(&[], args)
+    }
+
+    /// [`Self::troupectl`] with extra settings.
+    pub fn troupectl_with(&self, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Output> {
         let output = Command::new(bin_dir().join("troupectl"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(crate::certs::env(&Identity::Admin("tests".into()))?)
+            .envs(env.iter().copied())
             .arg("--cluster")
             .arg(self.rpc_addrs().join(","))
             .args(args)

@@ -26,12 +26,17 @@ fn screenplay() -> Vec<Block> {
 
 /// Writes `blocks` as P1 would: a `scenes` row and its `content_blocks`.
 async fn write_p1(node: &NodeProcess, backend: &Backend, scene: &str, blocks: &[(String, String)]) {
+    write_p1_in(&node.data_dir, backend, scene, blocks).await
+}
+
+/// [`write_p1`] for the store of the nodes whose data folder is `dir`.
+async fn write_p1_in(dir: &std::path::Path, backend: &Backend, scene: &str, blocks: &[(String, String)]) {
     const SCENE: &str = "INSERT INTO scenes (id, title, content_version) VALUES ($1, 'Diner', 1)";
     const BLOCK: &str =
         "INSERT INTO content_blocks (scene_id, position, block_type, text) VALUES ($1, $2, $3, $4)";
     match backend {
         Backend::Sqlite => {
-            let url = format!("sqlite://{}", node.data_dir.join("troupe.sqlite3").display());
+            let url = format!("sqlite://{}", dir.join("troupe.sqlite3").display());
             let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
             sqlx::query(SCENE).bind(scene).execute(&mut db).await.unwrap();
             for (i, (block_type, text)) in blocks.iter().enumerate() {
@@ -179,4 +184,83 @@ async fn unreadable_p1_content_refuses_the_load_and_writes_nothing() {
             .unwrap()
             >= 1.0
     );
+}
+
+#[tokio::test]
+async fn troupectl_backfill_converts_verifies_skips_and_reports() {
+    use troupe_tests::cluster::TestCluster;
+    let cluster = TestCluster::start(3, &[]).await.unwrap();
+    let backend = cluster.backend.clone();
+    let database = match &backend {
+        Backend::Sqlite => format!("sqlite:{}", cluster.dir.join("troupe.sqlite3").display()),
+        Backend::Postgres(url) => url.clone(),
+    };
+    let env = [
+        ("TROUPE_DATABASE_URL", database.as_str()),
+        ("TROUPE_JWT_SECRET", troupe_tests::SECRET),
+    ];
+    let good: Vec<String> = (0..6).map(|i| unique(&format!("bf{i}"))).collect();
+    for scene in &good {
+        write_p1_in(&cluster.dir, &backend, scene, &rows(&screenplay())).await;
+    }
+    let odd = unique("bf-odd");
+    write_p1_in(&cluster.dir, &backend, &odd, &[("marquee".into(), "?".into())]).await;
+    let tok = token("ada", &[("*", Role::Edit)]);
+    let placement = cluster.view().await.unwrap().placement();
+    let owner_base = |scene: &str| format!("{}/ws/scenes", placement.route(scene).unwrap().url);
+    // One scene a visitor opened already.
+    drop(
+        TestClient::connect(&owner_base(&good[0]), &good[0], &tok)
+            .await
+            .unwrap(),
+    );
+
+    let args = |extra: &[&str]| {
+        let mut args = vec!["backfill"];
+        for scene in good.iter().chain([&odd]) {
+            args.extend(["--scene", scene.as_str()]);
+        }
+        args.extend(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let args = args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.troupectl_with(&env, &args).unwrap()
+    };
+
+    let dry = run(&["--dry-run"]);
+    let said = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(said.contains("7 scenes: 5 would convert, 1 skipped"), "{said}");
+    assert!(said.contains(&format!("failed {odd}")), "{said}");
+
+    // A visitor opening a scene while the run goes on makes the same seed: one copy.
+    let racing = tokio::spawn({
+        let (base, scene, tok) = (owner_base(&good[3]), good[3].clone(), tok.clone());
+        async move { TestClient::connect(&base, &scene, &tok).await.map(|c| read(&c)) }
+    });
+    let first = run(&[]);
+    let said = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        !first.status.success(),
+        "a failed scene makes the run fail: {said}"
+    );
+    assert!(
+        said.contains("7 scenes: 5 converted, 1 skipped (already in Troupe), 1 failed"),
+        "{said}"
+    );
+    assert!(said.contains("unknown block type"), "{said}");
+    assert_eq!(racing.await.unwrap().unwrap(), screenplay());
+
+    // Every converted scene reads as P1 had it, once, in a fresh client.
+    for scene in &good {
+        let fresh = TestClient::connect(&owner_base(scene), scene, &tok)
+            .await
+            .unwrap();
+        assert_eq!(read(&fresh), screenplay(), "{scene}");
+    }
+    // Again: nothing left to do but the scene that cannot be read.
+    let again = run(&[]);
+    let said = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(said.contains("7 scenes: 0 converted, 6 skipped"), "{said}");
 }

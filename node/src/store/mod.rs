@@ -177,6 +177,25 @@ macro_rules! shared_queries {
             Ok(Some(rows))
         }
 
+        pub async fn p1_scene_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+            Ok(sqlx::query_scalar("SELECT id FROM scenes WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        pub async fn has_state(&self, scene: &str) -> Result<bool, StoreError> {
+            let found: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM scene_versions WHERE scene_id = $1)
+                    OR EXISTS (SELECT 1 FROM scene_snapshots WHERE scene_id = $1)",
+            )
+            .bind(scene)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(found.is_some())
+        }
+
         pub async fn add_user_bytes(&self, user: &str, hour: i64, bytes: i64) -> Result<u64, StoreError> {
             let total: i64 = sqlx::query_scalar(
                 "INSERT INTO user_bytes (user_id, hour, bytes) VALUES ($1, $2, $3)
@@ -435,6 +454,22 @@ impl Store {
                 .map_err(StoreError::Content)
         })
         .transpose()
+    }
+
+    /// The ids of P1's scenes after `after`, in order, at most `limit` (for walking them all).
+    pub async fn p1_scene_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.p1_scene_ids(after, limit).await,
+            Self::Sqlite(s) => s.p1_scene_ids(after, limit).await,
+        }
+    }
+
+    /// Whether the scene has Yjs state of its own (a log row or a snapshot).
+    pub async fn has_state(&self, scene: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Postgres(s) => s.has_state(scene).await,
+            Self::Sqlite(s) => s.has_state(scene).await,
+        }
     }
 
     /// Adds `bytes` of edits `user` wrote in `hour` (hours since the Unix epoch), for every

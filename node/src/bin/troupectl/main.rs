@@ -4,10 +4,12 @@
 //! `troupectl token` mints an access token with the configured key, the way an app's
 //! backend would; `troupectl certs` makes the cluster's certificates.
 
+mod backfill;
 mod certs;
 mod cluster;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -70,6 +72,10 @@ enum Command {
     Revoked,
     /// Print a signed access token (JWT) for a user.
     Token(TokenArgs),
+    /// Bring the P1 product's scenes into Troupe: each is opened on its owner node, seeded
+    /// from `content_blocks`, stored and verified. Scenes that already have Yjs state are
+    /// skipped, so a run can stop anywhere and be repeated.
+    Backfill(BackfillArgs),
     /// Make the certificates of the internal port: `init` a CA, then one per `node` and
     /// `client` (operators and routers).
     Certs {
@@ -79,6 +85,57 @@ enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct BackfillArgs {
+    /// Every scene of P1's `scenes` table.
+    #[arg(long, conflicts_with = "scenes", required_unless_present = "scenes")]
+    all: bool,
+    /// A scene to convert; repeat for several.
+    #[arg(long = "scene")]
+    scenes: Vec<String>,
+    /// Say what would be converted, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The store the nodes use (and P1's tables): `postgres://…`, or the embedded store's
+    /// file as `sqlite:PATH`.
+    #[arg(long, env = "TROUPE_DATABASE_URL")]
+    database_url: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// The key tokens are signed with (the app backend's), for tools that open scenes.
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// `aud` claim; must match the node's TROUPE_JWT_AUDIENCE.
+    #[arg(long, env = "TROUPE_JWT_AUDIENCE", default_value = "troupe")]
+    audience: String,
+    /// HS256 secret shared with the nodes.
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// PEM private key for RS256 or EdDSA (instead of a secret).
+    #[arg(long, env = "TROUPE_JWT_PRIVATE_KEY_FILE")]
+    private_key_file: Option<String>,
+    /// Algorithm for the private key: RS256 or EdDSA.
+    #[arg(long, env = "TROUPE_JWT_ALGORITHM", default_value = "RS256")]
+    algorithm: String,
+}
+
+impl KeyArgs {
+    fn signer(&self) -> anyhow::Result<Signer> {
+        signer(&self.secret, &self.private_key_file, &self.algorithm)
+    }
+}
+
+fn signer(secret: &Option<String>, key_file: &Option<String>, algorithm: &str) -> anyhow::Result<Signer> {
+    Ok(match (secret, key_file) {
+        (Some(secret), None) => Signer::from_secret(secret.as_bytes()),
+        (None, Some(path)) => Signer::from_private_key_file(path, auth::parse_algorithm(algorithm)?)?,
+        (Some(_), Some(_)) => anyhow::bail!("give either --secret or --private-key-file, not both"),
+        (None, None) => anyhow::bail!("no signing key: set TROUPE_JWT_SECRET (or --private-key-file)"),
+    })
 }
 
 #[derive(clap::Args)]
@@ -154,6 +211,11 @@ fn run_cluster_command(
         .build()?;
     let transport = Transport::load(internal)?;
     let client = troupe_membership::ClusterClient::new(addrs, &transport);
+    // A bulk backfill takes as long as it takes (each scene has its own time limit).
+    let limit = match command {
+        Command::Backfill(_) => Duration::MAX,
+        _ => cluster::COMMAND_TIMEOUT,
+    };
     runtime.block_on(async {
         let work = async {
             match command {
@@ -166,24 +228,19 @@ fn run_cluster_command(
                 Command::Route { scene } => cluster::route(&client, &scene, json).await,
                 Command::Revoke { user, lift } => cluster::revoke(&client, &user, lift, json).await,
                 Command::Revoked => cluster::revoked(&client, json).await,
+                Command::Backfill(args) => run_backfill(&client, args, json).await,
                 Command::Token(_) | Command::Certs { .. } => Ok(()),
             }
         };
-        tokio::time::timeout(cluster::COMMAND_TIMEOUT, work)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("the cluster did not answer within {:?}", cluster::COMMAND_TIMEOUT)
-            })?
+        match tokio::time::timeout(limit, work).await {
+            Ok(done) => done,
+            Err(_) => Err(anyhow::anyhow!("the cluster did not answer within {limit:?}")),
+        }
     })
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let signer = match (&args.secret, &args.private_key_file) {
-        (Some(secret), None) => Signer::from_secret(secret.as_bytes()),
-        (None, Some(path)) => Signer::from_private_key_file(path, auth::parse_algorithm(&args.algorithm)?)?,
-        (Some(_), Some(_)) => anyhow::bail!("give either --secret or --private-key-file, not both"),
-        (None, None) => anyhow::bail!("no signing key: set TROUPE_JWT_SECRET (or --private-key-file)"),
-    };
+    let signer = signer(&args.secret, &args.private_key_file, &args.algorithm)?;
     let scenes: BTreeMap<String, Role> = args.scenes.iter().map(|s| (s.clone(), args.role)).collect();
     let claims = Claims {
         sub: args.user,
@@ -196,4 +253,28 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", signer.sign(&claims).context("signing the token")?);
     Ok(())
+}
+
+async fn run_backfill(
+    client: &troupe_membership::ClusterClient,
+    args: BackfillArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let location = match args.database_url.strip_prefix("sqlite:") {
+        Some(path) => troupe_node::config::StoreLocation::Sqlite(path.trim_start_matches("//").into()),
+        None if args.database_url.starts_with("postgres") => {
+            troupe_node::config::StoreLocation::Postgres(args.database_url.clone())
+        }
+        None => anyhow::bail!("--database-url must be postgres://… or sqlite:PATH"),
+    };
+    let store = troupe_node::store::Store::open(&location).await?;
+    let backfill = backfill::Backfill {
+        client,
+        store,
+        signer: args.key.signer()?,
+        audience: args.key.audience.clone(),
+        dry_run: args.dry_run,
+        json,
+    };
+    backfill.run((!args.all).then_some(args.scenes)).await
 }
