@@ -198,6 +198,16 @@ pub struct Config {
     #[arg(long, env = "TROUPE_MAX_NEW_SCENES_PER_MINUTE", default_value_t = 60)]
     pub max_new_scenes_per_minute: u64,
 
+    /// A scene of the P1 product is written back to `content_blocks` this long after its
+    /// last change…
+    #[arg(long, env = "TROUPE_P1_WRITE_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub p1_write_delay: Duration,
+
+    /// …or this long after its first unwritten change while people keep typing: how far
+    /// P1's readers may lag behind the editors.
+    #[arg(long, env = "TROUPE_P1_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
+    pub p1_max_lag: Duration,
+
     /// Bytes of edits one user may write per hour, counted over the whole cluster (in steps
     /// of 64 KiB per connection); beyond, the connection closes with 4429. 0: no limit.
     #[arg(long, env = "TROUPE_MAX_BYTES_PER_HOUR", default_value_t = 256 << 20)]
@@ -246,6 +256,10 @@ pub struct Limits {
     pub compact_rows: u64,
     pub compact_bytes: u64,
     pub compact_age: Duration,
+    /// How long after the last change a P1 scene is written back to `content_blocks`.
+    pub p1_write_delay: Duration,
+    /// The longest a P1 scene's projection may lag while people keep typing.
+    pub p1_max_lag: Duration,
 }
 
 /// Browser origins allowed to connect.
@@ -338,6 +352,8 @@ impl Config {
             compact_rows: self.compact_rows,
             compact_bytes: self.compact_bytes,
             compact_age: self.compact_age,
+            p1_write_delay: self.p1_write_delay,
+            p1_max_lag: self.p1_max_lag,
         }
     }
 

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub awareness_dropped: Counter,
     pub awareness_rewritten: Counter,
     pub leases_collected: Counter,
+    pub p1_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
             awareness_dropped: Counter::default(),
             awareness_rewritten: Counter::default(),
             leases_collected: Counter::default(),
+            p1_lag_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +194,11 @@ impl Metrics {
             "troupe_leases_collected",
             "Lease rows of scenes that never got content, deleted once released and idle",
             m.leases_collected.clone(),
+        );
+        registry.register(
+            "troupe_p1_lag_seconds",
+            "From a P1 scene's first unwritten change to its write back into content_blocks",
+            m.p1_lag_seconds.clone(),
         );
         Self { registry, ..m }
     }

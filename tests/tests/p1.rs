@@ -264,3 +264,146 @@ async fn troupectl_backfill_converts_verifies_skips_and_reports() {
     let said = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(said.contains("7 scenes: 0 converted, 6 skipped"), "{said}");
 }
+
+/// P1's view of a scene: its content version and blocks.
+async fn read_p1(dir: &std::path::Path, backend: &Backend, scene: &str) -> (i64, Vec<(String, String)>) {
+    const VERSION: &str = "SELECT content_version FROM scenes WHERE id = $1";
+    const BLOCKS: &str = "SELECT block_type, text FROM content_blocks WHERE scene_id = $1 ORDER BY position";
+    match backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", dir.join("troupe.sqlite3").display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let version: i64 = sqlx::query_scalar(VERSION)
+                .bind(scene)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            let rows = sqlx::query_as(BLOCKS)
+                .bind(scene)
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+            (version, rows)
+        }
+        Backend::Postgres(url) => {
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            let version: i64 = sqlx::query_scalar(VERSION)
+                .bind(scene)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            let rows = sqlx::query_as(BLOCKS)
+                .bind(scene)
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+            (version, rows)
+        }
+    }
+}
+
+/// Appends a block to the client's document, as the editor would, and sends it.
+async fn add_block(client: &mut TestClient, block_type: &str, text: &str) {
+    use yrs::{XmlElementPrelim, XmlFragment, XmlTextPrelim};
+    let update = {
+        let fragment = client.doc.get_or_insert_xml_fragment(blocks::FRAGMENT);
+        let mut txn = client.doc.transact_mut();
+        let element = fragment.push_back(&mut txn, XmlElementPrelim::empty(block_type));
+        element.push_back(&mut txn, XmlTextPrelim::new(text));
+        txn.encode_update_v1()
+    };
+    client.sent_updates += 1;
+    client
+        .send_raw(troupe_proto::message::encode_update(&update))
+        .await
+        .unwrap();
+    client.wait_acked().await.unwrap();
+}
+
+#[tokio::test]
+async fn live_scenes_are_written_back_to_p1() {
+    for backend in Backend::all() {
+        // Soon after typing stops…
+        let node = NodeProcess::start(
+            &backend,
+            &[("TROUPE_P1_WRITE_DELAY", "200ms"), ("TROUPE_P1_MAX_LAG", "1s")],
+        )
+        .unwrap();
+        let scene = unique("dual");
+        write_p1(&node, &backend, &scene, &rows(&screenplay())).await;
+        let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
+        let mut editor = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+        let typed = std::time::Instant::now();
+        add_block(&mut editor, "action", "The door bangs open.").await;
+        let mut expected = rows(&screenplay());
+        expected.push(("action".into(), "The door bangs open.".into()));
+        let deadline = typed + std::time::Duration::from_secs(10);
+        loop {
+            let (version, blocks) = read_p1(&node.data_dir, &backend, &scene).await;
+            if blocks == expected {
+                assert_eq!(version, 2, "{backend:?}: one write, one version");
+                println!(
+                    "{backend:?}: P1 had the change {:?} after it was typed",
+                    typed.elapsed()
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: P1 never got the change: {blocks:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // A writer that does not hold the lease is refused, and P1 stays as it was.
+        let location = match &backend {
+            Backend::Sqlite => {
+                troupe_node::config::StoreLocation::Sqlite(node.data_dir.join("troupe.sqlite3"))
+            }
+            Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
+        };
+        let store = troupe_node::store::Store::open(&location).await.unwrap();
+        let stale = store
+            .write_p1_blocks(
+                &scene,
+                "a-former-owner",
+                1,
+                &[Block::new(BlockType::Action, "stale")],
+            )
+            .await
+            .unwrap();
+        assert!(!stale, "{backend:?}: a write without the lease was accepted");
+        assert_eq!(read_p1(&node.data_dir, &backend, &scene).await.1, expected);
+    }
+}
+
+#[tokio::test]
+async fn an_unloading_scene_writes_its_last_state_to_p1() {
+    // The delay is long: only the unload can bring the change to P1 this soon.
+    let node = NodeProcess::start(
+        &Backend::Sqlite,
+        &[
+            ("TROUPE_P1_WRITE_DELAY", "60s"),
+            ("TROUPE_P1_MAX_LAG", "60s"),
+            ("TROUPE_ROOM_IDLE", "300ms"),
+        ],
+    )
+    .unwrap();
+    let scene = unique("last");
+    write_p1(&node, &Backend::Sqlite, &scene, &rows(&screenplay())).await;
+    let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
+    let mut editor = TestClient::connect(&node.ws_base(), &scene, &tok).await.unwrap();
+    add_block(&mut editor, "transition", "FADE OUT.").await;
+    drop(editor);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, blocks) = read_p1(&node.data_dir, &Backend::Sqlite, &scene).await;
+        if blocks.last() == Some(&("transition".to_string(), "FADE OUT.".to_string())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unload did not write P1: {blocks:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -178,6 +178,7 @@ impl Room {
         tracing::info!(scene = %self.scene, bytes = update.len(), "seeded from P1 content");
         self.document.bytes += update.len();
         self.log.pending.push(update);
+        // The seed is P1's own content: nothing to write back.
     }
 
     fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
@@ -225,6 +226,7 @@ impl Room {
                 self.ctx.metrics.conflicts_resolved.inc();
             }
             self.document.bytes += change.len();
+            self.p1_changed();
             let frame: Bytes = message::encode_update(&change).into();
             self.broadcast(frame, Some(conn_id));
             self.log.pending.push(change);

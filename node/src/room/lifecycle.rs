@@ -74,8 +74,8 @@ impl Room {
             Ok(()) => match load_in_time(&ctx.store, &scene).await {
                 Ok(stored) => match p1_seed(&ctx.store, &scene, &stored).await {
                     // Rebuilding a large scene takes a while: off the thread that serves the rooms.
-                    Ok(seed) => tokio::task::spawn_blocking(move || {
-                        rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, seed))
+                    Ok((p1_tracked, seed)) => tokio::task::spawn_blocking(move || {
+                        rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, p1_tracked, seed))
                     })
                     .await
                     .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
@@ -85,7 +85,7 @@ impl Room {
             },
         };
         match loaded {
-            Ok((doc, doc_bytes, stored, seed)) => {
+            Ok((doc, doc_bytes, stored, p1_tracked, seed)) => {
                 ctx.metrics
                     .rehydration_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -98,6 +98,7 @@ impl Room {
                 // The rows it was rebuilt from are not needed while the room serves.
                 drop(stored);
                 room.epoch = epoch;
+                room.p1.tracked = p1_tracked;
                 if let Some(seed) = seed {
                     room.seed(seed);
                 }
@@ -213,6 +214,8 @@ impl Room {
             if let Some(write) = write {
                 write.await;
             }
+            // P1 reads the last state, before the lease goes.
+            Box::pin(self.p1_final_write()).await;
             let release = Box::pin(
                 self.ctx
                     .store
@@ -313,18 +316,29 @@ async fn answers(ctx: &RoomContext, placement: &PlacementView, owner: &str) -> b
     answer.is_ok_and(|me| me.id.to_string() == owner)
 }
 
-/// The update that seeds a scene with no Yjs state yet from the P1 product's content, if
-/// P1 has the scene (backfill on first load). The same bytes on every node and in every
-/// bulk run (see [`crate::content::blocks::seed_update`]), so seeds that race merge into one
-/// copy. P1 content that cannot be read refuses the load: seeding without it would lose it.
-async fn p1_seed(store: &Store, scene: &str, stored: &StoredScene) -> Result<Option<Vec<u8>>, String> {
-    if !(stored.snapshots.is_empty() && stored.rows.is_empty()) {
-        return Ok(None);
-    }
+/// Whether the P1 product has the scene (its changes are then written back), and the
+/// update that seeds it when it has no Yjs state yet (backfill on first load). The seed is
+/// the same bytes on every node and in every bulk run (see
+/// [`crate::content::blocks::seed_update`]), so seeds that race merge into one copy. P1
+/// content that cannot be read refuses a first load (seeding without it would lose it), and
+/// is never overwritten by a scene that already has state.
+async fn p1_seed(
+    store: &Store,
+    scene: &str,
+    stored: &StoredScene,
+) -> Result<(bool, Option<Vec<u8>>), String> {
+    let empty = stored.snapshots.is_empty() && stored.rows.is_empty();
     match store.p1_blocks(scene).await {
-        Ok(Some(blocks)) if !blocks.is_empty() => Ok(Some(crate::content::blocks::seed_update(&blocks))),
-        Ok(_) => Ok(None),
-        Err(error) => Err(format!("cannot seed the scene from P1: {error}")),
+        Ok(None) => Ok((false, None)),
+        Ok(Some(blocks)) => {
+            let seed = (empty && !blocks.is_empty()).then(|| crate::content::blocks::seed_update(&blocks));
+            Ok((true, seed))
+        }
+        Err(error) if empty => Err(format!("cannot seed the scene from P1: {error}")),
+        Err(error) => {
+            tracing::warn!(%scene, %error, "P1 content cannot be read; this scene is not written back to it");
+            Ok((false, None))
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod compaction;
 mod document;
 mod lifecycle;
 mod log;
+mod p1;
 mod peers;
 mod presence;
 mod serve;
@@ -161,6 +162,8 @@ pub(crate) struct Room {
     /// takes no more updates, flushes, releases its lease, then closes its clients with 4301.
     handoff: Option<Option<String>>,
     placement: watch::Receiver<Arc<PlacementView>>,
+    /// Writing the document back into the P1 product's tables.
+    p1: p1::Projection,
     /// When this room claimed its lease: older lease checks do not concern it.
     claimed_at: Instant,
 }
@@ -191,6 +194,7 @@ impl Room {
             handoff: None,
             claimed_at: Instant::now(),
             placement: ctx.placement.clone(),
+            p1: p1::Projection::default(),
             ctx,
         }
     }

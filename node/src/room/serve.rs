@@ -42,6 +42,7 @@ impl Room {
                 () = &mut housekeeping => {
                     self.flush();
                     self.maybe_compact(false);
+                    self.p1_housekeeping();
                     self.presence.publish(&self.ctx, &self.scene);
                     let next = tokio::time::Instant::now() + self.next_housekeeping();
                     housekeeping.as_mut().reset(next);
@@ -67,7 +68,10 @@ impl Room {
     /// Work the next housekeeping round must do: a batch to hand to the writer, presence
     /// to publish, or a stop to finish.
     fn has_waiting_work(&self) -> bool {
-        !self.log.pending.is_empty() || !self.presence.dirty.is_empty() || self.stopping.is_some()
+        !self.log.pending.is_empty()
+            || !self.presence.dirty.is_empty()
+            || self.stopping.is_some()
+            || self.p1_waiting()
     }
 
     /// How long housekeeping may sleep: until the first thing falls due (compaction by

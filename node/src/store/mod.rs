@@ -177,6 +177,51 @@ macro_rules! shared_queries {
             Ok(Some(rows))
         }
 
+        pub async fn write_p1_blocks(
+            &self,
+            scene: &str,
+            owner: &str,
+            epoch: u64,
+            blocks: &[(String, String)],
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let holds: Option<i64> = sqlx::query_scalar(concat!(
+                "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
+                $lock_lease
+            ))
+            .bind(scene)
+            .bind(epoch as i64)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if holds.is_none() {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM content_blocks WHERE scene_id = $1")
+                .bind(scene)
+                .execute(&mut *tx)
+                .await?;
+            for (position, (block_type, text)) in blocks.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO content_blocks (scene_id, position, block_type, text) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(scene)
+                .bind(position as i32)
+                .bind(block_type)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE scenes SET content_version = content_version + 1, updated_at = CURRENT_TIMESTAMP WHERE id = $1",
+            )
+            .bind(scene)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+
         pub async fn p1_scene_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
             Ok(sqlx::query_scalar("SELECT id FROM scenes WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after)
@@ -454,6 +499,27 @@ impl Store {
                 .map_err(StoreError::Content)
         })
         .transpose()
+    }
+
+    /// Writes a live scene's blocks into P1's `content_blocks` (all of them, in order) and
+    /// bumps its `content_version`, only while `owner` holds the scene's lease at `epoch`:
+    /// fenced like every other write. Returns false when refused.
+    pub async fn write_p1_blocks(
+        &self,
+        scene: &str,
+        owner: &str,
+        epoch: u64,
+        blocks: &[Block],
+    ) -> Result<bool, StoreError> {
+        to_i64(epoch)?;
+        let rows: Vec<(String, String)> = blocks
+            .iter()
+            .map(|b| (b.block_type.as_str().to_string(), b.text.clone()))
+            .collect();
+        match self {
+            Self::Postgres(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
+            Self::Sqlite(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
+        }
     }
 
     /// The ids of P1's scenes after `after`, in order, at most `limit` (for walking them all).
