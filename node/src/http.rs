@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /ws/scenes/{scene}?token=JWT[&acks=1]` | WebSocket upgrade, then one connection (see [`ws`]); the token may instead come as the subprotocol `troupe.bearer.JWT` beside `troupe` |
 //! | the same, without an upgrade | 307 to the scene's owner when it is another node, else 426 |
+//! | `GET /v1/scenes/{scene}/content[?format=json\|text\|fountain]` | the scene's blocks (and P1's content version) as they are now, for a `Bearer` token that may read it; served by the owner only (421 elsewhere) |
 //! | `GET /healthz` | store, rooms, epoch and leader as JSON; 503 while the store does not answer |
 //! | `GET /metrics` | OpenMetrics text |
 //!
@@ -43,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         // a close code after the upgrade, like any other.
         .route(SCENES_PREFIX, get_only(websocket))
         .route("/ws/scenes/{*scene}", get_only(websocket))
+        .route("/v1/scenes/{scene}/content", get_only(content))
         .fallback(not_found)
         .with_state(app)
 }
@@ -109,6 +111,135 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ContentQuery {
+    pub format: Option<String>,
+}
+
+/// `GET /v1/scenes/{scene}/content`: the scene as it is now. The owner reads it from the
+/// live room, loading the scene if it is not (as a viewer's connection would, so it is never
+/// a stale copy and a scene nobody has is not brought into being).
+async fn content(
+    State(app): Ctx,
+    scene: Result<Path<String>, PathRejection>,
+    query: Result<Query<ContentQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let json_error = |status: StatusCode, kind: &str, message: &str| {
+        let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+        let mut response = text(status, "application/json", body);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    };
+    let Some(scene) = scene.ok().map(|Path(s)| s).filter(|s| is_scene_id(s)) else {
+        return json_error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id");
+    };
+    let format = query
+        .ok()
+        .and_then(|Query(q)| q.format)
+        .unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "text" | "fountain") {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_format",
+            "format is json, text or fountain",
+        );
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(troupe_proto::token::bearer);
+    let Some(claims) = token.and_then(|t| app.settings.verifier.verify(t).ok()) else {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid token as Authorization: Bearer <token>",
+        );
+    };
+    if app.revocations.borrow().refuses(&claims) {
+        return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "access revoked");
+    }
+    if claims.role_in(&scene).is_none() {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token does not grant this scene",
+        );
+    }
+    let verdict = app.placement.borrow().verdict(app.settings.node_id, &scene);
+    match verdict {
+        Verdict::Mine { .. } => {}
+        Verdict::Elsewhere(route) => {
+            return json_error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "moved",
+                &format!("served by {}", route.url),
+            )
+        }
+        Verdict::NoOwner => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_owner",
+                "no node serves this scene yet",
+            )
+        }
+    }
+    if !app.rooms.is_live(&scene) {
+        let exists = match app.store.lease(&scene).await {
+            Ok(Some(_)) => true,
+            Ok(None) => matches!(app.store.p1_blocks(&scene).await, Ok(Some(_)) | Err(_)),
+            Err(_) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store does not answer",
+                )
+            }
+        };
+        if !exists {
+            return json_error(StatusCode::NOT_FOUND, "no_such_scene", "no such scene");
+        }
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let room = app.rooms.get_or_start(&scene);
+    let asked = room.tx.send(crate::room::RoomCmd::Read { reply }).await.is_ok();
+    let blocks = match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(Ok(blocks))) if asked => blocks,
+        Ok(Ok(Err(error))) => return json_error(StatusCode::CONFLICT, "not_blocks", &error),
+        _ => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the scene is loading or moving; try again",
+            )
+        }
+    };
+    let mut response = match format.as_str() {
+        "text" => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            crate::content::fountain::plain_text(&blocks),
+        ),
+        "fountain" => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            crate::content::fountain::fountain(&blocks),
+        ),
+        _ => {
+            let version = app.store.p1_version(&scene).await.ok().flatten();
+            let body =
+                serde_json::json!({ "scene": scene, "version": version, "blocks": blocks }).to_string();
+            text(StatusCode::OK, "application/json", body)
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

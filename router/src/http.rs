@@ -59,6 +59,8 @@ pub struct Shared {
     pub verifier: Option<Verifier>,
     /// What `/metrics` requires, if anything.
     pub metrics_token: Option<String>,
+    /// Forwards content requests to the scenes' owners.
+    pub content: crate::content::Forwarder,
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -81,6 +83,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(SCENES_PREFIX, get_only(redirect))
         .route("/ws/scenes/{*scene}", get_only(redirect))
         .route("/v1/scenes/{scene}/presence", any(presence))
+        .route("/v1/scenes/{scene}/content", get_only(content))
         .route(dev_token::PATH, get_only(dev_token))
         .route("/healthz", get_only(healthz))
         .route("/metrics", get_only(metrics))
@@ -212,6 +215,24 @@ async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Respo
         return no_store(refused.response());
     }
     presence::answer(Some(&scene), s.presence.as_deref()).await
+}
+
+/// `GET /v1/scenes/{scene}/content`: checked here, answered by the scene's owner.
+async fn content(State(s): Ctx, headers: HeaderMap, scene: SceneParam, uri: hyper::Uri) -> Response<Body> {
+    let Some(scene) = scene_of(scene) else {
+        return no_store(error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id"));
+    };
+    let latest = s.latest.borrow().clone();
+    let state = latest.as_ref().map(|l| &l.view.state);
+    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), state, &scene, Need::Read) {
+        return no_store(refused.response());
+    }
+    let owner = match resolve(Some(scene), &s) {
+        Ok(owner) => owner,
+        Err(refusal) => return refusal.respond(&s.metrics),
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    s.content.forward(&owner.url, path, &headers).await
 }
 
 /// `GET /v1/dev/token?user=NAME`.
@@ -354,6 +375,7 @@ mod tests {
             dev_tokens: None,
             verifier: Some(Verifier::from_secret(TEST_SECRET, "troupe")),
             metrics_token: Some("scrape-me".into()),
+            content: crate::content::Forwarder::default(),
         }));
         app.oneshot(req).await.unwrap()
     }

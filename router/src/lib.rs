@@ -8,7 +8,8 @@
 //!
 //! For demos it also serves the demo page's files at `/` (see [`assets`]) and, only when
 //! asked to, tokens for anyone (see [`dev_token`]). Presence answers and failover notices
-//! come from Redis ([`presence`]); [`server`] runs it all, [`config`] and [`metrics`] are
+//! come from Redis ([`presence`]); a scene's content is answered by its owner, the router
+//! checking the token and forwarding ([`content`]); [`server`] runs it all, [`config`] and [`metrics`] are
 //! what they say.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +17,7 @@
 pub mod access;
 pub mod assets;
 pub mod config;
+pub mod content;
 pub mod dev_token;
 pub mod follow;
 pub mod http;

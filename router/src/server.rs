@@ -87,6 +87,7 @@ pub async fn run(
         dev_tokens: settings.dev_tokens.clone(),
         verifier,
         metrics_token: settings.metrics_token.as_ref().map(|t| t.0.clone()),
+        content: crate::content::Forwarder::default(),
     });
 
     on_ready();

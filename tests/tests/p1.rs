@@ -407,3 +407,63 @@ async fn an_unloading_scene_writes_its_last_state_to_p1() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_content_api_answers_through_the_router_from_the_owner() {
+    use troupe_tests::cluster::{http_request_with, RouterProcess, TestCluster};
+    let cluster = TestCluster::start(3, &[]).await.unwrap();
+    let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
+    let backend = cluster.backend.clone();
+    let scene = unique("api");
+    write_p1_in(&cluster.dir, &backend, &scene, &rows(&screenplay())).await;
+    let reader = format!("Bearer {}", token("rita", &[(scene.as_str(), Role::View)]));
+    let get = |path: String, auth: Option<String>| {
+        let addr = router.addr;
+        async move {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            let (status, _, body) = http_request_with(addr, &path, &headers).await.unwrap();
+            (status, body)
+        }
+    };
+    let path = format!("/v1/scenes/{scene}/content");
+
+    // Not loaded anywhere yet: the owner loads (and seeds) it to answer.
+    let (status, body) = get(path.clone(), Some(reader.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["version"], 1);
+    let blocks: Vec<Block> = serde_json::from_value(json["blocks"].clone()).unwrap();
+    assert_eq!(blocks, screenplay());
+    let (status, body) = get(format!("{path}?format=fountain"), Some(reader.clone())).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("INT. DINER - NIGHT\n\nRain on the windows."),
+        "{body}"
+    );
+    assert!(body.contains("ZOË\n(not looking up)\nYou're late.\n"), "{body}");
+
+    // A live edit is in the very next answer.
+    let placement = cluster.view().await.unwrap().placement();
+    let base = format!("{}/ws/scenes", placement.route(&scene).unwrap().url);
+    let mut editor = TestClient::connect(&base, &scene, &token("ada", &[(scene.as_str(), Role::Edit)]))
+        .await
+        .unwrap();
+    add_block(&mut editor, "action", "The jukebox dies.").await;
+    let (_, body) = get(format!("{path}?format=text"), Some(reader.clone())).await;
+    assert!(body.ends_with("CUT TO:\nThe jukebox dies.\n"), "{body}");
+
+    // Refusals.
+    assert_eq!(get(path.clone(), None).await.0, 401);
+    let other = format!("Bearer {}", token("rita", &[("elsewhere", Role::View)]));
+    assert_eq!(get(path.clone(), Some(other)).await.0, 403);
+    let nobody = unique("nobody");
+    let anyone = format!("Bearer {}", token("rita", &[("*", Role::View)]));
+    assert_eq!(
+        get(format!("/v1/scenes/{nobody}/content"), Some(anyone)).await.0,
+        404
+    );
+    assert_eq!(get(format!("{path}?format=pdf"), Some(reader)).await.0, 400);
+}

@@ -6,7 +6,16 @@
 use super::blocks::{Block, BlockType};
 
 /// Scene heading prefixes Fountain recognises without a forcing `.`.
-const HEADING_PREFIXES: [&str; 8] = ["INT.", "EXT.", "EST.", "INT/EXT", "INT./EXT.", "I/E", "INT ", "EXT "];
+const HEADING_PREFIXES: [&str; 8] = [
+    "INT.",
+    "EXT.",
+    "EST.",
+    "INT/EXT",
+    "INT./EXT.",
+    "I/E",
+    "INT ",
+    "EXT ",
+];
 
 /// One line per block, as written.
 pub fn plain_text(blocks: &[Block]) -> String {
@@ -47,7 +56,9 @@ pub fn fountain(blocks: &[Block]) -> String {
                     format!(".{text}")
                 }
             }
-            BlockType::Action if looks_like_character(text) || looks_like_transition(text) => format!("!{text}"),
+            BlockType::Action if looks_like_character(text) || looks_like_transition(text) => {
+                format!("!{text}")
+            }
             BlockType::Action => text.to_string(),
             BlockType::Character if looks_like_character(text) => text.to_string(),
             BlockType::Character => format!("@{text}"),
@@ -107,7 +118,10 @@ mod tests {
             fountain(&scene),
             "INT. DINER - NIGHT\n\nRain on the windows.\n\nZOË\n(not looking up)\nYou're late.\n\nMARC\nTraffic.\n\nCUT TO:\n"
         );
-        assert_eq!(plain_text(&scene[..2]), "INT. DINER - NIGHT\nRain on the windows.\n");
+        assert_eq!(
+            plain_text(&scene[..2]),
+            "INT. DINER - NIGHT\nRain on the windows.\n"
+        );
     }
 
     #[test]

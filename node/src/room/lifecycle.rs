@@ -240,7 +240,10 @@ impl Room {
                 RoomCmd::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Unavailable));
                 }
-                RoomCmd::Frame(_) | RoomCmd::Leave { .. } | RoomCmd::LeaseLost { .. } => {}
+                RoomCmd::Frame(_)
+                | RoomCmd::Leave { .. }
+                | RoomCmd::LeaseLost { .. }
+                | RoomCmd::Read { .. } => {}
             }
         }
         self.presence.publish(&self.ctx, &self.scene);

@@ -101,6 +101,10 @@ pub enum RoomCmd {
     LeaseLost {
         checked_at: Instant,
     },
+    /// The scene's blocks as they are now (the content API).
+    Read {
+        reply: oneshot::Sender<Result<Vec<crate::content::blocks::Block>, String>>,
+    },
 }
 
 /// A validated frame from one of the room's connections.

@@ -118,6 +118,13 @@ impl Room {
             }
             RoomCmd::Leave { conn_id } => self.leave(conn_id),
             RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),
+            RoomCmd::Read { reply } => {
+                let blocks = {
+                    use yrs::Transact;
+                    crate::content::blocks::read(&self.document.doc.transact()).map_err(|e| e.to_string())
+                };
+                let _ = reply.send(blocks);
+            }
         }
     }
 

@@ -222,6 +222,13 @@ macro_rules! shared_queries {
             Ok(true)
         }
 
+        pub async fn p1_version(&self, scene: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
+                .bind(scene)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
         pub async fn p1_scene_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
             Ok(sqlx::query_scalar("SELECT id FROM scenes WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after)
@@ -519,6 +526,14 @@ impl Store {
         match self {
             Self::Postgres(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
             Self::Sqlite(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
+        }
+    }
+
+    /// P1's `content_version` of the scene (`None` when P1 has no such scene).
+    pub async fn p1_version(&self, scene: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.p1_version(scene).await,
+            Self::Sqlite(s) => s.p1_version(scene).await,
         }
     }
 

@@ -1,0 +1,109 @@
+//! `GET /v1/scenes/{scene}/content`: the content API, answered by the scene's owner. The
+//! router checks the token (the same rule as the other scene endpoints), finds the owner in
+//! the membership and forwards the request to it; a stale owner answers 421, which the
+//! client sees as 503 "try again" once the router's view has moved on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::http::{error, no_store, Body};
+
+/// Largest answer forwarded (a scene is at most a few tens of MiB).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// How long the owner may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pooled connections to the nodes' public ports.
+#[derive(Clone)]
+pub struct Forwarder {
+    http: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        Forwarder {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+}
+
+impl Forwarder {
+    /// Forwards `path_and_query` to the node whose WebSocket base is `owner_url`, with the
+    /// request's `Authorization`.
+    pub async fn forward(
+        &self,
+        owner_url: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Response<Body> {
+        let Some(base) = owner_url
+            .strip_prefix("ws://")
+            .map(|rest| format!("http://{rest}"))
+        else {
+            return no_store(error(
+                StatusCode::BAD_GATEWAY,
+                "owner_unreachable",
+                "the scene's owner is reached over wss://; ask it directly",
+            ));
+        };
+        let mut request = Request::get(format!("{}{path_and_query}", base.trim_end_matches('/')));
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let Ok(request) = request.body(Empty::new()) else {
+            return no_store(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "cannot forward this request",
+            ));
+        };
+        let exchange = async {
+            let response = self.http.request(request).await.ok()?;
+            let (parts, body) = response.into_parts();
+            let bytes = Limited::new(body, MAX_ANSWER).collect().await.ok()?.to_bytes();
+            Some((parts, bytes))
+        };
+        match tokio::time::timeout(TIMEOUT, exchange).await {
+            Ok(Some((parts, bytes))) if parts.status == StatusCode::MISDIRECTED_REQUEST => {
+                let _ = bytes;
+                no_store(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "moving",
+                    "the scene is moving to another node; try again",
+                ))
+            }
+            Ok(Some((parts, bytes))) => {
+                let mut response = Response::new(Body::from(bytes));
+                *response.status_mut() = parts.status;
+                for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+                    if let Some(value) = parts.headers.get(&name) {
+                        response.headers_mut().insert(name, value.clone());
+                    }
+                }
+                response
+            }
+            _ => {
+                let mut refused = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "owner_unreachable",
+                    "the scene's owner did not answer; try again",
+                );
+                refused
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                no_store(refused)
+            }
+        }
+    }
+}
