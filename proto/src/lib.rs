@@ -10,6 +10,7 @@
 //! - [`token`]: access token claims, signing and verification.
 //! - [`scene`]: which strings are scene ids.
 //! - [`node`]: node ids.
+//! - [`origin`]: which browser pages may connect (the `Origin` allowlist).
 //! - [`presence`]: presence records and failover notices, and their Redis keys.
 //! - [`clock`]: wall-clock time as the records above carry it.
 
@@ -20,6 +21,7 @@ pub mod close;
 pub mod lib0;
 pub mod message;
 pub mod node;
+pub mod origin;
 pub mod presence;
 pub mod scene;
 pub mod token;

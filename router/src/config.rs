@@ -95,6 +95,11 @@ pub struct Config {
     /// A token `/metrics` requires (`Authorization: Bearer <token>`); unset: open.
     #[arg(long, env = "TROUPE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+
+    /// Browser origins whose pages may call the content API (CORS), comma-separated, as the
+    /// nodes' TROUPE_ALLOWED_ORIGINS; unset: no CORS headers (same-origin pages only).
+    #[arg(long, env = "TROUPE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The token that guards `/metrics`. Its `Debug` hides it.
@@ -201,6 +206,8 @@ pub struct Settings {
     pub token_keys: Option<TokenKeys>,
     /// What `/metrics` requires, if anything.
     pub metrics_token: Option<MetricsToken>,
+    /// Pages allowed to call the content API from other origins; `None`: none.
+    pub origins: Option<troupe_proto::origin::OriginPolicy>,
 }
 
 impl Settings {
@@ -218,6 +225,7 @@ impl Settings {
             dev_tokens: None,
             token_keys: None,
             metrics_token: None,
+            origins: None,
         }
     }
 }
@@ -282,6 +290,11 @@ impl Config {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(|t| MetricsToken(t.to_string())),
+            origins: self
+                .allowed_origins
+                .as_deref()
+                .map(troupe_proto::origin::OriginPolicy::new)
+                .transpose()?,
         })
     }
 

@@ -61,6 +61,8 @@ pub struct Shared {
     pub metrics_token: Option<String>,
     /// Forwards content requests to the scenes' owners.
     pub content: crate::content::Forwarder,
+    /// Pages of other origins allowed to call the content API (CORS); `None`: none.
+    pub origins: Option<troupe_proto::origin::OriginPolicy>,
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -83,7 +85,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(SCENES_PREFIX, get_only(redirect))
         .route("/ws/scenes/{*scene}", get_only(redirect))
         .route("/v1/scenes/{scene}/presence", any(presence))
-        .route("/v1/scenes/{scene}/content", get_only(content))
+        .route(
+            "/v1/scenes/{scene}/content",
+            get(content)
+                .options(content_preflight)
+                .head(not_found)
+                .fallback(not_found),
+        )
         .route(dev_token::PATH, get_only(dev_token))
         .route("/healthz", get_only(healthz))
         .route("/metrics", get_only(metrics))
@@ -232,7 +240,56 @@ async fn content(State(s): Ctx, headers: HeaderMap, scene: SceneParam, uri: hype
         Err(refusal) => return refusal.respond(&s.metrics),
     };
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    s.content.forward(&owner.url, path, &headers).await
+    let answer = s.content.forward(&owner.url, path, &headers).await;
+    with_cors(answer, &headers, &s)
+}
+
+/// The origin of a page allowed to call the content API from another origin.
+fn allowed_origin<'a>(headers: &'a HeaderMap, s: &Shared) -> Option<&'a HeaderValue> {
+    let origin = headers.get(hyper::header::ORIGIN)?;
+    let allowed = s.origins.as_ref()?.allows(origin.to_str().ok()?);
+    allowed.then_some(origin)
+}
+
+/// Adds CORS headers for an allowed page's origin (none for any other).
+fn with_cors(mut response: Response<Body>, headers: &HeaderMap, s: &Shared) -> Response<Body> {
+    use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, VARY};
+    if let Some(origin) = allowed_origin(headers, s) {
+        response
+            .headers_mut()
+            .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+/// The browser's preflight for a content request with a token: allowed origins only.
+async fn content_preflight(State(s): Ctx, headers: HeaderMap) -> Response<Body> {
+    use hyper::header::{
+        ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+        ACCESS_CONTROL_MAX_AGE, VARY,
+    };
+    let Some(origin) = allowed_origin(&headers, &s) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not call the content API",
+        );
+    };
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET"));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(VARY, HeaderValue::from_static("Origin"));
+    response
 }
 
 /// `GET /v1/dev/token?user=NAME`.
@@ -376,6 +433,7 @@ mod tests {
             verifier: Some(Verifier::from_secret(TEST_SECRET, "troupe")),
             metrics_token: Some("scrape-me".into()),
             content: crate::content::Forwarder::default(),
+            origins: Some(troupe_proto::origin::OriginPolicy::new(&["https://app.example".into()]).unwrap()),
         }));
         app.oneshot(req).await.unwrap()
     }

@@ -88,6 +88,7 @@ pub async fn run(
         verifier,
         metrics_token: settings.metrics_token.as_ref().map(|t| t.0.clone()),
         content: crate::content::Forwarder::default(),
+        origins: settings.origins.clone(),
     });
 
     on_ready();

@@ -412,7 +412,12 @@ async fn an_unloading_scene_writes_its_last_state_to_p1() {
 async fn the_content_api_answers_through_the_router_from_the_owner() {
     use troupe_tests::cluster::{http_request_with, RouterProcess, TestCluster};
     let cluster = TestCluster::start(3, &[]).await.unwrap();
-    let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
+    let router = RouterProcess::start_with(
+        &cluster.rpc_addrs(),
+        &[("TROUPE_ALLOWED_ORIGINS", "https://app.example")],
+    )
+    .await
+    .unwrap();
     let backend = cluster.backend.clone();
     let scene = unique("api");
     write_p1_in(&cluster.dir, &backend, &scene, &rows(&screenplay())).await;
@@ -454,6 +459,50 @@ async fn the_content_api_answers_through_the_router_from_the_owner() {
     add_block(&mut editor, "action", "The jukebox dies.").await;
     let (_, body) = get(format!("{path}?format=text"), Some(reader.clone())).await;
     assert!(body.ends_with("CUT TO:\nThe jukebox dies.\n"), "{body}");
+
+    // CORS for the allowed origins only: the answer, and the preflight of a request with a token.
+    let with_origin = |origin: &str| {
+        let (addr, path, auth, origin) = (router.addr, path.clone(), reader.clone(), origin.to_string());
+        async move {
+            let (_, headers, _) =
+                http_request_with(addr, &path, &[("Authorization", &auth), ("Origin", &origin)])
+                    .await
+                    .unwrap();
+            headers
+                .into_iter()
+                .find(|(k, _)| k == "access-control-allow-origin")
+                .map(|(_, v)| v)
+        }
+    };
+    assert_eq!(
+        with_origin("https://app.example").await.as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(with_origin("https://evil.example").await, None);
+    let preflight = |origin: &str| {
+        let (addr, path, origin) = (router.addr, path.clone(), origin.to_string());
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!(
+                "OPTIONS {path} HTTP/1.1\r\nhost: x\r\norigin: {origin}\r\naccess-control-request-method: GET\r\n\
+                 access-control-request-headers: authorization\r\nconnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer.to_ascii_lowercase()
+        }
+    };
+    let allowed = preflight("https://app.example").await;
+    assert!(allowed.starts_with("http/1.1 204"), "{allowed}");
+    assert!(
+        allowed.contains("access-control-allow-headers: authorization"),
+        "{allowed}"
+    );
+    assert!(preflight("https://evil.example")
+        .await
+        .starts_with("http/1.1 403"));
 
     // Refusals.
     assert_eq!(get(path.clone(), None).await.0, 401);
