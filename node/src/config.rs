@@ -208,6 +208,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_P1_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
     pub p1_max_lag: Duration,
 
+    /// How often a live scene of the P1 product looks for writes P1 made itself into
+    /// `content_blocks`, to merge them into the document. 0: never (only on load).
+    #[arg(long, env = "TROUPE_P1_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub p1_check_interval: Duration,
+
     /// Bytes of edits one user may write per hour, counted over the whole cluster (in steps
     /// of 64 KiB per connection); beyond, the connection closes with 4429. 0: no limit.
     #[arg(long, env = "TROUPE_MAX_BYTES_PER_HOUR", default_value_t = 256 << 20)]
@@ -260,6 +265,8 @@ pub struct Limits {
     pub p1_write_delay: Duration,
     /// The longest a P1 scene's projection may lag while people keep typing.
     pub p1_max_lag: Duration,
+    /// How often a live P1 scene looks for P1's own writes.
+    pub p1_check_interval: Duration,
 }
 
 pub use troupe_proto::origin::OriginPolicy;
@@ -318,6 +325,7 @@ impl Config {
             compact_age: self.compact_age,
             p1_write_delay: self.p1_write_delay,
             p1_max_lag: self.p1_max_lag,
+            p1_check_interval: self.p1_check_interval,
         }
     }
 

@@ -102,7 +102,7 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
     // product has it (its first load seeds it from there).
     let exists = match app.store.lease(scene).await {
         Ok(Some(_)) => true,
-        Ok(None) => matches!(app.store.p1_blocks(scene).await, Ok(Some(_)) | Err(_)),
+        Ok(None) => matches!(app.store.p1_version(scene).await, Ok(Some(_)) | Err(_)),
         Err(_) => {
             app.metrics.error("scene_unavailable");
             return unavailable();

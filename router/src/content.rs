@@ -1,14 +1,15 @@
-//! `GET /v1/scenes/{scene}/content`: the content API, answered by the scene's owner. The
-//! router checks the token (the same rule as the other scene endpoints), finds the owner in
+//! `/v1/scenes/{scene}/content` (`GET`, `PUT`, `PATCH`): the content API, answered by the
+//! scene's owner. The router checks the token (the same rule as the other scene endpoints:
+//! reading needs the scene, changing it an editor's role), finds the owner in
 //! the membership and forwards the request to it; a stale owner answers 421, which the
 //! client sees as 503 "try again" once the router's view has moved on.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -24,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// Pooled connections to the nodes' public ports.
 #[derive(Clone)]
 pub struct Forwarder {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for Forwarder {
@@ -39,13 +40,15 @@ impl Default for Forwarder {
 }
 
 impl Forwarder {
-    /// Forwards `path_and_query` to the node whose WebSocket base is `owner_url`, with the
-    /// request's `Authorization`.
+    /// Forwards `method path_and_query` and its body to the node whose WebSocket base is
+    /// `owner_url`, with the request's `Authorization` and `Content-Type`.
     pub async fn forward(
         &self,
         owner_url: &str,
+        method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        body: Bytes,
     ) -> Response<Body> {
         let Some(base) = owner_url
             .strip_prefix("ws://")
@@ -57,11 +60,15 @@ impl Forwarder {
                 "the scene's owner is reached over wss://; ask it directly",
             ));
         };
-        let mut request = Request::get(format!("{}{path_and_query}", base.trim_end_matches('/')));
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            request = request.header(header::AUTHORIZATION, auth);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", base.trim_end_matches('/')));
+        for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+            if let Some(value) = headers.get(&name) {
+                request = request.header(name, value);
+            }
         }
-        let Ok(request) = request.body(Empty::new()) else {
+        let Ok(request) = request.body(Full::new(body)) else {
             return no_store(error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

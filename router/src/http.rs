@@ -88,6 +88,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/scenes/{scene}/content",
             get(content)
+                .put(content)
+                .patch(content)
                 .options(content_preflight)
                 .head(not_found)
                 .fallback(not_found),
@@ -225,22 +227,46 @@ async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Respo
     presence::answer(Some(&scene), s.presence.as_deref()).await
 }
 
-/// `GET /v1/scenes/{scene}/content`: checked here, answered by the scene's owner.
-async fn content(State(s): Ctx, headers: HeaderMap, scene: SceneParam, uri: hyper::Uri) -> Response<Body> {
+/// `GET`, `PUT` or `PATCH /v1/scenes/{scene}/content`: checked here, answered by the
+/// scene's owner. The body (at most the content API's limit) is passed on as it came.
+async fn content(
+    State(s): Ctx,
+    method: Method,
+    headers: HeaderMap,
+    scene: SceneParam,
+    uri: hyper::Uri,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response<Body> {
     let Some(scene) = scene_of(scene) else {
         return no_store(error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id"));
     };
     let latest = s.latest.borrow().clone();
     let state = latest.as_ref().map(|l| &l.view.state);
-    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), state, &scene, Need::Read) {
-        return no_store(refused.response());
+    let need = if method == Method::GET {
+        Need::Read
+    } else {
+        Need::Write
+    };
+    if let Err(refused) = access::authorize(&headers, s.verifier.as_ref(), state, &scene, need) {
+        return with_cors(no_store(refused.response()), &headers, &s);
     }
+    let Ok(body) = body else {
+        return with_cors(
+            no_store(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the body is larger than the content API takes",
+            )),
+            &headers,
+            &s,
+        );
+    };
     let owner = match resolve(Some(scene), &s) {
         Ok(owner) => owner,
         Err(refusal) => return refusal.respond(&s.metrics),
     };
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let answer = s.content.forward(&owner.url, path, &headers).await;
+    let answer = s.content.forward(&owner.url, method, path, &headers, body).await;
     with_cors(answer, &headers, &s)
 }
 
@@ -282,10 +308,13 @@ async fn content_preflight(State(s): Ctx, headers: HeaderMap) -> Response<Body> 
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET"));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, PUT, PATCH"),
+    );
     h.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization"),
+        HeaderValue::from_static("authorization, content-type"),
     );
     h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     h.insert(VARY, HeaderValue::from_static("Origin"));

@@ -367,11 +367,16 @@ async fn live_scenes_are_written_back_to_p1() {
                 &scene,
                 "a-former-owner",
                 1,
+                2,
                 &[Block::new(BlockType::Action, "stale")],
             )
             .await
             .unwrap();
-        assert!(!stale, "{backend:?}: a write without the lease was accepted");
+        assert_eq!(
+            stale,
+            troupe_node::store::P1Write::Fenced,
+            "{backend:?}: a write without the lease was accepted"
+        );
         assert_eq!(read_p1(&node.data_dir, &backend, &scene).await.1, expected);
     }
 }
@@ -460,6 +465,38 @@ async fn the_content_api_answers_through_the_router_from_the_owner() {
     let (_, body) = get(format!("{path}?format=text"), Some(reader.clone())).await;
     assert!(body.ends_with("CUT TO:\nThe jukebox dies.\n"), "{body}");
 
+    // Changes go through the router to the owner, for editors only, and reach the editor.
+    let patch = r#"{"edits":[{"op":"insert","at":0,"blocks":[{"type":"transition","text":"FADE IN:"}]}]}"#;
+    let (status, answer) = troupe_tests::http_send(
+        router.addr,
+        "PATCH",
+        &path,
+        &[("Authorization", reader.as_str())],
+        patch,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "a viewer's token changed the scene: {answer}");
+    let writer = format!("Bearer {}", token("ada", &[(scene.as_str(), Role::Edit)]));
+    let (status, answer) = troupe_tests::http_send(
+        router.addr,
+        "PATCH",
+        &path,
+        &[("Authorization", writer.as_str())],
+        patch,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    editor
+        .pump_until(std::time::Duration::from_secs(5), |c| {
+            read(c).first().is_some_and(|b| b.text == "FADE IN:")
+        })
+        .await
+        .unwrap();
+    let (_, body) = get(format!("{path}?format=text"), Some(reader.clone())).await;
+    assert!(body.starts_with("FADE IN:\n"), "{body}");
+
     // CORS for the allowed origins only: the answer, and the preflight of a request with a token.
     let with_origin = |origin: &str| {
         let (addr, path, auth, origin) = (router.addr, path.clone(), reader.clone(), origin.to_string());
@@ -515,4 +552,231 @@ async fn the_content_api_answers_through_the_router_from_the_owner() {
         404
     );
     assert_eq!(get(format!("{path}?format=pdf"), Some(reader)).await.0, 400);
+}
+
+/// Sets the scene's P1 content as the P1 app does: its blocks replaced, its version bumped.
+async fn p1_app_saves(dir: &std::path::Path, backend: &Backend, scene: &str, blocks: &[Block]) {
+    let statements = |db_blocks: &[Block]| {
+        let mut all = vec![
+            (
+                "UPDATE scenes SET content_version = content_version + 1 WHERE id = $1",
+                None,
+            ),
+            ("DELETE FROM content_blocks WHERE scene_id = $1", None),
+        ];
+        for (i, b) in db_blocks.iter().enumerate() {
+            all.push((
+                "INSERT INTO content_blocks (scene_id, position, block_type, text) VALUES ($1, $2, $3, $4)",
+                Some((i as i32, b.block_type.as_str().to_string(), b.text.clone())),
+            ));
+        }
+        all
+    };
+    match backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", dir.join("troupe.sqlite3").display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for (sql, args) in statements(blocks) {
+                let q = sqlx::query(sql).bind(scene);
+                let q = match args {
+                    Some((i, t, x)) => q.bind(i).bind(t).bind(x),
+                    None => q,
+                };
+                q.execute(&mut db).await.unwrap();
+            }
+        }
+        Backend::Postgres(url) => {
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            for (sql, args) in statements(blocks) {
+                let q = sqlx::query(sql).bind(scene);
+                let q = match args {
+                    Some((i, t, x)) => q.bind(i).bind(t).bind(x),
+                    None => q,
+                };
+                q.execute(&mut db).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Waits until the client's document reads `expected`.
+async fn until_doc(client: &mut TestClient, what: &str, expected: impl Fn(&[Block]) -> bool) -> Vec<Block> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let blocks = read(client);
+        if expected(&blocks) {
+            return blocks;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the editor never saw it: {blocks:?}"
+        );
+        let _ = client.pump(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn p1_writes_merge_into_the_live_scene_and_nothing_typed_is_lost() {
+    for backend in Backend::all() {
+        let node = NodeProcess::start(
+            &backend,
+            &[
+                ("TROUPE_P1_WRITE_DELAY", "100ms"),
+                ("TROUPE_P1_MAX_LAG", "1s"),
+                ("TROUPE_P1_CHECK_INTERVAL", "200ms"),
+            ],
+        )
+        .unwrap();
+        let scene = unique("merge");
+        write_p1(&node, &backend, &scene, &rows(&screenplay())).await;
+        let editor_token = token("ada", &[(scene.as_str(), Role::Edit)]);
+        let mut editor = TestClient::connect(&node.ws_base(), &scene, &editor_token)
+            .await
+            .unwrap();
+        assert_eq!(read(&editor), screenplay());
+        let auth = format!("Bearer {editor_token}");
+        let headers = [("Authorization", auth.as_str())];
+        let path = format!("/v1/scenes/{scene}/content");
+
+        // An autosave based on version 1 while the editor added a block: both stay.
+        add_block(&mut editor, "action", "[live-1] The jukebox dies.").await;
+        let mut saved = screenplay();
+        saved[1].text.push_str(" [p1-1]");
+        let body = serde_json::json!({ "base_version": 1, "blocks": saved }).to_string();
+        let (status, answer) = troupe_tests::http_send(node.addr, "PUT", &path, &headers, &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{backend:?}: {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let version = answer["version"].as_u64().unwrap();
+        let seen = until_doc(&mut editor, "PUT", |b| {
+            b.iter().any(|b| b.text.contains("[p1-1]"))
+        })
+        .await;
+        assert!(
+            seen.iter().any(|b| b.text.contains("[live-1]")),
+            "{backend:?}: {seen:?}"
+        );
+        let (p1_version, p1_rows) = read_p1(&node.data_dir, &backend, &scene).await;
+        assert_eq!(p1_version as u64, version, "{backend:?}");
+        assert_eq!(p1_rows, rows(&seen), "{backend:?}: P1 holds the merge");
+
+        // A PATCH from a backend, positions in the scene as it is now.
+        let body = r#"{"edits":[{"op":"insert","at":0,"blocks":[{"type":"transition","text":"[patch] FADE IN:"}]}]}"#;
+        let (status, answer) = troupe_tests::http_send(node.addr, "PATCH", &path, &headers, body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{backend:?}: {answer}");
+        until_doc(&mut editor, "PATCH", |b| {
+            b.first().is_some_and(|b| b.text == "[patch] FADE IN:")
+        })
+        .await;
+
+        // The P1 app writes straight into content_blocks, from what it last read, while the
+        // editor types into another block: merged within a few seconds, both stay.
+        let (_, current) = read_p1(&node.data_dir, &backend, &scene).await;
+        let mut direct: Vec<Block> = current
+            .iter()
+            .map(|(t, x)| Block::new(t.parse().unwrap(), x.clone()))
+            .collect();
+        direct.push(Block::new(BlockType::Action, "[p1-direct] Thunder."));
+        add_block(&mut editor, "dialogue", "[live-2] Who's there?").await;
+        p1_app_saves(&node.data_dir, &backend, &scene, &direct).await;
+        let end = until_doc(&mut editor, "direct write", |b| {
+            b.iter().any(|b| b.text.contains("[p1-direct]"))
+        })
+        .await;
+        for marker in ["[live-1]", "[p1-1]", "[patch]", "[live-2]", "[p1-direct]"] {
+            let count = end.iter().filter(|b| b.text.contains(marker)).count();
+            assert_eq!(count, 1, "{backend:?}: {marker} present {count} times in {end:?}");
+        }
+        // P1 converges on the same blocks, and a fresh client reads them too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, p1_rows) = read_p1(&node.data_dir, &backend, &scene).await;
+            let fresh = TestClient::connect(&node.ws_base(), &scene, &editor_token)
+                .await
+                .unwrap();
+            if p1_rows == rows(&end) && read(&fresh) == end {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: P1 {p1_rows:?} != {end:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
+        // Bad input changes nothing and says why.
+        let (_, before) = read_p1(&node.data_dir, &backend, &scene).await;
+        for (method, body, want) in [
+            (
+                "PUT",
+                r#"{"base_version":1,"blocks":[{"type":"slugline","text":"x"}]}"#,
+                422,
+            ),
+            ("PUT", r#"{"base_version":999,"blocks":[]}"#, 409),
+            ("PATCH", r#"{"edits":[{"op":"delete","at":99}]}"#, 422),
+            ("PUT", "not json", 422),
+        ] {
+            let (status, answer) = troupe_tests::http_send(node.addr, method, &path, &headers, body)
+                .await
+                .unwrap();
+            assert_eq!(status, want, "{backend:?} {method} {body}: {answer}");
+            assert!(answer.contains("\"message\""), "{answer}");
+        }
+        let viewer = format!("Bearer {}", token("vic", &[(scene.as_str(), Role::View)]));
+        let (status, _) = troupe_tests::http_send(
+            node.addr,
+            "PATCH",
+            &path,
+            &[("Authorization", viewer.as_str())],
+            body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 403, "{backend:?}: a viewer changed the scene");
+        // A deletion of a block edited live since the base version is refused, naming the version.
+        let base_version = read_p1(&node.data_dir, &backend, &scene).await.0;
+        let (_, rows_now) = read_p1(&node.data_dir, &backend, &scene).await;
+        let last = rows_now.len() - 1;
+        {
+            use yrs::{GetString, Text, XmlFragment};
+            let fragment = editor.doc.get_or_insert_xml_fragment(blocks::FRAGMENT);
+            let update = {
+                let mut txn = editor.doc.transact_mut();
+                let Some(yrs::XmlOut::Element(e)) = fragment.get(&txn, last as u32) else {
+                    panic!()
+                };
+                let Some(yrs::XmlOut::Text(t)) = e.get(&txn, 0) else {
+                    panic!()
+                };
+                let len = t.get_string(&txn).encode_utf16().count() as u32;
+                t.insert(&mut txn, len, " [live-3]");
+                txn.encode_update_v1()
+            };
+            editor.sent_updates += 1;
+            editor
+                .send_raw(troupe_proto::message::encode_update(&update))
+                .await
+                .unwrap();
+            editor.wait_acked().await.unwrap();
+        }
+        let body = format!(r#"{{"base_version":{base_version},"edits":[{{"op":"delete","at":{last}}}]}}"#);
+        let (status, answer) = troupe_tests::http_send(node.addr, "PATCH", &path, &headers, &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 409, "{backend:?}: {answer}");
+        assert!(answer.contains("edited live"), "{answer}");
+        let _ = before;
+        let after = until_doc(&mut editor, "refused", |b| {
+            b.iter().any(|b| b.text.contains("[live-3]"))
+        })
+        .await;
+        assert_eq!(
+            after.len(),
+            end.len(),
+            "{backend:?}: a refused change changed the scene"
+        );
+    }
 }

@@ -22,7 +22,7 @@ use yrs::{Doc, GetString, ReadTxn, Transact, TransactionMut, WriteTxn};
 pub const FRAGMENT: &str = "prosemirror";
 
 /// A block's kind, as the editor's schema and P1's `block_type` column name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockType {
     SceneHeading,
@@ -73,7 +73,7 @@ impl FromStr for BlockType {
 }
 
 /// One block of a scene.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Block {
     #[serde(rename = "type")]
     pub block_type: BlockType,

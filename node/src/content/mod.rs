@@ -1,5 +1,7 @@
 //! Scene content outside the editor: the blocks of a scene as the P1 product stores them
-//! ([`blocks`]), and the scene as plain text or Fountain ([`fountain`]).
+//! ([`blocks`]), the scene as plain text or Fountain ([`fountain`]), and merging a write
+//! made against an older version into the live document ([`merge`]).
 
 pub mod blocks;
 pub mod fountain;
+pub mod merge;

@@ -181,6 +181,16 @@ impl Room {
         // The seed is P1's own content: nothing to write back.
     }
 
+    /// A change the room made itself (a merge through the content API or from P1): fanned
+    /// out to every client and logged like an edit.
+    pub(super) fn record_own_change(&mut self, change: Vec<u8>) {
+        self.document.bytes += change.len();
+        self.p1_changed();
+        let frame: Bytes = message::encode_update(&change).into();
+        self.broadcast(frame, None);
+        self.log.pending.push(change);
+    }
+
     fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
         if self.document.bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
             self.ctx.metrics.error("document_too_large");

@@ -72,10 +72,10 @@ impl Room {
         let loaded = match claimed {
             Err(error) => Err(error),
             Ok(()) => match load_in_time(&ctx.store, &scene).await {
-                Ok(stored) => match p1_seed(&ctx.store, &scene, &stored).await {
+                Ok(stored) => match p1_load(&ctx.store, &scene, &stored).await {
                     // Rebuilding a large scene takes a while: off the thread that serves the rooms.
-                    Ok((p1_tracked, seed)) => tokio::task::spawn_blocking(move || {
-                        rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, p1_tracked, seed))
+                    Ok(p1) => tokio::task::spawn_blocking(move || {
+                        rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, p1))
                     })
                     .await
                     .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
@@ -85,7 +85,7 @@ impl Room {
             },
         };
         match loaded {
-            Ok((doc, doc_bytes, stored, p1_tracked, seed)) => {
+            Ok((doc, doc_bytes, stored, p1)) => {
                 ctx.metrics
                     .rehydration_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -98,8 +98,11 @@ impl Room {
                 // The rows it was rebuilt from are not needed while the room serves.
                 drop(stored);
                 room.epoch = epoch;
-                room.p1.tracked = p1_tracked;
-                if let Some(seed) = seed {
+                if let Some(version) = p1.version {
+                    room.p1.tracked = true;
+                    room.p1.version = version;
+                }
+                if let Some(seed) = p1.seed {
                     room.seed(seed);
                 }
                 room.serve(&mut inbox).await;
@@ -240,6 +243,9 @@ impl Room {
                 RoomCmd::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Unavailable));
                 }
+                RoomCmd::Merge(request) => {
+                    let _ = request.reply.send(Err(super::MergeRefused::Moving));
+                }
                 RoomCmd::Frame(_)
                 | RoomCmd::Leave { .. }
                 | RoomCmd::LeaseLost { .. }
@@ -319,36 +325,74 @@ async fn answers(ctx: &RoomContext, placement: &PlacementView, owner: &str) -> b
     answer.is_ok_and(|me| me.id.to_string() == owner)
 }
 
-/// Whether the P1 product has the scene (its changes are then written back), and the
-/// update that seeds it when it has no Yjs state yet (backfill on first load). The seed is
-/// the same bytes on every node and in every bulk run (see
-/// [`crate::content::blocks::seed_update`]), so seeds that race merge into one copy. P1
-/// content that cannot be read refuses a first load (seeding without it would lose it), and
-/// is never overwritten by a scene that already has state.
-async fn p1_seed(
-    store: &Store,
-    scene: &str,
-    stored: &StoredScene,
-) -> Result<(bool, Option<Vec<u8>>), String> {
+/// What a loading scene takes from the P1 product.
+struct P1Load {
+    /// The P1 content version the document holds; `None`: P1 does not have the scene (or
+    /// cannot be read, and the scene has state of its own: it is not kept in step then).
+    version: Option<u64>,
+    /// The update that seeds a scene with no state from its P1 content.
+    seed: Option<Vec<u8>>,
+}
+
+/// The P1 side of loading a scene. A scene with no Yjs state is seeded from its P1
+/// content (the same bytes on every node, so racing seeds merge into one copy). A scene
+/// with state holds the P1 version Troupe last wrote or took in; should P1 be further
+/// along, the room's first check merges the difference. A scene P1 has but Troupe never
+/// recorded starts from P1's current version.
+async fn p1_load(store: &Store, scene: &str, stored: &StoredScene) -> Result<P1Load, String> {
     let empty = stored.snapshots.is_empty() && stored.rows.is_empty();
-    match store.p1_blocks(scene).await {
-        Ok(None) => Ok((false, None)),
-        Ok(Some(blocks)) => {
-            let seed = (empty && !blocks.is_empty()).then(|| crate::content::blocks::seed_update(&blocks));
-            Ok((true, seed))
+    let content = match store.p1_content(scene).await {
+        Ok(Some(content)) => content,
+        Ok(None) => {
+            return Ok(P1Load {
+                version: None,
+                seed: None,
+            })
         }
-        Err(error) if empty => Err(format!("cannot seed the scene from P1: {error}")),
+        Err(error) if empty => return Err(format!("cannot seed the scene from P1: {error}")),
         Err(error) => {
-            tracing::warn!(%scene, %error, "P1 content cannot be read; this scene is not written back to it");
-            Ok((false, None))
+            tracing::warn!(%scene, %error, "P1 content cannot be read; this scene is not kept in step with it");
+            return Ok(P1Load {
+                version: None,
+                seed: None,
+            });
         }
-    }
+    };
+    let known = if empty {
+        None
+    } else {
+        store
+            .latest_p1_projection(scene)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let version = match known {
+        Some(version) => version,
+        None => {
+            store
+                .record_p1_projection(scene, content.version, &content.blocks)
+                .await
+                .map_err(|e| e.to_string())?;
+            content.version
+        }
+    };
+    let seed =
+        (empty && !content.blocks.is_empty()).then(|| crate::content::blocks::seed_update(&content.blocks));
+    Ok(P1Load {
+        version: Some(version),
+        seed,
+    })
 }
 
 /// A scene's document. Text positions count UTF-16 code units, as Yjs does in browsers:
 /// with yrs's default (bytes), a remote edit that splits a surrogate pair corrupts lengths.
+/// The room's own edits (merges through the content API and from P1) are made as a client
+/// id above the 32-bit range browsers draw from, fresh for each room, so they never share
+/// one with an editor or with another owner of the scene.
 fn new_doc() -> Doc {
+    let own_client = rand::random_range((1u64 << 32)..crate::content::blocks::SEED_CLIENT);
     Doc::with_options(yrs::Options {
+        client_id: yrs::ClientID::new(own_client),
         offset_kind: yrs::OffsetKind::Utf16,
         ..yrs::Options::default()
     })

@@ -122,5 +122,6 @@ impl Room {
         self.release_acks();
         self.flush();
         self.maybe_compact(false);
+        self.p1_housekeeping();
     }
 }

@@ -28,6 +28,8 @@ mod document;
 mod lifecycle;
 mod log;
 mod p1;
+
+pub use p1::{apply_edits, BlockEdit, Change, MergeRefused, MergeRequest, Merged};
 mod peers;
 mod presence;
 mod serve;
@@ -101,6 +103,8 @@ pub enum RoomCmd {
     LeaseLost {
         checked_at: Instant,
     },
+    /// A change through the content API, merged into the document.
+    Merge(Box<p1::MergeRequest>),
     /// The scene's blocks as they are now (the content API).
     Read {
         reply: oneshot::Sender<Result<Vec<crate::content::blocks::Block>, String>>,

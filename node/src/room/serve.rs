@@ -89,6 +89,9 @@ impl Room {
         if let Some(since) = self.idle_since {
             next = next.min(until(since, limits.room_idle));
         }
+        if let Some(check) = self.p1_next_check() {
+            next = next.min(check);
+        }
         if self.ctx.presence.is_some() && !self.presence.is_empty() {
             next = next.min(until(self.presence.published, PRESENCE_REFRESH));
         }
@@ -118,6 +121,7 @@ impl Room {
             }
             RoomCmd::Leave { conn_id } => self.leave(conn_id),
             RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),
+            RoomCmd::Merge(request) => self.p1_merge_request(*request),
             RoomCmd::Read { reply } => {
                 let blocks = {
                     use yrs::Transact;

@@ -160,21 +160,51 @@ macro_rules! shared_queries {
             Ok(count.max(0) as u64)
         }
 
-        pub async fn p1_blocks(&self, scene: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
-            let known: Option<i64> = sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
+        pub async fn p1_content(&self, scene: &str) -> Result<Option<(i64, Vec<(String, String)>)>, StoreError> {
+            let mut tx = self.pool.begin().await?;
+            let version: Option<i64> = sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
                 .bind(scene)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-            if known.is_none() {
+            let Some(version) = version else {
                 return Ok(None);
-            }
+            };
             let rows: Vec<(String, String)> = sqlx::query_as(
                 "SELECT block_type, text FROM content_blocks WHERE scene_id = $1 ORDER BY position",
             )
             .bind(scene)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-            Ok(Some(rows))
+            tx.commit().await?;
+            Ok(Some((version, rows)))
+        }
+
+        pub async fn p1_projection(&self, scene: &str, version: i64) -> Result<Option<String>, StoreError> {
+            Ok(sqlx::query_scalar("SELECT blocks FROM p1_projections WHERE scene_id = $1 AND version = $2")
+                .bind(scene)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        pub async fn latest_p1_projection(&self, scene: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::query_scalar("SELECT MAX(version) FROM p1_projections WHERE scene_id = $1")
+                .bind(scene)
+                .fetch_one(&self.pool)
+                .await?)
+        }
+
+        pub async fn record_p1_projection(&self, scene: &str, version: i64, blocks: &str) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO p1_projections (scene_id, version, blocks) VALUES ($1, $2, $3)
+                 ON CONFLICT (scene_id, version) DO NOTHING",
+            )
+            .bind(scene)
+            .bind(version)
+            .bind(blocks)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         }
 
         pub async fn write_p1_blocks(
@@ -182,8 +212,10 @@ macro_rules! shared_queries {
             scene: &str,
             owner: &str,
             epoch: u64,
+            expected: i64,
             blocks: &[(String, String)],
-        ) -> Result<bool, StoreError> {
+            projection: &str,
+        ) -> Result<P1Write, StoreError> {
             let mut tx = self.begin_write().await?;
             let holds: Option<i64> = sqlx::query_scalar(concat!(
                 "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
@@ -195,8 +227,23 @@ macro_rules! shared_queries {
             .fetch_optional(&mut *tx)
             .await?;
             if holds.is_none() {
-                return Ok(false);
+                return Ok(P1Write::Fenced);
             }
+            let version: Option<i64> = sqlx::query_scalar(
+                "UPDATE scenes SET content_version = content_version + 1, updated_at = CURRENT_TIMESTAMP
+                 WHERE id = $1 AND content_version = $2 RETURNING content_version",
+            )
+            .bind(scene)
+            .bind(expected)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(version) = version else {
+                let current: Option<i64> = sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
+                    .bind(scene)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Ok(P1Write::Stale(current.unwrap_or(0).max(0) as u64));
+            };
             sqlx::query("DELETE FROM content_blocks WHERE scene_id = $1")
                 .bind(scene)
                 .execute(&mut *tx)
@@ -213,13 +260,21 @@ macro_rules! shared_queries {
                 .await?;
             }
             sqlx::query(
-                "UPDATE scenes SET content_version = content_version + 1, updated_at = CURRENT_TIMESTAMP WHERE id = $1",
+                "INSERT INTO p1_projections (scene_id, version, blocks) VALUES ($1, $2, $3)
+                 ON CONFLICT (scene_id, version) DO UPDATE SET blocks = excluded.blocks",
             )
             .bind(scene)
+            .bind(version)
+            .bind(projection)
             .execute(&mut *tx)
             .await?;
+            sqlx::query("DELETE FROM p1_projections WHERE scene_id = $1 AND version <= $2")
+                .bind(scene)
+                .bind(version - P1_PROJECTIONS_KEPT)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(true)
+            Ok(P1Write::Written(version.max(0) as u64))
         }
 
         pub async fn p1_version(&self, scene: &str) -> Result<Option<i64>, StoreError> {
@@ -343,6 +398,29 @@ pub enum StoreError {
     SeqRange(u64),
     #[error("P1 content cannot be read: {0}")]
     Content(crate::content::blocks::BlockError),
+    #[error("a recorded P1 version cannot be read: {0}")]
+    Projection(String),
+}
+
+/// How many recent P1 content versions of a scene are remembered for merging writes.
+pub const P1_PROJECTIONS_KEPT: i64 = 64;
+
+/// A scene's content in the P1 product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P1Content {
+    pub version: u64,
+    pub blocks: Vec<Block>,
+}
+
+/// The outcome of writing a scene back into P1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum P1Write {
+    /// Written as this content version.
+    Written(u64),
+    /// This node no longer holds the scene's lease: nothing written.
+    Fenced,
+    /// P1 has moved on to this version since: nothing written.
+    Stale(u64),
 }
 
 /// One committed batch of a scene: the unit the group-committer writes.
@@ -491,41 +569,94 @@ impl Store {
         }
     }
 
-    /// The scene's blocks in the P1 product's `content_blocks`, in order; `None` when P1
-    /// has no such scene. A block of a type the editor does not know is an error: seeding
-    /// without it would lose it.
-    pub async fn p1_blocks(&self, scene: &str) -> Result<Option<Vec<Block>>, StoreError> {
-        let rows = match self {
-            Self::Postgres(s) => s.p1_blocks(scene).await?,
-            Self::Sqlite(s) => s.p1_blocks(scene).await?,
+    /// The scene's blocks in the P1 product's `content_blocks`, in order, and its content
+    /// version; `None` when P1 has no such scene. A block of a type the editor does not
+    /// know is an error: seeding without it would lose it.
+    pub async fn p1_content(&self, scene: &str) -> Result<Option<P1Content>, StoreError> {
+        let found = match self {
+            Self::Postgres(s) => s.p1_content(scene).await?,
+            Self::Sqlite(s) => s.p1_content(scene).await?,
         };
-        rows.map(|rows| {
-            rows.into_iter()
-                .map(|(block_type, text)| Ok(Block::new(block_type.parse()?, text)))
-                .collect::<Result<Vec<_>, crate::content::blocks::BlockError>>()
-                .map_err(StoreError::Content)
-        })
-        .transpose()
+        found
+            .map(|(version, rows)| {
+                let blocks = rows
+                    .into_iter()
+                    .map(|(block_type, text)| Ok(Block::new(block_type.parse()?, text)))
+                    .collect::<Result<Vec<_>, crate::content::blocks::BlockError>>()
+                    .map_err(StoreError::Content)?;
+                Ok(P1Content {
+                    version: version.max(0) as u64,
+                    blocks,
+                })
+            })
+            .transpose()
     }
 
-    /// Writes a live scene's blocks into P1's `content_blocks` (all of them, in order) and
-    /// bumps its `content_version`, only while `owner` holds the scene's lease at `epoch`:
-    /// fenced like every other write. Returns false when refused.
+    /// The scene's blocks at P1 content version `version`, if Troupe wrote or saw that
+    /// version recently (the last [`P1_PROJECTIONS_KEPT`] are kept).
+    pub async fn p1_projection(&self, scene: &str, version: u64) -> Result<Option<Vec<Block>>, StoreError> {
+        let version = to_i64(version)?;
+        let json = match self {
+            Self::Postgres(s) => s.p1_projection(scene, version).await?,
+            Self::Sqlite(s) => s.p1_projection(scene, version).await?,
+        };
+        json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Projection(e.to_string())))
+            .transpose()
+    }
+
+    /// The newest P1 content version Troupe recorded for the scene.
+    pub async fn latest_p1_projection(&self, scene: &str) -> Result<Option<u64>, StoreError> {
+        let version = match self {
+            Self::Postgres(s) => s.latest_p1_projection(scene).await?,
+            Self::Sqlite(s) => s.latest_p1_projection(scene).await?,
+        };
+        Ok(version.map(|v| v.max(0) as u64))
+    }
+
+    /// Remembers the blocks of P1 content version `version` (when Troupe read it), so that
+    /// a write based on it can be merged. An existing record stays.
+    pub async fn record_p1_projection(
+        &self,
+        scene: &str,
+        version: u64,
+        blocks: &[Block],
+    ) -> Result<(), StoreError> {
+        let version = to_i64(version)?;
+        let json = serde_json::to_string(blocks).map_err(|e| StoreError::Projection(e.to_string()))?;
+        match self {
+            Self::Postgres(s) => s.record_p1_projection(scene, version, &json).await,
+            Self::Sqlite(s) => s.record_p1_projection(scene, version, &json).await,
+        }
+    }
+
+    /// Writes a live scene's blocks into P1's `content_blocks` (all of them, in order) as
+    /// the version after `expected`, only while `owner` holds the scene's lease at `epoch`
+    /// (fenced like every other write) and P1 is still at `expected` (a write P1 made in
+    /// between is merged first, never overwritten).
     pub async fn write_p1_blocks(
         &self,
         scene: &str,
         owner: &str,
         epoch: u64,
+        expected: u64,
         blocks: &[Block],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<P1Write, StoreError> {
         to_i64(epoch)?;
+        let expected = to_i64(expected)?;
         let rows: Vec<(String, String)> = blocks
             .iter()
             .map(|b| (b.block_type.as_str().to_string(), b.text.clone()))
             .collect();
+        let json = serde_json::to_string(blocks).map_err(|e| StoreError::Projection(e.to_string()))?;
         match self {
-            Self::Postgres(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
-            Self::Sqlite(s) => s.write_p1_blocks(scene, owner, epoch, &rows).await,
+            Self::Postgres(s) => {
+                s.write_p1_blocks(scene, owner, epoch, expected, &rows, &json)
+                    .await
+            }
+            Self::Sqlite(s) => {
+                s.write_p1_blocks(scene, owner, epoch, expected, &rows, &json)
+                    .await
+            }
         }
     }
 

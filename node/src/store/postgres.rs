@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::{now_ms, LogAppend, LogRow, Snapshot, StoreError, StoredScene};
+use super::{now_ms, LogAppend, LogRow, P1Write, Snapshot, StoreError, StoredScene, P1_PROJECTIONS_KEPT};
 
 /// A group commit that takes longer than this is abandoned and retried on a new connection.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{now_ms, LogAppend, LogRow, Snapshot, StoreError, StoredScene};
+use super::{now_ms, LogAppend, LogRow, P1Write, Snapshot, StoreError, StoredScene, P1_PROJECTIONS_KEPT};
 
 #[derive(Clone)]
 pub struct SqliteStore {

@@ -134,8 +134,8 @@ impl Backfill<'_> {
         if !troupe_proto::scene::is_scene_id(scene) {
             return Outcome::Failed("not a valid Troupe scene id".into());
         }
-        let p1 = match self.store.p1_blocks(scene).await {
-            Ok(Some(blocks)) => blocks,
+        let p1 = match self.store.p1_content(scene).await {
+            Ok(Some(content)) => content.blocks,
             Ok(None) => return Outcome::Failed("P1 has no such scene".into()),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
