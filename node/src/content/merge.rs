@@ -597,4 +597,106 @@ mod tests {
             "now text"
         );
     }
+
+    /// Random scenes and random edits on both sides: the merge never panics, the document
+    /// agrees with the plan, a side that changed nothing yields the other side exactly, and
+    /// when both changed, what each side typed (as whole new blocks) is there once.
+    #[test]
+    fn random_edits_on_both_sides() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(13);
+        let words = [
+            "INT.",
+            "rain",
+            "ZOË",
+            "e\u{301}",
+            "👩‍👩‍👧",
+            "",
+            "CUT TO:",
+            "—",
+            "a",
+            "b",
+        ];
+        let mut text = |rng: &mut StdRng| -> String {
+            (0..rng.random_range(0..4))
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let block = |rng: &mut StdRng, text: &mut dyn FnMut(&mut StdRng) -> String| {
+            Block::new(BlockType::ALL[rng.random_range(0..6)], text(rng))
+        };
+        let edit = |rng: &mut StdRng,
+                    blocks: &[Block],
+                    marker: &str,
+                    text: &mut dyn FnMut(&mut StdRng) -> String| {
+            let mut out = blocks.to_vec();
+            for n in 0..rng.random_range(0..4) {
+                let at = rng.random_range(0..=out.len());
+                match rng.random_range(0..4) {
+                    0 if at < out.len() => {
+                        out.remove(at);
+                    }
+                    1 if at < out.len() => {
+                        let chars: Vec<char> = out[at].text.chars().collect();
+                        let cut = rng.random_range(0..=chars.len());
+                        let inserted = format!("<{marker}{n}>");
+                        out[at].text = chars[..cut]
+                            .iter()
+                            .copied()
+                            .chain(inserted.chars())
+                            .chain(chars[cut..].iter().copied())
+                            .collect();
+                    }
+                    _ => out.insert(
+                        at,
+                        Block::new(BlockType::Action, format!("[{marker}{n}] {}", text(rng))),
+                    ),
+                }
+            }
+            out
+        };
+        let mut both_merged = 0;
+        for _ in 0..400 {
+            let base: Vec<Block> = (0..rng.random_range(0..6))
+                .map(|_| block(&mut rng, &mut text))
+                .collect();
+            let ours = edit(&mut rng, &base, "live", &mut text);
+            let theirs = edit(&mut rng, &base, "p1", &mut text);
+            assert_eq!(merge_doc(&base, &base, &theirs).unwrap(), theirs);
+            assert_eq!(merge_doc(&base, &ours, &base).unwrap(), ours);
+            if let Ok(merged) = merge_doc(&base, &ours, &theirs) {
+                both_merged += usize::from(ours != base && theirs != base);
+                for new in ours.iter().chain(&theirs).filter(|b| b.text.starts_with('[')) {
+                    let marker = &new.text[..new.text.find(']').unwrap_or(0) + 1];
+                    let count = merged.iter().filter(|b| b.text.contains(marker)).count();
+                    assert_eq!(
+                        count, 1,
+                        "{marker} in {merged:?} from base {base:?} ours {ours:?} theirs {theirs:?}"
+                    );
+                }
+                // Text typed into blocks on either side is there once too.
+                let all: String = merged.iter().map(|b| b.text.as_str()).collect();
+                for side in ["live", "p1"] {
+                    for n in 0..4 {
+                        let marker = format!("<{side}{n}>");
+                        let typed = [&ours, &theirs]
+                            .iter()
+                            .any(|v| v.iter().any(|b| b.text.contains(&marker)));
+                        if typed {
+                            assert_eq!(
+                                all.matches(&marker).count(),
+                                1,
+                                "{marker} in {merged:?} from base {base:?} ours {ours:?} theirs {theirs:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            both_merged > 100,
+            "only {both_merged} merges of two real changes: the test checks little"
+        );
+    }
 }
