@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use yrs::types::xml::{XmlElementPrelim, XmlFragment, XmlOut, XmlTextPrelim};
+use yrs::types::xml::{XmlElementPrelim, XmlFragment, XmlFragmentRef, XmlOut, XmlTextPrelim};
 use yrs::{Doc, GetString, ReadTxn, Transact, TransactionMut, WriteTxn};
 
 /// The document's root the editor binds to.
@@ -125,10 +125,16 @@ pub fn read<T: ReadTxn>(txn: &T) -> Result<Vec<Block>, BlockError> {
 pub fn append(txn: &mut TransactionMut, blocks: &[Block]) {
     let fragment = txn.get_or_insert_xml_fragment(FRAGMENT);
     for block in blocks {
-        let element = fragment.push_back(txn, XmlElementPrelim::empty(block.block_type.as_str()));
-        if !block.text.is_empty() {
-            element.push_back(txn, XmlTextPrelim::new(block.text.as_str()));
-        }
+        insert(txn, &fragment, fragment.len(txn), block);
+    }
+}
+
+/// Writes `block` at `index` of the document's fragment, as the editor would: an element
+/// named by its type, holding its text as one XML text (none when empty).
+pub fn insert(txn: &mut TransactionMut, fragment: &XmlFragmentRef, index: u32, block: &Block) {
+    let element = fragment.insert(txn, index, XmlElementPrelim::empty(block.block_type.as_str()));
+    if !block.text.is_empty() {
+        element.push_back(txn, XmlTextPrelim::new(block.text.as_str()));
     }
 }
 

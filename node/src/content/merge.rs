@@ -22,13 +22,14 @@
 use std::time::{Duration, Instant};
 
 use similar::{capture_diff_slices_deadline, Algorithm, DiffOp};
-use yrs::types::xml::{XmlElementPrelim, XmlFragment, XmlOut, XmlTextPrelim};
+use yrs::types::xml::{XmlFragment, XmlOut, XmlTextPrelim};
 use yrs::{Text, TransactionMut, WriteTxn};
 
 use super::blocks::{self, Block, BlockError, BlockType, FRAGMENT};
 
-/// The longest a diff may search for the best alignment before settling for a good one:
-/// keeps a huge adversarial write from holding a room.
+/// The longest the diffs of one merge may search for the best alignment before settling for
+/// a good one (shared by all of them, however many blocks changed): keeps a huge
+/// adversarial write from holding a room.
 const DIFF_BUDGET: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,10 +132,14 @@ struct Alignment<'a, T> {
 
 /// With `pair_changed`, items a diff replaced pair up in place (a changed block stays the
 /// same block); without, they count as deleted and inserted.
-fn align<'a, T: Ord + std::hash::Hash>(old: &[T], new: &'a [T], pair_changed: bool) -> Alignment<'a, T> {
+fn align<'a, T: Ord + std::hash::Hash>(
+    old: &[T],
+    new: &'a [T],
+    pair_changed: bool,
+    deadline: Instant,
+) -> Alignment<'a, T> {
     let mut of_old = vec![None; old.len()];
     let mut inserted_before: Vec<&[T]> = vec![&[]; old.len() + 1];
-    let deadline = Instant::now() + DIFF_BUDGET;
     for op in capture_diff_slices_deadline(Algorithm::Myers, old, new, Some(deadline)) {
         match op {
             DiffOp::Equal {
@@ -179,8 +184,9 @@ fn align<'a, T: Ord + std::hash::Hash>(old: &[T], new: &'a [T], pair_changed: bo
 
 /// Checks the merge and lists its steps, in any order.
 fn plan(base: &[Block], ours: &[Block], theirs: &[Block]) -> Result<Vec<Step>, MergeError> {
-    let live = align(base, ours, true);
-    let write = align(base, theirs, true);
+    let deadline = Instant::now() + DIFF_BUDGET;
+    let live = align(base, ours, true, deadline);
+    let write = align(base, theirs, true, deadline);
     let mut steps = Vec::new();
     for (i, old) in base.iter().enumerate() {
         let block = i + 1;
@@ -218,7 +224,7 @@ fn plan(base: &[Block], ours: &[Block], theirs: &[Block]) -> Result<Vec<Step>, M
                         new.block_type, mine.block_type
                     )));
                 };
-                let text = merge_text(&old.text, &mine.text, &new.text);
+                let text = merge_text(&old.text, &mine.text, &new.text, deadline);
                 steps.push(Step::Change {
                     at: o,
                     block_type,
@@ -266,12 +272,12 @@ fn anchor<T>(of_old: &[Option<usize>], live_inserted: &[&[T]], p: usize, live_le
 /// in increasing order and never overlapping. Characters are not paired up: a changed
 /// character is one deleted and one inserted, so a character both sides changed keeps
 /// both replacements.
-fn merge_text(base: &str, ours: &str, theirs: &str) -> Vec<TextEdit> {
+fn merge_text(base: &str, ours: &str, theirs: &str, deadline: Instant) -> Vec<TextEdit> {
     let base: Vec<char> = base.chars().collect();
     let ours: Vec<char> = ours.chars().collect();
     let theirs: Vec<char> = theirs.chars().collect();
-    let live = align(&base, &ours, false);
-    let write = align(&base, &theirs, false);
+    let live = align(&base, &ours, false, deadline);
+    let write = align(&base, &theirs, false, deadline);
     // What the write deleted goes, where it is still there live.
     let mut deleted: Vec<usize> = (0..base.len())
         .filter(|&i| write.of_old[i].is_none())
@@ -350,14 +356,7 @@ fn apply(txn: &mut TransactionMut, ours: &[Block], mut steps: Vec<Step>) -> Resu
             }
             Step::Insert { before, blocks } => {
                 for (k, block) in blocks.iter().enumerate() {
-                    let element = fragment.insert(
-                        txn,
-                        (before + k) as u32,
-                        XmlElementPrelim::empty(block.block_type.as_str()),
-                    );
-                    if !block.text.is_empty() {
-                        element.push_back(txn, XmlTextPrelim::new(block.text.as_str()));
-                    }
+                    blocks::insert(txn, &fragment, (before + k) as u32, block);
                 }
                 merged.inserted += blocks.len();
             }
@@ -365,13 +364,9 @@ fn apply(txn: &mut TransactionMut, ours: &[Block], mut steps: Vec<Step>) -> Resu
                 merged.changed += 1;
                 if block_type != ours[at].block_type {
                     // An element's name cannot change: the editor replaces the block too.
-                    let new_text = apply_to_string(&ours[at].text, &text);
+                    let block = Block::new(block_type, apply_to_string(&ours[at].text, &text));
                     fragment.remove_range(txn, at as u32, 1);
-                    let element =
-                        fragment.insert(txn, at as u32, XmlElementPrelim::empty(block_type.as_str()));
-                    if !new_text.is_empty() {
-                        element.push_back(txn, XmlTextPrelim::new(new_text.as_str()));
-                    }
+                    blocks::insert(txn, &fragment, at as u32, &block);
                     continue;
                 }
                 let Some(XmlOut::Element(element)) = fragment.get(txn, at as u32) else {

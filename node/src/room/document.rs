@@ -184,10 +184,16 @@ impl Room {
     /// A change the room made itself (a merge through the content API or from P1): fanned
     /// out to every client and logged like an edit.
     pub(super) fn record_own_change(&mut self, change: Vec<u8>) {
+        self.publish_change(change, None);
+    }
+
+    /// A change to the document: counted, fanned out (to all but `except`, its sender),
+    /// handed to the log and marked for the P1 write-back.
+    fn publish_change(&mut self, change: Vec<u8>, except: Option<u64>) {
         self.document.bytes += change.len();
         self.p1_changed();
         let frame: Bytes = message::encode_update(&change).into();
-        self.broadcast(frame, None);
+        self.broadcast(frame, except);
         self.log.pending.push(change);
     }
 
@@ -235,11 +241,7 @@ impl Room {
             if change.as_slice() != update {
                 self.ctx.metrics.conflicts_resolved.inc();
             }
-            self.document.bytes += change.len();
-            self.p1_changed();
-            let frame: Bytes = message::encode_update(&change).into();
-            self.broadcast(frame, Some(conn_id));
-            self.log.pending.push(change);
+            self.publish_change(change, Some(conn_id));
         }
         true
     }

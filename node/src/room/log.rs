@@ -122,6 +122,9 @@ impl Room {
         self.release_acks();
         self.flush();
         self.maybe_compact(false);
-        self.p1_housekeeping();
+        if self.p1_waiting() {
+            // A write-back waiting for this commit, or a change API caller waiting for it.
+            self.p1_housekeeping();
+        }
     }
 }

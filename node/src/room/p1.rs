@@ -271,7 +271,7 @@ impl Room {
         let last = self.p1.unwritten.map_or(first, |(_, last)| last);
         self.p1.unwritten = Some((first, last));
         self.p1.covered.append(&mut self.p1.waiting);
-        std::mem::swap(&mut self.p1.covered, &mut self.p1.waiting);
+        self.p1.waiting = std::mem::take(&mut self.p1.covered);
     }
 
     /// Looks for a P1 version the room did not write.
