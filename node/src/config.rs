@@ -213,6 +213,11 @@ pub struct Config {
     #[arg(long, env = "TROUPE_P1_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub p1_check_interval: Duration,
 
+    /// Shortest time between two automatic versions of a scene in its history (taken from
+    /// compaction snapshots). 0: every snapshot becomes one.
+    #[arg(long, env = "TROUPE_HISTORY_EVERY", default_value = "10m", value_parser = parse_duration)]
+    pub history_every: Duration,
+
     /// Bytes of edits one user may write per hour, counted over the whole cluster (in steps
     /// of 64 KiB per connection); beyond, the connection closes with 4429. 0: no limit.
     #[arg(long, env = "TROUPE_MAX_BYTES_PER_HOUR", default_value_t = 256 << 20)]
@@ -267,6 +272,8 @@ pub struct Limits {
     pub p1_max_lag: Duration,
     /// How often a live P1 scene looks for P1's own writes.
     pub p1_check_interval: Duration,
+    /// Shortest time between two automatic versions in a scene's history.
+    pub history_every: Duration,
 }
 
 pub use troupe_proto::origin::OriginPolicy;
@@ -326,6 +333,7 @@ impl Config {
             p1_write_delay: self.p1_write_delay,
             p1_max_lag: self.p1_max_lag,
             p1_check_interval: self.p1_check_interval,
+            history_every: self.history_every,
         }
     }
 

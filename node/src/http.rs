@@ -7,6 +7,10 @@
 //! | `GET /v1/scenes/{scene}/content[?format=json\|text\|fountain]` | the scene's blocks (and P1's content version) as they are now, for a `Bearer` token that may read it; served by the owner only (421 elsewhere) |
 //! | `PUT /v1/scenes/{scene}/content` `{"base_version": V, "blocks": [...]}` | an autosave made against P1 version V, merged into the live scene; answers the version that holds it (409 when it cannot be merged, naming the current version) |
 //! | `PATCH /v1/scenes/{scene}/content` `{"base_version"?: V, "edits": [...]}` | block edits (insert, replace, delete) by positions in version V, or in the scene as it is now; merged the same way |
+//! | `GET /v1/scenes/{scene}/versions` | the scene's history, newest first (automatic, named and before-restore versions) |
+//! | `POST /v1/scenes/{scene}/versions` `{"name": …}` | saves the scene as it is now as a named version (201, its number) |
+//! | `GET /v1/scenes/{scene}/versions/{v}/content[?format=…]` | one version's blocks, text or Fountain |
+//! | `POST /v1/scenes/{scene}/restore` `{"version": V}` or `{"from_p1": true}` | the live scene becomes that content through ordinary edits, with a notice to its editors; what it replaced is saved first |
 //! | `GET /healthz` | store, rooms, epoch and leader as JSON; 503 while the store does not answer |
 //! | `GET /metrics` | OpenMetrics text |
 //!
@@ -22,16 +26,16 @@ use axum::handler::Handler;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use troupe_proto::scene::is_scene_id;
 
+use crate::api;
 use crate::server::App;
 use crate::ws::{self, ConnectRequest};
 use troupe_membership::placement::Verdict;
-use troupe_proto::token::Role;
 
 /// Path prefix of the WebSocket endpoint: `/ws/scenes/{scene_id}`.
 pub const SCENES_PREFIX: &str = "/ws/scenes/";
@@ -49,11 +53,26 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws/scenes/{*scene}", get_only(websocket))
         .route(
             "/v1/scenes/{scene}/content",
-            get(content)
-                .put(change_content)
-                .patch(change_content)
+            get(api::content::get)
+                .put(api::content::change)
+                .patch(api::content::change)
                 .head(not_found)
                 .fallback(not_found),
+        )
+        .route(
+            "/v1/scenes/{scene}/versions",
+            get(api::history::list)
+                .post(api::history::save)
+                .head(not_found)
+                .fallback(not_found),
+        )
+        .route(
+            "/v1/scenes/{scene}/versions/{version}/content",
+            get_only(api::history::content),
+        )
+        .route(
+            "/v1/scenes/{scene}/restore",
+            post(api::history::restore).fallback(not_found),
         )
         .fallback(not_found)
         .with_state(app)
@@ -115,270 +134,13 @@ async fn healthz(State(app): Ctx) -> Response {
     text(status, "application/json", format!("{body}\n"))
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct ContentQuery {
-    pub format: Option<String>,
-}
-
-/// `GET /v1/scenes/{scene}/content`: the scene as it is now. The owner reads it from the
-/// live room, loading the scene if it is not (as a viewer's connection would, so it is never
-/// a stale copy and a scene nobody has is not brought into being).
-async fn content(
-    State(app): Ctx,
-    scene: Result<Path<String>, PathRejection>,
-    query: Result<Query<ContentQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(scene) = scene.ok().map(|Path(s)| s).filter(|s| is_scene_id(s)) else {
-        return json_error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id");
-    };
-    let format = query
-        .ok()
-        .and_then(|Query(q)| q.format)
-        .unwrap_or_else(|| "json".into());
-    if !matches!(format.as_str(), "json" | "text" | "fountain") {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_format",
-            "format is json, text or fountain",
-        );
-    }
-    if let Err(refused) = content_access(&app, &headers, &scene, Role::View).await {
-        return refused;
-    }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let room = app.rooms.get_or_start(&scene);
-    let asked = room.tx.send(crate::room::RoomCmd::Read { reply }).await.is_ok();
-    let blocks = match tokio::time::timeout(Duration::from_secs(10), answer).await {
-        Ok(Ok(Ok(blocks))) if asked => blocks,
-        Ok(Ok(Err(error))) => return json_error(StatusCode::CONFLICT, "not_blocks", &error),
-        _ => {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the scene is loading or moving; try again",
-            )
-        }
-    };
-    let mut response = match format.as_str() {
-        "text" => text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            crate::content::fountain::plain_text(&blocks),
-        ),
-        "fountain" => text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            crate::content::fountain::fountain(&blocks),
-        ),
-        _ => {
-            let version = app.store.p1_version(&scene).await.ok().flatten();
-            let body =
-                serde_json::json!({ "scene": scene, "version": version, "blocks": blocks }).to_string();
-            text(StatusCode::OK, "application/json", body)
-        }
-    };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    json_answer(status, serde_json::json!({ "error": kind, "message": message }))
-}
-
-fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = text(status, "application/json", body.to_string());
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// The checks every content request passes: a token that grants the scene (`need`: an
-/// editor's role to change it), this node its owner, and a scene that exists (here or in
-/// P1). A refusal is the answer to send.
-async fn content_access(app: &App, headers: &HeaderMap, scene: &str, need: Role) -> Result<(), Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(troupe_proto::token::bearer);
-    let Some(claims) = token.and_then(|t| app.settings.verifier.verify(t).ok()) else {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send a valid token as Authorization: Bearer <token>",
-        ));
-    };
-    if app.revocations.borrow().refuses(&claims) {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "access revoked",
-        ));
-    }
-    let role = claims.role_in(scene);
-    if role.is_none() || (need == Role::Edit && role != Some(Role::Edit)) {
-        return Err(json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            if role.is_none() {
-                "the token does not grant this scene"
-            } else {
-                "the token may only read this scene"
-            },
-        ));
-    }
-    let verdict = app.placement.borrow().verdict(app.settings.node_id, scene);
-    match verdict {
-        Verdict::Mine { .. } => {}
-        Verdict::Elsewhere(route) => {
-            return Err(json_error(
-                StatusCode::MISDIRECTED_REQUEST,
-                "moved",
-                &format!("served by {}", route.url),
-            ))
-        }
-        Verdict::NoOwner => {
-            return Err(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_owner",
-                "no node serves this scene yet",
-            ))
-        }
-    }
-    if !app.rooms.is_live(scene) {
-        let exists = match app.store.lease(scene).await {
-            Ok(Some(_)) => true,
-            Ok(None) => matches!(app.store.p1_version(scene).await, Ok(Some(_)) | Err(_)),
-            Err(_) => {
-                return Err(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the store does not answer",
-                ))
-            }
-        };
-        if !exists {
-            return Err(json_error(
-                StatusCode::NOT_FOUND,
-                "no_such_scene",
-                "no such scene",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A `PUT` body: the whole scene, as saved against a P1 version.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutBody {
-    base_version: u64,
-    blocks: Vec<crate::content::blocks::Block>,
-}
-
-/// A `PATCH` body: block edits against a P1 version, or against the scene as it is now.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    base_version: Option<u64>,
-    edits: Vec<crate::room::BlockEdit>,
-}
-
-/// `PUT` and `PATCH /v1/scenes/{scene}/content`: a change merged into the live scene by its
-/// owner (loaded if needed), answered once durable with the P1 version that holds it.
-async fn change_content(
-    State(app): Ctx,
-    method: axum::http::Method,
-    scene: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    use crate::room::{Change, MergeRefused, MergeRequest, RoomCmd};
-    let Some(scene) = scene.ok().map(|Path(s)| s).filter(|s| is_scene_id(s)) else {
-        return json_error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id");
-    };
-    if let Err(refused) = content_access(&app, &headers, &scene, Role::Edit).await {
-        return refused;
-    }
-    let Ok(body) = body else {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the body is too large",
-        );
-    };
-    let parsed = if method == axum::http::Method::PUT {
-        serde_json::from_slice::<PutBody>(&body).map(|b| (Some(b.base_version), Change::Blocks(b.blocks)))
-    } else {
-        serde_json::from_slice::<PatchBody>(&body).map(|b| (b.base_version, Change::Edits(b.edits)))
-    };
-    let (base_version, change) = match parsed {
-        Ok(parsed) => parsed,
-        Err(error) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &error.to_string()),
-    };
-    let base = match base_version {
-        None => None,
-        Some(version) => match app.store.p1_projection(&scene, version).await {
-            Ok(Some(blocks)) => Some(blocks),
-            Ok(None) => {
-                let current = app.store.p1_version(&scene).await.ok().flatten();
-                return json_answer(
-                    StatusCode::CONFLICT,
-                    serde_json::json!({
-                        "error": "unknown_version",
-                        "message": format!("version {version} of this scene is not known; read the scene again and redo the change"),
-                        "version": current,
-                    }),
-                );
-            }
-            Err(error) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &error.to_string())
-            }
-        },
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let room = app.rooms.get_or_start(&scene);
-    let request = MergeRequest { base, change, reply };
-    let asked = room.tx.send(RoomCmd::Merge(Box::new(request))).await.is_ok();
-    match tokio::time::timeout(Duration::from_secs(15), answer).await {
-        Ok(Ok(Ok(merged))) if asked => json_answer(
-            StatusCode::OK,
-            serde_json::json!({
-                "scene": scene,
-                "version": merged.version,
-                "inserted": merged.outcome.inserted,
-                "changed": merged.outcome.changed,
-                "deleted": merged.outcome.deleted,
-            }),
-        ),
-        Ok(Ok(Err(MergeRefused::Conflict { message, version }))) => json_answer(
-            StatusCode::CONFLICT,
-            serde_json::json!({ "error": "conflict", "message": message, "version": version }),
-        ),
-        Ok(Ok(Err(refused @ MergeRefused::BadEdit(_)))) => {
-            json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_edit", &refused.to_string())
-        }
-        Ok(Ok(Err(refused @ MergeRefused::TooLarge))) => {
-            json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &refused.to_string())
-        }
-        _ => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the scene is loading or moving; try again (a change already merged is not merged twice)",
-        ),
-    }
 }
 
 /// The query of the WebSocket endpoint (other parameters are ignored).

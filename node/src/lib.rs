@@ -23,6 +23,7 @@
 //!   their place in a scene's document;
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
+pub mod api;
 pub mod config;
 pub mod content;
 pub mod http;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::handler::Handler;
-use axum::routing::{any, get, MethodRouter};
+use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -87,12 +87,31 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/scenes/{scene}/presence", any(presence))
         .route(
             "/v1/scenes/{scene}/content",
-            get(content)
-                .put(content)
-                .patch(content)
+            get(scene_api)
+                .put(scene_api)
+                .patch(scene_api)
                 .options(content_preflight)
                 .head(not_found)
                 .fallback(not_found),
+        )
+        .route(
+            "/v1/scenes/{scene}/versions",
+            get(scene_api)
+                .post(scene_api)
+                .options(content_preflight)
+                .head(not_found)
+                .fallback(not_found),
+        )
+        .route(
+            "/v1/scenes/{scene}/versions/{version}/content",
+            get(scene_api)
+                .options(content_preflight)
+                .head(not_found)
+                .fallback(not_found),
+        )
+        .route(
+            "/v1/scenes/{scene}/restore",
+            post(scene_api).options(content_preflight).fallback(not_found),
         )
         .route(dev_token::PATH, get_only(dev_token))
         .route("/healthz", get_only(healthz))
@@ -227,16 +246,18 @@ async fn presence(State(s): Ctx, headers: HeaderMap, scene: SceneParam) -> Respo
     presence::answer(Some(&scene), s.presence.as_deref()).await
 }
 
-/// `GET`, `PUT` or `PATCH /v1/scenes/{scene}/content`: checked here, answered by the
-/// scene's owner. The body (at most the content API's limit) is passed on as it came.
-async fn content(
+/// The scene API (`/v1/scenes/{scene}/content`, `…/versions`, `…/versions/{v}/content`,
+/// `…/restore`): checked here (reading needs the scene, anything else an editor's role),
+/// answered by the scene's owner. The body (at most the API's limit) is passed on as it came.
+async fn scene_api(
     State(s): Ctx,
     method: Method,
     headers: HeaderMap,
-    scene: SceneParam,
+    params: Result<Path<std::collections::HashMap<String, String>>, PathRejection>,
     uri: hyper::Uri,
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response<Body> {
+    let scene = params.map(|Path(mut params)| Path(params.remove("scene").unwrap_or_default()));
     let Some(scene) = scene_of(scene) else {
         return no_store(error(StatusCode::NOT_FOUND, "bad_scene", "not a scene id"));
     };
@@ -310,7 +331,7 @@ async fn content_preflight(State(s): Ctx, headers: HeaderMap) -> Response<Body> 
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     h.insert(
         ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, PUT, PATCH"),
+        HeaderValue::from_static("GET, PUT, PATCH, POST"),
     );
     h.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,

@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod p1;
 pub mod redis;
 
 use std::collections::BTreeMap;

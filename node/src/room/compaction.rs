@@ -9,6 +9,7 @@ use std::time::Instant;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::Room;
+use crate::store::history::{NewVersion, VersionKind};
 use crate::store::{Snapshot, StoredScene};
 
 /// The compaction counters: how much log the latest snapshot does not cover yet.
@@ -77,11 +78,25 @@ impl Room {
         let metrics = self.ctx.metrics.clone();
         let scene = self.scene.clone();
         let (owner, epoch) = (self.ctx.node_id.clone(), self.epoch);
+        let history_every = limits.history_every;
         Some(async move {
             match store.write_snapshot(&scene, &snapshot, &owner, epoch).await {
                 Ok(true) => {
                     metrics.compaction_runs.inc();
                     tracing::debug!(%scene, upto = snapshot.upto_seq, bytes = snapshot.data.len(), "snapshot written");
+                    let version = NewVersion {
+                        kind: VersionKind::Auto,
+                        name: None,
+                        created_by: None,
+                        upto_seq: snapshot.upto_seq,
+                        data: &snapshot.data,
+                    };
+                    if let Err(error) = store
+                        .add_version(&scene, &owner, epoch, &version, history_every)
+                        .await
+                    {
+                        tracing::warn!(%scene, %error, "no history version kept for this snapshot");
+                    }
                 }
                 Ok(false) => tracing::warn!(%scene, "snapshot not written: another node holds the scene"),
                 Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),

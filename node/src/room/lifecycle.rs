@@ -246,6 +246,11 @@ impl Room {
                 RoomCmd::Merge(request) => {
                     let _ = request.reply.send(Err(super::MergeRefused::Moving));
                 }
+                RoomCmd::SaveVersion(save) => {
+                    let _ = save
+                        .reply
+                        .send(Err("the scene is moving to another node; try again".into()));
+                }
                 RoomCmd::Frame(_)
                 | RoomCmd::Leave { .. }
                 | RoomCmd::LeaseLost { .. }

@@ -16,7 +16,9 @@
 //! - `acks`: durable acks for the clients that asked;
 //! - `presence`: the clients' awareness states, and publishing them to Redis (through
 //!   [`crate::presence`], the Redis side);
-//! - `compaction`: folding the log into a snapshot.
+//! - `compaction`: folding the log into a snapshot;
+//! - `history`: saving the document as a version of the scene's history;
+//! - `p1`: keeping the P1 product's `content_blocks` and the document in step.
 //!
 //! A connection ([`crate::ws`]) sees only what is public here: [`Joiner`], [`JoinRefused`],
 //! [`RoomCmd`], [`IncomingFrame`] and the [`close`] codes; the directory
@@ -25,10 +27,12 @@
 mod acks;
 mod compaction;
 mod document;
+mod history;
 mod lifecycle;
 mod log;
 mod p1;
 
+pub use history::SaveVersion;
 pub use p1::{apply_edits, BlockEdit, Change, MergeRefused, MergeRequest, Merged};
 mod peers;
 mod presence;
@@ -109,6 +113,8 @@ pub enum RoomCmd {
     Read {
         reply: oneshot::Sender<Result<Vec<crate::content::blocks::Block>, String>>,
     },
+    /// Keep the document as it is now in the scene's history.
+    SaveVersion(Box<SaveVersion>),
 }
 
 /// A validated frame from one of the room's connections.

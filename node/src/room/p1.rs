@@ -23,6 +23,7 @@ use yrs::Transact;
 use super::Room;
 use crate::content::blocks::{self, Block};
 use crate::content::merge::{self, MergeError};
+use crate::content::notice::{self, Notice};
 use crate::store::{P1Content, P1Write, StoreError};
 
 /// What a caller of the content API asks the room to merge.
@@ -30,6 +31,8 @@ pub struct MergeRequest {
     /// The blocks the change was made against; `None`: the document as it is now.
     pub base: Option<Vec<Block>>,
     pub change: Change,
+    /// Told to everyone in the scene with the change (a restore).
+    pub notice: Option<Notice>,
     pub reply: oneshot::Sender<Result<Merged, MergeRefused>>,
 }
 
@@ -300,7 +303,7 @@ impl Room {
         let Found { content, base } = found;
         let version = content.version;
         match base {
-            Some(base) => match self.p1_merge(&base, &content.blocks) {
+            Some(base) => match self.p1_merge(&base, &content.blocks, None) {
                 Ok(merged) => {
                     tracing::info!(scene = %self.scene, from = self.p1.version, to = version,
                         inserted = merged.inserted, changed = merged.changed, deleted = merged.deleted,
@@ -332,7 +335,12 @@ impl Room {
 
     /// Merges `base -> theirs` into the document as an edit of the room's own, fanned out
     /// and logged like any other.
-    fn p1_merge(&mut self, base: &[Block], theirs: &[Block]) -> Result<merge::Merged, MergeRefused> {
+    fn p1_merge(
+        &mut self,
+        base: &[Block],
+        theirs: &[Block],
+        notice: Option<&Notice>,
+    ) -> Result<merge::Merged, MergeRefused> {
         let conflict = |error: MergeError, version: u64| MergeRefused::Conflict {
             message: error.to_string(),
             version,
@@ -344,9 +352,12 @@ impl Room {
         let (merged, change) = {
             let mut txn = self.document.doc.transact_mut();
             let merged = merge::merge(&mut txn, base, theirs).map_err(|e| conflict(e, self.p1.version))?;
+            if let Some(notice) = notice {
+                notice::write(&mut txn, notice);
+            }
             (merged, txn.encode_update_v1())
         };
-        if !merged.is_empty() {
+        if !merged.is_empty() || notice.is_some() {
             self.record_own_change(change);
         }
         Ok(merged)
@@ -354,7 +365,12 @@ impl Room {
 
     /// `PUT` or `PATCH` through the content API.
     pub(super) fn p1_merge_request(&mut self, request: MergeRequest) {
-        let MergeRequest { base, change, reply } = request;
+        let MergeRequest {
+            base,
+            change,
+            notice,
+            reply,
+        } = request;
         if self.fenced || self.handoff.is_some() || self.stopping.is_some() {
             let _ = reply.send(Err(MergeRefused::Moving));
             return;
@@ -379,7 +395,7 @@ impl Room {
                 }
             },
         };
-        match self.p1_merge(&base, &theirs) {
+        match self.p1_merge(&base, &theirs, notice.as_ref()) {
             Err(refused) => {
                 let _ = reply.send(Err(refused));
             }

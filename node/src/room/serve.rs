@@ -122,6 +122,7 @@ impl Room {
             RoomCmd::Leave { conn_id } => self.leave(conn_id),
             RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),
             RoomCmd::Merge(request) => self.p1_merge_request(*request),
+            RoomCmd::SaveVersion(save) => self.save_version(*save),
             RoomCmd::Read { reply } => {
                 let blocks = {
                     use yrs::Transact;

@@ -379,6 +379,7 @@ macro_rules! shared_queries {
 }
 use shared_queries;
 
+pub mod history;
 mod postgres;
 mod sqlite;
 

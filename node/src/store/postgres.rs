@@ -120,4 +120,5 @@ impl PgStore {
     }
 
     super::shared_queries!(" FOR SHARE");
+    super::history::history_queries!(" FOR SHARE");
 }

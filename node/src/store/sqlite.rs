@@ -88,4 +88,5 @@ impl SqliteStore {
     }
 
     super::shared_queries!("");
+    super::history::history_queries!("");
 }

@@ -1,12 +1,14 @@
 //! `troupectl`: operator tool. Cluster commands (`nodes`, `status`, `add`, `drain`,
 //! `activate`, `remove`, `route`, `revoke`, `revoked`) talk to any node's internal address
 //! over mutual TLS;
-//! `troupectl token` mints an access token with the configured key, the way an app's
+//! `troupectl versions` and `restore` read and restore a scene's history through its
+//! owner's HTTP API; `troupectl token` mints an access token with the configured key, the way an app's
 //! backend would; `troupectl certs` makes the cluster's certificates.
 
 mod backfill;
 mod certs;
 mod cluster;
+mod history;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,6 +78,17 @@ enum Command {
     /// from `content_blocks`, stored and verified. Scenes that already have Yjs state are
     /// skipped, so a run can stop anywhere and be repeated.
     Backfill(BackfillArgs),
+    /// List a scene's history: automatic versions (from compaction snapshots), named ones
+    /// editors saved, and the states restores replaced.
+    Versions {
+        scene: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Make a live scene a version's content again, or P1's (`content_blocks`): its editors
+    /// see the blocks change in place, without reloading, with a notice "Restored to … by
+    /// …". What it replaced is saved first as a version, so a restore can be undone.
+    Restore(RestoreArgs),
     /// Make the certificates of the internal port: `init` a CA, then one per `node` and
     /// `client` (operators and routers).
     Certs {
@@ -102,6 +115,22 @@ struct BackfillArgs {
     /// file as `sqlite:PATH`.
     #[arg(long, env = "TROUPE_DATABASE_URL")]
     database_url: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    scene: String,
+    /// The version of the scene's history to restore (`troupectl versions SCENE`).
+    #[arg(long, conflicts_with = "from_p1", required_unless_present = "from_p1")]
+    version: Option<u64>,
+    /// Restore what the P1 product holds in `content_blocks`.
+    #[arg(long)]
+    from_p1: bool,
+    /// Who the notice and the history name as having restored it.
+    #[arg(long, default_value = "an operator")]
+    by: String,
     #[command(flatten)]
     key: KeyArgs,
 }
@@ -229,6 +258,17 @@ fn run_cluster_command(
                 Command::Revoke { user, lift } => cluster::revoke(&client, &user, lift, json).await,
                 Command::Revoked => cluster::revoked(&client, json).await,
                 Command::Backfill(args) => run_backfill(&client, args, json).await,
+                Command::Versions { scene, key } => {
+                    scene_api(&client, &key, "an operator")?
+                        .versions(&scene, json)
+                        .await
+                }
+                Command::Restore(args) => {
+                    let version = (!args.from_p1).then_some(args.version).flatten();
+                    scene_api(&client, &args.key, &args.by)?
+                        .restore(&args.scene, version, json)
+                        .await
+                }
                 Command::Token(_) | Command::Certs { .. } => Ok(()),
             }
         };
@@ -253,6 +293,19 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", signer.sign(&claims).context("signing the token")?);
     Ok(())
+}
+
+fn scene_api<'a>(
+    client: &'a troupe_membership::ClusterClient,
+    key: &KeyArgs,
+    by: &str,
+) -> anyhow::Result<history::SceneApi<'a>> {
+    Ok(history::SceneApi {
+        client,
+        signer: key.signer()?,
+        audience: key.audience.clone(),
+        by: by.to_string(),
+    })
 }
 
 async fn run_backfill(
