@@ -3,7 +3,7 @@
 // by the Troupe client (connection state and durable acks).
 
 import * as Y from 'yjs'
-import { EditorState } from 'prosemirror-state'
+import { EditorState, Selection } from 'prosemirror-state'
 import { EditorView } from 'prosemirror-view'
 import { keymap } from 'prosemirror-keymap'
 import { baseKeymap } from 'prosemirror-commands'
@@ -111,9 +111,19 @@ class Scene {
     this.doc.on('update', this.onUpdate)
     this.onAwareness = () => this.showPresence()
     this.awareness.on('change', this.onAwareness)
-    this.onStatus = () => this.showStatus()
+    this.onStatus = () => {
+      if (!this.caretPlaced && this.session.status === 'connected') {
+        this.caretPlaced = true
+        // The scene arriving replaces the empty page wholesale, which leaves everything
+        // selected: a first keystroke would replace the scene. Start with a caret instead.
+        setTimeout(() => this.caretAtStart(), 0)
+      }
+      this.showStatus()
+    }
     this.session.on('status', this.onStatus)
     this.session.on('saved', this.onStatus)
+    this.onNotice = (notice) => showNotice(notice.message)
+    this.session.on('notice', this.onNotice)
     this.ticker = setInterval(() => {
       this.showPresence()
       this.showStatus()
@@ -173,10 +183,26 @@ class Scene {
     $('status-text').textContent = text
   }
 
+  caretAtStart () {
+    const { state } = this.view
+    if (!state.selection.empty) this.view.dispatch(state.tr.setSelection(Selection.atStart(state.doc)))
+  }
+
   showBlockType () {
     const name = this.view.state.selection.$from.parent.type.name
     $('block-type').value = name
   }
+}
+
+let noticeTimer = null
+
+/** Shows what the cluster told everyone in the scene (a restore) for a few seconds. */
+function showNotice (message) {
+  const el = $('notice')
+  el.textContent = message
+  el.hidden = false
+  clearTimeout(noticeTimer)
+  noticeTimer = setTimeout(() => { el.hidden = true }, 10000)
 }
 
 function initials (name) {

@@ -226,7 +226,7 @@ after(async () => {
   }
 })
 
-test('two writers, presence, offline, and a node killed mid-typing', async () => {
+test('two writers, presence, offline, a node killed mid-typing, and a restore', async () => {
   const scene = `e2e-${Date.now().toString(36)}`
   const bobsNetwork = await cuttableProxy()
   const alice = await openEditor('Alice Hart', scene)
@@ -301,8 +301,37 @@ test('two writers, presence, offline, and a node killed mid-typing', async () =>
   const carol = await openEditor('Carol Fresh', scene)
   await eventually('a fresh window reads the same text', async () =>
     (await editorText(carol.page)) === (await editorText(alice.page)))
+  // …with a caret, not the whole scene selected (a first keystroke would replace it).
+  await eventually('a fresh window starts with a caret', async () =>
+    carol.page.evaluate(() => window.getSelection().isCollapsed))
   await alice.page.screenshot({ path: join(shots, 'alice-after-failover.png') })
   bobsNetwork.close()
+
+  // History: a named version, more typing, then a restore through the scene API: every
+  // window converges without reloading and says who restored what.
+  const { token } = await (await fetch(`${cluster.router}/v1/dev/token?user=Dana%20Ops`)).json()
+  const api = (method, path, body) => fetch(`${cluster.router}/v1/scenes/${scene}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body && JSON.stringify(body)
+  })
+  const draft = await editorText(alice.page)
+  const saved = await (await api('POST', '/versions', { name: 'Before the rewrite' })).json()
+  assert.equal(typeof saved.version, 'number', JSON.stringify(saved))
+  const dropped = ' A line the restore takes back.'
+  await typeAtEnd(alice.page, dropped)
+  await eventually('Carol sees the new line', async () =>
+    (await editorText(carol.page)).includes(dropped.trim()))
+  const restored = await api('POST', '/restore', { version: saved.version })
+  assert.equal(restored.status, 200, await restored.text())
+  for (const editor of [alice, carol]) {
+    await eventually(`${editor.user} sees the restored scene`, async () => {
+      const text = await editorText(editor.page)
+      return text === draft || text
+    })
+    await editor.page.waitForSelector(`#notice >> text=Restored to version ${saved.version} by Dana Ops`)
+  }
+  await carol.page.screenshot({ path: join(shots, 'carol-after-restore.png') })
 
   // The token travelled in the WebSocket subprotocol header, never in a URL.
   for (const editor of [alice, bob, carol]) {

@@ -26,8 +26,24 @@ export interface SessionEvents {
   saved: SavedEvent
   moved: MovedEvent
   error: SessionError
+  /** The cluster told everyone in the scene something, e.g. "Restored to version 3 by Ada". */
+  notice: NoticeEvent
 }
 
+/** A notice written into the scene's document by the cluster (`doc.getMap('troupe').get('notice')`). */
+export interface NoticeEvent {
+  /** What happened: `restored`. */
+  kind: string
+  /** The sentence to show. */
+  message: string
+  /** Who did it. */
+  by: string
+  /** When, in Unix milliseconds. */
+  at: number
+}
+
+/** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
+export const NOTICE_FRESH_MS: number
 /** The subprotocol that says the token is presented in the handshake (the node selects it). */
 export const TROUPE_PROTOCOL: 'troupe'
 /** The offered subprotocol carrying the token: `troupe.bearer.<token>`. */

@@ -55,6 +55,9 @@ export const TROUPE_PROTOCOL = 'troupe'
 /** The offered subprotocol carrying the token: `troupe.bearer.<token>`. */
 export const BEARER_PROTOCOL_PREFIX = 'troupe.bearer.'
 
+/** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
+export const NOTICE_FRESH_MS = 5 * 60 * 1000
+
 const WS_OPEN = 1
 
 /**
@@ -187,6 +190,18 @@ export class SceneSession {
       this._acks.localUpdate()
     }
     doc.on('update', this._onDocUpdate)
+    // Notices the cluster writes into the document (`troupe.notice`: a restore, say) arrive
+    // with the change they explain; one older than NOTICE_FRESH_MS when it arrives (found
+    // by a late joiner) is history, not news.
+    /** @private */ this._notices = doc.getMap('troupe')
+    /** @private */ this._onNotice = (/** @type {any} */ event) => {
+      if (!event.keysChanged.has('notice')) return
+      const notice = this._notices.get('notice')
+      if (!notice || typeof notice.message !== 'string' || typeof notice.at !== 'number') return
+      if (Date.now() - notice.at > NOTICE_FRESH_MS) return
+      this._emit('notice', { kind: notice.kind, message: notice.message, by: notice.by, at: notice.at })
+    }
+    this._notices.observe(this._onNotice)
     // Content the doc already holds (restored from a local cache, say) is a local change the
     // node may lack: pending until the first handshake's step 2 is acknowledged.
     if (Y.encodeStateVector(doc).length > 1) this._acks.localUpdate()
@@ -262,7 +277,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
    * @param {(event: any) => void} fn
    */
   on (name, fn) {
@@ -273,7 +288,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
    * @param {(event: any) => void} fn
    */
   off (name, fn) {
@@ -283,7 +298,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
    * @param {(event: any) => void} fn
    */
   once (name, fn) {
@@ -297,6 +312,7 @@ export class SceneSession {
     this._destroyed = true
     this._stop()
     this.doc.off('update', this._onDocUpdate)
+    this._notices.unobserve(this._onNotice)
     const awareness = this.provider.awareness
     this.provider.destroy()
     if (this._ownsAwareness) awareness.destroy()
