@@ -189,6 +189,25 @@ pub struct Config {
     #[arg(long, env = "TROUPE_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,
 
+    /// Where change notifications go (`http://` or `https://`): a signed `POST` per scene
+    /// changed, restored or backfilled. Unset: none are sent.
+    #[arg(long, env = "TROUPE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The key webhook bodies are signed with (HMAC-SHA256), at least 16 bytes.
+    #[arg(long, env = "TROUPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// A scene's `scene.changed` is sent once it has been quiet this long (or four times
+    /// this long after its first change while people keep typing).
+    #[arg(long, env = "TROUPE_WEBHOOK_DEBOUNCE", default_value = "2s", value_parser = parse_duration)]
+    pub webhook_debounce: Duration,
+
+    /// The first retry of a webhook the receiver did not take waits this long, each next
+    /// one twice as long (six attempts in all).
+    #[arg(long, env = "TROUPE_WEBHOOK_RETRY", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_retry: Duration,
+
     /// The public port's limits: connections, header time and size, body size.
     #[command(flatten)]
     pub port: LimitArgs,
@@ -312,6 +331,8 @@ pub struct Settings {
     pub worker_threads: usize,
     /// What `/metrics` requires, if anything.
     pub metrics_token: Option<String>,
+    /// Where change notifications go, if anywhere.
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
 }
 
 impl Config {
@@ -503,7 +524,51 @@ impl Config {
             commit_batch: self.commit_batch,
             worker_threads: self.worker_threads,
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
+            webhooks: self.webhooks()?,
         })
+    }
+
+    /// The webhook settings: a URL and a secret together, or neither.
+    fn webhooks(&self) -> Result<Option<crate::webhooks::WebhookSettings>, String> {
+        let url = self
+            .webhook_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let secret = self.webhook_secret.as_deref().filter(|s| !s.is_empty());
+        let (url, secret) = match (url, secret) {
+            (None, None) => return Ok(None),
+            (Some(url), Some(secret)) => (url, secret),
+            (Some(_), None) => {
+                return Err(
+                    "TROUPE_WEBHOOK_URL needs TROUPE_WEBHOOK_SECRET (the key bodies are signed with)".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return Err("TROUPE_WEBHOOK_SECRET is set but TROUPE_WEBHOOK_URL is not".into())
+            }
+        };
+        let parsed: hyper::Uri = url
+            .parse()
+            .map_err(|_| format!("TROUPE_WEBHOOK_URL {url:?} is not a URL"))?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+            return Err(format!(
+                "TROUPE_WEBHOOK_URL {url:?} must be http://host/… or https://host/…"
+            ));
+        }
+        if secret.len() < 16 {
+            return Err("TROUPE_WEBHOOK_SECRET must be at least 16 bytes".into());
+        }
+        if self.webhook_debounce < Duration::from_millis(10) || self.webhook_retry < Duration::from_millis(10)
+        {
+            return Err("TROUPE_WEBHOOK_DEBOUNCE and TROUPE_WEBHOOK_RETRY must be at least 10ms".into());
+        }
+        Ok(Some(crate::webhooks::WebhookSettings {
+            url: parsed,
+            secret: secret.as_bytes().to_vec(),
+            debounce: self.webhook_debounce,
+            retry_base: self.webhook_retry,
+        }))
     }
 }
 
@@ -631,6 +696,23 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_need_a_url_and_a_secret() {
+        assert!(config(&[]).validate().unwrap().webhooks.is_none());
+        let hooks = config(&[
+            "--webhook-url",
+            "https://hooks.example/troupe",
+            "--webhook-secret",
+            "0123456789abcdef",
+        ])
+        .validate()
+        .unwrap()
+        .webhooks
+        .unwrap();
+        assert_eq!(hooks.url.host(), Some("hooks.example"));
+        assert_eq!(hooks.debounce, Duration::from_secs(2));
+    }
+
+    #[test]
     fn bad_settings_fail_with_one_line() {
         for args in [
             &["--database-url", "mysql://x"][..],
@@ -648,6 +730,26 @@ mod tests {
             &["--rpc-listen", "0.0.0.0:4100"],
             &["--listen", "0.0.0.0:4000"],
             &["--internal-ca", "/nonexistent/ca.crt"],
+            &["--webhook-url", "http://hooks.example/troupe"],
+            &["--webhook-secret", "0123456789abcdef"],
+            &[
+                "--webhook-url",
+                "ftp://hooks.example",
+                "--webhook-secret",
+                "0123456789abcdef",
+            ],
+            &[
+                "--webhook-url",
+                "not a url",
+                "--webhook-secret",
+                "0123456789abcdef",
+            ],
+            &[
+                "--webhook-url",
+                "https://hooks.example",
+                "--webhook-secret",
+                "short",
+            ],
         ] {
             let err = config(args).validate().err().unwrap();
             assert!(!err.contains('\n'), "{err}");

@@ -8,6 +8,7 @@
 //! - [`server`]: wiring of a node: store, writer, rooms and the HTTP listener, with
 //!   graceful shutdown;
 //! - [`http`]: the HTTP routes: the WebSocket endpoint, `/healthz` and `/metrics`;
+//! - [`api`]: the scene API (`/v1/scenes/{id}/…`): content, history and restore;
 //! - [`ws`]: one client connection: authenticate, join the scene's room, shuttle frames;
 //! - [`protocol`]: what a node accepts from a client: frames of the shared wire format
 //!   ([`troupe_proto`]) whose payloads are valid;
@@ -19,6 +20,7 @@
 //! - [`store`]: the durable store: each scene's update log, snapshots and leases;
 //! - [`presence`]: presence and failover notices on Redis (the cross-node side);
 //! - [`metrics`]: Prometheus metrics, served as text at `/metrics`;
+//! - [`webhooks`]: signed change notifications for the app's backend;
 //! - [`content`]: scene content outside the editor: the blocks of the P1 product and
 //!   their place in a scene's document;
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
@@ -36,5 +38,6 @@ pub mod rooms;
 pub mod server;
 pub mod store;
 pub mod update_check;
+pub mod webhooks;
 pub mod writer;
 pub mod ws;

@@ -9,6 +9,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// What became of a webhook delivery (or an attempt of one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub outcome: &'static str,
+}
+
 /// Why a connection ended in error or a message was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -20,6 +26,7 @@ pub struct Metrics {
     pub connections_active: Gauge,
     pub latency_ms: Histogram,
     pub errors: Family<ErrorLabels, Counter>,
+    pub webhooks: Family<WebhookLabels, Counter>,
     pub updates_stored: Counter,
     pub conflicts_resolved: Counter,
     pub compaction_runs: Counter,
@@ -51,6 +58,7 @@ impl Metrics {
             connections_active: Gauge::default(),
             latency_ms: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             errors: Family::default(),
+            webhooks: Family::default(),
             updates_stored: Counter::default(),
             conflicts_resolved: Counter::default(),
             compaction_runs: Counter::default(),
@@ -124,6 +132,11 @@ impl Metrics {
             "troupe_failover_detection_seconds",
             "Time from a node's last answer to the epoch change that moved its scenes",
             m.failover_detection_seconds.clone(),
+        );
+        registry.register(
+            "troupe_webhook_deliveries",
+            "Webhook outcomes: delivered, retried (an attempt failed), refused (a 4xx, not retried), failed (given up), dropped (queue full)",
+            m.webhooks.clone(),
         );
         registry.register(
             "troupe_store_up",
@@ -201,6 +214,11 @@ impl Metrics {
             m.p1_lag_seconds.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Counts one webhook outcome.
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks.get_or_create(&WebhookLabels { outcome }).inc();
     }
 
     /// Counts one refused message or failed connection.

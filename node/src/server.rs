@@ -20,6 +20,7 @@ use crate::presence::RedisHandle;
 use crate::room::RoomContext;
 use crate::rooms::Rooms;
 use crate::store::{Store, StoreError};
+use crate::webhooks::Webhooks;
 use crate::writer;
 use troupe_membership::placement::{self, PlacementView};
 use troupe_proto::presence::Notice;
@@ -52,6 +53,8 @@ pub struct App {
     pub placement: watch::Receiver<Arc<PlacementView>>,
     /// Revoked users: their connections close, and they cannot connect again.
     pub revocations: watch::Receiver<Arc<Revocations>>,
+    /// Change notifications for the app's backend.
+    pub webhooks: Webhooks,
     conn_ids: AtomicU64,
 }
 
@@ -185,8 +188,18 @@ pub async fn run(
         settings.commit_batch,
         65_536,
     );
+    let webhooks = match &settings.webhooks {
+        Some(hooks) => Webhooks::start(
+            hooks.clone(),
+            settings.node_id.0,
+            metrics.clone(),
+            room_tasks.token().clone(),
+        ),
+        None => Webhooks::default(),
+    };
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
+        webhooks: webhooks.clone(),
         writer,
         metrics: metrics.clone(),
         limits: settings.limits.clone(),
@@ -234,6 +247,7 @@ pub async fn run(
         revocations: troupe_membership::revocation::follow(cluster.watch()),
         cluster: cluster.clone(),
         placement,
+        webhooks,
         conn_ids: AtomicU64::new(1),
     });
 

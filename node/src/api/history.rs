@@ -249,6 +249,12 @@ pub async fn restore(
     .await;
     let restored = merged.as_ref().is_some_and(|m| m.is_ok());
     tracing::info!(%scene, restored_to = %what, by = %claims.sub, before_restore = before, restored, "restore");
+    if restored {
+        app.webhooks.restored(
+            &scene,
+            serde_json::json!({ "restored": source, "by": who(&claims), "before_restore_version": before }),
+        );
+    }
     merge_answer(
         &scene,
         merged,

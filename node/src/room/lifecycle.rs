@@ -104,6 +104,10 @@ impl Room {
                 }
                 if let Some(seed) = p1.seed {
                     room.seed(seed);
+                    let version = p1.version;
+                    room.ctx
+                        .webhooks
+                        .backfilled(&room.scene, serde_json::json!({ "p1_version": version }));
                 }
                 room.serve(&mut inbox).await;
             }

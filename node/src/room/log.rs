@@ -111,6 +111,7 @@ impl Room {
             self.uncompacted.rows += newly;
             self.uncompacted.bytes += std::mem::take(&mut self.log.in_flight_bytes);
             self.uncompacted.since.get_or_insert_with(Instant::now);
+            self.ctx.webhooks.changed(&self.scene, self.log.committed_seq);
         }
         if self
             .log

@@ -137,6 +137,8 @@ pub(crate) trait Directory: Send + Sync {
 /// What every room shares.
 pub struct RoomContext {
     pub store: Store,
+    /// Change notifications for the app's backend.
+    pub webhooks: crate::webhooks::Webhooks,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
