@@ -300,7 +300,7 @@ fn no_such_version(version: &str) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
         "no_such_version",
-        &format!("the scene has no version {version}; GET …/versions lists them"),
+        &format!("the scene has no version {version}; GET …/versions (or troupectl versions) lists them"),
     )
 }
 

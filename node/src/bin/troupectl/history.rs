@@ -48,7 +48,7 @@ impl SceneApi<'_> {
                 .unwrap_or_default();
             println!(
                 "{:>5}  {:<14} {when}{name}{by} · {} bytes",
-                v["version"],
+                v["version"].as_u64().unwrap_or(0),
                 v["kind"].as_str().unwrap_or("?"),
                 v["bytes"]
             );
