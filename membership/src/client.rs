@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::NodeId;
 use crate::tls::Transport;
-use crate::view::{AdmitRequest, ClusterView, NodeSelf, RevokeRequest};
+use crate::view::{AdmitRequest, ClusterView, FlagRequest, NodeSelf, RevokeRequest};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -141,6 +141,21 @@ impl ClusterClient {
             not_before,
         };
         self.on_leader("/cluster/revocations", &request).await
+    }
+
+    /// Sets one feature flag, cluster-wide or for `scene`.
+    pub async fn set_flag(
+        &self,
+        scene: Option<&str>,
+        name: &str,
+        value: &str,
+    ) -> Result<ClusterView, RpcError> {
+        let request = FlagRequest {
+            scene: scene.map(str::to_string),
+            name: name.to_string(),
+            value: value.to_string(),
+        };
+        self.on_leader("/cluster/flags", &request).await
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<ClusterView, RpcError> {

@@ -335,6 +335,23 @@ impl Cluster {
         Ok(self.view())
     }
 
+    /// Sets one feature flag, cluster-wide or for `scene`.
+    pub async fn set_flag(
+        &self,
+        scene: Option<&str>,
+        name: &str,
+        value: &str,
+    ) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        self.write(Command::SetFlag {
+            scene: scene.map(str::to_string),
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .await?;
+        Ok(self.view())
+    }
+
     /// Drains (`Drain`), reactivates (`Activate`) or marks down a node.
     pub async fn set_state(&self, command: Command) -> Result<ClusterView, AdminError> {
         self.ensure_leader()?;

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod flags;
 pub mod health;
 pub mod placement;
 pub mod raft;

@@ -9,6 +9,7 @@
 //! | `POST /cluster/nodes` | admit a node (leader only) |
 //! | `POST /cluster/nodes/{id}/drain`, `/activate`, `/remove` | operator changes (leader only) |
 //! | `POST /cluster/revocations` | revoke a user's tokens everywhere, or lift it (leader only) |
+//! | `POST /cluster/flags` | set a feature flag, cluster-wide or for a scene (leader only) |
 //!
 //! Anything else, other methods included, is a 404 [`ErrorBody`]. The routes are built in
 //! one place, [`router`], and served by [`serve`] over mutual TLS: every request carries
@@ -17,7 +18,7 @@
 //! | sender | may |
 //! |---|---|
 //! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses |
-//! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove; revoke users |
+//! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove; revoke users; set flags |
 //! | reader (routers) | read (`/cluster/info`, `/cluster/view`) |
 //!
 //! Anything else is a 403 [`ErrorBody`] that changes nothing. Without TLS
@@ -53,7 +54,7 @@ use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::raft::TypeConfig;
 use crate::state::{Command, CommandError, NodeId};
 use crate::tls::{Identity, Peer, Transport};
-use crate::view::{AdmitRequest, ErrorBody, NodeSelf, RevokeRequest};
+use crate::view::{AdmitRequest, ErrorBody, FlagRequest, NodeSelf, RevokeRequest};
 
 /// Largest request body accepted (Raft snapshots of the membership are small).
 const MAX_REQUEST: usize = 16 << 20;
@@ -102,6 +103,7 @@ pub fn router(cluster: Arc<Cluster>, local: Arc<dyn LocalStatus>, stopping: watc
         .route("/cluster/nodes", post_only(admit))
         .route("/cluster/nodes/{id}/{action}", post_only(change))
         .route("/cluster/revocations", post_only(revoke))
+        .route("/cluster/flags", post_only(set_flag))
         .fallback(not_found)
         .with_state(Arc::new(Internal {
             cluster,
@@ -389,6 +391,21 @@ async fn revoke(
         return forbidden(&peer, "revoke users (an admin certificate is needed)");
     }
     admin(s.cluster.revoke(&request.user, request.not_before).await)
+}
+
+async fn set_flag(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<FlagRequest>,
+) -> Response {
+    if !matches!(peer, Peer::Insecure | Peer::Verified(Identity::Admin(_))) {
+        return forbidden(&peer, "set flags (an admin certificate is needed)");
+    }
+    admin(
+        s.cluster
+            .set_flag(request.scene.as_deref(), &request.name, &request.value)
+            .await,
+    )
 }
 
 /// Whether `peer` may send a Raft message whose vote names `sender`: only that node.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use troupe_proto::flags::{Decision, FlagOverrides, Flags};
 
 pub use troupe_proto::NodeId;
 
@@ -75,6 +76,14 @@ pub enum Command {
     /// Refuses `user`'s tokens issued before `not_before` (seconds since the Unix epoch)
     /// on every node, open connections included; `None` lifts the revocation.
     Revoke { user: String, not_before: Option<u64> },
+    /// Sets one feature flag: cluster-wide (`scene: None`) or a scene's own (`value`
+    /// `default` clears a scene's override). Names and values as `troupectl flags` takes
+    /// them ([`troupe_proto::flags`]).
+    SetFlag {
+        scene: Option<String>,
+        name: String,
+        value: String,
+    },
 }
 
 /// What applying a command did.
@@ -102,6 +111,8 @@ pub enum CommandError {
     BadConfig { reason: String },
     #[error("invalid revocation: {reason}")]
     BadRevocation { reason: String },
+    #[error("invalid flag change: {reason}")]
+    BadFlag { reason: String },
 }
 
 /// Longest user id a revocation names (a token's `sub`).
@@ -109,6 +120,10 @@ pub const MAX_USER_LEN: usize = 256;
 
 /// Most users revoked at once: the list is part of every node's state.
 pub const MAX_REVOKED: usize = 100_000;
+
+/// Most scenes with flags of their own: every node and router holds them all, and a
+/// change reaches them all within a second.
+pub const MAX_SCENE_FLAGS: usize = 10_000;
 
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +137,12 @@ pub struct ClusterState {
     /// (seconds since the Unix epoch).
     #[serde(default)]
     pub revoked: BTreeMap<String, u64>,
+    /// Feature flags: the cluster's defaults…
+    #[serde(default)]
+    pub flags: Flags,
+    /// …and the scenes with values of their own.
+    #[serde(default)]
+    pub scene_flags: BTreeMap<String, FlagOverrides>,
 }
 
 impl ClusterState {
@@ -147,6 +168,10 @@ impl ClusterState {
             }
             Command::Revoke { user, not_before } => {
                 self.revoke(user, *not_before)?;
+                false
+            }
+            Command::SetFlag { scene, name, value } => {
+                self.set_flag(scene.as_deref(), name, value)?;
                 false
             }
         };
@@ -212,6 +237,34 @@ impl ClusterState {
         }
         self.nodes.remove(&id);
         Ok(was_active)
+    }
+
+    fn set_flag(&mut self, scene: Option<&str>, name: &str, value: &str) -> Result<(), CommandError> {
+        let bad = |reason: String| CommandError::BadFlag { reason };
+        let Some(scene) = scene else {
+            return self.flags.set(name, value).map_err(|e| bad(e.to_string()));
+        };
+        if !troupe_proto::scene::is_scene_id(scene) {
+            return Err(bad(format!("{scene:?} is not a scene id")));
+        }
+        let mut overrides = self.scene_flags.get(scene).copied().unwrap_or_default();
+        overrides.set(name, value).map_err(|e| bad(e.to_string()))?;
+        if overrides.is_empty() {
+            self.scene_flags.remove(scene);
+        } else {
+            if !self.scene_flags.contains_key(scene) && self.scene_flags.len() >= MAX_SCENE_FLAGS {
+                return Err(bad(format!(
+                    "{MAX_SCENE_FLAGS} scenes have flags of their own; clear some, or use the rollout"
+                )));
+            }
+            self.scene_flags.insert(scene.to_string(), overrides);
+        }
+        Ok(())
+    }
+
+    /// What a client of `scene` acting as `user` should do, by the flags.
+    pub fn decide(&self, scene: &str, user: &str) -> Decision {
+        troupe_proto::flags::decide(&self.flags, self.scene_flags.get(scene), scene, user)
     }
 
     fn revoke(&mut self, user: &str, not_before: Option<u64>) -> Result<(), CommandError> {

@@ -53,6 +53,14 @@ pub struct RevokeRequest {
     pub not_before: Option<u64>,
 }
 
+/// `POST /cluster/flags`: one flag, cluster-wide or for one scene.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlagRequest {
+    pub scene: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
 /// What a node says about itself (`GET /cluster/info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSelf {

@@ -53,6 +53,8 @@ pub struct App {
     pub placement: watch::Receiver<Arc<PlacementView>>,
     /// Revoked users: their connections close, and they cannot connect again.
     pub revocations: watch::Receiver<Arc<Revocations>>,
+    /// Feature flags: collaboration, editing and presence, per scene and user.
+    pub flags: watch::Receiver<Arc<troupe_membership::flags::FlagState>>,
     /// Change notifications for the app's backend.
     pub webhooks: Webhooks,
     conn_ids: AtomicU64,
@@ -245,6 +247,7 @@ pub async fn run(
         rooms: rooms.clone(),
         metrics,
         revocations: troupe_membership::revocation::follow(cluster.watch()),
+        flags: troupe_membership::flags::follow(cluster.watch()),
         cluster: cluster.clone(),
         placement,
         webhooks,

@@ -170,6 +170,17 @@ async fn run(
         return Some((CloseCode::Forbidden, "token does not grant this scene".into()));
     };
 
+    // The feature flags: collaboration may be off for this scene or user (they save with
+    // autosave), realtime editing off (editors read only), presence off.
+    let mut flags = app.flags.clone();
+    let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
+    if !decision.enable_yjs {
+        app.metrics.error("collaboration_off");
+        return Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
+    }
+    let mut editing = decision.enable_realtime_editing;
+    let mut presence = decision.enable_presence;
+
     // Only the owner serves a scene; the others say where it lives.
     let verdict = app.placement.borrow().verdict(app.settings.node_id, &scene);
     match verdict {
@@ -248,6 +259,20 @@ async fn run(
                 app.metrics.error("revoked");
                 tracing::info!(conn_id, user = %claims.sub, "access revoked: closing");
                 break Some((CloseCode::Unauthorized, "access revoked".into()));
+            }
+            Ok(()) = flags.changed() => {
+                let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
+                if !decision.enable_yjs {
+                    app.metrics.error("collaboration_off");
+                    break Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
+                }
+                if role == Role::Edit && decision.enable_realtime_editing && !editing {
+                    // Edits made while they were refused are still in the client: it sends
+                    // them with the full sync of a new connection.
+                    break Some((CloseCode::Restarting, "realtime editing is on again: reconnect".into()));
+                }
+                editing = decision.enable_realtime_editing;
+                presence = decision.enable_presence;
             }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
@@ -329,6 +354,11 @@ async fn run(
                         app.metrics.error("rate_limited");
                         break Some((CloseCode::RateLimited, "too many sync requests".into()));
                     }
+                    MessageKind::SyncStep2 | MessageKind::Update if role == Role::Edit && !editing => {
+                        app.metrics.viewer_updates_dropped.inc();
+                        continue;
+                    }
+                    MessageKind::Awareness | MessageKind::QueryAwareness if !presence => continue,
                     MessageKind::SyncStep2 | MessageKind::Update if role == Role::Edit => {
                         written.add(frame.payload().len() as u64);
                         if let Some(refusal) = written.report_if_due(app, &claims.sub, now).await {
@@ -472,6 +502,10 @@ async fn join(
 
 /// Sync requests (step 1) per second one connection may make, in bursts of twice that.
 const SYNC_REQUESTS_PER_SECOND: u32 = 2;
+
+/// The reason of a 4410 close.
+const COLLABORATION_OFF: &str =
+    "collaboration is off for this scene: save with autosave (GET /v1/flags says when it is back)";
 
 /// A token bucket: `rate` per second, bursts of twice that.
 struct TokenBucket {

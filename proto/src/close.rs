@@ -33,11 +33,14 @@ pub enum CloseCode {
     Restarting,
     /// The client could not keep up; it resyncs on reconnect.
     TryAgain,
+    /// Collaboration is switched off for this scene or user (the `enableYjs` flag, or the
+    /// rollout): save through the content API instead (`GET /v1/flags` says when to return).
+    CollaborationOff,
 }
 
 impl CloseCode {
     /// Every code, for tables and tests.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Moved,
         CloseCode::BadMessage,
         CloseCode::Unauthorized,
@@ -50,6 +53,7 @@ impl CloseCode {
         CloseCode::Internal,
         CloseCode::Restarting,
         CloseCode::TryAgain,
+        CloseCode::CollaborationOff,
     ];
 
     /// The number on the wire.
@@ -67,6 +71,7 @@ impl CloseCode {
             CloseCode::Internal => 1011,
             CloseCode::Restarting => 1012,
             CloseCode::TryAgain => 1013,
+            CloseCode::CollaborationOff => 4410,
         }
     }
 
@@ -90,6 +95,7 @@ impl CloseCode {
             CloseCode::Internal => "internal",
             CloseCode::Restarting => "restarting",
             CloseCode::TryAgain => "try_again",
+            CloseCode::CollaborationOff => "collaboration_off",
         }
     }
 
@@ -128,7 +134,7 @@ mod tests {
             .filter(|c| !c.should_reconnect())
             .map(CloseCode::code)
             .collect();
-        assert_eq!(stop, vec![4400, 4401, 4403, 4404, 4413, 4429]);
+        assert_eq!(stop, vec![4400, 4401, 4403, 4404, 4413, 4429, 4410]);
         assert!(CloseCode::Moved.should_reconnect());
     }
 }

@@ -7,6 +7,7 @@
 //! - [`message`]: the y-websocket messages (sync, awareness, auth, query) and Troupe's
 //!   durable ack, both directions.
 //! - [`close`]: WebSocket close codes, what each means and its metric label.
+//! - [`flags`]: feature flags (collaboration on or off, rollout) and the rule that decides.
 //! - [`token`]: access token claims, signing and verification.
 //! - [`scene`]: which strings are scene ids.
 //! - [`node`]: node ids.
@@ -18,6 +19,7 @@
 
 pub mod clock;
 pub mod close;
+pub mod flags;
 pub mod lib0;
 pub mod message;
 pub mod node;

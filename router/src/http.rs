@@ -5,6 +5,8 @@
 //! | `GET /v1/route/{scene}` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`) |
 //! | `GET /ws/scenes/{scene}[?query]` | 307 to the owner's `/ws/scenes/{scene}[?query]` |
 //! | `/v1/scenes/{scene}/presence` | who is in the scene (see [`presence`]) |
+//! | `/v1/scenes/{scene}/content`, `…/versions`, `…/versions/{v}/content`, `…/restore` | the scene API, checked here and answered by the owner |
+//! | `GET /v1/flags?scene=S&user=U` | what a client should do by the feature flags (CORS `*`) |
 //! | `GET /v1/dev/token?user=NAME` | a token for anyone, when enabled (see [`dev_token`]) |
 //! | `GET /healthz` | the membership the router answers from, 503 before it has one |
 //! | `GET /metrics` | OpenMetrics text |
@@ -113,6 +115,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/scenes/{scene}/restore",
             post(scene_api).options(content_preflight).fallback(not_found),
         )
+        .route("/v1/flags", get_only(flags))
         .route(dev_token::PATH, get_only(dev_token))
         .route("/healthz", get_only(healthz))
         .route("/metrics", get_only(metrics))
@@ -195,6 +198,44 @@ async fn route(State(s): Ctx, scene: SceneParam) -> Response<Body> {
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
         },
         Err(refusal) => refusal.respond(&s.metrics),
+    };
+    response
+        .headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// `GET /v1/flags?scene=S&user=U`.
+#[derive(Debug, serde::Deserialize)]
+struct FlagsQuery {
+    scene: String,
+    #[serde(default)]
+    user: String,
+}
+
+/// `GET /v1/flags?scene=S&user=U`: what a client of the scene acting as the user should do
+/// (`mode`: `live`, `read_only`, `autosave` or `off`), from the same replicated flags the
+/// nodes enforce. Polled by clients to know when to switch modes.
+async fn flags(State(s): Ctx, query: Result<Query<FlagsQuery>, QueryRejection>) -> Response<Body> {
+    let mut response = match query {
+        Ok(Query(q)) if is_scene_id(&q.scene) && q.user.len() <= 256 => match s.latest.borrow().as_ref() {
+            Some(latest) => {
+                let decision = latest.view.state.decide(&q.scene, &q.user);
+                let body =
+                    json!({ "scene": q.scene, "user": q.user, "flags": decision, "mode": decision.mode });
+                no_store(text(StatusCode::OK, JSON, body.to_string() + "\n"))
+            }
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_membership",
+                "the router has not heard from the cluster yet",
+            ),
+        },
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "give ?scene=<scene id>&user=<user id>",
+        ),
     };
     response
         .headers_mut()

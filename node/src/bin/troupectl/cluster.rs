@@ -227,7 +227,7 @@ fn report(view: &ClusterView, id: NodeId, what: &str, as_json: bool) -> anyhow::
 }
 
 /// Turns an RPC failure into one line an operator can act on.
-fn explain(error: RpcError) -> anyhow::Error {
+pub fn explain(error: RpcError) -> anyhow::Error {
     match error {
         RpcError::Refused { body, .. } => anyhow::anyhow!("{}", body.message),
         RpcError::Unreachable { .. } | RpcError::Timeout { .. } => anyhow::anyhow!(

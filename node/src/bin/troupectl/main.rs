@@ -8,6 +8,7 @@
 mod backfill;
 mod certs;
 mod cluster;
+mod flags;
 mod history;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,13 @@ enum Command {
     },
     /// List the revoked users.
     Revoked,
+    /// Feature flags: show them (the default), or `set NAME=VALUE… [--scene S]`. Every
+    /// node enforces a change within a second: with enableYjs off, clients are closed with
+    /// 4410 and save with autosave.
+    Flags {
+        #[command(subcommand)]
+        command: Option<flags::FlagsCommand>,
+    },
     /// Print a signed access token (JWT) for a user.
     Token(TokenArgs),
     /// Bring the P1 product's scenes into Troupe: each is opened on its owner node, seeded
@@ -257,6 +265,7 @@ fn run_cluster_command(
                 Command::Route { scene } => cluster::route(&client, &scene, json).await,
                 Command::Revoke { user, lift } => cluster::revoke(&client, &user, lift, json).await,
                 Command::Revoked => cluster::revoked(&client, json).await,
+                Command::Flags { command } => flags::run(&client, command, json).await,
                 Command::Backfill(args) => run_backfill(&client, args, json).await,
                 Command::Versions { scene, key } => {
                     scene_api(&client, &key, "an operator")?
