@@ -226,7 +226,7 @@ after(async () => {
   }
 })
 
-test('two writers, presence, offline, a node killed mid-typing, and a restore', async () => {
+test('two writers, presence, offline, a node killed mid-typing, a restore, a frozen owner', async () => {
   const scene = `e2e-${Date.now().toString(36)}`
   const bobsNetwork = await cuttableProxy()
   const alice = await openEditor('Alice Hart', scene)
@@ -273,6 +273,33 @@ test('two writers, presence, offline, a node killed mid-typing, and a restore', 
   bobsNetwork.restore()
   await eventually('the offline edit arrives', async () =>
     (await editorText(alice.page)).includes('(offline line)'), 20000)
+
+  // A frozen owner (SIGSTOP): once an edit waits a second for its ack, each page asks the
+  // router and moves to the new owner — seconds, not y-websocket's 30 s timeout. (Before
+  // the kill below: a frozen node and a dead one would leave the 3 voters no majority.)
+  const frozen = await (await fetch(`${cluster.router}/v1/route/${scene}`)).json()
+  const frozenPid = pidListeningOn(cluster.nodes[frozen.node])
+  process.kill(frozenPid, 'SIGSTOP')
+  const frozenAt = Date.now()
+  try {
+    const aliceFrozen = ' Alice types into a frozen owner.'
+    const bobFrozen = ' Bob as well.'
+    await startBlockAtEnd(bob, alice)
+    await Promise.all([typeInFirstBlock(alice.page, aliceFrozen), typeAtEnd(bob.page, bobFrozen)])
+    await eventually('both pages hold what both typed into the frozen owner', async () => {
+      const [a, c] = await Promise.all([editorText(alice.page), editorText(bob.page)])
+      return (a === c && a.includes(aliceFrozen.trim()) && a.includes(bobFrozen.trim())) || [a, c]
+    }, 20000)
+    await waitStatus(alice.page, 'green', 20000)
+    await waitStatus(bob.page, 'green', 20000)
+    const took = Date.now() - frozenAt
+    console.log(`frozen owner: both pages saved and in step again ${took} ms after SIGSTOP`)
+    assert.ok(took < 10000, `a frozen owner cost the pages ${took} ms`)
+    const movedFrom = await (await fetch(`${cluster.router}/v1/route/${scene}`)).json()
+    assert.notEqual(movedFrom.node, frozen.node, 'the scene moved off the frozen node')
+  } finally {
+    process.kill(frozenPid, 'SIGCONT')
+  }
 
   // Kill the owner mid-typing: yellow, then green, nothing lost. They type in different
   // blocks: keystrokes at one spot would interleave (as they should) and hide the check.
@@ -332,6 +359,7 @@ test('two writers, presence, offline, a node killed mid-typing, and a restore', 
     await editor.page.waitForSelector(`#notice >> text=Restored to version ${saved.version} by Dana Ops`)
   }
   await carol.page.screenshot({ path: join(shots, 'carol-after-restore.png') })
+
 
   // The token travelled in the WebSocket subprotocol header, never in a URL.
   for (const editor of [alice, bob, carol]) {

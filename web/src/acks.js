@@ -70,6 +70,12 @@ export class AckTracker {
      * @type {Array<number|null>}
      */
     this.pending = []
+    /**
+     * When the frame carrying each pending update was sent (ms, the clock given to
+     * frameSent), or null while none of this connection carries it.
+     * @type {Array<number|null>}
+     */
+    this.sentAt = []
     /** Update-bearing frames sent on the current connection. */
     this.sent = 0
     /** Highest ack received on the current connection (never above `sent`). */
@@ -91,6 +97,20 @@ export class AckTracker {
   localUpdate () {
     this.localUpdates++
     this.pending.push(null)
+    this.sentAt.push(null)
+  }
+
+  /**
+   * How long the oldest update sent on this connection has waited for its ack (ms), 0 when
+   * none waits.
+   * @param {number} now the clock frameSent was given
+   */
+  oldestWait (now) {
+    let oldest = null
+    for (const at of this.sentAt) {
+      if (at !== null && (oldest === null || at < oldest)) oldest = at
+    }
+    return oldest === null ? 0 : Math.max(0, now - oldest)
   }
 
   /**
@@ -100,26 +120,36 @@ export class AckTracker {
   newConnection () {
     this.sent = 0
     this.acked = 0
-    for (let i = 0; i < this.pending.length; i++) this.pending[i] = null
+    for (let i = 0; i < this.pending.length; i++) {
+      this.pending[i] = null
+      this.sentAt[i] = null
+    }
   }
 
   /**
    * An update-bearing frame went out on the current connection.
    * @param {'step2'|'update'} kind from classifyFrame
+   * @param {number} [now] when it was sent (ms), for oldestWait
    * @returns {number} the frame's number on this connection
    */
-  frameSent (kind) {
+  frameSent (kind, now = 0) {
     const n = ++this.sent
     if (kind === 'step2') {
       // The whole document the server lacks: every local update so far that no earlier
       // frame of this connection carries.
       for (let i = 0; i < this.pending.length; i++) {
-        if (this.pending[i] === null) this.pending[i] = n
+        if (this.pending[i] === null) {
+          this.pending[i] = n
+          this.sentAt[i] = now
+        }
       }
     } else if (kind === 'update') {
       // y-websocket broadcasts each local update as it happens: the newest one.
       const last = this.pending.length - 1
-      if (last >= 0 && this.pending[last] === null) this.pending[last] = n
+      if (last >= 0 && this.pending[last] === null) {
+        this.pending[last] = n
+        this.sentAt[last] = now
+      }
     }
     return n
   }
@@ -140,7 +170,9 @@ export class AckTracker {
     if (this.pending.length === 0) return false
     const acked = covered
     const before = this.pending.length
-    this.pending = this.pending.filter((frame) => frame === null || frame > acked)
+    const keep = this.pending.map((frame) => frame === null || frame > acked)
+    this.sentAt = this.sentAt.filter((_, i) => keep[i])
+    this.pending = this.pending.filter((_, i) => keep[i])
     this.ackedUpdates += before - this.pending.length
     return before > 0 && this.pending.length === 0
   }

@@ -42,6 +42,10 @@ export interface NoticeEvent {
   at: number
 }
 
+/** An edit waiting this long (ms) for its ack makes the session ask the router whether the scene moved. */
+export const STALL_TIMEOUT_MS: number
+/** The close code reported for a connection dropped because its owner stalled. */
+export const STALLED_CLOSE_CODE: number
 /** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
 export const NOTICE_FRESH_MS: number
 /** The subprotocol that says the token is presented in the handshake (the node selects it). */
@@ -84,6 +88,9 @@ export interface ConnectSceneOptions {
   connectTimeout?: number
   /** ms before a router look-up is abandoned (default 5000). */
   routeTimeout?: number
+  /** ms an edit may wait for its durable ack before the session asks the router whether the
+   * scene moved, and follows it at once if it did (default 1000; 0 disables). */
+  stallTimeout?: number
 }
 
 export declare class SceneSession {

@@ -55,6 +55,13 @@ export const TROUPE_PROTOCOL = 'troupe'
 /** The offered subprotocol carrying the token: `troupe.bearer.<token>`. */
 export const BEARER_PROTOCOL_PREFIX = 'troupe.bearer.'
 
+/** An edit that waits this long (ms) for its durable ack makes the session ask the router
+ * whether the scene moved (a frozen or cut-off owner), and move at once if it did. */
+export const STALL_TIMEOUT_MS = 1000
+
+/** The close code the session reports for a connection it dropped because it stalled. */
+export const STALLED_CLOSE_CODE = 4000
+
 /** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
 export const NOTICE_FRESH_MS = 5 * 60 * 1000
 
@@ -110,6 +117,9 @@ class FatalRouteError extends Error {
  * @property {number} [connectTimeout] ms before an attempt stuck in CONNECTING is abandoned
  *   (default 10000; 0 disables)
  * @property {number} [routeTimeout] ms before a router look-up is abandoned (default 5000)
+ * @property {number} [stallTimeout] ms an edit may wait for its durable ack before the
+ *   session asks the router whether the scene moved, and follows it at once (default 1000;
+ *   0 disables)
  */
 
 /**
@@ -126,7 +136,8 @@ export class SceneSession {
       backoffCap = BACKOFF_CAP_MS,
       random = Math.random,
       connectTimeout = CONNECT_TIMEOUT_MS,
-      routeTimeout = ROUTE_TIMEOUT_MS
+      routeTimeout = ROUTE_TIMEOUT_MS,
+      stallTimeout = STALL_TIMEOUT_MS
     } = opts || /** @type {any} */ ({})
     if (typeof router !== 'string' || !/^https?:\/\/[^/]/i.test(router)) {
       throw new TypeError('connectScene: `router` must be an http(s) URL')
@@ -156,6 +167,13 @@ export class SceneSession {
     /** @private */ this._backoffOpts = { base: backoffBase, cap: backoffCap, random }
     /** @private */ this._connectTimeout = connectTimeout
     /** @private */ this._routeTimeout = routeTimeout
+    /** @private */ this._stallTimeout = stallTimeout
+    /** @private */ this._lastStallCheck = 0
+    /** @private */ this._stallCheck = false // a router look-up for a stall is under way
+    /** @private */ this._stallMove = false // the socket was dropped to follow the scene
+    /** @private */ this._stallTimer = stallTimeout > 0
+      ? setInterval(() => { this._checkStall() }, Math.max(50, Math.floor(stallTimeout / 4)))
+      : null
 
     /** @type {SessionStatus} */
     this.status = 'connecting'
@@ -218,6 +236,20 @@ export class SceneSession {
       constructor (url) {
         super(url, [TROUPE_PROTOCOL, BEARER_PROTOCOL_PREFIX + session._token])
         session._socketCreated(this)
+      }
+
+      /**
+       * Drops a connection that stopped answering at once: the closing handshake with a
+       * frozen node would never finish. Its handlers see a close now, and nothing later.
+       */
+      abandon () {
+        const onclose = this.onclose
+        this.onclose = null
+        this.onmessage = null
+        this.onerror = null
+        this.onopen = null
+        try { super.close() } catch { /* closing anyway */ }
+        if (typeof onclose === 'function') onclose.call(this, { code: STALLED_CLOSE_CODE, reason: 'edits unacknowledged; moving to the new owner' })
       }
 
       /** @param {any} data */
@@ -368,6 +400,8 @@ export class SceneSession {
   /** @private Cancel everything pending and keep y-websocket from reconnecting. */
   _stop () {
     this._stopped = true
+    if (this._stallTimer !== null) clearInterval(this._stallTimer)
+    this._stallTimer = null
     if (this._timer !== null) clearTimeout(this._timer)
     this._timer = null
     this._clearConnectTimer()
@@ -492,7 +526,33 @@ export class SceneSession {
   _socketSent (/** @type {any} */ socket, /** @type {any} */ data) {
     if (socket !== this._socket) return
     const kind = classifyFrame(data)
-    if (kind !== null) this._acks.frameSent(kind)
+    if (kind !== null) this._acks.frameSent(kind, Date.now())
+  }
+
+  /**
+   * @private An edit has waited over `stallTimeout` for its ack: the owner may be frozen or
+   * cut off while the cluster moved the scene. Ask the router (at most once per
+   * `stallTimeout`); if another node owns the scene now, drop this connection and go there.
+   */
+  async _checkStall () {
+    if (this._stopped || this._stallCheck || this._socket === null || !this.provider.wsconnected) return
+    const now = Date.now()
+    if (this._acks.oldestWait(now) < this._stallTimeout || now - this._lastStallCheck < this._stallTimeout) return
+    this._lastStallCheck = now
+    this._stallCheck = true
+    const socket = this._socket
+    try {
+      const owner = await this._resolve()
+      if (this._stopped || owner === this.url || socket !== this._socket) return
+      this.url = owner
+      this._emit('moved', { url: owner })
+      this._stallMove = true
+      socket.abandon()
+    } catch {
+      // The router does not answer: keep waiting on this connection.
+    } finally {
+      this._stallCheck = false
+    }
   }
 
   /** @private An ack frame arrived on the current connection. */
@@ -516,6 +576,12 @@ export class SceneSession {
     }
     this._setStatus(this._opened ? 'reconnecting' : 'connecting')
 
+    if (this._stallMove) {
+      // Dropped to follow the scene: its new owner is known, go now.
+      this._stallMove = false
+      this._schedule(0, {})
+      return
+    }
     if (code === CloseCode.MOVED) {
       this._moves++
       // The first move is followed at once; a ping-pong between nodes backs off.
