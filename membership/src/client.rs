@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::rpc::{RpcClient, RpcError};
 use crate::state::NodeId;
 use crate::tls::Transport;
-use crate::view::{AdmitRequest, ClusterView, FlagRequest, NodeSelf, RevokeRequest};
+use crate::view::{AdmitRequest, ClusterView, FlagRequest, NodeSelf, RevokeRequest, RollbackRequest};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -156,6 +156,13 @@ impl ClusterClient {
             value: value.to_string(),
         };
         self.on_leader("/cluster/flags", &request).await
+    }
+
+    /// Switches realtime editing off for the cluster, saying why (a node's automatic
+    /// rollback).
+    pub async fn roll_back(&self, why: &str) -> Result<ClusterView, RpcError> {
+        let request = RollbackRequest { why: why.to_string() };
+        self.on_leader("/cluster/rollback", &request).await
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<ClusterView, RpcError> {

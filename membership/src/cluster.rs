@@ -18,7 +18,7 @@ use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::Raft;
 use crate::rpc::RpcClient;
-use crate::state::{Command, CommandError, NodeId, NodeState};
+use crate::state::{Command, CommandError, NodeId, NodeState, AUTO_ROLLBACK};
 use crate::view::{AdmitRequest, ClusterView};
 
 /// How long a membership change may wait for a majority.
@@ -347,6 +347,25 @@ impl Cluster {
             scene: scene.map(str::to_string),
             name: name.to_string(),
             value: value.to_string(),
+        })
+        .await?;
+        Ok(self.view())
+    }
+
+    /// Switches realtime editing off cluster-wide and records why (`autoRollback` in the
+    /// settings, shown by `troupectl status`).
+    pub async fn roll_back(&self, why: &str) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        self.write(Command::SetFlag {
+            scene: None,
+            name: "enableRealtimeEditing".into(),
+            value: "false".into(),
+        })
+        .await?;
+        let why: String = why.chars().take(1000).collect();
+        self.write(Command::SetConfig {
+            key: AUTO_ROLLBACK.into(),
+            value: Some(why),
         })
         .await?;
         Ok(self.view())

@@ -10,6 +10,7 @@
 //! | `POST /cluster/nodes/{id}/drain`, `/activate`, `/remove` | operator changes (leader only) |
 //! | `POST /cluster/revocations` | revoke a user's tokens everywhere, or lift it (leader only) |
 //! | `POST /cluster/flags` | set a feature flag, cluster-wide or for a scene (leader only) |
+//! | `POST /cluster/rollback` | switch realtime editing off, saying why: a node's automatic rollback (leader only) |
 //!
 //! Anything else, other methods included, is a 404 [`ErrorBody`]. The routes are built in
 //! one place, [`router`], and served by [`serve`] over mutual TLS: every request carries
@@ -17,7 +18,7 @@
 //!
 //! | sender | may |
 //! |---|---|
-//! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses |
+//! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses; roll back |
 //! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove; revoke users; set flags |
 //! | reader (routers) | read (`/cluster/info`, `/cluster/view`) |
 //!
@@ -54,7 +55,7 @@ use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::raft::TypeConfig;
 use crate::state::{Command, CommandError, NodeId};
 use crate::tls::{Identity, Peer, Transport};
-use crate::view::{AdmitRequest, ErrorBody, FlagRequest, NodeSelf, RevokeRequest};
+use crate::view::{AdmitRequest, ErrorBody, FlagRequest, NodeSelf, RevokeRequest, RollbackRequest};
 
 /// Largest request body accepted (Raft snapshots of the membership are small).
 const MAX_REQUEST: usize = 16 << 20;
@@ -104,6 +105,7 @@ pub fn router(cluster: Arc<Cluster>, local: Arc<dyn LocalStatus>, stopping: watc
         .route("/cluster/nodes/{id}/{action}", post_only(change))
         .route("/cluster/revocations", post_only(revoke))
         .route("/cluster/flags", post_only(set_flag))
+        .route("/cluster/rollback", post_only(roll_back))
         .fallback(not_found)
         .with_state(Arc::new(Internal {
             cluster,
@@ -406,6 +408,20 @@ async fn set_flag(
             .set_flag(request.scene.as_deref(), &request.name, &request.value)
             .await,
     )
+}
+
+async fn roll_back(
+    State(s): Shared,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<RollbackRequest>,
+) -> Response {
+    if !matches!(
+        peer,
+        Peer::Insecure | Peer::Verified(Identity::Admin(_) | Identity::Node(_))
+    ) {
+        return forbidden(&peer, "roll back (a node's or an admin certificate is needed)");
+    }
+    admin(s.cluster.roll_back(&request.why).await)
 }
 
 /// Whether `peer` may send a Raft message whose vote names `sender`: only that node.

@@ -121,6 +121,9 @@ pub const MAX_USER_LEN: usize = 256;
 /// Most users revoked at once: the list is part of every node's state.
 pub const MAX_REVOKED: usize = 100_000;
 
+/// The cluster setting that records the last automatic rollback (why, by which node, when).
+pub const AUTO_ROLLBACK: &str = "autoRollback";
+
 /// Most scenes with flags of their own: every node and router holds them all, and a
 /// change reaches them all within a second.
 pub const MAX_SCENE_FLAGS: usize = 10_000;

@@ -61,6 +61,12 @@ pub struct FlagRequest {
     pub value: String,
 }
 
+/// `POST /cluster/rollback`: a node's automatic rollback, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub why: String,
+}
+
 /// What a node says about itself (`GET /cluster/info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSelf {

@@ -208,6 +208,12 @@ pub struct Config {
     #[arg(long, env = "TROUPE_WEBHOOK_RETRY", default_value = "1s", value_parser = parse_duration)]
     pub webhook_retry: Duration,
 
+    /// Automatic rollback: when a critical rollback trigger (data loss, sync failures over
+    /// 5 %, connection success under 95 %) has held this long on this node, it switches
+    /// realtime editing off for the cluster. Unset: the triggers only report.
+    #[arg(long, env = "TROUPE_AUTO_ROLLBACK", value_parser = parse_duration)]
+    pub auto_rollback: Option<Duration>,
+
     /// The public port's limits: connections, header time and size, body size.
     #[command(flatten)]
     pub port: LimitArgs,
@@ -333,6 +339,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Where change notifications go, if anywhere.
     pub webhooks: Option<crate::webhooks::WebhookSettings>,
+    /// How long a critical rollback trigger must hold before this node rolls back, if ever.
+    pub auto_rollback: Option<Duration>,
 }
 
 impl Config {
@@ -525,6 +533,7 @@ impl Config {
             worker_threads: self.worker_threads,
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
             webhooks: self.webhooks()?,
+            auto_rollback: self.auto_rollback,
         })
     }
 

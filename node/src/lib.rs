@@ -21,6 +21,8 @@
 //! - [`presence`]: presence and failover notices on Redis (the cross-node side);
 //! - [`metrics`]: Prometheus metrics, served as text at `/metrics`;
 //! - [`webhooks`]: signed change notifications for the app's backend;
+//! - [`triggers`]: the spec's rollback triggers over a sliding window, and the automatic
+//!   rollback;
 //! - [`content`]: scene content outside the editor: the blocks of the P1 product and
 //!   their place in a scene's document;
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
@@ -37,6 +39,7 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod store;
+pub mod triggers;
 pub mod update_check;
 pub mod webhooks;
 pub mod writer;

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub awareness_rewritten: Counter,
     pub leases_collected: Counter,
     pub p1_lag_seconds: Histogram,
+    /// What the rollback triggers count (see [`crate::triggers`]).
+    pub triggers: std::sync::Arc<crate::triggers::Counts>,
+    pub trigger_metrics: crate::triggers::TriggerMetrics,
 }
 
 impl Metrics {
@@ -81,6 +84,8 @@ impl Metrics {
             awareness_rewritten: Counter::default(),
             leases_collected: Counter::default(),
             p1_lag_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            triggers: Default::default(),
+            trigger_metrics: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +137,26 @@ impl Metrics {
             "troupe_failover_detection_seconds",
             "Time from a node's last answer to the epoch change that moved its scenes",
             m.failover_detection_seconds.clone(),
+        );
+        registry.register(
+            "troupe_rollback_trigger",
+            "1 while a rollback trigger of the spec holds over the last 5 minutes (data_loss, sync_failures, connection_success, latency_p95)",
+            m.trigger_metrics.active.clone(),
+        );
+        registry.register(
+            "troupe_sync_failure_ratio",
+            "Edits refused or failed over edits received, last 5 minutes (0 with under 100 edits)",
+            m.trigger_metrics.sync_failure_ratio.clone(),
+        );
+        registry.register(
+            "troupe_websocket_connection_success_ratio",
+            "Connections that joined their scene over attempts past authentication, last 5 minutes (1 with under 20 attempts)",
+            m.trigger_metrics.connection_success_ratio.clone(),
+        );
+        registry.register(
+            "troupe_websocket_latency_p95_ms",
+            "Upper bound of the fan-out latency bucket holding the 95th percentile, last 5 minutes (0 with under 100 messages)",
+            m.trigger_metrics.latency_p95_ms.clone(),
         );
         registry.register(
             "troupe_webhook_deliveries",
@@ -224,6 +249,7 @@ impl Metrics {
     /// Counts one refused message or failed connection.
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ErrorLabels { reason }).inc();
+        self.triggers.error(reason);
     }
 
     /// The Prometheus text exposition.

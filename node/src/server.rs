@@ -199,6 +199,36 @@ pub async fn run(
         ),
         None => Webhooks::default(),
     };
+    {
+        let roll_back = settings.auto_rollback.map(|after| {
+            let (placement, transport) = (placement.clone(), settings.transport.clone());
+            let roll_back: crate::triggers::RollBack = Arc::new(move |why: String| {
+                let addrs: Vec<String> = placement
+                    .borrow()
+                    .view
+                    .state
+                    .nodes
+                    .values()
+                    .map(|n| n.rpc_addr.clone())
+                    .collect();
+                let client = troupe_membership::ClusterClient::new(addrs, &transport);
+                Box::pin(async move {
+                    client
+                        .roll_back(&why)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            });
+            (after, roll_back)
+        });
+        background.spawn_until_cancelled(crate::triggers::run(
+            metrics.triggers.clone(),
+            metrics.trigger_metrics.clone(),
+            roll_back,
+            settings.node_id.0,
+        ));
+    }
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         webhooks: webhooks.clone(),

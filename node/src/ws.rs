@@ -198,6 +198,11 @@ async fn run(
         }
     }
 
+    // From here a refusal is the cluster's failure, not the client's (rollback trigger).
+    app.metrics
+        .triggers
+        .connection_attempts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if !app.rooms.is_live(&scene) {
         if let Some(refusal) = may_load(app, &scene, &claims, role).await {
             return Some(refusal);
@@ -360,6 +365,7 @@ async fn run(
                     }
                     MessageKind::Awareness | MessageKind::QueryAwareness if !presence => continue,
                     MessageKind::SyncStep2 | MessageKind::Update if role == Role::Edit => {
+                        app.metrics.triggers.sync_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         written.add(frame.payload().len() as u64);
                         if let Some(refusal) = written.report_if_due(app, &claims.sub, now).await {
                             break Some(refusal);

@@ -15,6 +15,7 @@
 //!
 //! One P1 operation runs at a time, beside the room (never blocking it).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -82,6 +83,10 @@ pub(super) struct Projection {
     pub(super) tracked: bool,
     /// The P1 content version the document is known to hold.
     pub(super) version: u64,
+    /// What `content_blocks` held at `version` when the room wrote or read it; a check
+    /// finding other blocks at the same version means they changed behind P1's versioning
+    /// (data loss, or a write that bypassed it).
+    known_blocks: Option<Arc<Vec<Block>>>,
     /// The first change not written back yet, and the last change.
     unwritten: Option<(Instant, Instant)>,
     busy: Option<Busy>,
@@ -101,8 +106,19 @@ enum Busy {
     Writing {
         outcome: oneshot::Receiver<Result<P1Write, StoreError>>,
         first: Instant,
+        blocks: Arc<Vec<Block>>,
     },
-    Checking(oneshot::Receiver<Result<Option<Found>, StoreError>>),
+    Checking(oneshot::Receiver<Result<Checked, StoreError>>),
+}
+
+/// What a check of P1 found.
+enum Checked {
+    /// P1 is at the version the room knows, holding what the room knows.
+    Unchanged,
+    /// A version the room did not write.
+    Moved(Found),
+    /// The version the room knows, with other blocks: they changed without a version bump.
+    Disagrees,
 }
 
 /// A P1 version the room did not write, and the blocks of the version it knew before.
@@ -173,18 +189,22 @@ impl Room {
     fn p1_collect(&mut self) -> bool {
         match &mut self.p1.busy {
             None => true,
-            Some(Busy::Writing { outcome, first }) => {
-                let first = *first;
+            Some(Busy::Writing {
+                outcome,
+                first,
+                blocks,
+            }) => {
+                let (first, blocks) = (*first, blocks.clone());
                 match outcome.try_recv() {
                     Err(oneshot::error::TryRecvError::Empty) => false,
                     Ok(result) => {
                         self.p1.busy = None;
-                        self.p1_written(result.map_err(|e| e.to_string()), first);
+                        self.p1_written(result.map_err(|e| e.to_string()), first, blocks);
                         true
                     }
                     Err(oneshot::error::TryRecvError::Closed) => {
                         self.p1.busy = None;
-                        self.p1_written(Err("the write stopped".into()), first);
+                        self.p1_written(Err("the write stopped".into()), first, blocks);
                         true
                     }
                 }
@@ -194,8 +214,9 @@ impl Room {
                 Ok(result) => {
                     self.p1.busy = None;
                     match result {
-                        Ok(Some(found)) => self.p1_take_in(found),
-                        Ok(None) => {}
+                        Ok(Checked::Moved(found)) => self.p1_take_in(found),
+                        Ok(Checked::Unchanged) => {}
+                        Ok(Checked::Disagrees) => self.p1_disagrees(),
                         Err(error) => {
                             tracing::warn!(scene = %self.scene, %error, "checking P1 for changes failed; will retry");
                             self.ctx.metrics.error("p1_check_failed");
@@ -216,6 +237,7 @@ impl Room {
             return;
         };
         let Some(blocks) = self.p1_blocks() else { return };
+        let blocks = Arc::new(blocks);
         self.p1.covered.append(&mut self.p1.waiting);
         let (done, outcome) = oneshot::channel();
         let (store, scene, owner, epoch, expected) = (
@@ -225,17 +247,22 @@ impl Room {
             self.epoch,
             self.p1.version,
         );
+        let written_blocks = blocks.clone();
         tokio::spawn(async move {
             let written = store
-                .write_p1_blocks(&scene, &owner, epoch, expected, &blocks)
+                .write_p1_blocks(&scene, &owner, epoch, expected, &written_blocks)
                 .await;
             let _ = done.send(written);
         });
-        self.p1.busy = Some(Busy::Writing { outcome, first });
+        self.p1.busy = Some(Busy::Writing {
+            outcome,
+            first,
+            blocks,
+        });
     }
 
-    /// A write back finished.
-    fn p1_written(&mut self, result: Result<P1Write, String>, first: Instant) {
+    /// A write back of `blocks` finished.
+    fn p1_written(&mut self, result: Result<P1Write, String>, first: Instant, blocks: Arc<Vec<Block>>) {
         match result {
             Ok(P1Write::Written(version)) => {
                 self.ctx
@@ -243,6 +270,7 @@ impl Room {
                     .p1_lag_seconds
                     .observe(first.elapsed().as_secs_f64());
                 self.p1.version = version;
+                self.p1.known_blocks = Some(blocks);
                 for (reply, outcome) in self.p1.covered.drain(..) {
                     let _ = reply.send(Ok(Merged {
                         version: Some(version),
@@ -282,16 +310,22 @@ impl Room {
         self.p1.last_check = Some(Instant::now());
         let (done, outcome) = oneshot::channel();
         let (store, scene, known) = (self.ctx.store.clone(), self.scene.clone(), self.p1.version);
+        let expected = self.p1.known_blocks.clone();
         tokio::spawn(async move {
             let found = async {
                 let Some(content) = store.p1_content(&scene).await? else {
-                    return Ok(None);
+                    return Ok(Checked::Unchanged);
                 };
                 if content.version == known {
-                    return Ok(None);
+                    let same = expected.is_none_or(|blocks| *blocks == content.blocks);
+                    return Ok(if same {
+                        Checked::Unchanged
+                    } else {
+                        Checked::Disagrees
+                    });
                 }
                 let base = store.p1_projection(&scene, known).await?;
-                Ok(Some(Found { content, base }))
+                Ok(Checked::Moved(Found { content, base }))
             };
             let _ = done.send(found.await);
         });
@@ -325,12 +359,26 @@ impl Room {
             }
         }
         self.p1.version = version;
-        let (store, scene, blocks) = (self.ctx.store.clone(), self.scene.clone(), content.blocks);
+        let blocks = Arc::new(content.blocks);
+        self.p1.known_blocks = Some(blocks.clone());
+        let (store, scene) = (self.ctx.store.clone(), self.scene.clone());
         tokio::spawn(async move {
             if let Err(error) = store.record_p1_projection(&scene, version, &blocks).await {
                 tracing::warn!(%scene, %error, "recording a P1 version failed");
             }
         });
+    }
+
+    /// `content_blocks` no longer holds what the room wrote (or read) at the version it
+    /// knows: changed without a version bump. Reported as data loss (a rollback trigger),
+    /// and repaired by writing the document back as the next version; P1's blocks are not
+    /// merged (a truncation merged in would delete the scene's content).
+    fn p1_disagrees(&mut self) {
+        tracing::error!(scene = %self.scene, version = self.p1.version,
+            "data loss detected: content_blocks changed without a version bump and no longer hold the scene; writing the document back");
+        self.ctx.metrics.error("data_loss_detected");
+        self.p1.known_blocks = None;
+        self.p1_changed();
     }
 
     /// Merges `base -> theirs` into the document as an edit of the room's own, fanned out
@@ -441,15 +489,19 @@ impl Room {
     /// Unloading: waits for the operation in flight, then writes what is left.
     pub(super) async fn p1_final_write(&mut self) {
         match self.p1.busy.take() {
-            Some(Busy::Writing { outcome, first }) => {
+            Some(Busy::Writing {
+                outcome,
+                first,
+                blocks,
+            }) => {
                 let result = outcome.await.unwrap_or_else(|_| Err(StoreError::Timeout));
-                self.p1_written(result.map_err(|e| e.to_string()), first);
+                self.p1_written(result.map_err(|e| e.to_string()), first, blocks);
             }
-            Some(Busy::Checking(outcome)) => {
-                if let Ok(Ok(Some(found))) = outcome.await {
-                    self.p1_take_in(found);
-                }
-            }
+            Some(Busy::Checking(outcome)) => match outcome.await {
+                Ok(Ok(Checked::Moved(found))) => self.p1_take_in(found),
+                Ok(Ok(Checked::Disagrees)) => self.p1_disagrees(),
+                _ => {}
+            },
             None => {}
         }
         if self.fenced || self.p1.unwritten.take().is_none() {
@@ -469,7 +521,9 @@ impl Room {
             &blocks,
         ));
         match write.await {
-            Ok(P1Write::Written(version)) => self.p1_written(Ok(P1Write::Written(version)), Instant::now()),
+            Ok(P1Write::Written(version)) => {
+                self.p1_written(Ok(P1Write::Written(version)), Instant::now(), Arc::new(blocks))
+            }
             Ok(other) => {
                 tracing::warn!(scene = %self.scene, outcome = ?other, "the last write back to P1 was refused; the next owner merges and writes it");
             }

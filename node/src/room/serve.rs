@@ -114,10 +114,9 @@ impl Room {
                     _permit,
                 } = *incoming;
                 self.on_frame(conn_id, &frame);
-                self.ctx
-                    .metrics
-                    .latency_ms
-                    .observe(received.elapsed().as_secs_f64() * 1000.0);
+                let ms = received.elapsed().as_secs_f64() * 1000.0;
+                self.ctx.metrics.latency_ms.observe(ms);
+                self.ctx.metrics.triggers.latency_ms(ms);
             }
             RoomCmd::Leave { conn_id } => self.leave(conn_id),
             RoomCmd::LeaseLost { checked_at } => self.on_lease_lost(checked_at),

@@ -55,9 +55,13 @@ pub async fn status(client: &ClusterClient, as_json: bool) -> anyhow::Result<()>
             }),
         });
     }
+    let rollback = view.state.config.get(troupe_membership::state::AUTO_ROLLBACK);
+    let editing = view.state.flags.enable_realtime_editing;
     if as_json {
-        let out =
-            json!({ "leader": view.leader, "epoch": view.epoch(), "version": view.version, "nodes": nodes });
+        let out = json!({
+            "leader": view.leader, "epoch": view.epoch(), "version": view.version, "nodes": nodes,
+            "flags": view.state.flags, "auto_rollback": rollback,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -67,6 +71,10 @@ pub async fn status(client: &ClusterClient, as_json: bool) -> anyhow::Result<()>
         view.epoch(),
         view.version
     );
+    if let (Some(why), false) = (rollback, editing) {
+        println!("ROLLED BACK: realtime editing is off · {why}");
+        println!("  (troupectl flags set enableRealtimeEditing=true turns it on again)");
+    }
     println!(
         "{:<6} {:<9} {:<8} {:>6} {:>6}  URL",
         "ID", "STATE", "ROLE", "ROOMS", "EPOCH"
