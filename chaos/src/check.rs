@@ -3,16 +3,22 @@
 
 use troupe_node::store::Store;
 use yrs::updates::decoder::Decode;
-use yrs::{GetString, Transact, Update};
+use yrs::{Transact, Update};
+
+use crate::typing::Typing;
 
 /// The scene's `Y.Text` "text" as a fresh node would rebuild it from the store.
 pub async fn stored_text(store: &Store, scene: &str) -> anyhow::Result<String> {
+    stored_scene_text(store, scene, Typing::Text).await
+}
+
+/// The scene as a fresh node would rebuild it from the store, read as `typing` says.
+pub async fn stored_scene_text(store: &Store, scene: &str, typing: Typing) -> anyhow::Result<String> {
     let stored = store.load(scene).await?;
     let doc = yrs::Doc::with_options(yrs::Options {
         offset_kind: yrs::OffsetKind::Utf16,
         ..Default::default()
     });
-    let text = doc.get_or_insert_text("text");
     {
         let mut txn = doc.transact_mut();
         for s in stored.snapshots.iter().rev() {
@@ -23,7 +29,7 @@ pub async fn stored_text(store: &Store, scene: &str) -> anyhow::Result<String> {
         }
     }
     let txn = doc.transact();
-    Ok(text.get_string(&txn))
+    Ok(typing.read(&txn))
 }
 
 /// Log rows whose epoch is older than a row before them: an append from a fenced former

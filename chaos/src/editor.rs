@@ -1,8 +1,9 @@
 //! An editor that follows its scene across the cluster, as a client should: it types into
-//! `Y.Text` "text" with durable acks, follows a 4301 to the owner it names, and after any
-//! other loss asks the router again, retrying with a growing pause while it keeps typing
-//! offline. When its acks stall it asks the router whether the scene has moved — a frozen or
-//! cut-off owner closes nothing, so this heartbeat is the only way to notice it.
+//! `Y.Text` "text" (or a screenplay block of its own, [`Typing`]) with durable acks, follows
+//! a 4301 to the owner it names, and after any other loss asks the router again, retrying
+//! with a growing pause while it keeps typing offline. When its acks stall it asks the router
+//! whether the scene has moved — a frozen or cut-off owner closes nothing, so this heartbeat
+//! is the only way to notice it.
 //! Used by the chaos harness and the cluster tests.
 
 use std::collections::VecDeque;
@@ -17,8 +18,9 @@ use troupe_proto::CloseCode;
 use troupe_runtime::Backoff;
 
 use crate::client::{scene_url, ClientError, ClientOptions, EditorClient, Sent, Status};
+use crate::typing::{block_header, type_into_block, Typing};
 
-/// An editor that types into `Y.Text` "text" of one scene and follows the scene wherever it
+/// An editor that types into one scene (see [`Typing`]) and follows the scene wherever it
 /// goes: a 4301 close names the new owner; any other loss asks the router again.
 pub struct FollowingEditor {
     pub scene: String,
@@ -30,17 +32,30 @@ pub struct FollowingEditor {
     task: tokio::task::JoinHandle<()>,
     router: SocketAddr,
     token: String,
+    typing: Typing,
 }
 
 impl FollowingEditor {
     /// Resolves the owner through `router`, connects with durable acks, and types a token
-    /// `{prefix}-{n};` every `interval`.
+    /// `{prefix}-{n};` into `Y.Text` "text" every `interval`.
     pub async fn start(
         router: SocketAddr,
         scene: &str,
         token: &str,
         prefix: &str,
         interval: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::start_typing(router, scene, token, prefix, interval, Typing::Text).await
+    }
+
+    /// [`Self::start`], typing where `typing` says.
+    pub async fn start_typing(
+        router: SocketAddr,
+        scene: &str,
+        token: &str,
+        prefix: &str,
+        interval: Duration,
+        typing: Typing,
     ) -> anyhow::Result<Self> {
         let (_, mut url, _) = resolve(router, scene).await?;
         let mut attempts = 0;
@@ -77,6 +92,7 @@ impl FollowingEditor {
             scene: scene.to_string(),
             token: token.to_string(),
             prefix: prefix.to_string(),
+            typing,
             n: 0,
             host: url,
             typed: typed.clone(),
@@ -94,6 +110,7 @@ impl FollowingEditor {
             task,
             router,
             token: token.to_string(),
+            typing,
         })
     }
 
@@ -135,7 +152,8 @@ impl FollowingEditor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let text = self.client.text("text").await?;
+        let typing = self.typing;
+        let text = self.client.read(move |txn| typing.read(txn)).await?;
         let typed = self.typed.lock().map(|t| t.clone()).unwrap_or_default();
         let outages = self.outages.lock().map(|g| g.clone()).unwrap_or_default();
         let acks = match self.acks.lock() {
@@ -203,6 +221,7 @@ struct Typist {
     scene: String,
     token: String,
     prefix: String,
+    typing: Typing,
     n: u64,
     /// The base URL of the node the editor is connected (or connecting) to.
     host: String,
@@ -259,7 +278,17 @@ impl Typist {
         let item = format!("{}-{};", self.prefix, self.n);
         self.n += 1;
         let sent_at = Instant::now();
-        if let Ok(sent) = self.client.push("text", &item).await {
+        let sent = match self.typing {
+            Typing::Text => self.client.push("text", &item).await,
+            Typing::Blocks => {
+                let (header, typed) = (block_header(&self.prefix), item.clone());
+                self.client
+                    .edit(move |txn| type_into_block(txn, &header, &typed))
+                    .await
+                    .map(|((), sent)| sent)
+            }
+        };
+        if let Ok(sent) = sent {
             if let Ok(mut t) = self.typed.lock() {
                 t.push(item);
             }

@@ -186,9 +186,10 @@ impl LocalCluster {
             .certs
             .issue(&Identity::Reader("router".into()), &[], DEFAULT_DAYS)?;
         cmd.envs(reader.env());
+        // The router checks tokens itself for the content API and presence.
+        cmd.env("TROUPE_JWT_SECRET", &spec.secret);
         if spec.demo {
-            cmd.env("TROUPE_DEV_TOKENS", "1")
-                .env("TROUPE_JWT_SECRET", &spec.secret);
+            cmd.env("TROUPE_DEV_TOKENS", "1");
         }
         if let Some(dir) = &spec.web_dir {
             cmd.env("TROUPE_WEB_DIR", dir);

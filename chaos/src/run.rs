@@ -15,12 +15,15 @@ use troupe_membership::{NodeId, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
 
-use crate::check::{fenced_rows, stored_text};
+use crate::check::{fenced_rows, stored_scene_text};
 use crate::client::{mint_token, Access, ClientOptions, EditorClient};
 use crate::editor::{resolve, FinishedEditor, FollowingEditor};
 use crate::launcher::{ClusterSpec, LocalCluster};
 use crate::logs::Logs;
+use crate::p1::check::{P1Report, P1Run};
+use crate::p1::tables::P1Tables;
 use crate::scenario::{FaultKind, PlannedFault, Scenario, SplitMix};
+use crate::typing::Typing;
 
 pub struct RunOptions {
     pub scenario: Scenario,
@@ -67,6 +70,8 @@ pub struct Report {
     pub recovery_ms: Percentiles,
     pub problems: Vec<String>,
     pub passed: bool,
+    /// The P1 writers and the marker counts in the three places (scenarios with `[p1]`).
+    pub p1: Option<P1Report>,
     #[serde(skip)]
     pub samples: Vec<(u64, Option<f64>)>,
 }
@@ -135,16 +140,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let scenes: Vec<String> = (0..sc.scenes)
         .map(|i| format!("chaos-{}-{i}", opts.seed))
         .collect();
+    // P1 scenes: seeded in P1's tables before anyone opens them; editors type into blocks.
+    let p1_tables = match &sc.p1 {
+        Some(_) => {
+            let url = cluster
+                .database_url()
+                .context("a scenario with [p1] needs Postgres (postgres = true, or --database-url)")?;
+            let tables = P1Tables::connect(&url).await?;
+            crate::p1::seed(&tables, &scenes).await?;
+            Some(tables)
+        }
+        None => None,
+    };
+    let typing = if sc.p1.is_some() {
+        Typing::Blocks
+    } else {
+        Typing::Text
+    };
     let mut editors = Vec::new();
     for (i, scene) in scenes.iter().enumerate() {
         for e in 0..sc.editors_per_scene {
+            let prefix = format!("s{i}e{e}");
             let editor =
-                FollowingEditor::start(router, scene, &token, &format!("s{i}e{e}"), sc.typing_interval)
+                FollowingEditor::start_typing(router, scene, &token, &prefix, sc.typing_interval, typing)
                     .await
                     .with_context(|| format!("starting an editor of {scene}"))?;
             editors.push(editor);
         }
     }
+    let writers = match (&sc.p1, &p1_tables) {
+        (Some(config), Some(tables)) => {
+            crate::p1::start_writers(config, &scenes, router, &token, tables, opts.seed)
+        }
+        _ => Vec::new(),
+    };
     let started = Instant::now();
     let schedule = sc.schedule(opts.seed, opts.duration);
     let mut rng = SplitMix(opts.seed ^ 0x5eed);
@@ -160,6 +189,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
                 started.elapsed(),
                 fired,
                 editors.iter().map(|e| e.acknowledged()).sum(),
+                writers.iter().map(|w| w.acknowledged()).sum(),
             );
         }
         let now = Instant::now();
@@ -198,6 +228,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if let Some(progress) = progress {
         progress.finish(&cluster);
     }
+    let mut writer_logs = Vec::new();
+    for writer in writers {
+        writer_logs.push(writer.finish().await);
+    }
     // Whatever was deferred happens now, so that the cluster is whole for the check.
     for (_, job) in later.drain(..) {
         job.run(&mut cluster).await;
@@ -209,7 +243,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         finished.push(editor.finish().await?);
     }
     let store = open_store(&opts, cluster.database_url()).await?;
-    let report = check(sc, &opts, started, &finished, faults, &store, router, &token).await?;
+    let mut report = check(
+        sc, &opts, started, &finished, faults, &store, router, &token, typing,
+    )
+    .await?;
+    if let Some(tables) = &p1_tables {
+        let p1 = crate::p1::check::check(P1Run {
+            scenes: &scenes,
+            editors: &finished,
+            writers: &writer_logs,
+            router,
+            token: &token,
+            tables,
+        })
+        .await;
+        report.problems.extend(p1.problems.iter().cloned());
+        report.passed = report.problems.is_empty();
+        report.p1 = Some(p1);
+    }
     cluster.stop();
     Ok(report)
 }
@@ -235,10 +286,15 @@ impl Progress {
         Some(Progress { bar, planned: faults })
     }
 
-    fn show(&self, elapsed: Duration, fired: usize, acknowledged: usize) {
+    fn show(&self, elapsed: Duration, fired: usize, acknowledged: usize, p1_saves: usize) {
         self.bar.set_position(elapsed.as_secs());
+        let p1 = if p1_saves > 0 {
+            format!(", {p1_saves} P1 saves")
+        } else {
+            String::new()
+        };
         self.bar.set_message(format!(
-            "faults {fired}/{}, {acknowledged} edits acknowledged",
+            "faults {fired}/{}, {acknowledged} edits acknowledged{p1}",
             self.planned
         ));
     }
@@ -504,6 +560,7 @@ async fn check(
     store: &Store,
     router: SocketAddr,
     token: &str,
+    typing: Typing,
 ) -> anyhow::Result<Report> {
     let mut problems = Vec::new();
     let (mut typed, mut lost) = (0, 0);
@@ -533,7 +590,7 @@ async fn check(
         }
         let reference = eds.first().map(|e| e.text.as_str()).unwrap_or_default();
         // A fresh client through the router…
-        match fresh_text(router, scene, token).await {
+        match fresh_text(router, scene, token, typing).await {
             Ok(fresh) if fresh == reference => {}
             Ok(fresh) => mismatched.push(format!(
                 "{scene}: a fresh client read other text than the first editor: {}",
@@ -542,7 +599,7 @@ async fn check(
             Err(e) => mismatched.push(format!("{scene}: a fresh client could not read: {e:#}")),
         }
         // …and the store agree with the editors.
-        match stored_text(store, scene).await {
+        match stored_scene_text(store, scene, typing).await {
             Ok(text) if text == reference => {}
             Ok(text) => mismatched.push(format!(
                 "{scene}: the store holds other text than the first editor: {}",
@@ -641,6 +698,7 @@ async fn check(
         recovery_ms: Percentiles::of(recoveries),
         passed: problems.is_empty(),
         problems,
+        p1: None,
         samples,
     })
 }
@@ -657,7 +715,7 @@ fn stored_after(f: &FinishedEditor, since: Instant) -> Option<Instant> {
         .find_map(|(sent, lat)| lat.map(|l| *sent + l))
 }
 
-async fn fresh_text(router: SocketAddr, scene: &str, token: &str) -> anyhow::Result<String> {
+async fn fresh_text(router: SocketAddr, scene: &str, token: &str, typing: Typing) -> anyhow::Result<String> {
     let (_, url, _) = resolve(router, scene).await?;
     let client = EditorClient::connect(
         &format!("{url}/ws/scenes"),
@@ -667,7 +725,7 @@ async fn fresh_text(router: SocketAddr, scene: &str, token: &str) -> anyhow::Res
     )
     .await?;
     client.wait_synced(Duration::from_secs(10)).await?;
-    let text = client.text("text").await?;
+    let text = client.read(move |txn| typing.read(txn)).await?;
     let _ = client.close(1000, "checked").await;
     Ok(text)
 }

@@ -71,6 +71,68 @@ pub struct Scenario {
     /// Faults drawn at random (seeded) in addition to the planned ones.
     #[serde(default)]
     pub random: Option<RandomFaults>,
+    /// P1 writers beside the editors (the adopting product's REST autosave); with it the
+    /// scenes are P1 scenes and editors type into screenplay blocks. Needs Postgres.
+    #[serde(default)]
+    pub p1: Option<P1Writers>,
+}
+
+/// `[p1]`: the P1 product writing through the content API while people edit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P1Writers {
+    pub writers_per_scene: usize,
+    /// Pause between two saves of one writer.
+    #[serde(with = "duration_de", default = "p1_every_default")]
+    pub every: Duration,
+    /// The kinds of writes, made in turn.
+    #[serde(default = "p1_writes_default")]
+    pub writes: Vec<P1WriteKind>,
+}
+
+/// One kind of P1 write. Each reads the scene first: from P1's own tables, as the P1 app
+/// has it (`content_blocks` and the scene's `content_version` from one snapshot), or
+/// through the content API's `GET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum P1WriteKind {
+    /// The P1 app's autosave: its own copy with the marker added at the end of one block's
+    /// text, `PUT` against the version it read.
+    PutAppend,
+    /// The same with a new action block holding the marker.
+    PutBlock,
+    /// `PATCH` inserting an action block at a position of the version read from P1's
+    /// tables (`base_version`).
+    PatchInsert,
+    /// `PATCH` with no base version inserting an action block at a position of the scene
+    /// as the content API's `GET` answered it (the scene only grows in these runs).
+    PatchInsertLive,
+    /// The autosave of a client that reads through the API: `GET`, then `PUT` of its
+    /// blocks with a new action block, against the `version` the `GET` named.
+    ApiPutBlock,
+    /// The same with the marker added at the end of one block's text.
+    ApiPutAppend,
+}
+
+impl P1WriteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            P1WriteKind::PutAppend => "put_append",
+            P1WriteKind::PutBlock => "put_block",
+            P1WriteKind::PatchInsert => "patch_insert",
+            P1WriteKind::PatchInsertLive => "patch_insert_live",
+            P1WriteKind::ApiPutBlock => "api_put_block",
+            P1WriteKind::ApiPutAppend => "api_put_append",
+        }
+    }
+
+    /// Whether it reads the scene through the content API (else from P1's tables).
+    pub fn reads_api(self) -> bool {
+        matches!(
+            self,
+            P1WriteKind::PatchInsertLive | P1WriteKind::ApiPutBlock | P1WriteKind::ApiPutAppend
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +167,19 @@ fn warmup_default() -> Duration {
     Duration::from_secs(3)
 }
 
+fn p1_every_default() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn p1_writes_default() -> Vec<P1WriteKind> {
+    vec![
+        P1WriteKind::PutAppend,
+        P1WriteKind::PutBlock,
+        P1WriteKind::PatchInsert,
+        P1WriteKind::PatchInsertLive,
+    ]
+}
+
 impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text = std::fs::read_to_string(path)?;
@@ -123,6 +198,16 @@ impl Scenario {
             self.duration >= Duration::from_secs(5),
             "duration must be at least 5s"
         );
+        if let Some(p1) = &self.p1 {
+            anyhow::ensure!(
+                p1.writers_per_scene >= 1 && !p1.writes.is_empty(),
+                "p1.writers_per_scene must be at least 1 and p1.writes not empty"
+            );
+            anyhow::ensure!(
+                p1.every >= Duration::from_millis(100),
+                "p1.every must be at least 100ms"
+            );
+        }
         if let Some(r) = &self.random {
             anyhow::ensure!(!r.kinds.is_empty(), "random.kinds is empty");
             anyhow::ensure!(
@@ -193,6 +278,7 @@ mod tests {
         for wanted in [
             "kill-owner",
             "membership-churn",
+            "p1-coexistence",
             "partition",
             "postgres-outage",
             "redis-outage",

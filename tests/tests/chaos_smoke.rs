@@ -4,6 +4,9 @@
 //! - `smoke`: kill the owner of a busy scene, add a node, drain one, kill the leader.
 //! - `partition` (shortened): the owner of a busy scene is cut off the network (network
 //!   namespaces; the test command runs as root) while it can still reach the store.
+//! - `p1-coexistence` (shortened): P1 writers save through the content API while editors
+//!   type into the same scenes' blocks, the owner of one is killed and a node added: every
+//!   marker once in the document, in `content_blocks` and in the API's answer.
 
 use std::process::Command;
 
@@ -62,4 +65,45 @@ fn a_node_cut_off_the_network_is_fenced_and_its_editors_move_on() {
     let recovered = fault["recovered_ms"].as_u64().unwrap();
     println!("editors of the cut-off node back after {recovered} ms");
     assert!(recovered < 5_000, "{fault}");
+}
+
+#[test]
+fn p1_writers_and_editors_keep_every_marker_once_through_a_kill_and_an_added_node() {
+    // The owner kill (8 s) and the added node (16 s); the scenario's own Postgres.
+    let report = run_scenario("p1-coexistence", &["--duration", "20s"]);
+    let p1 = &report["p1"];
+    let acknowledged = p1["writes_acknowledged"].as_u64().unwrap();
+    assert!(acknowledged >= 30, "too few P1 saves to prove anything: {p1}");
+    assert_eq!(p1["miscounts"].as_array().unwrap().len(), 0, "{p1}");
+    let places = p1["places"].as_array().unwrap();
+    assert_eq!(places.len(), 3);
+    for place in places {
+        assert_eq!(place["scenes_read"], report["scenes"], "{place}");
+        assert!(
+            place["markers_checked"].as_u64().unwrap() > acknowledged,
+            "{place}"
+        );
+        assert_eq!(place["miscounted"], 0, "{place}");
+    }
+    let caught_up = p1["content_blocks_caught_up_ms"]
+        .as_u64()
+        .expect("content_blocks caught up");
+    println!(
+        "{acknowledged} P1 saves acknowledged, {} unknown, {} conflicts retried; content_blocks \
+         held the document {caught_up} ms after the checks began",
+        p1["unknown_outcome"], p1["conflicts_retried"]
+    );
+}
+
+#[test]
+fn an_app_reading_and_saving_through_the_content_api_doubles_nothing() {
+    // GET then PUT against the GET's version while editors type: the version names exactly
+    // the blocks answered, so the PUT carries only the writer's own change.
+    let report = run_scenario("p1-api-autosave", &["--duration", "20s"]);
+    let p1 = &report["p1"];
+    assert!(p1["writes_acknowledged"].as_u64().unwrap() >= 30, "{p1}");
+    assert_eq!(p1["miscounts"].as_array().unwrap().len(), 0, "{p1}");
+    for place in p1["places"].as_array().unwrap() {
+        assert_eq!(place["miscounted"], 0, "{place}");
+    }
 }

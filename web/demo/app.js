@@ -59,21 +59,58 @@ class Scene {
   }
 
   constructor (sceneId, token) {
-    this.doc = new Y.Doc()
     this.session = connectScene({
       router,
       sceneId,
       token,
-      doc: this.doc,
+      doc: new Y.Doc(),
       getToken: () => devToken(me.name)
     })
-    this.awareness = this.session.provider.awareness
-    this.awareness.setLocalStateField('user', me)
+    this.bind(this.session.doc, this.session.provider.awareness)
+    // Back from autosave, the session syncs a fresh doc: the editor moves onto it.
+    this.onDoc = ({ doc, awareness }) => {
+      const old = this.doc
+      this.unbind()
+      this.bind(doc, awareness)
+      old.destroy()
+    }
+    this.session.on('doc', this.onDoc)
+    this.onStatus = () => {
+      if (!this.caretPlaced && this.session.status === 'connected') {
+        this.caretPlaced = true
+        // The scene arriving replaces the empty page wholesale, which leaves everything
+        // selected: a first keystroke would replace the scene. Start with a caret instead.
+        setTimeout(() => this.caretAtStart(), 0)
+      }
+      this.showStatus()
+    }
+    this.session.on('status', this.onStatus)
+    this.session.on('saved', this.onStatus)
+    this.onNotice = (notice) => showNotice(notice.message)
+    this.session.on('notice', this.onNotice)
+    this.onMode = ({ mode, reason }) => {
+      if (mode === 'autosave') showNotice(`Live editing is unavailable right now (${reason.split(':')[0]}): your changes are saved with autosave.`)
+      else showNotice('Live editing is back.')
+    }
+    this.session.on('mode', this.onMode)
+    this.ticker = setInterval(() => {
+      this.showPresence()
+      this.showStatus()
+    }, 500)
+    this.showStatus()
+    this.showPresence()
+    this.view.focus()
+  }
 
+  /** Builds the editor on `doc` (its `prosemirror` fragment) with `awareness`. */
+  bind (doc, awareness) {
+    this.doc = doc
+    this.awareness = awareness
+    this.awareness.setLocalStateField('user', me)
     const fragment = this.doc.getXmlFragment('prosemirror')
-    const { doc, mapping } = initProseMirrorDoc(fragment, schema)
+    const { doc: pmDoc, mapping } = initProseMirrorDoc(fragment, schema)
     const state = EditorState.create({
-      doc,
+      doc: pmDoc,
       schema,
       plugins: [
         ySyncPlugin(fragment, { mapping }),
@@ -94,14 +131,18 @@ class Scene {
     })
     const host = $('editor')
     host.textContent = ''
-    this.view = new EditorView(host, {
+    // Each view applies its own transactions: after a rebind, the old binding may still
+    // dispatch a late one, which must not reach the new view.
+    const view = new EditorView(host, {
       state,
       dispatchTransaction: (tr) => {
-        this.view.updateState(this.view.state.apply(tr))
-        this.showBlockType()
+        if (view.isDestroyed) return
+        view.updateState(view.state.apply(tr))
+        if (view === this.view) this.showBlockType()
       }
     })
-
+    this.view = view
+    this.caretPlaced = false
     // Local changes mark this user as typing for the others.
     this.onUpdate = (_update, origin) => {
       if (origin !== this.session.provider) {
@@ -111,34 +152,19 @@ class Scene {
     this.doc.on('update', this.onUpdate)
     this.onAwareness = () => this.showPresence()
     this.awareness.on('change', this.onAwareness)
-    this.onStatus = () => {
-      if (!this.caretPlaced && this.session.status === 'connected') {
-        this.caretPlaced = true
-        // The scene arriving replaces the empty page wholesale, which leaves everything
-        // selected: a first keystroke would replace the scene. Start with a caret instead.
-        setTimeout(() => this.caretAtStart(), 0)
-      }
-      this.showStatus()
-    }
-    this.session.on('status', this.onStatus)
-    this.session.on('saved', this.onStatus)
-    this.onNotice = (notice) => showNotice(notice.message)
-    this.session.on('notice', this.onNotice)
-    this.ticker = setInterval(() => {
-      this.showPresence()
-      this.showStatus()
-    }, 500)
-    this.showStatus()
-    this.showPresence()
-    this.view.focus()
+  }
+
+  unbind () {
+    this.doc.off('update', this.onUpdate)
+    this.awareness.off('change', this.onAwareness)
+    this.view.destroy()
   }
 
   close () {
     clearInterval(this.ticker)
-    this.doc.off('update', this.onUpdate)
-    this.awareness.off('change', this.onAwareness)
+    this.unbind()
     this.session.off('status', this.onStatus)
-    this.view.destroy()
+    this.session.off('doc', this.onDoc)
     this.session.destroy()
     this.doc.destroy()
   }
@@ -173,6 +199,9 @@ class Scene {
     if (status === 'connected') {
       colour = 'green'
       text = hasUnsyncedChanges ? 'saving…' : 'all changes saved'
+    } else if (status === 'autosave') {
+      colour = 'yellow'
+      text = hasUnsyncedChanges ? 'saving with autosave…' : 'saved with autosave'
     } else if (status === 'connecting' || status === 'syncing' || status === 'reconnecting') {
       colour = 'yellow'
       text = status === 'reconnecting' ? 'reconnecting…' : 'connecting…'

@@ -52,12 +52,18 @@ async function startCluster () {
   })
   const lines = createInterface({ input: child.stdout })
   const nodes = {}
+  const internal = []
+  const admin = {}
   const router = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('troupe-chaos up printed no router')), 60000)
     child.on('exit', (code) => reject(new Error(`troupe-chaos up exited with ${code}`)))
     lines.on('line', (line) => {
       const node = line.match(/^node (\d+)\s+ws:\/\/[\d.]+:(\d+)/)
       if (node) nodes[node[1]] = Number(node[2])
+      const rpc = line.match(/\(internal ([\d.]+:\d+)\)/)
+      if (rpc) internal.push(rpc[1])
+      const exported = line.match(/^\s*export (TROUPE_INTERNAL_\w+)=(\S+)/)
+      if (exported) admin[exported[1]] = exported[2]
       const url = line.match(/^router\s+(http:\/\/\S+)/)
       if (url) {
         clearTimeout(timer)
@@ -65,7 +71,17 @@ async function startCluster () {
       }
     })
   })
-  return { child, router, nodes, data }
+  return { child, router, nodes, data, internal, admin }
+}
+
+/** `troupectl` against the test cluster, as its operator (the admin certificate it made). */
+function troupectl (...args) {
+  const bin = [join(root, 'target', 'debug'), join(root, 'target', 'release')]
+    .map((dir) => join(dir, 'troupectl'))
+    .find((path) => existsSync(path))
+  return execFileSync(bin, ['--cluster', cluster.internal.join(','), ...args], {
+    env: { ...process.env, ...cluster.admin }
+  }).toString()
 }
 
 /** The pid of the process listening on `port` (the node to kill). */
@@ -368,4 +384,57 @@ test('two writers, presence, offline, a node killed mid-typing, a restore, a fro
       assert.ok(!/[?&]token=/.test(url) && !url.includes('eyJ'), `${editor.user} opened ${url}`)
     }
   }
+})
+
+test('the kill switch: both writers fall back to autosave, keep typing, and come back live with everything once', async () => {
+  const scene = `flip-${Date.now().toString(36)}`
+  const alice = await openEditor('Alice Flip', scene)
+  const bob = await openEditor('Bob Flip', scene)
+  await typeAtEnd(alice.page, 'INT. NEWSROOM - DAY')
+  await eventually('Bob sees the heading', async () =>
+    (await editorText(bob.page)).includes('INT. NEWSROOM - DAY'))
+  await startBlockAtEnd(alice, bob)
+  await Promise.all([
+    typeInFirstBlock(alice.page, ' [alice live]'),
+    typeAtEnd(bob.page, '[bob live]')
+  ])
+
+  // Collaboration off for everyone, while both keep typing.
+  const typingA = typeInFirstBlock(alice.page, ' [alice typing through the switch]')
+  const typingB = typeAtEnd(bob.page, ' [bob typing through the switch]')
+  const flipped = Date.now()
+  assert.match(troupectl('flags', 'set', 'enableYjs=false'), /enableYjs true -> false/)
+  await Promise.all([typingA, typingB])
+  for (const editor of [alice, bob]) {
+    await eventually(`${editor.user} saves with autosave`, async () =>
+      /autosave/.test(await editor.page.textContent('#status-text')) || await editor.page.textContent('#status-text'))
+  }
+  console.log(`kill switch: both pages in autosave mode ${Date.now() - flipped} ms after the flag flip`)
+  await Promise.all([
+    typeInFirstBlock(alice.page, ' [alice autosave]'),
+    typeAtEnd(bob.page, ' [bob autosave]')
+  ])
+  for (const editor of [alice, bob]) {
+    await eventually(`${editor.user}'s autosave is saved`, async () =>
+      (await editor.page.textContent('#status-text')) === 'saved with autosave' || await editor.page.textContent('#status-text'))
+  }
+  await alice.page.screenshot({ path: join(shots, 'alice-autosave.png') })
+
+  // On again: both come back live, on the server's document, with everything once.
+  const back = Date.now()
+  troupectl('flags', 'set', 'enableYjs=true')
+  const phrases = ['INT. NEWSROOM - DAY', '[alice live]', '[bob live]', '[alice typing through the switch]',
+    '[bob typing through the switch]', '[alice autosave]', '[bob autosave]']
+  await eventually('both pages are live again and hold everything typed, once', async () => {
+    const [a, b] = await Promise.all([editorText(alice.page), editorText(bob.page)])
+    const dots = await Promise.all([alice, bob].map((e) => e.page.getAttribute('#dot', 'data-status')))
+    const once = phrases.every((p) => a.split(p).length === 2)
+    return (a === b && once && dots.every((d) => d === 'green')) || [a, b, dots]
+  }, 30000)
+  console.log(`kill switch off: both pages live again ${Date.now() - back} ms later`)
+  // And live means live: a keystroke crosses at once.
+  await typeAtEnd(bob.page, ' [bob live again]')
+  await eventually('Alice sees Bob live again', async () =>
+    (await editorText(alice.page)).includes('[bob live again]'))
+  await alice.page.screenshot({ path: join(shots, 'alice-back-live.png') })
 })

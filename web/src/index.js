@@ -18,9 +18,11 @@ import * as urlParams from 'lib0/url'
 
 import { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay } from './backoff.js'
 import { AckTracker, MESSAGE_ACK, classifyFrame } from './acks.js'
+import { Autosaver, AutosaveError, docBlocks, FRAGMENT } from './autosave.js'
 
 export { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay }
 export { AckTracker, MESSAGE_ACK, classifyFrame }
+export { Autosaver, AutosaveError, docBlocks, FRAGMENT }
 
 /** Close codes a Troupe node uses (README, "Close codes"). */
 export const CloseCode = Object.freeze({
@@ -31,6 +33,7 @@ export const CloseCode = Object.freeze({
   UNKNOWN_SCENE: 4404,
   TOO_LARGE: 4413,
   RATE_LIMITED: 4429,
+  COLLABORATION_OFF: 4410,
   GOING_AWAY: 1001
 })
 
@@ -62,6 +65,13 @@ export const STALL_TIMEOUT_MS = 1000
 /** The close code the session reports for a connection it dropped because it stalled. */
 export const STALLED_CLOSE_CODE = 4000
 
+/** With no connection for this long (ms), a session falls back to autosave. */
+export const FALLBACK_AFTER_MS = 10000
+/** How often (ms) a session in autosave mode saves what changed. */
+export const AUTOSAVE_INTERVAL_MS = 2000
+/** How often (ms) a session in autosave mode asks whether it can be live again. */
+export const PROBE_INTERVAL_MS = 5000
+
 /** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
 export const NOTICE_FRESH_MS = 5 * 60 * 1000
 
@@ -91,7 +101,7 @@ class FatalRouteError extends Error {
 }
 
 /**
- * @typedef {'connecting'|'syncing'|'connected'|'reconnecting'|'offline'} SessionStatus
+ * @typedef {'connecting'|'syncing'|'connected'|'reconnecting'|'autosave'|'offline'} SessionStatus
  */
 
 /**
@@ -137,7 +147,10 @@ export class SceneSession {
       random = Math.random,
       connectTimeout = CONNECT_TIMEOUT_MS,
       routeTimeout = ROUTE_TIMEOUT_MS,
-      stallTimeout = STALL_TIMEOUT_MS
+      stallTimeout = STALL_TIMEOUT_MS,
+      fallbackAfter = FALLBACK_AFTER_MS,
+      autosaveInterval = AUTOSAVE_INTERVAL_MS,
+      probeInterval = PROBE_INTERVAL_MS
     } = opts || /** @type {any} */ ({})
     if (typeof router !== 'string' || !/^https?:\/\/[^/]/i.test(router)) {
       throw new TypeError('connectScene: `router` must be an http(s) URL')
@@ -156,8 +169,6 @@ export class SceneSession {
     this.router = router.replace(/\/+$/, '')
     /** The scene id. */
     this.sceneId = sceneId
-    /** @type {import('yjs').Doc} */
-    this.doc = doc
     /** @private */ this._token = token
     /** @private */ this._getToken = typeof getToken === 'function' ? getToken : null
     /** @private */ this._params = { ...(params || {}) }
@@ -171,9 +182,26 @@ export class SceneSession {
     /** @private */ this._lastStallCheck = 0
     /** @private */ this._stallCheck = false // a router look-up for a stall is under way
     /** @private */ this._stallMove = false // the socket was dropped to follow the scene
-    /** @private */ this._stallTimer = stallTimeout > 0
-      ? setInterval(() => { this._checkStall() }, Math.max(50, Math.floor(stallTimeout / 4)))
-      : null
+    /** @private */ this._fallbackAfter = fallbackAfter
+    /** @private */ this._autosaveInterval = autosaveInterval
+    /** @private */ this._probeInterval = probeInterval
+    /** @private */ this._stallTimer = setInterval(() => {
+      if (this._stallTimeout > 0) this._checkStall()
+      this._checkFallback()
+    }, Math.max(50, Math.floor((stallTimeout > 0 ? stallTimeout : 1000) / 4)))
+    /**
+     * How the scene is edited: `live` over the WebSocket, or `autosave` through the content
+     * API while that is not possible.
+     * @type {'live'|'autosave'}
+     */
+    this.mode = 'live'
+    /** @private Since when no connection is synced (ms), null while one is. */ this._lostSince = Date.now()
+    /** @private The doc's blocks when the server last had every local edit. */ this._base = /** @type {Array<{type: string, text: string}>|null} */ (null)
+    /** @private */ this._baseAt = 0
+    /** @private @type {Autosaver|null} */ this._autosaver = null
+    /** @private @type {any} */ this._autosaveTimer = null
+    /** @private @type {any} */ this._probeTimer = null
+    /** @private */ this._probing = false
 
     /** @type {SessionStatus} */
     this.status = 'connecting'
@@ -199,30 +227,6 @@ export class SceneSession {
     /** @private @type {any} */ this._connectTimer = null
     /** @private @type {any} */ this._socket = null // the current (wrapped) WebSocket
     /** @private */ this._acks = new AckTracker()
-
-    // Local updates must be seen before y-websocket sends them: register before the
-    // provider registers its own 'update' handler (handlers run in registration order).
-    /** @private */
-    this._onDocUpdate = (/** @type {Uint8Array} */ _update, /** @type {any} */ origin) => {
-      if (this.provider !== undefined && origin === this.provider) return // from the server
-      this._acks.localUpdate()
-    }
-    doc.on('update', this._onDocUpdate)
-    // Notices the cluster writes into the document (`troupe.notice`: a restore, say) arrive
-    // with the change they explain; one older than NOTICE_FRESH_MS when it arrives (found
-    // by a late joiner) is history, not news.
-    /** @private */ this._notices = doc.getMap('troupe')
-    /** @private */ this._onNotice = (/** @type {any} */ event) => {
-      if (!event.keysChanged.has('notice')) return
-      const notice = this._notices.get('notice')
-      if (!notice || typeof notice.message !== 'string' || typeof notice.at !== 'number') return
-      if (Date.now() - notice.at > NOTICE_FRESH_MS) return
-      this._emit('notice', { kind: notice.kind, message: notice.message, by: notice.by, at: notice.at })
-    }
-    this._notices.observe(this._onNotice)
-    // Content the doc already holds (restored from a local cache, say) is a local change the
-    // node may lack: pending until the first handshake's step 2 is acknowledged.
-    if (Y.encodeStateVector(doc).length > 1) this._acks.localUpdate()
 
     const session = this
     /** The WebSocket class y-websocket builds its sockets with: counts outgoing update frames. */
@@ -261,55 +265,105 @@ export class SceneSession {
       }
     }
 
-    /** @private */ this._ownsAwareness = !awareness
-    // Built with the router's URL as a placeholder and connect: false; every connection sets
-    // `provider.url` to the owner first. The placeholder also makes the BroadcastChannel name
-    // (serverUrl/room) the same in every tab, whichever node owns the scene.
-    const placeholder = this.router.replace(/^http/i, 'ws') + '/ws/scenes'
-    /**
-     * The stock y-websocket provider (awareness: `provider.awareness`).
-     * @type {WebsocketProvider}
-     */
-    this.provider = new WebsocketProvider(placeholder, sceneId, doc, {
-      connect: false,
-      params: this._query(),
-      WebSocketPolyfill: /** @type {any} */ (TroupeWebSocket),
-      ...(awareness ? { awareness } : {}),
-      disableBc
-    })
-    const provider = this.provider
-
-    // Durable acks: `varuint 100, varuint n`. No reply (the encoder stays empty).
-    provider.messageHandlers[MESSAGE_ACK] = (_encoder, decoder, _provider, fromSocket) => {
-      const n = decoding.readVarUint(decoder)
-      // readMessage passes emitSynced=true for socket frames, false for BroadcastChannel ones.
-      if (fromSocket) this._ack(n)
-    }
-    provider.on('status', (/** @type {{status: string}} */ e) => {
-      if (this._stopped || e.status !== 'connected') return
-      this._opened = true
-      this._clearConnectTimer()
-      if (this.status === 'connecting') this._setStatus('syncing')
-    })
-    provider.on('sync', (/** @type {boolean} */ synced) => {
-      if (this._stopped || !synced) return
-      this._failures = 0
-      this._moves = 0
-      this._tokenRefreshed = false
-      this._setStatus('connected')
-    })
-    provider.on('connection-close', (/** @type {any} */ event) => this._closed(event))
+    /** @private */ this._WebSocket = TroupeWebSocket
+    /** @private */ this._BaseWebSocket = BaseWS
+    /** @private */ this._disableBc = disableBc
+    this._attach(doc, awareness || null)
 
     this._schedule(0, { resolve: true })
   }
 
+  /**
+   * @private Binds the session to `doc`: its observers, and a stock provider for it.
+   * @param {import('yjs').Doc} doc
+   * @param {import('y-protocols/awareness').Awareness|null} awareness
+   */
+  _attach (doc, awareness) {
+    /** @type {import('yjs').Doc} */
+    this.doc = doc
+      // Local updates must be seen before y-websocket sends them: register before the
+      // provider registers its own 'update' handler (handlers run in registration order).
+      /** @private */
+      this._onDocUpdate = (/** @type {Uint8Array} */ _update, /** @type {any} */ origin) => {
+        if (this.provider !== undefined && origin === this.provider) return // from the server
+        this._acks.localUpdate()
+      }
+      doc.on('update', this._onDocUpdate)
+      // Notices the cluster writes into the document (`troupe.notice`: a restore, say) arrive
+      // with the change they explain; one older than NOTICE_FRESH_MS when it arrives (found
+      // by a late joiner) is history, not news.
+      /** @private */ this._notices = doc.getMap('troupe')
+      /** @private */ this._onNotice = (/** @type {any} */ event) => {
+        if (!event.keysChanged.has('notice')) return
+        const notice = this._notices.get('notice')
+        if (!notice || typeof notice.message !== 'string' || typeof notice.at !== 'number') return
+        if (Date.now() - notice.at > NOTICE_FRESH_MS) return
+        this._emit('notice', { kind: notice.kind, message: notice.message, by: notice.by, at: notice.at })
+      }
+      this._notices.observe(this._onNotice)
+      // Content the doc already holds (restored from a local cache, say) is a local change the
+      // node may lack: pending until the first handshake's step 2 is acknowledged.
+      if (Y.encodeStateVector(doc).length > 1) this._acks.localUpdate()
+
+      /** @private */ this._ownsAwareness = !awareness
+      // Built with the router's URL as a placeholder and connect: false; every connection sets
+      // `provider.url` to the owner first. The placeholder also makes the BroadcastChannel name
+      // (serverUrl/room) the same in every tab, whichever node owns the scene.
+      const placeholder = this.router.replace(/^http/i, 'ws') + '/ws/scenes'
+      /**
+       * The stock y-websocket provider (awareness: `provider.awareness`).
+       * @type {WebsocketProvider}
+       */
+      this.provider = new WebsocketProvider(placeholder, this.sceneId, doc, {
+        connect: false,
+        params: this._query(),
+        WebSocketPolyfill: /** @type {any} */ (this._WebSocket),
+        ...(awareness ? { awareness } : {}),
+        disableBc: this._disableBc
+      })
+      const provider = this.provider
+
+      // Durable acks: `varuint 100, varuint n`. No reply (the encoder stays empty).
+      provider.messageHandlers[MESSAGE_ACK] = (_encoder, decoder, _provider, fromSocket) => {
+        const n = decoding.readVarUint(decoder)
+        // readMessage passes emitSynced=true for socket frames, false for BroadcastChannel ones.
+        if (fromSocket) this._ack(n)
+      }
+      provider.on('status', (/** @type {{status: string}} */ e) => {
+        if (this._stopped || e.status !== 'connected') return
+        this._opened = true
+        this._clearConnectTimer()
+        if (this.status === 'connecting') this._setStatus('syncing')
+      })
+      provider.on('sync', (/** @type {boolean} */ synced) => {
+        if (this._stopped || !synced) return
+        this._failures = 0
+        this._moves = 0
+        this._tokenRefreshed = false
+        this._lostSince = null
+        this._noteBase(true)
+        this._setStatus('connected')
+      })
+      provider.on('connection-close', (/** @type {any} */ event) => this._closed(event))
+  }
+
+  /** @private Lets go of the doc: its observers and its provider (and an owned awareness). */
+  _detach () {
+    this.doc.off('update', this._onDocUpdate)
+    this._notices.unobserve(this._onNotice)
+    const awareness = this.provider.awareness
+    this.provider.destroy()
+    if (this._ownsAwareness) awareness.destroy()
+  }
+
   /** True while some local change (sent or not) is not yet acknowledged as durably stored. */
   get hasUnsyncedChanges () {
+    if (this._autosaver !== null) return this._autosaver.saving || this._autosaver.unsaved
     return this._acks.unsynced
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
    * @param {(event: any) => void} fn
    */
   on (name, fn) {
@@ -320,7 +374,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
    * @param {(event: any) => void} fn
    */
   off (name, fn) {
@@ -330,7 +384,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
    * @param {(event: any) => void} fn
    */
   once (name, fn) {
@@ -343,11 +397,8 @@ export class SceneSession {
     if (this._destroyed) return
     this._destroyed = true
     this._stop()
-    this.doc.off('update', this._onDocUpdate)
-    this._notices.unobserve(this._onNotice)
-    const awareness = this.provider.awareness
-    this.provider.destroy()
-    if (this._ownsAwareness) awareness.destroy()
+    this._stopAutosave()
+    this._detach()
     this._setStatus('offline')
   }
 
@@ -400,6 +451,7 @@ export class SceneSession {
   /** @private Cancel everything pending and keep y-websocket from reconnecting. */
   _stop () {
     this._stopped = true
+    this._stopAutosave()
     if (this._stallTimer !== null) clearInterval(this._stallTimer)
     this._stallTimer = null
     if (this._timer !== null) clearTimeout(this._timer)
@@ -557,12 +609,215 @@ export class SceneSession {
 
   /** @private An ack frame arrived on the current connection. */
   _ack (/** @type {number} */ n) {
-    if (this._acks.ack(n)) this._emit('saved', {})
+    if (this._acks.ack(n)) {
+      this._noteBase(false)
+      this._emit('saved', {})
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Autosave: the fallback while the scene cannot be edited live
+  // -------------------------------------------------------------------------------------
+
+  /**
+   * @private Everything local is acknowledged: the doc's blocks are what the server has
+   * (at least), the base an autosave is made against. Taken at most once a second unless
+   * `now` (a fresh sync): an older base is as safe, only larger to send.
+   */
+  _noteBase (/** @type {boolean} */ now) {
+    if (this._acks.unsynced || this.mode !== 'live') return
+    if (!now && Date.now() - this._baseAt < 1000) return
+    this._base = docBlocks(this.doc)
+    this._baseAt = Date.now()
+  }
+
+  /** @private No connection for `fallbackAfter`: autosave instead. */
+  _checkFallback () {
+    if (this._stopped || this.mode !== 'live' || this._fallbackAfter <= 0 || this._lostSince === null) return
+    if (Date.now() - this._lostSince >= this._fallbackAfter) {
+      this._fallBack(`no connection for ${Math.round((Date.now() - this._lostSince) / 1000)} s`)
+    }
+  }
+
+  /**
+   * @private Switches to autosave: the WebSocket is let go, the doc keeps being edited and
+   * is saved through the content API every `autosaveInterval`, and every `probeInterval`
+   * the session asks whether it may be live again.
+   */
+  async _fallBack (/** @type {string} */ reason) {
+    if (this._stopped || this.mode !== 'live') return
+    this.mode = 'autosave'
+    this._pauseLive()
+    let base = this._base
+    if (base === null) {
+      // Never synced: start from the scene as the server has it, if the doc is empty.
+      try {
+        base = await this._loadForAutosave()
+      } catch (err) {
+        this.mode = 'live'
+        this._fail(CloseCode.COLLABORATION_OFF, `cannot autosave: ${err instanceof Error ? err.message : String(err)}`, err)
+        return
+      }
+    }
+    if (this._stopped) return
+    this._autosaver = new Autosaver({
+      url: `${this.router}/v1/scenes/${encodeURIComponent(this.sceneId)}/content`,
+      token: () => this._token,
+      fetch: this._fetch,
+      doc: this.doc,
+      base
+    })
+    this._autosaveTimer = setInterval(() => { this._autosaveTick() }, Math.max(100, this._autosaveInterval))
+    this._probeTimer = setInterval(() => { this._probe() }, Math.max(100, this._probeInterval))
+    this._setStatus('autosave')
+    this._emit('mode', { mode: 'autosave', reason })
+    this._autosaveTick()
+  }
+
+  /** @private Stops connecting (for now): the provider lets its socket go and stays idle. */
+  _pauseLive () {
+    if (this._timer !== null) clearTimeout(this._timer)
+    this._timer = null
+    this._clearConnectTimer()
+    this.provider.shouldConnect = false
+    try { this.provider.disconnect() } catch { /* already closed */ }
+    this._socket = null
+  }
+
+  /**
+   * @private The scene's blocks from the content API, written into the (empty) doc as the
+   * editor would: the base of a session that never synced.
+   * @returns {Promise<Array<{type: string, text: string}>>}
+   */
+  async _loadForAutosave () {
+    const fragment = this.doc.getXmlFragment(FRAGMENT)
+    if (fragment.length > 0) throw new Error('the document holds edits the server never acknowledged')
+    const res = await this._fetch(`${this.router}/v1/scenes/${encodeURIComponent(this.sceneId)}/content`, {
+      headers: { authorization: `Bearer ${this._token}`, accept: 'application/json' }
+    })
+    if (res.status === 404) return [] // a scene nobody has yet
+    if (!res.ok) throw new Error(`content API: HTTP ${res.status}`)
+    const body = await res.json()
+    const blocks = Array.isArray(body && body.blocks) ? body.blocks : []
+    this.doc.transact(() => {
+      for (const block of blocks) {
+        const element = new Y.XmlElement(String(block.type))
+        if (block.text) element.insert(0, [new Y.XmlText(String(block.text))])
+        fragment.push([element])
+      }
+    }, AUTOSAVE_ORIGIN)
+    return docBlocks(this.doc)
+  }
+
+  /** @private Saves what changed; a refused token is renewed once through `getToken`. */
+  async _autosaveTick () {
+    const saver = this._autosaver
+    if (saver === null || this._stopped) return
+    const before = this.hasUnsyncedChanges
+    try {
+      if (await saver.save()) {
+        if (before) this._emit('saved', {})
+      }
+    } catch (err) {
+      if (err instanceof AutosaveError && err.status === 401 && this._getToken !== null) {
+        try {
+          const token = await this._getToken()
+          if (typeof token === 'string' && token !== '') this._token = token
+        } catch { /* next tick tries again */ }
+        return
+      }
+      this._emit('autosave-error', { error: err })
+    }
+  }
+
+  /**
+   * @private In autosave: may the scene be live again? The router's flags must say `live`
+   * and a WebSocket must get through to the owner; then the session goes back.
+   */
+  async _probe () {
+    if (this._probing || this._stopped || this.mode !== 'autosave') return
+    this._probing = true
+    try {
+      const user = tokenSubject(this._token)
+      const res = await this._fetch(
+        `${this.router}/v1/flags?scene=${encodeURIComponent(this.sceneId)}&user=${encodeURIComponent(user)}`,
+        { headers: { accept: 'application/json' } })
+      if (!res.ok) return
+      const flags = await res.json()
+      if (!flags || flags.mode !== 'live') return
+      const owner = await this._resolve()
+      if (!(await this._reaches(owner))) return
+      await this._returnLive()
+    } catch {
+      // Not yet: the next probe asks again.
+    } finally {
+      this._probing = false
+    }
+  }
+
+  /** @private Whether a WebSocket to the scene on `owner` opens (and is accepted). */
+  _reaches (/** @type {string} */ owner) {
+    return new Promise((resolve) => {
+      let socket
+      try {
+        socket = new this._BaseWebSocket(this._sceneUrl(owner), [TROUPE_PROTOCOL, BEARER_PROTOCOL_PREFIX + this._token])
+      } catch {
+        resolve(false)
+        return
+      }
+      const timer = setTimeout(() => { done(false) }, Math.max(1000, this._connectTimeout || 5000))
+      const done = (/** @type {boolean} */ ok) => {
+        clearTimeout(timer)
+        socket.onopen = socket.onclose = socket.onerror = socket.onmessage = null
+        try { socket.close() } catch { /* closing anyway */ }
+        resolve(ok)
+      }
+      // A node that refuses (4410) closes right after opening: wait for its first frame.
+      socket.onmessage = () => done(true)
+      socket.onclose = () => done(false)
+      socket.onerror = () => done(false)
+    })
+  }
+
+  /**
+   * @private Back to live editing: the last autosave first (everything typed is on the
+   * server then), then a fresh doc synced from the server replaces this one — the old one
+   * holds the same text as edits of its own, which would be sent a second time. The app
+   * rebinds its editor to the `doc` event's document.
+   */
+  async _returnLive () {
+    const saver = this._autosaver
+    if (saver === null) return
+    if (!(await saver.save())) return // typed during the save: the next probe tries again
+    if (this._stopped || this._autosaver !== saver) return
+    this._stopAutosave()
+    this._detach()
+    const doc = new Y.Doc()
+    this._acks = new AckTracker()
+    this._attach(doc, null)
+    this._base = null
+    this._lostSince = Date.now()
+    this._failures = 0
+    this.mode = 'live'
+    this._setStatus('connecting')
+    this._emit('doc', { doc, awareness: this.provider.awareness })
+    this._emit('mode', { mode: 'live', reason: 'collaboration is available again' })
+    this._schedule(0, { resolve: true })
+  }
+
+  /** @private */
+  _stopAutosave () {
+    if (this._autosaveTimer !== null) clearInterval(this._autosaveTimer)
+    if (this._probeTimer !== null) clearInterval(this._probeTimer)
+    this._autosaveTimer = null
+    this._probeTimer = null
+    this._autosaver = null
   }
 
   /** @private y-websocket's 'connection-close': decide what comes next. */
   _closed (/** @type {any} */ event) {
-    if (this._stopped) return
+    if (this._stopped || this.mode !== 'live') return
+    if (this._lostSince === null) this._lostSince = Date.now()
     // Take the reconnect away from y-websocket: its own timer (set right after this event)
     // finds shouldConnect false and does nothing; _open() sets it again.
     this.provider.shouldConnect = false
@@ -570,6 +825,10 @@ export class SceneSession {
     this._socket = null
     const code = event && typeof event.code === 'number' ? event.code : 1006
     const reason = event && typeof event.reason === 'string' ? event.reason : ''
+    if (code === CloseCode.COLLABORATION_OFF) {
+      this._fallBack(reason || 'collaboration is off for this scene')
+      return
+    }
     if (isFatalCloseCode(code) || (code === CloseCode.UNAUTHORIZED && (this._getToken === null || this._tokenRefreshed))) {
       this._fail(code, reason)
       return
@@ -628,6 +887,24 @@ export class SceneSession {
       }, (err) => {
         if (!this._stopped) this._fail(CloseCode.UNAUTHORIZED, reason || 'token refused and getToken failed', err)
       })
+  }
+}
+
+/** The origin of the edits that load a scene's blocks into the doc for autosave. */
+const AUTOSAVE_ORIGIN = 'troupe-autosave'
+
+/**
+ * The user a token names (its `sub`), for the router's flags; '' when it cannot be read.
+ * @param {string} token
+ */
+function tokenSubject (token) {
+  try {
+    const part = token.split('.')[1] || ''
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '='))
+    const sub = JSON.parse(json).sub
+    return typeof sub === 'string' ? sub : ''
+  } catch {
+    return ''
   }
 }
 

@@ -363,6 +363,9 @@ fn print_summary(report: &Report, out: &std::path::Path) {
         report.store_mismatches.len(),
         report.fenced_writes_accepted
     );
+    if let Some(p1) = &report.p1 {
+        print_p1(p1);
+    }
     for p in &report.problems {
         println!("problem    {p}");
     }
@@ -371,6 +374,49 @@ fn print_summary(report: &Report, out: &std::path::Path) {
         out.display(),
         out.display()
     );
+}
+
+fn print_p1(p1: &troupe_chaos::p1::check::P1Report) {
+    let kinds: Vec<String> = p1
+        .acknowledged_by_kind
+        .iter()
+        .map(|(kind, n)| format!("{} {n}", kind.as_str()))
+        .collect();
+    println!(
+        "p1 writes  {} writers: {} acknowledged ({}), {} conflicts retried, {} moves retried, {} unknown outcome, {} refused, {} failed reads",
+        p1.writers,
+        p1.writes_acknowledged,
+        kinds.join(", "),
+        p1.conflicts_retried,
+        p1.moved_retried,
+        p1.unknown_outcome,
+        p1.refused,
+        p1.read_failures
+    );
+    println!(
+        "p1 ack     p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        p1.write_latency_ms.p50, p1.write_latency_ms.p99, p1.write_latency_ms.max
+    );
+    for (why, n) in &p1.unknown_reasons {
+        println!("  unknown   {n} x {why}");
+    }
+    println!(
+        "p1 markers {} typed by editors + {} saved with a 200 (exactly once), {} unknown (at most once; {} landed), {} refused (never)",
+        p1.editor_markers, p1.writes_acknowledged, p1.unknown_outcome, p1.unknown_landed, p1.refused
+    );
+    for place in &p1.places {
+        println!(
+            "  {:<15} {} scenes, {} marker counts, {} wrong",
+            place.place, place.scenes_read, place.markers_checked, place.miscounted
+        );
+    }
+    match p1.content_blocks_caught_up_ms {
+        Some(ms) => println!(
+            "  content_blocks held the document {:.1} s after the checks began",
+            ms as f64 / 1000.0
+        ),
+        None => println!("  content_blocks never caught up with the document"),
+    }
 }
 
 /// Seconds (`2.5`) or a duration with a unit (`500ms`, `2m`).

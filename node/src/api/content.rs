@@ -45,6 +45,36 @@ pub async fn get(
     if let Err(refused) = access(&app, &headers, &scene, Role::View).await {
         return refused;
     }
+    if format == Format::Json {
+        // The version must name exactly these blocks, since a PUT made against it merges
+        // what the caller changed since: changes not written back to P1 yet are written
+        // first, and the answer is the scene as that version holds it.
+        let settled = ask_room(&app, &scene, MERGE_WAIT, |reply| {
+            RoomCmd::Merge(Box::new(MergeRequest {
+                base: None,
+                change: Change::Edits(Vec::new()),
+                notice: None,
+                reply,
+            }))
+        })
+        .await;
+        match settled {
+            Some(Ok(Merged {
+                version: Some(version),
+                ..
+            })) => {
+                if let Ok(Some(blocks)) = app.store.p1_projection(&scene, version).await {
+                    return format.render(&blocks, serde_json::json!({ "scene": scene, "version": version }));
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(MergeRefused::BadEdit(error))) => {
+                return json_error(StatusCode::CONFLICT, "not_blocks", &error)
+            }
+            Some(Err(_)) | None => return unavailable(),
+        }
+    }
+    // Not a P1 scene (or its version not recorded yet): the live blocks, with no version.
     let blocks = match ask_room(&app, &scene, Duration::from_secs(10), |reply| RoomCmd::Read {
         reply,
     })
@@ -54,20 +84,28 @@ pub async fn get(
         Some(Err(error)) => return json_error(StatusCode::CONFLICT, "not_blocks", &error),
         None => return unavailable(),
     };
-    let version = if format == Format::Json {
-        app.store.p1_version(&scene).await.ok().flatten()
-    } else {
-        None
-    };
-    format.render(&blocks, serde_json::json!({ "scene": scene, "version": version }))
+    format.render(&blocks, serde_json::json!({ "scene": scene, "version": null }))
 }
 
-/// A `PUT` body: the whole scene, as saved against a P1 version.
+/// A `PUT` body: the whole scene, as saved against a P1 version (`base_version`) or against
+/// blocks the caller had (`base_blocks`: a client saving with autosave while it cannot
+/// collaborate, whose scene may not be in P1 at all).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
-    base_version: u64,
+    base_version: Option<u64>,
+    base_blocks: Option<Vec<Block>>,
     blocks: Vec<Block>,
+}
+
+/// What a change was made against.
+enum Base {
+    /// The scene as it is now.
+    Now,
+    /// A P1 content version.
+    Version(u64),
+    /// Blocks the caller had.
+    Blocks(Vec<Block>),
 }
 
 /// A `PATCH` body: block edits against a P1 version, or against the scene as it is now.
@@ -102,17 +140,40 @@ pub async fn change(
         );
     };
     let parsed = if method == Method::PUT {
-        serde_json::from_slice::<PutBody>(&body).map(|b| (Some(b.base_version), Change::Blocks(b.blocks)))
+        match serde_json::from_slice::<PutBody>(&body) {
+            Ok(PutBody {
+                base_version: Some(version),
+                base_blocks: None,
+                blocks,
+            }) => Ok((Base::Version(version), Change::Blocks(blocks))),
+            Ok(PutBody {
+                base_version: None,
+                base_blocks: Some(base),
+                blocks,
+            }) => Ok((Base::Blocks(base), Change::Blocks(blocks))),
+            Ok(_) => {
+                return json_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_body",
+                    "give either base_version or base_blocks",
+                )
+            }
+            Err(error) => Err(error),
+        }
     } else {
-        serde_json::from_slice::<PatchBody>(&body).map(|b| (b.base_version, Change::Edits(b.edits)))
+        serde_json::from_slice::<PatchBody>(&body).map(|b| {
+            let base = b.base_version.map_or(Base::Now, Base::Version);
+            (base, Change::Edits(b.edits))
+        })
     };
-    let (base_version, change) = match parsed {
+    let (base, change) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &error.to_string()),
     };
-    let base = match base_version {
-        None => None,
-        Some(version) => match app.store.p1_projection(&scene, version).await {
+    let base = match base {
+        Base::Now => None,
+        Base::Blocks(blocks) => Some(blocks),
+        Base::Version(version) => match app.store.p1_projection(&scene, version).await {
             Ok(Some(blocks)) => Some(blocks),
             Ok(None) => {
                 let current = app.store.p1_version(&scene).await.ok().flatten();

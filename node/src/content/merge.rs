@@ -235,16 +235,60 @@ fn plan(base: &[Block], ours: &[Block], theirs: &[Block]) -> Result<Vec<Step>, M
     }
     // New blocks: where the write inserted them, unless the live side inserted the same.
     for (p, new_blocks) in write.inserted_before.iter().enumerate() {
-        if new_blocks.is_empty() || *new_blocks == live.inserted_before[p] {
+        let live_blocks = live.inserted_before[p];
+        if new_blocks.is_empty() || *new_blocks == live_blocks {
             continue;
         }
         let before = anchor(&live.of_old, &live.inserted_before, p, ours.len());
-        steps.push(Step::Insert {
-            before,
-            blocks: new_blocks.to_vec(),
-        });
+        match continued(live_blocks, new_blocks) {
+            // The same blocks, typed further on one side (an autosave of what was typed
+            // live, and then some): each once, the longer text.
+            Some(longer) => {
+                for (k, (mine, new)) in live_blocks.iter().zip(new_blocks.iter()).enumerate() {
+                    if let Some(rest) = longer_by(&mine.text, &new.text) {
+                        steps.push(Step::Change {
+                            at: before + k,
+                            block_type: mine.block_type,
+                            text: vec![TextEdit {
+                                at: mine.text.chars().count(),
+                                delete: 0,
+                                insert: rest.to_string(),
+                            }],
+                        });
+                    }
+                }
+                if longer.len() > live_blocks.len() {
+                    steps.push(Step::Insert {
+                        before: before + live_blocks.len(),
+                        blocks: longer[live_blocks.len()..].to_vec(),
+                    });
+                }
+            }
+            None => steps.push(Step::Insert {
+                before,
+                blocks: new_blocks.to_vec(),
+            }),
+        }
     }
     Ok(steps)
+}
+
+/// Blocks both sides inserted at one place, when one side's are the other's typed further:
+/// pairwise the same type, each text a prefix of the other's, one run a prefix of the
+/// other. Returns the longer run (the write's, when its blocks are the more numerous).
+fn continued<'a>(live: &'a [Block], write: &'a [Block]) -> Option<&'a [Block]> {
+    if live.is_empty() {
+        return None;
+    }
+    let pairwise = live.iter().zip(write).all(|(a, b)| {
+        a.block_type == b.block_type && (a.text.starts_with(&b.text) || b.text.starts_with(&a.text))
+    });
+    pairwise.then_some(if write.len() > live.len() { write } else { live })
+}
+
+/// What `new` adds at the end of `mine`, when it continues it.
+fn longer_by<'a>(mine: &str, new: &'a str) -> Option<&'a str> {
+    new.strip_prefix(mine).filter(|rest| !rest.is_empty())
 }
 
 /// Where, in the live sequence, to put what was inserted before old position `p`: right
@@ -284,17 +328,23 @@ fn merge_text(base: &str, ours: &str, theirs: &str, deadline: Instant) -> Vec<Te
         .filter_map(|i| live.of_old[i])
         .collect();
     deleted.sort_unstable();
-    // What the write inserted comes in, unless the live side inserted the same there.
+    // What the write inserted comes in, unless the live side inserted the same there. When
+    // one side's insertion continues the other's (typed further since), the longer stays,
+    // once: an autosave that carries what was already typed live adds only the rest.
     let inserted: Vec<(usize, String)> = write
         .inserted_before
         .iter()
         .enumerate()
-        .filter(|(p, run)| !run.is_empty() && **run != live.inserted_before[*p])
-        .map(|(p, run)| {
-            (
-                anchor(&live.of_old, &live.inserted_before, p, ours.len()),
-                run.iter().collect(),
-            )
+        .filter_map(|(p, run)| {
+            let mine = live.inserted_before[p];
+            let at = anchor(&live.of_old, &live.inserted_before, p, ours.len());
+            if run.is_empty() || mine.starts_with(run) {
+                None
+            } else if !mine.is_empty() && run.starts_with(mine) {
+                Some((at + mine.len(), run[mine.len()..].iter().collect()))
+            } else {
+                Some((at, run.iter().collect()))
+            }
         })
         .collect();
     let mut positions: Vec<usize> = deleted
@@ -455,6 +505,29 @@ mod tests {
             b(Character, "ZOË"),
             b(Dialogue, "Coffee?"),
         ]
+    }
+
+    #[test]
+    fn text_typed_further_on_one_side_is_kept_once_the_longer() {
+        use BlockType::*;
+        // An autosave carrying what was already typed live, and more.
+        let base = vec![b(Action, "Rain.")];
+        let ours = vec![b(Action, "Rain. Thunder")];
+        let theirs = vec![b(Action, "Rain. Thunder rolls.")];
+        assert_eq!(merged_blocks(&base, &ours, &theirs).unwrap(), theirs);
+        // …and the other way round: the live side typed further.
+        assert_eq!(merged_blocks(&base, &theirs, &ours).unwrap(), theirs);
+        // New blocks both sides inserted at one place, one typed further.
+        let base = vec![b(SceneHeading, "INT. BAR")];
+        let ours = vec![b(SceneHeading, "INT. BAR"), b(Action, "She wai")];
+        let theirs = vec![b(SceneHeading, "INT. BAR"), b(Action, "She waits."), b(Character, "JO")];
+        assert_eq!(merged_blocks(&base, &ours, &theirs).unwrap(), theirs);
+        // Different insertions still both stay.
+        let theirs = vec![b(SceneHeading, "INT. BAR"), b(Action, "He leaves.")];
+        assert_eq!(
+            merged_blocks(&base, &ours, &theirs).unwrap(),
+            vec![b(SceneHeading, "INT. BAR"), b(Action, "He leaves."), b(Action, "She wai")]
+        );
     }
 
     #[test]

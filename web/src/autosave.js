@@ -1,0 +1,117 @@
+/**
+ * Autosave: how a session keeps saving when the scene cannot be edited live — collaboration
+ * is switched off for it (close 4410, or `GET /v1/flags` says so) or no WebSocket gets
+ * through. The editor keeps working on the same document; every few seconds the scene's
+ * blocks are `PUT` to the content API against the blocks the server was last known to hold
+ * (`base_blocks`), which the owner merges into the live scene like any autosave: what
+ * others typed meanwhile stays, and a change sent twice is made once.
+ *
+ * The first base is the document's blocks at the last moment every local edit was
+ * acknowledged (the server had all of them then; a newer one is not safe: an edit the
+ * server never got would count as saved). After each save the base is what was saved, so
+ * a save carries only what was typed since. Edits sent live but not acknowledged when the
+ * session fell back may have reached the server: the merge keeps text typed further on one
+ * side once, the longer.
+ *
+ * @module autosave
+ */
+
+/** The document fragment the editor keeps the scene in (y-prosemirror's default name). */
+export const FRAGMENT = 'prosemirror'
+
+/**
+ * The scene's blocks as the content API takes them: one per element of the fragment, its
+ * type the element's name, its text the element's text.
+ * @param {import('yjs').Doc} doc
+ * @returns {Array<{type: string, text: string}>}
+ */
+export function docBlocks (doc) {
+  const fragment = doc.getXmlFragment(FRAGMENT)
+  return fragment.toArray().map((node) => {
+    const element = /** @type {any} */ (node)
+    const type = typeof element.nodeName === 'string' ? element.nodeName : 'action'
+    const text = typeof element.toArray === 'function'
+      ? element.toArray().map((/** @type {any} */ part) => textOf(part)).join('')
+      : ''
+    return { type, text }
+  })
+}
+
+/** @param {any} part an XML text (or anything else, which holds no text) */
+function textOf (part) {
+  if (typeof part.toDelta !== 'function') return ''
+  return part.toDelta().map((/** @type {any} */ op) => (typeof op.insert === 'string' ? op.insert : '')).join('')
+}
+
+/**
+ * Saves a document through the content API while it cannot be edited live.
+ */
+export class Autosaver {
+  /**
+   * @param {object} opts
+   * @param {string} opts.url the scene's content URL (`{router}/v1/scenes/{scene}/content`)
+   * @param {() => string} opts.token the current access token
+   * @param {(url: string, init: any) => Promise<any>} opts.fetch
+   * @param {import('yjs').Doc} opts.doc
+   * @param {Array<{type: string, text: string}>} opts.base blocks the server holds
+   */
+  constructor ({ url, token, fetch, doc, base }) {
+    this.url = url
+    this.token = token
+    this.fetch = fetch
+    this.doc = doc
+    this.base = base
+    /** The blocks last saved (JSON), to skip saving what is saved already. */
+    this.saved = JSON.stringify(base)
+    /** Whether a save is under way. */
+    this.saving = false
+    /** The P1 version the last save answered with (null for a scene P1 does not have). */
+    this.version = /** @type {number|null} */ (null)
+  }
+
+  /** Whether the document holds something not saved yet. */
+  get unsaved () {
+    return JSON.stringify(docBlocks(this.doc)) !== this.saved
+  }
+
+  /**
+   * Saves the document if it changed since the last save.
+   * @returns {Promise<boolean>} true when everything is saved
+   */
+  async save () {
+    if (this.saving) return false
+    const blocks = docBlocks(this.doc)
+    const body = JSON.stringify(blocks)
+    if (body === this.saved) return true
+    this.saving = true
+    try {
+      const res = await this.fetch(this.url, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${this.token()}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ base_blocks: this.base, blocks })
+      })
+      if (!res.ok) {
+        let detail = ''
+        try { detail = (await res.json()).message || '' } catch { /* no body */ }
+        throw new AutosaveError(`autosave: HTTP ${res.status} ${detail}`.trim(), res.status)
+      }
+      const answer = await res.json()
+      this.version = typeof answer.version === 'number' ? answer.version : null
+      this.saved = body
+      // The server holds these blocks now: the next save sends only what comes after.
+      this.base = blocks
+      return JSON.stringify(docBlocks(this.doc)) === body
+    } finally {
+      this.saving = false
+    }
+  }
+}
+
+/** A save the content API refused or could not take. */
+export class AutosaveError extends Error {
+  /** @param {string} message @param {number} status */
+  constructor (message, status) {
+    super(message)
+    this.status = status
+  }
+}
