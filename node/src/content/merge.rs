@@ -520,13 +520,21 @@ mod tests {
         // New blocks both sides inserted at one place, one typed further.
         let base = vec![b(SceneHeading, "INT. BAR")];
         let ours = vec![b(SceneHeading, "INT. BAR"), b(Action, "She wai")];
-        let theirs = vec![b(SceneHeading, "INT. BAR"), b(Action, "She waits."), b(Character, "JO")];
+        let theirs = vec![
+            b(SceneHeading, "INT. BAR"),
+            b(Action, "She waits."),
+            b(Character, "JO"),
+        ];
         assert_eq!(merged_blocks(&base, &ours, &theirs).unwrap(), theirs);
         // Different insertions still both stay.
         let theirs = vec![b(SceneHeading, "INT. BAR"), b(Action, "He leaves.")];
         assert_eq!(
             merged_blocks(&base, &ours, &theirs).unwrap(),
-            vec![b(SceneHeading, "INT. BAR"), b(Action, "He leaves."), b(Action, "She wai")]
+            vec![
+                b(SceneHeading, "INT. BAR"),
+                b(Action, "He leaves."),
+                b(Action, "She wai")
+            ]
         );
     }
 
