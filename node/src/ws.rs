@@ -232,6 +232,17 @@ async fn run(
         }
     };
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
+    // A client that may not edit is told so in y-websocket's own terms (an auth message,
+    // "permission denied"), so that it can show the scene read-only rather than accept
+    // keystrokes that go nowhere.
+    if role == Role::View || !editing {
+        let denied = read_only_reason(role);
+        let told = socket.send(Message::Binary(
+            troupe_proto::Message::Auth(Some(denied)).encode().into(),
+        ));
+        // A socket that cannot take it is found dead by the loop below.
+        let _ = tokio::time::timeout(write_timeout_of(limits), told).await;
+    }
 
     let parse_limits = ParseLimits::default();
     let mut messages = TokenBucket::new(limits.message_rate, Instant::now());
@@ -240,7 +251,7 @@ async fn run(
     // document: a client needs one per connection, and a few more at most.
     let mut sync_requests = TokenBucket::new(SYNC_REQUESTS_PER_SECOND, Instant::now());
     // A client that stops reading must not stall its task in a write forever.
-    let write_timeout = limits.ping_interval * 2;
+    let write_timeout = write_timeout_of(limits);
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.reset();
     let mut last_heard = Instant::now();
@@ -275,6 +286,13 @@ async fn run(
                     // Edits made while they were refused are still in the client: it sends
                     // them with the full sync of a new connection.
                     break Some((CloseCode::Restarting, "realtime editing is on again: reconnect".into()));
+                }
+                if role == Role::Edit && editing && !decision.enable_realtime_editing {
+                    let denied = troupe_proto::Message::Auth(Some(read_only_reason(Role::Edit))).encode();
+                    let told = tokio::time::timeout(write_timeout, socket.send(Message::Binary(denied.into()))).await;
+                    if !matches!(told, Ok(Ok(()))) {
+                        break None;
+                    }
                 }
                 editing = decision.enable_realtime_editing;
                 presence = decision.enable_presence;
@@ -508,6 +526,19 @@ async fn join(
 
 /// Sync requests (step 1) per second one connection may make, in bursts of twice that.
 const SYNC_REQUESTS_PER_SECOND: u32 = 2;
+
+/// Why a client may not edit, as the auth message says it.
+fn read_only_reason(role: Role) -> &'static str {
+    match role {
+        Role::View => "read-only: the token may only view this scene",
+        Role::Edit => "read-only: realtime editing is off for this scene",
+    }
+}
+
+/// How long one write to a client may take.
+fn write_timeout_of(limits: &crate::config::Limits) -> Duration {
+    limits.ping_interval * 2
+}
 
 /// The reason of a 4410 close.
 const COLLABORATION_OFF: &str =

@@ -387,6 +387,8 @@ pub struct TestClient {
     pub typed: Vec<(u64, String)>,
     pub synced: bool,
     pub awareness_seen: Vec<Vec<u8>>,
+    /// The reasons of the "permission denied" messages received.
+    pub denied: Vec<String>,
 }
 
 impl TestClient {
@@ -402,6 +404,7 @@ impl TestClient {
             typed: Vec::new(),
             synced: false,
             awareness_seen: Vec::new(),
+            denied: Vec::new(),
         })
     }
 
@@ -433,6 +436,7 @@ impl TestClient {
                 typed: Vec::new(),
                 synced: false,
                 awareness_seen: Vec::new(),
+                denied: Vec::new(),
             },
             selected,
         ))
@@ -542,7 +546,8 @@ impl TestClient {
             }
             Wire::Awareness(payload) => self.awareness_seen.push(payload.to_vec()),
             Wire::Ack(n) => self.acked = n,
-            Wire::Auth(_) | Wire::QueryAwareness => {}
+            Wire::Auth(Some(reason)) => self.denied.push(reason.to_string()),
+            Wire::Auth(None) | Wire::QueryAwareness => {}
         }
         Ok(())
     }

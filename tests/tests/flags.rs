@@ -130,7 +130,19 @@ async fn flags_are_set_shown_and_enforced_on_every_node() {
     );
     assert!(ok);
     assert_eq!(flags_of(&router, &scene, "ada").await["mode"], "read_only");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The editors are told, in y-websocket's terms ("permission denied"), so a page can
+    // turn read-only; a viewer is told so when it joins.
+    ada.pump_until(Duration::from_secs(3), |c| !c.denied.is_empty())
+        .await
+        .unwrap();
+    assert!(ada.denied[0].starts_with("read-only"), "{:?}", ada.denied);
+    let vic = token("vic", &[(scene.as_str(), Role::View)]);
+    let mut viewer = TestClient::connect(&base(&scene), &scene, &vic).await.unwrap();
+    viewer
+        .pump_until(Duration::from_secs(3), |c| !c.denied.is_empty())
+        .await
+        .unwrap();
+    assert!(viewer.denied[0].contains("may only view"), "{:?}", viewer.denied);
     ada.type_text("[typed while read-only]").await.unwrap();
     bob.pump(Duration::from_millis(500)).await.unwrap();
     assert!(

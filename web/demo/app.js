@@ -93,6 +93,11 @@ class Scene {
       else showNotice('Live editing is back.')
     }
     this.session.on('mode', this.onMode)
+    this.onReadOnly = ({ readOnly }) => {
+      this.view.setProps({ editable: () => !this.session.readOnly })
+      showNotice(readOnly ? 'Read-only: live editing is switched off for this scene.' : 'You can edit again.')
+    }
+    this.session.on('readonly', this.onReadOnly)
     this.ticker = setInterval(() => {
       this.showPresence()
       this.showStatus()
@@ -135,6 +140,7 @@ class Scene {
     // dispatch a late one, which must not reach the new view.
     const view = new EditorView(host, {
       state,
+      editable: () => !this.session.readOnly,
       dispatchTransaction: (tr) => {
         if (view.isDestroyed) return
         view.updateState(view.state.apply(tr))

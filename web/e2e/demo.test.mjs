@@ -386,7 +386,7 @@ test('two writers, presence, offline, a node killed mid-typing, a restore, a fro
   }
 })
 
-test('the kill switch: both writers fall back to autosave, keep typing, and come back live with everything once', async () => {
+test('the kill switch: both writers fall back to autosave, keep typing, and come back live with everything once; read-only and back', async () => {
   const scene = `flip-${Date.now().toString(36)}`
   const alice = await openEditor('Alice Flip', scene)
   const bob = await openEditor('Bob Flip', scene)
@@ -437,4 +437,20 @@ test('the kill switch: both writers fall back to autosave, keep typing, and come
   await eventually('Alice sees Bob live again', async () =>
     (await editorText(alice.page)).includes('[bob live again]'))
   await alice.page.screenshot({ path: join(shots, 'alice-back-live.png') })
+
+  // Realtime editing off for this scene: the pages turn read-only (told by the node, no
+  // reload), then editable again when it is back on.
+  const editable = (editor) => editor.page.getAttribute('#editor .ProseMirror', 'contenteditable')
+  troupectl('flags', 'set', '--scene', scene, 'enableRealtimeEditing=false')
+  for (const editor of [alice, bob]) {
+    await eventually(`${editor.user}'s page turns read-only`, async () => (await editable(editor)) === 'false' || await editable(editor))
+  }
+  await bob.page.screenshot({ path: join(shots, 'bob-read-only.png') })
+  troupectl('flags', 'set', '--scene', scene, 'enableRealtimeEditing=default')
+  for (const editor of [alice, bob]) {
+    await eventually(`${editor.user}'s page is editable again`, async () => (await editable(editor)) === 'true' || await editable(editor))
+  }
+  await typeAtEnd(alice.page, ' [alice editing again]')
+  await eventually('Bob sees Alice editing again', async () =>
+    (await editorText(bob.page)).includes('[alice editing again]'))
 })

@@ -28,6 +28,14 @@ export interface SessionEvents {
   error: SessionError
   /** The cluster told everyone in the scene something, e.g. "Restored to version 3 by Ada". */
   notice: NoticeEvent
+  /** The node takes no edits from this client (a viewer, or realtime editing off), or does again. */
+  readonly: { readOnly: boolean, reason: string }
+  /** Autosave instead of live editing, or live again. */
+  mode: { mode: 'live' | 'autosave', reason: string }
+  /** Back from autosave on this fresh document: rebind the editor to it. */
+  doc: { doc: Y.Doc, awareness: import('y-protocols/awareness').Awareness }
+  /** An autosave failed; it is tried again. */
+  'autosave-error': { error: unknown }
 }
 
 /** A notice written into the scene's document by the cluster (`doc.getMap('troupe').get('notice')`). */
@@ -108,6 +116,10 @@ export declare class SceneSession {
   readonly error: SessionError | null
   /** True while some local change (sent or not) is not yet acknowledged as durably stored. */
   readonly hasUnsyncedChanges: boolean
+  /** True while the node takes no edits from this client (it said "permission denied"). */
+  readonly readOnly: boolean
+  /** `live`, or `autosave` while the scene cannot be edited live. */
+  readonly mode: 'live' | 'autosave'
   on<K extends keyof SessionEvents> (name: K, fn: (event: SessionEvents[K]) => void): this
   off<K extends keyof SessionEvents> (name: K, fn: (event: SessionEvents[K]) => void): this
   once<K extends keyof SessionEvents> (name: K, fn: (event: SessionEvents[K]) => void): this

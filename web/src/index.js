@@ -76,6 +76,8 @@ export const PROBE_INTERVAL_MS = 5000
 export const NOTICE_FRESH_MS = 5 * 60 * 1000
 
 const WS_OPEN = 1
+/** y-protocols message type "auth" (permission denied / granted). */
+const MESSAGE_AUTH = 2
 
 /**
  * A base URL as the node's WebSocket base: ws(s)://host[:port][/path] without a trailing
@@ -205,6 +207,9 @@ export class SceneSession {
 
     /** @type {SessionStatus} */
     this.status = 'connecting'
+    /** True while the node takes no edits from this client (it said "permission denied"). */
+    this.readOnly = false
+    /** @private */ this._deniedHere = false // the current connection said read-only
     /**
      * The owner's base URL this session connects to (ws://host:port), once known.
      * @type {string|null}
@@ -329,6 +334,18 @@ export class SceneSession {
         // readMessage passes emitSynced=true for socket frames, false for BroadcastChannel ones.
         if (fromSocket) this._ack(n)
       }
+      // "Permission denied" (y-websocket's auth message): the node takes no edits from this
+      // client (a viewer's token, or realtime editing switched off): read-only until a
+      // connection syncs without one.
+      provider.messageHandlers[MESSAGE_AUTH] = (_encoder, decoder, _provider, fromSocket) => {
+        if (!fromSocket) return
+        if (decoding.readVarUint(decoder) === 0) {
+          this._deniedHere = true
+          this._setReadOnly(true, decoding.readVarString(decoder))
+        } else {
+          this._setReadOnly(false, '')
+        }
+      }
       provider.on('status', (/** @type {{status: string}} */ e) => {
         if (this._stopped || e.status !== 'connected') return
         this._opened = true
@@ -341,6 +358,7 @@ export class SceneSession {
         this._moves = 0
         this._tokenRefreshed = false
         this._lostSince = null
+        if (!this._deniedHere) this._setReadOnly(false, '')
         this._noteBase(true)
         this._setStatus('connected')
       })
@@ -363,7 +381,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'|'readonly'} name
    * @param {(event: any) => void} fn
    */
   on (name, fn) {
@@ -374,7 +392,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'|'readonly'} name
    * @param {(event: any) => void} fn
    */
   off (name, fn) {
@@ -384,7 +402,7 @@ export class SceneSession {
   }
 
   /**
-   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'} name
+   * @param {'status'|'saved'|'moved'|'error'|'notice'|'mode'|'doc'|'autosave-error'|'readonly'} name
    * @param {(event: any) => void} fn
    */
   once (name, fn) {
@@ -418,6 +436,13 @@ export class SceneSession {
         console.error(`@troupe/web: a '${name}' listener threw`, err)
       }
     }
+  }
+
+  /** @private The node takes this client's edits or not; tells the app on a change. */
+  _setReadOnly (/** @type {boolean} */ readOnly, /** @type {string} */ reason) {
+    if (this.readOnly === readOnly) return
+    this.readOnly = readOnly
+    this._emit('readonly', { readOnly, reason })
   }
 
   /** @private */
@@ -571,6 +596,7 @@ export class SceneSession {
   /** @private A socket was created for a new connection. */
   _socketCreated (/** @type {any} */ socket) {
     this._socket = socket
+    this._deniedHere = false
     this._acks.newConnection()
   }
 
