@@ -5,7 +5,7 @@ import type { WebsocketProvider } from 'y-websocket'
 import type { Awareness } from 'y-protocols/awareness'
 
 /** 'offline' = stopped for good: a fatal close code, a refused token, or destroy(). */
-export type SessionStatus = 'connecting' | 'syncing' | 'connected' | 'reconnecting' | 'offline'
+export type SessionStatus = 'connecting' | 'syncing' | 'connected' | 'reconnecting' | 'autosave' | 'offline'
 
 export interface StatusEvent { status: SessionStatus }
 /** Fired when every local change so far is durably stored (hasUnsyncedChanges became false). */
@@ -96,6 +96,12 @@ export interface ConnectSceneOptions {
   connectTimeout?: number
   /** ms before a router look-up is abandoned (default 5000). */
   routeTimeout?: number
+  /** ms without a synced connection before falling back to autosave (default 10000; 0: only on 4410). */
+  fallbackAfter?: number
+  /** ms between autosaves in autosave mode (default 2000). */
+  autosaveInterval?: number
+  /** ms between checks, in autosave mode, whether live editing is possible again (default 5000). */
+  probeInterval?: number
   /** ms an edit may wait for its durable ack before the session asks the router whether the
    * scene moved, and follows it at once if it did (default 1000; 0 disables). */
   stallTimeout?: number

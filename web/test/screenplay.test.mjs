@@ -6,7 +6,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { EditorState, TextSelection } from 'prosemirror-state'
 
-import { schema, cycleBlock, enterBlock, cycleType, plainText, BLOCK_TYPES } from '../demo/screenplay.js'
+import { schema, cycleBlock, enterBlock, cycleType, plainText, BLOCK_TYPES } from '../react/screenplay.js'
 
 /** A state with the given blocks, the cursor at the end of block `at`. */
 function stateOf (blocks, at = blocks.length - 1) {
@@ -79,7 +79,7 @@ test('Enter in the middle of a block splits its text', () => {
 })
 
 test('Ctrl+Home and Ctrl+End move the cursor to the document edges through the editor', async () => {
-  const { selectDocEdge } = await import('../demo/screenplay.js')
+  const { selectDocEdge } = await import('../react/screenplay.js')
   let state = stateOf([['scene_heading', 'INT. HALL'], ['action', 'Dust.']], 0)
   state = run(state, selectDocEdge(true))
   assert.equal(state.selection.from, state.doc.content.size - 1, 'at the end of the last block')
