@@ -99,7 +99,9 @@ function pidListeningOn (port) {
  */
 async function cuttableProxy () {
   const open = new Set()
+  const tunnels = new Set()
   let cut = false
+  let noWebSockets = false
   const track = (socket) => {
     open.add(socket)
     socket.on('close', () => open.delete(socket))
@@ -123,7 +125,11 @@ async function cuttableProxy () {
   })
   server.on('connection', track)
   server.on('connect', (req, client, head) => {
-    if (cut) return client.destroy()
+    // WebSockets to the nodes (ws://) go through CONNECT tunnels; page loads and fetches
+    // to the router are plain proxied requests.
+    if (cut || noWebSockets) return client.destroy()
+    tunnels.add(client)
+    client.on('close', () => tunnels.delete(client))
     const [host, port] = req.url.split(':')
     const upstream = net.connect(Number(port), host, () => {
       client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
@@ -144,6 +150,12 @@ async function cuttableProxy () {
       for (const socket of open) socket.destroy()
     },
     restore () { cut = false },
+    /** WebSockets die and cannot open again; HTTP (the content API) still works. */
+    blockWebSockets () {
+      noWebSockets = true
+      for (const socket of tunnels) socket.destroy()
+    },
+    allowWebSockets () { noWebSockets = false },
     close () {
       for (const socket of open) socket.destroy()
       server.close()
@@ -453,4 +465,40 @@ test('the kill switch: both writers fall back to autosave, keep typing, and come
   await typeAtEnd(alice.page, ' [alice editing again]')
   await eventually('Bob sees Alice editing again', async () =>
     (await editorText(bob.page)).includes('[alice editing again]'))
+})
+
+test('a page whose WebSockets are blocked saves with autosave, then comes back live; the other writer sees everything', async () => {
+  const scene = `blocked-${Date.now().toString(36)}`
+  const network = await cuttableProxy()
+  const alice = await openEditor('Alice Blocked', scene, network)
+  const bob = await openEditor('Bob Open', scene)
+  await typeAtEnd(alice.page, 'EXT. ROOFTOP - NIGHT')
+  await eventually('Bob sees the heading', async () =>
+    (await editorText(bob.page)).includes('EXT. ROOFTOP - NIGHT'))
+
+  network.blockWebSockets()
+  const blocked = Date.now()
+  await typeAtEnd(alice.page, ' [typed with no WebSocket]')
+  await eventually('Alice falls back to autosave', async () =>
+    /autosave/.test(await alice.page.textContent('#status-text')) || await alice.page.textContent('#status-text'), 30000)
+  console.log(`websocket blocked: autosave after ${Date.now() - blocked} ms (fallbackAfter 10 s)`)
+  await eventually('Bob sees what Alice saved with autosave', async () =>
+    (await editorText(bob.page)).includes('[typed with no WebSocket]'), 20000)
+  await startBlockAtEnd(alice, bob)
+  await typeAtEnd(bob.page, '[bob live meanwhile]')
+  await alice.page.screenshot({ path: join(shots, 'alice-websocket-blocked.png') })
+
+  network.allowWebSockets()
+  const allowed = Date.now()
+  const phrases = ['EXT. ROOFTOP - NIGHT', '[typed with no WebSocket]', '[bob live meanwhile]']
+  await eventually('Alice is live again, with everything once', async () => {
+    const [a, b] = await Promise.all([editorText(alice.page), editorText(bob.page)])
+    const dot = await alice.page.getAttribute('#dot', 'data-status')
+    return (dot === 'green' && a === b && phrases.every((p) => a.split(p).length === 2)) || [dot, a, b]
+  }, 30000)
+  console.log(`websocket allowed again: live after ${Date.now() - allowed} ms`)
+  await typeAtEnd(alice.page, ' [alice live again]')
+  await eventually('Bob sees Alice live again', async () =>
+    (await editorText(bob.page)).includes('[alice live again]'))
+  network.close()
 })
