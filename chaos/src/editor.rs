@@ -29,7 +29,8 @@ pub struct FollowingEditor {
     outages: Arc<Mutex<Vec<Outage>>>,
     acks: Arc<Mutex<AckLog>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    /// The typist; `None` once stopped.
+    task: Option<tokio::task::JoinHandle<()>>,
     router: SocketAddr,
     token: String,
     typing: Typing,
@@ -107,7 +108,7 @@ impl FollowingEditor {
             outages,
             acks,
             stop,
-            task,
+            task: Some(task),
             router,
             token: token.to_string(),
             typing,
@@ -126,11 +127,18 @@ impl FollowingEditor {
         follow(&self.client, Some(url), &self.scene, &self.token).await
     }
 
-    /// Stops typing; returns once the editor is connected, synced, and every update it
-    /// sent on its connection is acknowledged: what it typed is stored.
-    pub async fn finish(self) -> anyhow::Result<FinishedEditor> {
+    /// Stops typing (and following moves) and waits for the typist to end; what was
+    /// typed is still to be acknowledged.
+    pub async fn stop_typing(&mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Returns once the editor is connected, synced, and every update it sent on its
+    /// connection is acknowledged (reconnecting to the scene's owner if it must).
+    pub async fn settle(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = self.client.status();
@@ -152,6 +160,14 @@ impl FollowingEditor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Stops typing; returns once what it typed is stored (see [`Self::settle`]), with
+    /// its text.
+    pub async fn finish(mut self) -> anyhow::Result<FinishedEditor> {
+        self.stop_typing().await;
+        self.settle().await?;
         let typing = self.typing;
         let text = self.client.read(move |txn| typing.read(txn)).await?;
         let typed = self.typed.lock().map(|t| t.clone()).unwrap_or_default();

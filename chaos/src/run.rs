@@ -238,6 +238,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     settle(&cluster).await;
 
+    // Everyone stops before anyone's text is read: an editor still typing while another's
+    // text is taken would look like a divergence. Then every edit is acknowledged — and so
+    // fanned out, which comes first — before the texts are read.
+    let mut editors = editors;
+    for editor in &mut editors {
+        editor.stop_typing().await;
+    }
+    for editor in &editors {
+        editor.settle().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut finished = Vec::new();
     for editor in editors {
         finished.push(editor.finish().await?);
