@@ -502,3 +502,35 @@ test('a page whose WebSockets are blocked saves with autosave, then comes back l
     (await editorText(bob.page)).includes('[alice live again]'))
   network.close()
 })
+
+test('edits made offline survive a closed tab and arrive once on the next visit', async () => {
+  const scene = `tab-${Date.now().toString(36)}`
+  const network = await cuttableProxy()
+  const alice = await openEditor('Alice Tab', scene, network)
+  const bob = await openEditor('Bob Watch', scene)
+  await typeAtEnd(alice.page, 'INT. TRAIN - DAY')
+  await eventually('Bob sees the heading', async () =>
+    (await editorText(bob.page)).includes('INT. TRAIN - DAY'))
+
+  network.cut()
+  await eventually('Alice sees that she is offline', async () =>
+    (await alice.page.getAttribute('#dot', 'data-status')) !== 'green')
+  const words = ' [typed offline, then the tab closed]'
+  await typeAtEnd(alice.page, words)
+  await new Promise((resolve) => setTimeout(resolve, 1500)) // IndexedDB stores within a second
+  await alice.page.close()
+  network.restore()
+  assert.ok(!(await editorText(bob.page)).includes(words.trim()), 'nothing crossed while offline')
+
+  // The next visit, in the same browser: the edit arrives, once.
+  const page = await alice.context.newPage()
+  await page.goto(`${cluster.router}/?user=${encodeURIComponent('Alice Tab')}&scene=${scene}`)
+  await waitStatus(page, 'green', 20000)
+  await eventually('Bob sees what was typed before the tab closed, once', async () => {
+    const text = await editorText(bob.page)
+    return text.split(words.trim()).length === 2 || text
+  }, 20000)
+  await eventually('the new tab reads the same', async () =>
+    (await editorText(page)) === (await editorText(bob.page)))
+  network.close()
+})

@@ -87,6 +87,7 @@ export function useYjsCollaboration ({ sceneId, authToken, router, getToken, use
       token: authToken,
       doc: new Y.Doc(),
       getToken: () => (callbacks.current.getToken ? callbacks.current.getToken() : null),
+      persist: true,
       ...(options || {})
     })
     let doc = null

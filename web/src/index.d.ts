@@ -98,6 +98,8 @@ export interface ConnectSceneOptions {
   routeTimeout?: number
   /** ms without a synced connection before falling back to autosave (default 10000; 0: only on 4410). */
   fallbackAfter?: number
+  /** Keep the doc in IndexedDB (browsers): edits made offline survive a closed tab and are sent on the next visit (default false). */
+  persist?: boolean
   /** ms between autosaves in autosave mode (default 2000). */
   autosaveInterval?: number
   /** ms between checks, in autosave mode, whether live editing is possible again (default 5000). */

@@ -18,7 +18,8 @@ import * as urlParams from 'lib0/url'
 
 import { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay } from './backoff.js'
 import { AckTracker, MESSAGE_ACK, classifyFrame } from './acks.js'
-import { Autosaver, AutosaveError, docBlocks, FRAGMENT } from './autosave.js'
+import { IndexeddbPersistence } from 'y-indexeddb'
+import { Autosaver, AutosaveError, docBlocks, saveOnExit, FRAGMENT } from './autosave.js'
 
 export { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay }
 export { AckTracker, MESSAGE_ACK, classifyFrame }
@@ -152,7 +153,8 @@ export class SceneSession {
       stallTimeout = STALL_TIMEOUT_MS,
       fallbackAfter = FALLBACK_AFTER_MS,
       autosaveInterval = AUTOSAVE_INTERVAL_MS,
-      probeInterval = PROBE_INTERVAL_MS
+      probeInterval = PROBE_INTERVAL_MS,
+      persist = false
     } = opts || /** @type {any} */ ({})
     if (typeof router !== 'string' || !/^https?:\/\/[^/]/i.test(router)) {
       throw new TypeError('connectScene: `router` must be an http(s) URL')
@@ -204,6 +206,14 @@ export class SceneSession {
     /** @private @type {any} */ this._autosaveTimer = null
     /** @private @type {any} */ this._probeTimer = null
     /** @private */ this._probing = false
+    // Local persistence (IndexedDB, in browsers): edits made offline survive a closed tab
+    // and are sent on the next visit, as ordinary Yjs updates (never twice).
+    /** @private */ this._persist = Boolean(persist) && typeof indexedDB !== 'undefined'
+    /** @private @type {IndexeddbPersistence|null} */ this._persistence = null
+    /** @private */ this._onPageHide = () => {
+      if (this._autosaver !== null) saveOnExit(this._autosaver)
+    }
+    if (typeof addEventListener === 'function') addEventListener('pagehide', this._onPageHide)
 
     /** @type {SessionStatus} */
     this.status = 'connecting'
@@ -286,6 +296,7 @@ export class SceneSession {
   _attach (doc, awareness) {
     /** @type {import('yjs').Doc} */
     this.doc = doc
+    if (this._persist) this._persistence = new IndexeddbPersistence(`troupe:${this.sceneId}`, doc)
       // Local updates must be seen before y-websocket sends them: register before the
       // provider registers its own 'update' handler (handlers run in registration order).
       /** @private */
@@ -367,6 +378,8 @@ export class SceneSession {
 
   /** @private Lets go of the doc: its observers and its provider (and an owned awareness). */
   _detach () {
+    if (this._persistence !== null) this._persistence.destroy()
+    this._persistence = null
     this.doc.off('update', this._onDocUpdate)
     this._notices.unobserve(this._onNotice)
     const awareness = this.provider.awareness
@@ -417,6 +430,7 @@ export class SceneSession {
     this._stop()
     this._stopAutosave()
     this._detach()
+    if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide)
     this._setStatus('offline')
   }
 
@@ -657,12 +671,29 @@ export class SceneSession {
     this._baseAt = Date.now()
   }
 
-  /** @private No connection for `fallbackAfter`: autosave instead. */
-  _checkFallback () {
+  /**
+   * @private No connection for `fallbackAfter`: autosave instead — if HTTP gets through
+   * (WebSockets blocked, a proxy that drops them). With no network at all the session stays
+   * as it is: the edits wait in the doc (and in IndexedDB) for the connection.
+   */
+  async _checkFallback () {
     if (this._stopped || this.mode !== 'live' || this._fallbackAfter <= 0 || this._lostSince === null) return
-    if (Date.now() - this._lostSince >= this._fallbackAfter) {
-      this._fallBack(`no connection for ${Math.round((Date.now() - this._lostSince) / 1000)} s`)
+    if (this._probing || Date.now() - this._lostSince < this._fallbackAfter) return
+    this._probing = true
+    try {
+      const res = await this._fetch(`${this.router}/v1/flags?scene=${encodeURIComponent(this.sceneId)}&user=`, {
+        headers: { accept: 'application/json' }
+      })
+      if (!res.ok) return
+    } catch {
+      // No network: nothing to fall back to. Asked again on the next tick.
+      this._lostSince = Date.now() - this._fallbackAfter + Math.min(this._fallbackAfter, 2000)
+      return
+    } finally {
+      this._probing = false
     }
+    if (this._stopped || this.mode !== 'live' || this._lostSince === null) return
+    this._fallBack(`no connection for ${Math.round((Date.now() - this._lostSince) / 1000)} s`)
   }
 
   /**
@@ -674,6 +705,9 @@ export class SceneSession {
     if (this._stopped || this.mode !== 'live') return
     this.mode = 'autosave'
     this._pauseLive()
+    // The local copy keeps what it has (live edits only: safe to send live on a next
+    // visit) but takes no autosave-mode edits; it is deleted once the server has them all.
+    if (this._persistence !== null) this._persistence.destroy()
     let base = this._base
     if (base === null) {
       // Never synced: start from the scene as the server has it, if the doc is empty.
@@ -742,6 +776,13 @@ export class SceneSession {
     const before = this.hasUnsyncedChanges
     try {
       if (await saver.save()) {
+        // The server holds everything now; the local copy would be sent live a second
+        // time (as edits of its own) on the next visit: let it go.
+        if (this._persistence !== null) {
+          const local = this._persistence
+          this._persistence = null
+          local.clearData().catch(() => {})
+        }
         if (before) this._emit('saved', {})
       }
     } catch (err) {
