@@ -534,3 +534,25 @@ test('edits made offline survive a closed tab and arrive once on the next visit'
     (await editorText(page)) === (await editorText(bob.page)))
   network.close()
 })
+
+test('a token refused mid-session (the user revoked) is replaced through getToken, and nothing typed is lost', async () => {
+  const scene = `token-${Date.now().toString(36)}`
+  const alice = await openEditor('Alice Token', scene)
+  const bob = await openEditor('Bob Token', scene)
+  await typeAtEnd(alice.page, 'INT. BANK - DAY')
+  await eventually('Bob sees the heading', async () =>
+    (await editorText(bob.page)).includes('INT. BANK - DAY'))
+  // Revoked: Alice's connection closes with 4401 and her token is refused from now on; the
+  // page asks the router for a new token (issued now, so accepted) and carries on.
+  const sockets = alice.sockets.length
+  const typing = typeAtEnd(alice.page, ' [typed while the token was refused]')
+  troupectl('revoke', 'Alice Token')
+  await typing
+  await eventually('Bob sees everything Alice typed, once', async () => {
+    const text = await editorText(bob.page)
+    return text.split('[typed while the token was refused]').length === 2 || text
+  }, 20000)
+  await waitStatus(alice.page, 'green', 20000)
+  assert.ok(alice.sockets.length > sockets, 'the page connected again (with its new token)')
+  troupectl('revoke', 'Alice Token', '--lift')
+})
