@@ -13,11 +13,20 @@
  * session fell back may have reached the server: the merge keeps text typed further on one
  * side once, the longer.
  *
+ * Also here: what the session's autosave mode needs around it — loading a scene's blocks
+ * into an empty doc, the user a token names (for the router's flags), and whether a
+ * WebSocket gets through again.
+ *
  * @module autosave
  */
 
+import * as Y from 'yjs'
+
 /** The document fragment the editor keeps the scene in (y-prosemirror's default name). */
 export const FRAGMENT = 'prosemirror'
+
+/** The origin of the edits that load a scene's blocks into a doc for autosave. */
+export const AUTOSAVE_ORIGIN = 'troupe-autosave'
 
 /**
  * The scene's blocks as the content API takes them: one per element of the fragment, its
@@ -34,6 +43,70 @@ export function docBlocks (doc) {
       ? element.toArray().map((/** @type {any} */ part) => textOf(part)).join('')
       : ''
     return { type, text }
+  })
+}
+
+/**
+ * Appends `blocks` to the doc's fragment as the editor would (an element per block, its
+ * text in one XML text): the base of a session that never synced.
+ * @param {import('yjs').Doc} doc
+ * @param {Array<{type: string, text: string}>} blocks
+ */
+export function writeBlocks (doc, blocks) {
+  const fragment = doc.getXmlFragment(FRAGMENT)
+  doc.transact(() => {
+    for (const block of blocks) {
+      const element = new Y.XmlElement(String(block.type))
+      if (block.text) element.insert(0, [new Y.XmlText(String(block.text))])
+      fragment.push([element])
+    }
+  }, AUTOSAVE_ORIGIN)
+}
+
+/**
+ * The user a token names (its `sub`), for the router's flags; '' when it cannot be read.
+ * @param {string} token
+ */
+export function tokenSubject (token) {
+  try {
+    const part = token.split('.')[1] || ''
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '='))
+    const sub = JSON.parse(json).sub
+    return typeof sub === 'string' ? sub : ''
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Whether a WebSocket to `url` opens and is answered (a node refusing with 4410 closes
+ * right after opening, so the first frame is what counts) within `timeoutMs`.
+ * @param {any} WebSocketClass
+ * @param {string} url
+ * @param {string[]} protocols
+ * @param {number} timeoutMs
+ * @returns {Promise<boolean>}
+ */
+export function opensWebSocket (WebSocketClass, url, protocols, timeoutMs) {
+  return new Promise((resolve) => {
+    /** @type {any} */
+    let socket
+    try {
+      socket = new WebSocketClass(url, protocols)
+    } catch {
+      resolve(false)
+      return
+    }
+    const done = (/** @type {boolean} */ ok) => {
+      clearTimeout(timer)
+      socket.onopen = socket.onclose = socket.onerror = socket.onmessage = null
+      try { socket.close() } catch { /* closing anyway */ }
+      resolve(ok)
+    }
+    const timer = setTimeout(() => { done(false) }, timeoutMs)
+    socket.onmessage = () => done(true)
+    socket.onclose = () => done(false)
+    socket.onerror = () => done(false)
   })
 }
 

@@ -19,7 +19,9 @@ import * as urlParams from 'lib0/url'
 import { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay } from './backoff.js'
 import { AckTracker, MESSAGE_ACK, classifyFrame } from './acks.js'
 import { IndexeddbPersistence } from 'y-indexeddb'
-import { Autosaver, AutosaveError, docBlocks, saveOnExit, FRAGMENT } from './autosave.js'
+import {
+  Autosaver, AutosaveError, docBlocks, saveOnExit, writeBlocks, tokenSubject, opensWebSocket, FRAGMENT
+} from './autosave.js'
 
 export { BACKOFF_BASE_MS, BACKOFF_CAP_MS, backoffCeiling, backoffDelay }
 export { AckTracker, MESSAGE_ACK, classifyFrame }
@@ -750,22 +752,16 @@ export class SceneSession {
    * @returns {Promise<Array<{type: string, text: string}>>}
    */
   async _loadForAutosave () {
-    const fragment = this.doc.getXmlFragment(FRAGMENT)
-    if (fragment.length > 0) throw new Error('the document holds edits the server never acknowledged')
+    if (this.doc.getXmlFragment(FRAGMENT).length > 0) {
+      throw new Error('the document holds edits the server never acknowledged')
+    }
     const res = await this._fetch(`${this.router}/v1/scenes/${encodeURIComponent(this.sceneId)}/content`, {
       headers: { authorization: `Bearer ${this._token}`, accept: 'application/json' }
     })
     if (res.status === 404) return [] // a scene nobody has yet
     if (!res.ok) throw new Error(`content API: HTTP ${res.status}`)
     const body = await res.json()
-    const blocks = Array.isArray(body && body.blocks) ? body.blocks : []
-    this.doc.transact(() => {
-      for (const block of blocks) {
-        const element = new Y.XmlElement(String(block.type))
-        if (block.text) element.insert(0, [new Y.XmlText(String(block.text))])
-        fragment.push([element])
-      }
-    }, AUTOSAVE_ORIGIN)
+    writeBlocks(this.doc, Array.isArray(body && body.blocks) ? body.blocks : [])
     return docBlocks(this.doc)
   }
 
@@ -824,26 +820,8 @@ export class SceneSession {
 
   /** @private Whether a WebSocket to the scene on `owner` opens (and is accepted). */
   _reaches (/** @type {string} */ owner) {
-    return new Promise((resolve) => {
-      let socket
-      try {
-        socket = new this._BaseWebSocket(this._sceneUrl(owner), [TROUPE_PROTOCOL, BEARER_PROTOCOL_PREFIX + this._token])
-      } catch {
-        resolve(false)
-        return
-      }
-      const timer = setTimeout(() => { done(false) }, Math.max(1000, this._connectTimeout || 5000))
-      const done = (/** @type {boolean} */ ok) => {
-        clearTimeout(timer)
-        socket.onopen = socket.onclose = socket.onerror = socket.onmessage = null
-        try { socket.close() } catch { /* closing anyway */ }
-        resolve(ok)
-      }
-      // A node that refuses (4410) closes right after opening: wait for its first frame.
-      socket.onmessage = () => done(true)
-      socket.onclose = () => done(false)
-      socket.onerror = () => done(false)
-    })
+    return opensWebSocket(this._BaseWebSocket, this._sceneUrl(owner),
+      [TROUPE_PROTOCOL, BEARER_PROTOCOL_PREFIX + this._token], Math.max(1000, this._connectTimeout || 5000))
   }
 
   /**
@@ -954,24 +932,6 @@ export class SceneSession {
       }, (err) => {
         if (!this._stopped) this._fail(CloseCode.UNAUTHORIZED, reason || 'token refused and getToken failed', err)
       })
-  }
-}
-
-/** The origin of the edits that load a scene's blocks into the doc for autosave. */
-const AUTOSAVE_ORIGIN = 'troupe-autosave'
-
-/**
- * The user a token names (its `sub`), for the router's flags; '' when it cannot be read.
- * @param {string} token
- */
-function tokenSubject (token) {
-  try {
-    const part = token.split('.')[1] || ''
-    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '='))
-    const sub = JSON.parse(json).sub
-    return typeof sub === 'string' ? sub : ''
-  } catch {
-    return ''
   }
 }
 
