@@ -14,6 +14,7 @@
 #   interop      node --test tests/interop/             (stock yjs + y-websocket clients)
 #   web          cd web && npm run build && npm test    (the browser client and demo editor)
 #   e2e          cd web && node --test e2e/             (the demo in headless Chromium)
+#   alerts       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus)
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -323,6 +324,18 @@ run_e2e() {
     (cd web && run_bounded 600 node --test e2e/)
 }
 
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    note "installing prometheus (Debian package) for promtool"
+    apt_install prometheus
+}
+
+run_alerts() {
+    (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml)
+}
+
 FUZZ_SKIP_REASON=""
 ensure_fuzz_tools() {
     if ! command -v rustup >/dev/null 2>&1; then
@@ -427,6 +440,11 @@ fi
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+if ensure_promtool; then
+    step alerts run_alerts
+else
+    step alerts false
+fi
 
 if [ -n "$BUILD_OK" ]; then
     step interop run_interop

@@ -31,7 +31,14 @@ pub struct Metrics {
     pub conflicts_resolved: Counter,
     pub compaction_runs: Counter,
     pub scenes_active: Gauge,
-    pub users_collaborating: Counter,
+    pub sessions_joined: Counter,
+    /// Distinct users with at least one connection on this node.
+    pub users_collaborating: Gauge,
+    pub session_duration_seconds: Histogram,
+    pub users_per_scene: Histogram,
+    pub compaction_failures: Counter,
+    pub raft_leader_known: Gauge,
+    users: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     pub ring_epoch: Gauge,
     pub handoffs: Counter,
     pub failovers: Counter,
@@ -66,7 +73,13 @@ impl Metrics {
             conflicts_resolved: Counter::default(),
             compaction_runs: Counter::default(),
             scenes_active: Gauge::default(),
-            users_collaborating: Counter::default(),
+            sessions_joined: Counter::default(),
+            users_collaborating: Gauge::default(),
+            session_duration_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            users_per_scene: Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0]),
+            compaction_failures: Counter::default(),
+            raft_leader_known: Gauge::default(),
+            users: Default::default(),
             ring_epoch: Gauge::default(),
             handoffs: Counter::default(),
             failovers: Counter::default(),
@@ -124,9 +137,34 @@ impl Metrics {
             m.scenes_active.clone(),
         );
         registry.register(
-            "users_collaborating",
+            "troupe_sessions_joined",
             "Client sessions that joined a scene on this node",
+            m.sessions_joined.clone(),
+        );
+        registry.register(
+            "users_collaborating",
+            "Distinct users with at least one open connection on this node",
             m.users_collaborating.clone(),
+        );
+        registry.register(
+            "troupe_session_duration_seconds",
+            "How long client sessions lasted, from joining a scene to leaving it",
+            m.session_duration_seconds.clone(),
+        );
+        registry.register(
+            "troupe_users_per_scene",
+            "Distinct users in a scene, observed each time someone joins it",
+            m.users_per_scene.clone(),
+        );
+        registry.register(
+            "troupe_compaction_failures",
+            "Snapshot writes that failed (the log stays as it is and is compacted later)",
+            m.compaction_failures.clone(),
+        );
+        registry.register(
+            "troupe_raft_leader_known",
+            "1 while this node knows a Raft leader, else 0 (no leader: no membership change can happen)",
+            m.raft_leader_known.clone(),
         );
         registry.register(
             "troupe_failovers",
@@ -241,6 +279,20 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// A user's session on this node begins; it ends (and is timed) when the guard drops.
+    pub fn user_session(self: &std::sync::Arc<Self>, user: &str) -> UserSession {
+        if let Ok(mut users) = self.users.lock() {
+            let count = users.entry(user.to_string()).or_insert(0);
+            *count += 1;
+            self.users_collaborating.set(users.len() as i64);
+        }
+        UserSession {
+            metrics: self.clone(),
+            user: user.to_string(),
+            since: std::time::Instant::now(),
+        }
+    }
+
     /// Counts one webhook outcome.
     pub fn webhook(&self, outcome: &'static str) {
         self.webhooks.get_or_create(&WebhookLabels { outcome }).inc();
@@ -265,5 +317,29 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One user's session on this node (see [`Metrics::user_session`]).
+pub struct UserSession {
+    metrics: std::sync::Arc<Metrics>,
+    user: String,
+    since: std::time::Instant,
+}
+
+impl Drop for UserSession {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.session_duration_seconds
+            .observe(self.since.elapsed().as_secs_f64());
+        if let Ok(mut users) = m.users.lock() {
+            if let Some(count) = users.get_mut(&self.user) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(&self.user);
+                }
+            }
+            m.users_collaborating.set(users.len() as i64);
+        }
     }
 }

@@ -173,6 +173,17 @@ pub async fn run(
         metrics.clone(),
     ));
     {
+        let (mut watch, gauge) = (cluster.watch(), metrics.raft_leader_known.clone());
+        background.spawn_until_cancelled(async move {
+            loop {
+                gauge.set(i64::from(watch.borrow_and_update().leader.is_some()));
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
         let (mut watch, gauge) = (placement.clone(), metrics.ring_epoch.clone());
         background.spawn_until_cancelled(async move {
             loop {

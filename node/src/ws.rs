@@ -232,6 +232,7 @@ async fn run(
         }
     };
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
+    let _session = app.metrics.user_session(&claims.sub);
     // A client that may not edit is told so in y-websocket's own terms (an auth message,
     // "permission denied"), so that it can show the scene read-only rather than accept
     // keystrokes that go nowhere.

@@ -99,7 +99,10 @@ impl Room {
                     }
                 }
                 Ok(false) => tracing::warn!(%scene, "snapshot not written: another node holds the scene"),
-                Err(error) => tracing::warn!(%scene, %error, "compaction failed; the log stays as it is"),
+                Err(error) => {
+                    metrics.compaction_failures.inc();
+                    tracing::warn!(%scene, %error, "compaction failed; the log stays as it is");
+                }
             }
         })
     }

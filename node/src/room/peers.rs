@@ -63,7 +63,9 @@ impl Room {
             },
         );
         self.idle_since = None;
-        self.ctx.metrics.users_collaborating.inc();
+        self.ctx.metrics.sessions_joined.inc();
+        let users: std::collections::HashSet<&str> = self.peers.values().map(|p| p.user.as_str()).collect();
+        self.ctx.metrics.users_per_scene.observe(users.len() as f64);
         // Like the reference server: our state vector first, then everyone's presence.
         let sv = self.document.doc.transact().state_vector().encode_v1();
         self.send(conn_id, message::encode_sync_step1(&sv));
