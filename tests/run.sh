@@ -14,7 +14,8 @@
 #   interop      node --test tests/interop/             (stock yjs + y-websocket clients)
 #   web          cd web && npm run build && npm test    (the browser client and demo editor)
 #   e2e          cd web && node --test e2e/             (the demo in headless Chromium)
-#   alerts       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus)
+#   alerts       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus),
+#                and the dashboards' queries parsed as PromQL (deploy/grafana)
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -333,7 +334,8 @@ ensure_promtool() {
 }
 
 run_alerts() {
-    (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml)
+    (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml) &&
+        node deploy/grafana/check-queries.mjs
 }
 
 FUZZ_SKIP_REASON=""

@@ -196,6 +196,11 @@ impl Metrics {
             "Upper bound of the fan-out latency bucket holding the 95th percentile, last 5 minutes (0 with under 100 messages)",
             m.trigger_metrics.latency_p95_ms.clone(),
         );
+        // Every outcome is a series from the start, so that rates and alerts over them
+        // read 0 rather than nothing.
+        for outcome in ["delivered", "retried", "refused", "failed", "dropped"] {
+            m.webhooks.get_or_create(&WebhookLabels { outcome });
+        }
         registry.register(
             "troupe_webhook_deliveries",
             "Webhook outcomes: delivered, retried (an attempt failed), refused (a 4xx, not retried), failed (given up), dropped (queue full)",

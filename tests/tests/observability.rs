@@ -1,12 +1,36 @@
-//! Every metric the alert rules (deploy/prometheus/alerts.yml) use exists in a live scrape
-//! of a real node (after an editor has joined and typed, so histograms have buckets, and a
+//! Every metric the alert rules (deploy/prometheus/alerts.yml) and the Grafana dashboards
+//! (deploy/grafana/dashboards/*.json) use exists in a live scrape of a real node or router (after an editor has joined and typed, so histograms have buckets, and a
 //! client was refused, so the error family has a series): a renamed metric fails here
 //! rather than leaving an alert that can never fire.
 
 use std::collections::BTreeSet;
 
 use troupe_proto::token::Role;
+use troupe_tests::cluster::RouterProcess;
 use troupe_tests::{http_get, token, unique, Backend, NodeProcess, TestClient};
+
+/// The PromQL expressions of the Grafana dashboards (every panel target's `expr`), with
+/// where they are.
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let board: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in board["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let title = format!(
+                    "{} / {}",
+                    board["title"].as_str().unwrap(),
+                    panel["title"].as_str().unwrap()
+                );
+                out.push((title, target["expr"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
 
 /// The PromQL expressions of a rules file (`expr:` values, block scalars included).
 fn expressions(rules: &str) -> Vec<String> {
@@ -72,6 +96,13 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
+            if word == "by" || word == "without" {
+                // A grouping list names labels, not metrics: skip it.
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                continue;
+            }
             let called = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
             if !called && !WORDS.contains(&word.as_str()) {
                 names.insert(word);
@@ -100,7 +131,7 @@ fn scraped(scrape: &str, name: &str) -> bool {
 
 #[test]
 fn expressions_and_names_are_read_as_promql() {
-    let rules = "- alert: A\n  expr: |\n    sum(rate(a_total{reason!~\"x|y\"}[5m]))\n      / clamp_min(b_total, 1e-9) > 0.01\n  for: 5m\n- alert: B\n  expr: max by (instance) (c{trigger=\"d\"}) > 0\n";
+    let rules = "- alert: A\n  expr: |\n    sum(rate(a_total{reason!~\"x|y\"}[5m]))\n      / clamp_min(b_total, 1e-9) > 0.01\n  for: 5m\n- alert: B\n  expr: max by (instance, kind) (c{trigger=\"d\"}) > 0\n";
     let exprs = expressions(rules);
     assert_eq!(exprs.len(), 2, "{exprs:?}");
     let names: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
@@ -116,7 +147,7 @@ fn expressions_and_names_are_read_as_promql() {
 }
 
 #[tokio::test]
-async fn every_metric_an_alert_uses_exists_in_a_live_scrape() {
+async fn every_metric_an_alert_or_a_dashboard_uses_exists_in_a_live_scrape() {
     let node = NodeProcess::start(&Backend::Sqlite, &[]).unwrap();
     let scene = unique("obs");
     let tok = token("ada", &[(scene.as_str(), Role::Edit)]);
@@ -125,7 +156,13 @@ async fn every_metric_an_alert_uses_exists_in_a_live_scrape() {
     editor.wait_acked().await.unwrap();
     let refused = TestClient::connect(&node.ws_base(), &scene, "not-a-token").await;
     assert!(refused.is_err(), "a bad token was accepted");
-    let scrape = http_get(node.addr, "/metrics").await.unwrap();
+    let router = RouterProcess::start(&[node.rpc_addr.to_string()]).await.unwrap();
+    let routed = http_get(router.addr, &format!("/v1/route/{scene}"))
+        .await
+        .unwrap();
+    assert!(routed.contains("200 OK"), "{routed}");
+    let scrape =
+        http_get(node.addr, "/metrics").await.unwrap() + &http_get(router.addr, "/metrics").await.unwrap();
 
     let rules = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -149,5 +186,24 @@ async fn every_metric_an_alert_uses_exists_in_a_live_scrape() {
     println!(
         "{} metrics used by the alerts, all in a node's scrape: {used:?}",
         used.len()
+    );
+
+    let panels = dashboard_expressions();
+    assert!(panels.len() >= 30, "the dashboards have {} queries", panels.len());
+    let mut missing = Vec::new();
+    for (panel, expr) in &panels {
+        for name in metric_names(expr) {
+            if name != "up" && !scraped(&scrape, &name) {
+                missing.push(format!("{panel}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "dashboards use metrics nobody exports: {missing:#?}"
+    );
+    println!(
+        "{} dashboard queries, every metric in a node's or the router's scrape",
+        panels.len()
     );
 }
