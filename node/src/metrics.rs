@@ -199,7 +199,7 @@ impl Metrics {
         // Every outcome is a series from the start, so that rates and alerts over them
         // read 0 rather than nothing.
         for outcome in ["delivered", "retried", "refused", "failed", "dropped"] {
-            m.webhooks.get_or_create(&WebhookLabels { outcome });
+            let _ = m.webhooks.get_or_create(&WebhookLabels { outcome });
         }
         registry.register(
             "troupe_webhook_deliveries",
