@@ -14,8 +14,10 @@
 #   interop      node --test tests/interop/             (stock yjs + y-websocket clients)
 #   web          cd web && npm run build && npm test    (the browser client and demo editor)
 #   e2e          cd web && node --test e2e/             (the demo in headless Chromium)
-#   alerts       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus),
-#                and the dashboards' queries parsed as PromQL (deploy/grafana)
+#   deploy       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus),
+#                the dashboards' queries parsed as PromQL (deploy/grafana), the Compose
+#                stack's Prometheus config (promtool) and compose.yml against the Compose
+#                specification's schema (check-jsonschema from PyPI, in target/tools/pyvenv)
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -333,9 +335,31 @@ ensure_promtool() {
     apt_install prometheus
 }
 
-run_alerts() {
-    (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml) &&
-        node deploy/grafana/check-queries.mjs
+# check-jsonschema (PyPI), which carries the Compose specification's schema, in a venv of
+# its own under target/.
+ensure_compose_checker() {
+    COMPOSE_CHECKER="$(target_dir)/tools/pyvenv/bin/check-jsonschema"
+    [ -x "$COMPOSE_CHECKER" ] && return 0
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        note "installing python3-venv (Debian package) for the Compose check"
+        apt_install python3 python3-venv || return 1
+    fi
+    local venv="${COMPOSE_CHECKER%/bin/check-jsonschema}"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet check-jsonschema
+}
+
+run_deploy() {
+    (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml) || return 1
+    node deploy/grafana/check-queries.mjs || return 1
+    # The Compose stack's Prometheus configuration, with the rules beside it.
+    local tmp
+    tmp="$(mktemp -d)"
+    cp deploy/compose/prometheus.yml deploy/prometheus/alerts.yml "$tmp/"
+    sed -i 's#/etc/prometheus/alerts.yml#alerts.yml#' "$tmp/prometheus.yml"
+    (cd "$tmp" && promtool check config prometheus.yml) || { rm -rf "$tmp"; return 1; }
+    rm -rf "$tmp"
+    ensure_compose_checker || return 1
+    "$COMPOSE_CHECKER" --builtin-schema vendor.compose-spec deploy/compose/compose.yml
 }
 
 FUZZ_SKIP_REASON=""
@@ -443,9 +467,9 @@ fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 if ensure_promtool; then
-    step alerts run_alerts
+    step deploy run_deploy
 else
-    step alerts false
+    step deploy false
 fi
 
 if [ -n "$BUILD_OK" ]; then
