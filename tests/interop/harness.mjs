@@ -363,10 +363,10 @@ export function childEnv (extra) {
  * shared file; or TROUPE_TEST_DATABASE_URL's Postgres when set) and a router. Nodes
  * voters+1 … voters+spares get their addresses now and are started later by the test
  * (`ctx.startNode(id)`). Started in before(), everything SIGKILLed and the folder removed in
- * after().
- * @param {{voters?: number, spares?: number, prefix?: string}} o
+ * after(). `nodeEnv` adds settings to every node's environment (e.g. TROUPE_P1_WRITE_DELAY).
+ * @param {{voters?: number, spares?: number, prefix?: string, nodeEnv?: Record<string, string>}} o
  */
-export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop-cluster-' } = {}) {
+export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop-cluster-', nodeEnv = {} } = {}) {
   const nodeBin = binPath('troupe-node')
   const routerBin = binPath('troupe-router')
   const ctlBin = binPath('troupectl')
@@ -393,6 +393,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
         TROUPE_PEERS: ctx.peers,
         TROUPE_DATA_DIR: ctx.dataDir,
         TROUPE_JWT_SECRET: ctx.secret,
+        ...nodeEnv,
         ...ctx.certs.node(id)
       }
       if (process.env.TROUPE_TEST_DATABASE_URL) env.TROUPE_DATABASE_URL = process.env.TROUPE_TEST_DATABASE_URL
@@ -473,7 +474,7 @@ export function suiteCluster ({ voters = 3, spares = 0, prefix = 'troupe-interop
     const router = await startProcess({
       name: 'router',
       bin: routerBin,
-      env: childEnv({ TROUPE_LISTEN: '127.0.0.1:0', TROUPE_CLUSTER: voterIds.map((id) => ctx.addrs.get(id).rpc).join(','), ...ctx.certs.router }),
+      env: childEnv({ TROUPE_LISTEN: '127.0.0.1:0', TROUPE_CLUSTER: voterIds.map((id) => ctx.addrs.get(id).rpc).join(','), TROUPE_JWT_SECRET: ctx.secret, ...ctx.certs.router }),
       readyRe: ROUTER_RE,
       logDir: CLUSTER_LOG_DIR
     })
