@@ -1,6 +1,7 @@
-// Shared helpers for the interop tests (interop.test.mjs, cluster.test.mjs, failover.test.mjs):
-// starting and killing troupe processes, a 3-node cluster + router per suite, minting tokens,
-// stock y-websocket clients (also ones that follow their scene across nodes), polling.
+// Shared helpers for the interop tests (interop.test.mjs, cluster.test.mjs, failover.test.mjs,
+// p1.test.mjs): starting and killing troupe processes, a 3-node cluster + router per suite,
+// minting tokens, stock y-websocket clients (also ones that follow their scene across nodes),
+// polling.
 //
 // Not a test file (no `.test.mjs`): tests/run.sh and `node --test` only run the files that
 // import it. `node --test` runs each test file in its own process, so the module-level sets

@@ -139,43 +139,61 @@ fn align<'a, T: Ord + std::hash::Hash>(
     deadline: Instant,
 ) -> Alignment<'a, T> {
     let mut of_old = vec![None; old.len()];
-    let mut inserted_before: Vec<&[T]> = vec![&[]; old.len() + 1];
-    for op in capture_diff_slices_deadline(Algorithm::Myers, old, new, Some(deadline)) {
+    // New items inserted before each old position, as ranges of `new`. Positions come from
+    // the ops' lengths walked in order, not from the indices the ops carry: the diff's
+    // clean-up passes can report an insertion's old index one item early (seen: "ba" ->
+    // "aab" with the insertion placed before the kept "a" instead of after it).
+    let mut inserted: Vec<std::ops::Range<usize>> = vec![0..0; old.len() + 1];
+    let add = |inserted: &mut Vec<std::ops::Range<usize>>, at: usize, range: std::ops::Range<usize>| {
+        let slot = &mut inserted[at];
+        if slot.start == slot.end {
+            *slot = range;
+        } else {
+            // Two runs at one place are adjacent in `new` (ops come in order).
+            slot.end = range.end;
+        }
+    };
+    let (mut o, mut n) = (0, 0);
+    let ops = capture_diff_slices_deadline(Algorithm::Myers, old, new, Some(deadline));
+    for op in ops {
+        let (old_len, new_len) = match op {
+            DiffOp::Equal { len, .. } => (len, len),
+            DiffOp::Delete { old_len, .. } => (old_len, 0),
+            DiffOp::Insert { new_len, .. } => (0, new_len),
+            DiffOp::Replace { old_len, new_len, .. } => (old_len, new_len),
+        };
+        if o + old_len > old.len() || n + new_len > new.len() {
+            break;
+        }
         match op {
-            DiffOp::Equal {
-                old_index,
-                new_index,
-                len,
-            } => {
-                for k in 0..len {
-                    of_old[old_index + k] = Some(new_index + k);
+            DiffOp::Equal { .. } => {
+                for k in 0..old_len {
+                    of_old[o + k] = Some(n + k);
                 }
             }
             DiffOp::Delete { .. } => {}
-            DiffOp::Insert {
-                old_index,
-                new_index,
-                new_len,
-            } => {
-                inserted_before[old_index] = &new[new_index..new_index + new_len];
-            }
-            DiffOp::Replace {
-                old_index,
-                old_len,
-                new_index,
-                new_len,
-            } => {
+            DiffOp::Insert { .. } => add(&mut inserted, o, n..n + new_len),
+            DiffOp::Replace { .. } => {
                 // Changed items pair up in place; the rest were deleted or inserted.
                 let paired = if pair_changed { old_len.min(new_len) } else { 0 };
                 for k in 0..paired {
-                    of_old[old_index + k] = Some(new_index + k);
+                    of_old[o + k] = Some(n + k);
                 }
                 if new_len > paired {
-                    inserted_before[old_index + old_len] = &new[new_index + paired..new_index + new_len];
+                    add(&mut inserted, o + old_len, n + paired..n + new_len);
                 }
             }
         }
+        o += old_len;
+        n += new_len;
     }
+    if o != old.len() || n != new.len() {
+        // Ops that do not cover both sides: take it all as replaced (still a valid merge).
+        of_old.iter_mut().for_each(|x| *x = None);
+        inserted = vec![0..0; old.len() + 1];
+        inserted[old.len()] = 0..new.len();
+    }
+    let inserted_before = inserted.into_iter().map(|r| &new[r]).collect();
     Alignment {
         of_old,
         inserted_before,
@@ -505,6 +523,32 @@ mod tests {
             b(Character, "ZOË"),
             b(Dialogue, "Coffee?"),
         ]
+    }
+
+    #[test]
+    fn a_write_alone_is_taken_whole_for_every_small_text() {
+        // Every pair of texts up to 4 characters over {a, b, c}: with nothing changed live,
+        // the write wins whole (a diff whose insert positions drift would put text elsewhere).
+        let texts: Vec<String> = (0..=4u32)
+            .flat_map(|n| {
+                (0..3u32.pow(n)).map(move |code| {
+                    (0..n)
+                        .map(|k| ['a', 'b', 'c'][(code / 3u32.pow(k) % 3) as usize])
+                        .collect()
+                })
+            })
+            .collect();
+        for base in &texts {
+            for theirs in &texts {
+                let deadline = Instant::now() + DIFF_BUDGET;
+                let edits = merge_text(base, base, theirs, deadline);
+                assert_eq!(
+                    &apply_to_string(base, &edits),
+                    theirs,
+                    "{base:?} -> {theirs:?}: {edits:?}"
+                );
+            }
+        }
     }
 
     #[test]
