@@ -204,6 +204,7 @@ export class SceneSession {
     /** @private Since when no connection is synced (ms), null while one is. */ this._lostSince = Date.now()
     /** @private The doc's blocks when the server last had every local edit. */ this._base = /** @type {Array<{type: string, text: string}>|null} */ (null)
     /** @private */ this._baseAt = 0
+    /** @private No fallback check before this (ms): the last found no network. */ this._fallbackCheckAt = 0
     /** @private @type {Autosaver|null} */ this._autosaver = null
     /** @private @type {any} */ this._autosaveTimer = null
     /** @private @type {any} */ this._probeTimer = null
@@ -680,7 +681,7 @@ export class SceneSession {
    */
   async _checkFallback () {
     if (this._stopped || this.mode !== 'live' || this._fallbackAfter <= 0 || this._lostSince === null) return
-    if (this._probing || Date.now() - this._lostSince < this._fallbackAfter) return
+    if (this._probing || Date.now() - this._lostSince < this._fallbackAfter || Date.now() < this._fallbackCheckAt) return
     this._probing = true
     try {
       const res = await this._fetch(`${this.router}/v1/flags?scene=${encodeURIComponent(this.sceneId)}&user=`, {
@@ -688,8 +689,8 @@ export class SceneSession {
       })
       if (!res.ok) return
     } catch {
-      // No network: nothing to fall back to. Asked again on the next tick.
-      this._lostSince = Date.now() - this._fallbackAfter + Math.min(this._fallbackAfter, 2000)
+      // No network: nothing to fall back to. Asked again in a while.
+      this._fallbackCheckAt = Date.now() + 2000
       return
     } finally {
       this._probing = false

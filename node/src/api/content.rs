@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use troupe_proto::token::Role;
 
-use super::{access, ask_room, json_answer, json_error, scene_of, unavailable, Format};
+use super::{access, ask_room, json_answer, json_body, json_error, scene_of, unavailable, Format};
 use crate::content::blocks::Block;
 use crate::room::{BlockEdit, Change, MergeRefused, MergeRequest, Merged, RoomCmd};
 use crate::server::App;
@@ -132,25 +132,18 @@ pub async fn change(
     if let Err(refused) = access(&app, &headers, &scene, Role::Edit).await {
         return refused;
     }
-    let Ok(body) = body else {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the body is too large",
-        );
-    };
-    let parsed = if method == Method::PUT {
-        match serde_json::from_slice::<PutBody>(&body) {
+    let (base, change) = if method == Method::PUT {
+        match json_body::<PutBody>(body) {
             Ok(PutBody {
                 base_version: Some(version),
                 base_blocks: None,
                 blocks,
-            }) => Ok((Base::Version(version), Change::Blocks(blocks))),
+            }) => (Base::Version(version), Change::Blocks(blocks)),
             Ok(PutBody {
                 base_version: None,
                 base_blocks: Some(base),
                 blocks,
-            }) => Ok((Base::Blocks(base), Change::Blocks(blocks))),
+            }) => (Base::Blocks(base), Change::Blocks(blocks)),
             Ok(_) => {
                 return json_error(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -158,17 +151,16 @@ pub async fn change(
                     "give either base_version or base_blocks",
                 )
             }
-            Err(error) => Err(error),
+            Err(refused) => return refused,
         }
     } else {
-        serde_json::from_slice::<PatchBody>(&body).map(|b| {
-            let base = b.base_version.map_or(Base::Now, Base::Version);
-            (base, Change::Edits(b.edits))
-        })
-    };
-    let (base, change) = match parsed {
-        Ok(parsed) => parsed,
-        Err(error) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &error.to_string()),
+        match json_body::<PatchBody>(body) {
+            Ok(b) => (
+                b.base_version.map_or(Base::Now, Base::Version),
+                Change::Edits(b.edits),
+            ),
+            Err(refused) => return refused,
+        }
     };
     let base = match base {
         Base::Now => None,

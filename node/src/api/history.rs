@@ -20,7 +20,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
 
 use super::content::{merge_answer, ContentQuery};
-use super::{access, ask_room, json_answer, json_error, scene_of, unavailable, Format};
+use super::{access, ask_room, json_answer, json_body, json_error, scene_of, unavailable, Format};
 use crate::content::blocks::{self, Block};
 use crate::content::notice::Notice;
 use crate::room::{Change, MergeRequest, RoomCmd, SaveVersion};
@@ -73,18 +73,9 @@ pub async fn save(
         Ok(claims) => claims,
         Err(refused) => return refused,
     };
-    let name = match body.ok().map(|b| serde_json::from_slice::<SaveBody>(&b)) {
-        Some(Ok(SaveBody { name })) => name.trim().to_string(),
-        Some(Err(error)) => {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &error.to_string())
-        }
-        None => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is too large",
-            )
-        }
+    let name = match json_body::<SaveBody>(body) {
+        Ok(SaveBody { name }) => name.trim().to_string(),
+        Err(refused) => return refused,
     };
     if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return json_error(
@@ -191,18 +182,9 @@ pub async fn restore(
         Ok(claims) => claims,
         Err(refused) => return refused,
     };
-    let body = match body.ok().map(|b| serde_json::from_slice::<RestoreBody>(&b)) {
-        Some(Ok(body)) => body,
-        Some(Err(error)) => {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &error.to_string())
-        }
-        None => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is too large",
-            )
-        }
+    let body = match json_body::<RestoreBody>(body) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let (target, what, source) = match (body.version, body.from_p1) {
         (Some(version), false) => match version_blocks(&app, &scene, version).await {

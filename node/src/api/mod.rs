@@ -44,6 +44,22 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// A request body as JSON of type `T`: 413 when it was over the port's limit, 422 (naming
+/// what is wrong) when it does not parse.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, Response> {
+    let body = body.map_err(|_| {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the body is too large",
+        )
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| json_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", &e.to_string()))
+}
+
 /// The scene of the path, if it is a scene id.
 fn scene_of(scene: Result<Path<String>, PathRejection>) -> Result<String, Response> {
     scene
