@@ -309,3 +309,65 @@ async fn a_claim_never_overtakes_a_former_owners_append() {
     }
     assert_eq!(new_owner.lease(&scene).await.unwrap(), Some((6, "2".to_string())));
 }
+
+#[tokio::test]
+async fn history_keeps_a_bounded_number_of_versions_of_each_kind() {
+    use std::time::Duration;
+    use troupe_node::store::history::{NewVersion, VersionKind, AUTO_VERSIONS_KEPT, KEPT_VERSIONS_KEPT};
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let scene = unique("history");
+        claim(&store, &[&scene], "n1").await;
+        let version = |kind, upto_seq| NewVersion {
+            kind,
+            name: Some("v"),
+            created_by: Some("ada"),
+            upto_seq,
+            data: b"doc",
+        };
+        // Saved over and over (as an editor may): the oldest go, the newest stay.
+        for i in 0..(KEPT_VERSIONS_KEPT as u64 + 5) {
+            let kind = if i % 2 == 0 {
+                VersionKind::Named
+            } else {
+                VersionKind::BeforeRestore
+            };
+            store
+                .add_version(&scene, "n1", 0, &version(kind, i), Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        for i in 0..(AUTO_VERSIONS_KEPT as u64 + 3) {
+            store
+                .add_version(
+                    &scene,
+                    "n1",
+                    0,
+                    &version(VersionKind::Auto, i + 1),
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let versions = store.versions(&scene).await.unwrap();
+        let autos = versions.iter().filter(|v| v.kind == VersionKind::Auto).count();
+        let kept = versions.len() - autos;
+        assert_eq!(
+            (autos as i64, kept as i64),
+            (AUTO_VERSIONS_KEPT, KEPT_VERSIONS_KEPT),
+            "{backend:?}"
+        );
+        // The newest of each are the ones kept.
+        assert_eq!(
+            versions[0].version,
+            KEPT_VERSIONS_KEPT as u64 + 5 + AUTO_VERSIONS_KEPT as u64 + 3,
+            "{backend:?}"
+        );
+        assert!(
+            versions.iter().all(|v| v.version > 5),
+            "{backend:?}: an old saved version stayed"
+        );
+    }
+}

@@ -4,14 +4,17 @@
 //! (`scene_history`): an `auto` version from a compaction snapshot at most once per
 //! `TROUPE_HISTORY_EVERY` (the newest [`AUTO_VERSIONS_KEPT`] kept), a `named` one when an
 //! editor saves one, and a `before_restore` one holding what a restore replaced, so that
-//! any restore can be undone. Versions are numbered per scene, counting up; every write is
+//! any restore can be undone (of those two, the newest [`KEPT_VERSIONS_KEPT`] are kept). Versions are numbered per scene, counting up; every write is
 //! fenced by the scene's lease like the log's.
 
 use super::{to_i64, Store, StoreError};
 
-/// How many automatic versions of a scene are kept (named ones and those taken before a
-/// restore are kept until the scene is deleted).
+/// How many automatic versions of a scene are kept.
 pub const AUTO_VERSIONS_KEPT: i64 = 100;
+
+/// How many named and before-restore versions of a scene are kept: an editor can save (or
+/// restore) as often as they like, each a whole copy of the scene, so the oldest go.
+pub const KEPT_VERSIONS_KEPT: i64 = 200;
 
 /// Why a version was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -77,7 +80,7 @@ macro_rules! history_queries {
             new: &crate::store::history::NewVersion<'_>,
             auto_gap_ms: i64,
         ) -> Result<Option<i64>, crate::store::StoreError> {
-            use crate::store::history::{VersionKind, AUTO_VERSIONS_KEPT};
+            use crate::store::history::{VersionKind, AUTO_VERSIONS_KEPT, KEPT_VERSIONS_KEPT};
             let mut tx = self.begin_write().await?;
             let holds: Option<i64> = sqlx::query_scalar(concat!(
                 "SELECT epoch FROM scene_leases WHERE scene_id = $1 AND epoch = $2 AND owner = $3",
@@ -124,17 +127,23 @@ macro_rules! history_queries {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if new.kind == VersionKind::Auto {
-                sqlx::query(
-                    "DELETE FROM scene_history WHERE scene_id = $1 AND kind = 'auto' AND version <= (
-                         SELECT version FROM scene_history WHERE scene_id = $1 AND kind = 'auto'
-                         ORDER BY version DESC LIMIT 1 OFFSET $2)",
-                )
-                .bind(scene)
-                .bind(AUTO_VERSIONS_KEPT)
-                .execute(&mut *tx)
-                .await?;
-            }
+            // Each kind of version is bounded: automatic ones by their own count, the others
+            // (named, before a restore) together.
+            let (is_auto, kept) = if new.kind == VersionKind::Auto {
+                (true, AUTO_VERSIONS_KEPT)
+            } else {
+                (false, KEPT_VERSIONS_KEPT)
+            };
+            sqlx::query(
+                "DELETE FROM scene_history WHERE scene_id = $1 AND (kind = 'auto') = $2 AND version <= (
+                     SELECT version FROM scene_history WHERE scene_id = $1 AND (kind = 'auto') = $2
+                     ORDER BY version DESC LIMIT 1 OFFSET $3)",
+            )
+            .bind(scene)
+            .bind(is_auto)
+            .bind(kept)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Some(version))
         }
