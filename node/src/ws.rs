@@ -263,6 +263,9 @@ async fn run(
     // An operator revoking the user ends the connection at once, on every node.
     let revoked = troupe_membership::revocation::revoked(app.revocations.clone(), &claims);
     tokio::pin!(revoked);
+    // A flag change, awaited by one future that lives across messages (made again only when
+    // the flags change), rather than a new one for every turn of the loop.
+    let mut flags_changed = Box::pin(changed(flags));
 
     let mut written = WrittenBytes::new(Instant::now());
 
@@ -277,8 +280,9 @@ async fn run(
                 tracing::info!(conn_id, user = %claims.sub, "access revoked: closing");
                 break Some((CloseCode::Unauthorized, "access revoked".into()));
             }
-            Ok(()) = flags.changed() => {
+            mut flags = &mut flags_changed => {
                 let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
+                flags_changed.set(changed(flags));
                 if !decision.enable_yjs {
                     app.metrics.error("collaboration_off");
                     break Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
@@ -527,6 +531,16 @@ async fn join(
 
 /// Sync requests (step 1) per second one connection may make, in bursts of twice that.
 const SYNC_REQUESTS_PER_SECOND: u32 = 2;
+
+/// The flags' receiver once they changed; never, when the cluster side is gone.
+async fn changed(
+    mut flags: tokio::sync::watch::Receiver<Arc<troupe_membership::flags::FlagState>>,
+) -> tokio::sync::watch::Receiver<Arc<troupe_membership::flags::FlagState>> {
+    if flags.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    flags
+}
 
 /// Why a client may not edit, as the auth message says it.
 fn read_only_reason(role: Role) -> &'static str {
