@@ -18,7 +18,7 @@
 //!
 //! | sender | may |
 //! |---|---|
-//! | node N | send Raft messages as N (the vote it carries names N); read; re-admit itself with new addresses; roll back |
+//! | node N | send Raft messages as N (the vote it carries names N); read; admit itself, or re-admit itself with new addresses; drain, activate or remove itself; roll back |
 //! | admin | read; admit new nodes (not change an existing node's addresses); drain, activate, remove; revoke users; set flags |
 //! | reader (routers) | read (`/cluster/info`, `/cluster/view`) |
 //!
@@ -326,12 +326,12 @@ async fn admit(
 ) -> Response {
     let view = s.cluster.view();
     let entry = view.state.nodes.get(&node.id);
-    let known = entry.is_some() || view.voters.contains(&node.id) || view.learners.contains(&node.id);
     let moves = entry.is_some_and(|n| n.url != node.url || n.rpc_addr != node.rpc_addr);
     let allowed = match &peer {
         Peer::Insecure => true,
-        // A node refreshes its own entry; it never brings itself (or another) in.
-        Peer::Verified(Identity::Node(id)) => *id == node.id && known,
+        // A node brings itself in (`TROUPE_JOIN`) or refreshes its own entry, never
+        // another: its certificate, made by an operator for that id, is the invitation.
+        Peer::Verified(Identity::Node(id)) => *id == node.id,
         // Operators bring nodes in, but only a node may say where it now lives.
         Peer::Verified(Identity::Admin(_)) => !moves,
         Peer::Verified(Identity::Reader(_)) => false,
@@ -372,10 +372,17 @@ async fn change(
         "remove" => Command::Remove { id },
         _ => return not_found().await,
     };
-    if !matches!(peer, Peer::Insecure | Peer::Verified(Identity::Admin(_))) {
+    // A node may give up or take back its own place (draining when it stops, rejoining
+    // when it starts); only operators change another's.
+    let allowed = match &peer {
+        Peer::Insecure | Peer::Verified(Identity::Admin(_)) => true,
+        Peer::Verified(Identity::Node(me)) => *me == id,
+        Peer::Verified(Identity::Reader(_)) => false,
+    };
+    if !allowed {
         return forbidden(
             &peer,
-            &format!("{action} node {id} (an admin certificate is needed)"),
+            &format!("{action} node {id} (an admin certificate, or the node's own, is needed)"),
         );
     }
     match command {

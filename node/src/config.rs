@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::self_membership::OnStop;
 use troupe_membership::tls::{Identity, TlsArgs, Transport};
 use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
@@ -31,8 +32,9 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// This node's id in the cluster (a positive integer, unique in the cluster); also
-    /// recorded as the writer of each log row.
-    #[arg(long, env = "TROUPE_NODE_ID", default_value_t = 1)]
+    /// recorded as the writer of each log row. `from-hostname`: the number at the end of
+    /// the host name plus one, so that a StatefulSet's pod `troupe-node-0` is node 1.
+    #[arg(long, env = "TROUPE_NODE_ID", default_value = "1", value_parser = parse_node_id)]
     pub node_id: u64,
 
     /// Internal address for Raft between nodes and for admin calls (troupectl, routers).
@@ -67,6 +69,29 @@ pub struct Config {
     /// starts empty and waits for `troupectl add`.
     #[arg(long, env = "TROUPE_PEERS", default_value = "")]
     pub peers: String,
+
+    /// Put this node on the ring whenever it starts: a node that is not an initial voter
+    /// asks the cluster (TROUPE_PEERS) to admit it, and a drained one reactivates itself,
+    /// so that no `troupectl add` or `activate` is needed (a StatefulSet's pods).
+    #[arg(
+        long,
+        env = "TROUPE_JOIN",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+    )]
+    pub join: bool,
+
+    /// What this node does with its place in the cluster when it is told to stop
+    /// (SIGTERM): `stop` leaves it to failover; `drain` first moves its scenes to the
+    /// other nodes by planned handoff; `leave` drains, then removes itself from the
+    /// membership; `kubernetes` leaves when its StatefulSet was scaled below this pod and
+    /// drains otherwise (a restart).
+    #[arg(long, env = "TROUPE_ON_STOP", value_enum, default_value_t = OnStop::Stop)]
+    pub on_stop: OnStop,
 
     /// The Raft leader marks a node `down` (and moves its scenes) after it has not
     /// answered for this long.
@@ -324,6 +349,9 @@ pub struct Settings {
     /// Folder of this node's Raft log, vote and snapshot.
     pub raft_dir: PathBuf,
     pub down_after: Duration,
+    /// Whether this node puts itself on the ring when it starts.
+    pub join: bool,
+    pub on_stop: OnStop,
     pub redis_url: Option<String>,
     pub public_url: Option<String>,
     pub store: StoreLocation,
@@ -368,8 +396,17 @@ impl Config {
 
     /// The internal port's credentials: a certificate naming this node, or plain HTTP on
     /// loopback when asked for explicitly.
+    /// `{id}` in the certificate's and key's paths is this node's id, so that the pods of
+    /// a StatefulSet share one setting.
     fn transport(&self) -> Result<Transport, String> {
-        let transport = Transport::load(&self.internal).map_err(|e| e.to_string())?;
+        let mut files = self.internal.clone();
+        let id = self.node_id.to_string();
+        for path in [&mut files.cert, &mut files.key].into_iter().flatten() {
+            if let Some(text) = path.to_str().filter(|t| t.contains("{id}")) {
+                *path = PathBuf::from(text.replace("{id}", &id));
+            }
+        }
+        let transport = Transport::load(&files).map_err(|e| e.to_string())?;
         match transport.identity() {
             None if !self.rpc_listen.ip().is_loopback() => Err(format!(
                 "TROUPE_INTERNAL_INSECURE=1 is refused: TROUPE_RPC_LISTEN {} is not on loopback, so \
@@ -515,6 +552,8 @@ impl Config {
             peers,
             raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
             down_after: self.down_after,
+            join: self.join,
+            on_stop: self.on_stop,
             redis_url: self.redis_url.clone(),
             public_url: self.public_url.clone(),
             store,
@@ -582,6 +621,23 @@ impl Config {
 }
 
 /// Parses `TROUPE_PEERS`: `id=host:port` items separated by commas.
+/// A node id as TROUPE_NODE_ID gives it: a number, or `from-hostname`.
+fn parse_node_id(raw: &str) -> Result<u64, String> {
+    if raw.trim() != "from-hostname" {
+        return raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("{raw:?} is neither a positive integer nor from-hostname"));
+    }
+    let host = crate::self_membership::host_name()
+        .ok_or("from-hostname: this machine's host name cannot be read (set HOSTNAME)")?;
+    crate::self_membership::ordinal(&host)
+        .map(|(_, ordinal)| ordinal + 1)
+        .ok_or_else(|| {
+            format!("from-hostname: host name {host:?} does not end in -<number> (a StatefulSet pod's does)")
+        })
+}
+
 fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
     for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {

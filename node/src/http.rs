@@ -12,6 +12,8 @@
 //! | `GET /v1/scenes/{scene}/versions/{v}/content[?format=…]` | one version's blocks, text or Fountain |
 //! | `POST /v1/scenes/{scene}/restore` `{"version": V}` or `{"from_p1": true}` | the live scene becomes that content through ordinary edits, with a notice to its editors; what it replaced is saved first |
 //! | `GET /healthz` | store, rooms, epoch and leader as JSON; 503 while the store does not answer |
+//! | `GET /readyz` | 200 when serving at the current epoch (a leader known, this node active on the ring, its placement caught up), else 503; JSON |
+//! | `GET /livez` | 200 while the process serves HTTP (a liveness probe that a store outage does not fail) |
 //! | `GET /metrics` | OpenMetrics text |
 //!
 //! Anything else, other methods included, is a plain `404 not found`.
@@ -46,6 +48,8 @@ type Ctx = State<Arc<App>>;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get_only(healthz))
+        .route("/readyz", get_only(readyz))
+        .route("/livez", get_only(livez))
         .route("/metrics", get_only(metrics))
         // The scene is the rest of the path, empty or with slashes: a bad id is told with
         // a close code after the upgrade, like any other.
@@ -132,6 +136,21 @@ async fn healthz(State(app): Ctx) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     text(status, "application/json", format!("{body}\n"))
+}
+
+async fn readyz(State(app): Ctx) -> Response {
+    let readiness = crate::self_membership::readiness(&app.cluster, &app.placement);
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_string(&readiness).unwrap_or_default();
+    text(status, "application/json", format!("{body}\n"))
+}
+
+async fn livez() -> Response {
+    text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
 }
 
 pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {

@@ -25,18 +25,23 @@
 //!   rollback;
 //! - [`content`]: scene content outside the editor: the blocks of the P1 product and
 //!   their place in a scene's document;
+//! - [`self_membership`]: this node's own place in the cluster: joining at start, draining
+//!   or leaving at stop, readiness;
+//! - [`kubernetes`]: whether a StatefulSet pod is stopping for good (a scale-down);
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
 pub mod api;
 pub mod config;
 pub mod content;
 pub mod http;
+pub mod kubernetes;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod room;
 pub mod rooms;
+pub mod self_membership;
 pub mod server;
 pub mod store;
 pub mod triggers;

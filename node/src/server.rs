@@ -166,6 +166,13 @@ pub async fn run(
     // clients with 1001), then the node's background work.
     let room_tasks = Tasks::new();
     let background = Tasks::new();
+    if settings.join {
+        background.spawn_until_cancelled(crate::self_membership::join(
+            cluster.clone(),
+            settings.transport.clone(),
+            settings.peers.values().cloned().collect(),
+        ));
+    }
     background.spawn_until_cancelled(report_failovers(
         cluster.clone(),
         placement.clone(),
@@ -309,6 +316,8 @@ pub async fn run(
         accepting.clone().cancelled_owned(),
     ));
     shutdown.await;
+    // While it still serves, so that its clients are told where their scenes went.
+    crate::self_membership::on_stop(app.settings.on_stop, &cluster, &app.settings.transport, &rooms).await;
     accepting.cancel();
 
     tracing::info!(rooms = rooms.len(), "shutting down: flushing rooms");

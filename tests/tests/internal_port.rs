@@ -189,6 +189,18 @@ async fn nobody_changes_the_cluster_without_the_right_certificate() {
                 .await,
             "node 3 draining node 1",
         );
+        // A node brings only itself in: never a node of another id.
+        let stranger = AdmitRequest {
+            id: NodeId(9),
+            url: "ws://127.0.0.1:1".into(),
+            rpc_addr: "127.0.0.1:2".into(),
+        };
+        assert_forbidden(
+            node3
+                .post::<_, serde_json::Value>(addr, "/cluster/nodes", &stranger, CALL)
+                .await,
+            "node 3 admitting node 9",
+        );
 
         // A reader (routers) reads but changes nothing.
         let reader = as_identity(Identity::Reader("router".into()));
