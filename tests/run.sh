@@ -17,7 +17,10 @@
 #   deploy       promtool check rules + test rules      (deploy/prometheus; Debian's prometheus),
 #                the dashboards' queries parsed as PromQL (deploy/grafana), the Compose
 #                stack's Prometheus config (promtool) and compose.yml against the Compose
-#                specification's schema (check-jsonschema from PyPI, in target/tools/pyvenv)
+#                specification's schema (check-jsonschema from PyPI, in target/tools/pyvenv);
+#                deploy/kubernetes against the Kubernetes 1.30 schemas, offline
+#                (kubernetes-validate --strict, same venv): base/ and ops/, and with kubectl
+#                the rendered overlays and a real make-secrets.sh run
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -359,7 +362,127 @@ run_deploy() {
     (cd "$tmp" && promtool check config prometheus.yml) || { rm -rf "$tmp"; return 1; }
     rm -rf "$tmp"
     ensure_compose_checker || return 1
-    "$COMPOSE_CHECKER" --builtin-schema vendor.compose-spec deploy/compose/compose.yml
+    "$COMPOSE_CHECKER" --builtin-schema vendor.compose-spec deploy/compose/compose.yml || return 1
+    run_deploy_kubernetes
+}
+
+# kubernetes-validate (PyPI), which bundles the Kubernetes JSON schemas, in the same venv.
+KUBE_VERSION=1.30.0
+ensure_kube_validator() {
+    ensure_compose_checker || return 1
+    KUBE_VALIDATE="${COMPOSE_CHECKER%/check-jsonschema}/kubernetes-validate"
+    [ -x "$KUBE_VALIDATE" ] && return 0
+    note "installing kubernetes-validate (PyPI) into ${COMPOSE_CHECKER%/bin/check-jsonschema}"
+    "${COMPOSE_CHECKER%/check-jsonschema}/pip" install --quiet 'kubernetes-validate>=1.30'
+}
+
+# kube_validate LABEL FILE: every resource in FILE against the Kubernetes schemas, strictly (an
+# unknown field fails), with no network (in a network namespace of its own where one can be
+# made: the schemas must be the bundled ones). A kind it has no schema for fails too (the tool
+# itself only warns), and so does a file with no resource in it.
+kube_validate() {
+    local offline=()
+    unshare -n true >/dev/null 2>&1 && offline=(unshare -n)
+    local out rc=0
+    out="$(${offline[@]+"${offline[@]}"} "$KUBE_VALIDATE" --strict -k "$KUBE_VERSION" "$2" 2>&1)" || rc=$?
+    printf '%s\n' "$out" | grep -v '^INFO ' | grep -v '^$'
+    local n
+    n="$(printf '%s\n' "$out" | grep -c '^INFO .* passed for resource ')"
+    if [ "$rc" -ne 0 ] || printf '%s\n' "$out" | grep -q '^\(WARN\|ERROR\|FATAL\)' || [ "$n" -eq 0 ]; then
+        note "$1: NOT valid against Kubernetes $KUBE_VERSION"
+        return 1
+    fi
+    note "$1: $n resources valid against Kubernetes $KUBE_VERSION (strict${offline[*]:+, offline})"
+}
+
+run_deploy_kubernetes() {
+    local dir=deploy/kubernetes rc=0 f o
+    ensure_kube_validator || return 1
+    for f in "$dir"/base/*.yaml "$dir"/ops/*.yaml; do
+        [ "$(basename "$f")" = kustomization.yaml ] && continue
+        kube_validate "$f" "$f" || rc=1
+    done
+    bash -n "$dir/make-secrets.sh" || rc=1
+    if ! command -v kubectl >/dev/null 2>&1; then
+        note "kubectl not installed (Debian does not package it): the overlays were not rendered and make-secrets.sh was not run"
+        return $rc
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    for o in "$dir"/overlays/*/; do
+        o="${o%/}"
+        if kubectl kustomize "$o" >"$tmp/$(basename "$o").yaml"; then
+            kube_validate "kubectl kustomize $o" "$tmp/$(basename "$o").yaml" || rc=1
+        else
+            note "kubectl kustomize $o failed"
+            rc=1
+        fi
+    done
+    # make-secrets.sh for real, with the troupectl just built and a throwaway --dir.
+    if [ ! -x "${TROUPE_BIN_DIR:-}/troupectl" ]; then
+        note "no troupectl in TROUPE_BIN_DIR (${TROUPE_BIN_DIR:-unset}): make-secrets.sh not run"
+        rm -rf "$tmp"
+        return 1
+    fi
+    if TROUPE_BIN_DIR="$TROUPE_BIN_DIR" "$dir/make-secrets.sh" --namespace troupe-check --nodes 2 \
+        --database-url postgres://troupe:troupe@postgres:5432/troupe --dir "$tmp/keep" \
+        >"$tmp/secrets.yaml" 2>"$tmp/secrets.err"; then
+        kube_validate "make-secrets.sh --nodes 2" "$tmp/secrets.yaml" || rc=1
+        # The Secrets hold exactly what the rendered pods read from them (every secretKeyRef
+        # that is not optional, every /certs file a container names, for node ids 1..2), and
+        # no CA key or admin certificate.
+        "${KUBE_VALIDATE%/kubernetes-validate}/python" - "$tmp/secrets.yaml" "$tmp"/local.yaml <<'PY' || rc=1
+import sys, yaml
+secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
+want = {
+    "troupe-secrets": {"database-url", "jwt-secret"},
+    "troupe-internal-certs": {"ca.crt", "node-1.crt", "node-1.key", "node-2.crt", "node-2.key"},
+    "troupe-router-certs": {"ca.crt", "reader-router.crt", "reader-router.key"},
+}
+bad = []
+for name, keys in want.items():
+    s = secrets.get(name)
+    if s is None:
+        bad.append(f"no Secret {name}")
+        continue
+    if s["metadata"].get("namespace") != "troupe-check":
+        bad.append(f"{name}: namespace {s['metadata'].get('namespace')}")
+    if set(s.get("data", {})) != keys:
+        bad.append(f"{name} holds {sorted(s.get('data', {}))}, expected {sorted(keys)}")
+for doc in yaml.safe_load_all(open(sys.argv[2])):
+    if not doc or doc["kind"] not in ("StatefulSet", "Deployment"):
+        continue
+    pod = doc["spec"]["template"]["spec"]
+    vols = {v["name"]: v.get("secret", {}).get("secretName") for v in pod.get("volumes", [])}
+    for c in pod["containers"]:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        mounts = {m["mountPath"]: vols.get(m["name"]) for m in c.get("volumeMounts", [])}
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and not ref.get("optional"):
+                if ref["key"] not in secrets.get(ref["name"], {}).get("data", {}):
+                    bad.append(f"{where}: {e['name']} needs {ref['name']}/{ref['key']}")
+            value = e.get("value", "")
+            if value.startswith("/certs/"):
+                secret = mounts.get("/certs")
+                ids = ["1", "2"] if "{id}" in value else [""]
+                for i in ids:
+                    key = value[len("/certs/"):].replace("{id}", i)
+                    if key not in secrets.get(secret, {}).get("data", {}):
+                        bad.append(f"{where}: {e['name']} names /certs/{key}, not in Secret {secret}")
+for b in bad:
+    print("make-secrets.sh: " + b)
+if bad:
+    sys.exit(1)
+print("run.sh: make-secrets.sh: the Secrets hold what the pods read, and no CA key or admin certificate")
+PY
+    else
+        cat "$tmp/secrets.err"
+        note "make-secrets.sh failed"
+        rc=1
+    fi
+    rm -rf "$tmp"
+    return $rc
 }
 
 FUZZ_SKIP_REASON=""

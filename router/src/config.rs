@@ -14,6 +14,7 @@ use troupe_proto::token::{parse_algorithm, KeyError, Verifier, MIN_SECRET_LEN};
 
 use crate::assets::WebDir;
 use crate::dev_token::DevTokens;
+use crate::passthrough::NodeUpstream;
 
 /// Log filter used when `TROUPE_LOG` is not set.
 pub const DEFAULT_LOG: &str = "info";
@@ -100,6 +101,15 @@ pub struct Config {
     /// nodes' TROUPE_ALLOWED_ORIGINS; unset: no CORS headers (same-origin pages only).
     #[arg(long, env = "TROUPE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+
+    /// Pass `/nodes/{name}/…` through to the node named `{name}`, for nodes browsers cannot
+    /// reach (Kubernetes pods): a URL template for a node's public port inside the cluster,
+    /// e.g. `http://{name}.troupe-node:4000`. Such a node's TROUPE_PUBLIC_URL is
+    /// `wss://<public host>/nodes/{name}` (e.g. `wss://troupe.example.com/nodes/troupe-node-2`)
+    /// and the public host sends every path to the routers. Only members are reached (any
+    /// other name is a 404); the content API reaches those nodes this way too. Unset: off.
+    #[arg(long, env = "TROUPE_NODE_UPSTREAM", value_name = "http://{name}.HOST:PORT")]
+    pub node_upstream: Option<String>,
 }
 
 /// The token that guards `/metrics`. Its `Debug` hides it.
@@ -208,6 +218,8 @@ pub struct Settings {
     pub metrics_token: Option<MetricsToken>,
     /// Pages allowed to call the content API from other origins; `None`: none.
     pub origins: Option<troupe_proto::origin::OriginPolicy>,
+    /// Where `/nodes/{name}/…` goes; `None`: no pass-through.
+    pub node_upstream: Option<NodeUpstream>,
 }
 
 impl Settings {
@@ -226,6 +238,7 @@ impl Settings {
             token_keys: None,
             metrics_token: None,
             origins: None,
+            node_upstream: None,
         }
     }
 }
@@ -294,6 +307,13 @@ impl Config {
                 .allowed_origins
                 .as_deref()
                 .map(troupe_proto::origin::OriginPolicy::new)
+                .transpose()?,
+            node_upstream: self
+                .node_upstream
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(NodeUpstream::parse)
                 .transpose()?,
         })
     }
@@ -445,11 +465,34 @@ mod tests {
             (["--web-dir", "/no/such/troupe/dir"], "TROUPE_WEB_DIR"),
             (["--web-dir", "Cargo.toml"], "TROUPE_WEB_DIR"),
             (["--dev-tokens", "maybe"], "TROUPE_DEV_TOKENS"),
+            (
+                ["--node-upstream", "http://troupe-node:4000"],
+                "TROUPE_NODE_UPSTREAM",
+            ),
+            (["--node-upstream", "https://{name}:4000"], "TROUPE_NODE_UPSTREAM"),
         ] {
             let err = parse(&args).validate().unwrap_err();
             assert!(err.starts_with(name), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn node_upstream_is_off_unless_set() {
+        assert_eq!(parse(&[]).validate().unwrap().node_upstream, None);
+        assert_eq!(
+            parse(&["--node-upstream", " "]).validate().unwrap().node_upstream,
+            None
+        );
+        let upstream = parse(&["--node-upstream", "http://{name}.troupe-node:4000"])
+            .validate()
+            .unwrap()
+            .node_upstream
+            .unwrap();
+        assert_eq!(
+            upstream.base("troupe-node-2"),
+            "http://troupe-node-2.troupe-node:4000"
+        );
     }
 
     #[test]

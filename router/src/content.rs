@@ -2,7 +2,9 @@
 //! scene's owner. The router checks the token (the same rule as the other scene endpoints:
 //! reading needs the scene, changing it an editor's role), finds the owner in
 //! the membership and forwards the request to it; a stale owner answers 421, which the
-//! client sees as 503 "try again" once the router's view has moved on.
+//! client sees as 503 "try again" once the router's view has moved on. An owner behind the
+//! router's pass-through (`…/nodes/{name}`, see [`crate::passthrough`]) is called at its
+//! upstream directly, not through the public host.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::http::{error, no_store, Body};
+use crate::passthrough::{http_base, NodeUpstream};
 
 /// Largest answer forwarded (a scene is at most a few tens of MiB).
 const MAX_ANSWER: usize = 64 << 20;
@@ -26,22 +29,31 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct Forwarder {
     http: Client<HttpConnector, Full<Bytes>>,
+    /// How pass-through owners (`…/nodes/{name}`) are reached; `None`: by their URL.
+    upstream: Option<NodeUpstream>,
 }
 
 impl Default for Forwarder {
     fn default() -> Self {
+        Forwarder::new(None)
+    }
+}
+
+impl Forwarder {
+    /// A forwarder that reaches pass-through owners at `upstream` (TROUPE_NODE_UPSTREAM).
+    pub fn new(upstream: Option<NodeUpstream>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
         Forwarder {
             http: Client::builder(TokioExecutor::new()).build(connector),
+            upstream,
         }
     }
-}
 
-impl Forwarder {
     /// Forwards `method path_and_query` and its body to the node whose WebSocket base is
-    /// `owner_url`, with the request's `Authorization` and `Content-Type`.
+    /// `owner_url` (reached as [`http_base`] says), with the request's `Authorization` and
+    /// `Content-Type`.
     pub async fn forward(
         &self,
         owner_url: &str,
@@ -50,19 +62,16 @@ impl Forwarder {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Response<Body> {
-        let Some(base) = owner_url
-            .strip_prefix("ws://")
-            .map(|rest| format!("http://{rest}"))
-        else {
+        let Some(base) = http_base(owner_url, self.upstream.as_ref()) else {
             return no_store(error(
                 StatusCode::BAD_GATEWAY,
                 "owner_unreachable",
-                "the scene's owner is reached over wss://; ask it directly",
+                "the scene's owner is reached over wss:// only; ask it directly",
             ));
         };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path_and_query}", base.trim_end_matches('/')));
+            .uri(format!("{base}{path_and_query}"));
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
             if let Some(value) = headers.get(&name) {
                 request = request.header(name, value);

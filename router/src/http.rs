@@ -10,6 +10,7 @@
 //! | `GET /v1/dev/token?user=NAME` | a token for anyone, when enabled (see [`dev_token`]) |
 //! | `GET /healthz` | the membership the router answers from, 503 before it has one |
 //! | `GET /metrics` | OpenMetrics text |
+//! | `/nodes/{name}/…` (any method) | passed through to that node, with TROUPE_NODE_UPSTREAM (see [`passthrough`]) |
 //!
 //! Any other path under the API (see [`is_api_path`]), and any other method on an API
 //! path, is a 404 JSON error; the rest are the demo page's files (see [`assets`]).
@@ -17,6 +18,7 @@
 //! Answers come from one snapshot of the membership, so a route and its epoch always agree.
 //!
 //! [`presence`]: crate::presence
+//! [`passthrough`]: crate::passthrough
 //! [`dev_token`]: crate::dev_token
 //! [`assets`]: crate::assets
 
@@ -65,6 +67,8 @@ pub struct Shared {
     pub content: crate::content::Forwarder,
     /// Pages of other origins allowed to call the content API (CORS); `None`: none.
     pub origins: Option<troupe_proto::origin::OriginPolicy>,
+    /// Passes `/nodes/{name}/…` through to members; `None`: those paths are the page's.
+    pub passthrough: Option<crate::passthrough::Passthrough>,
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -80,7 +84,14 @@ fn scene_of(param: SceneParam) -> Option<String> {
 
 /// Every route of the router.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let routes = Router::new();
+    // Registered only when on, so that without it these paths are what they always were.
+    let routes = if shared.passthrough.is_some() {
+        routes.route("/nodes/{*path}", any(passthrough))
+    } else {
+        routes
+    };
+    routes
         // An empty id gets the same 400 as any bad one.
         .route("/v1/route/", get_only(route))
         .route("/v1/route/{*scene}", get_only(route))
@@ -383,6 +394,15 @@ async fn content_preflight(State(s): Ctx, headers: HeaderMap) -> Response<Body> 
     response
 }
 
+/// `/nodes/{name}/…`, any method: passed through to node `{name}` if it is a member.
+async fn passthrough(State(s): Ctx, request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match &s.passthrough {
+        Some(passthrough) => passthrough.handle(&s.latest, request).await,
+        None => not_found().await.into_response(),
+    }
+}
+
 /// `GET /v1/dev/token?user=NAME`.
 async fn dev_token(State(s): Ctx, query: Result<Query<TokenQuery>, QueryRejection>) -> Response<Body> {
     dev_token::answer(dev_token::user_of(query), s.dev_tokens.as_ref())
@@ -525,6 +545,7 @@ mod tests {
             metrics_token: Some("scrape-me".into()),
             content: crate::content::Forwarder::default(),
             origins: Some(troupe_proto::origin::OriginPolicy::new(&["https://app.example".into()]).unwrap()),
+            passthrough: None,
         }));
         app.oneshot(req).await.unwrap()
     }

@@ -10,7 +10,8 @@
 //! asked to, tokens for anyone (see [`dev_token`]). Presence answers and failover notices
 //! come from Redis ([`presence`]); a scene's content is answered by its owner, the router
 //! checking the token and forwarding ([`content`]); [`server`] runs it all, [`config`] and [`metrics`] are
-//! what they say.
+//! what they say. Behind a single public host (Kubernetes), `/nodes/{name}/…` is passed
+//! through to that node ([`passthrough`]).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +23,7 @@ pub mod dev_token;
 pub mod follow;
 pub mod http;
 pub mod metrics;
+pub mod passthrough;
 pub mod presence;
 pub mod server;
 

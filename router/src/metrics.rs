@@ -45,6 +45,15 @@ pub struct Metrics {
     pub epoch: Gauge,
     pub membership_updates: Counter,
     pub watch_errors: Counter,
+    /// `/nodes/{name}/…` requests, by outcome (see [`crate::passthrough`]).
+    pub passthrough_requests: Family<OutcomeLabels, Counter>,
+    /// WebSocket connections passed through to a node, open now.
+    pub passthrough_connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -61,6 +70,8 @@ impl Metrics {
             epoch: Gauge::default(),
             membership_updates: Counter::default(),
             watch_errors: Counter::default(),
+            passthrough_requests: Family::default(),
+            passthrough_connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -83,6 +94,23 @@ impl Metrics {
             "Failed membership watch calls (a node down, slow or refusing)",
             m.watch_errors.clone(),
         );
+        registry.register(
+            "router_passthrough_requests",
+            "Requests passed through to a node (/nodes/{name}/...), by outcome (forwarded, upgraded, \
+             unknown_node, unreachable, too_large, upgrade_failed)",
+            m.passthrough_requests.clone(),
+        );
+        registry.register(
+            "router_passthrough_connections",
+            "WebSocket connections passed through to a node, open now",
+            m.passthrough_connections.clone(),
+        );
+        // Every series from the start: an empty family is left out of the text.
+        for outcome in crate::passthrough::Outcome::ALL {
+            let _ = m.passthrough_requests.get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            });
+        }
         Metrics { registry, ..m }
     }
 
@@ -90,6 +118,14 @@ impl Metrics {
         self.requests
             .get_or_create(&KindLabels {
                 kind: outcome.label(),
+            })
+            .inc();
+    }
+
+    pub fn passthrough(&self, outcome: crate::passthrough::Outcome) {
+        self.passthrough_requests
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
             })
             .inc();
     }
@@ -117,6 +153,11 @@ mod tests {
         assert!(text.contains("router_watch_errors_total 1"), "{text}");
         assert!(text.contains("router_membership_updates_total 0"), "{text}");
         assert!(text.contains("router_epoch 7"), "{text}");
+        assert!(
+            text.contains("router_passthrough_requests_total{outcome=\"unreachable\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("router_passthrough_connections 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

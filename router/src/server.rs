@@ -78,6 +78,10 @@ pub async fn run(
     if settings.dev_tokens.is_some() {
         tracing::warn!("{}", dev_token::WARNING);
     }
+    let passthrough = settings.node_upstream.clone().map(|upstream| {
+        tracing::info!(?upstream, "passing /nodes/{{name}}/... through to the members");
+        crate::passthrough::Passthrough::new(upstream, settings.port.max_body_bytes, metrics.clone())
+    });
     let refusals = metrics.clone();
     let shared = Arc::new(Shared {
         latest: follower.latest.clone(),
@@ -87,8 +91,9 @@ pub async fn run(
         dev_tokens: settings.dev_tokens.clone(),
         verifier,
         metrics_token: settings.metrics_token.as_ref().map(|t| t.0.clone()),
-        content: crate::content::Forwarder::default(),
+        content: crate::content::Forwarder::new(settings.node_upstream.clone()),
         origins: settings.origins.clone(),
+        passthrough,
     });
 
     on_ready();

@@ -44,8 +44,8 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-#[test]
-fn every_variable_the_stack_sets_is_one_a_binary_reads() {
+/// Every variable a Troupe binary reads.
+fn known_variables() -> BTreeSet<String> {
     let mut known = documented("troupe-node", &[]);
     known.extend(documented("troupe-router", &[]));
     known.extend(documented("troupectl", &[]));
@@ -54,7 +54,19 @@ fn every_variable_the_stack_sets_is_one_a_binary_reads() {
     // Read by the logging set-up every binary shares, not a flag.
     known.insert("TROUPE_LOG".into());
     assert!(known.len() > 60, "{known:?}");
-    for file in ["deploy/compose/compose.yml", "deploy/Dockerfile"] {
+    known
+}
+
+#[test]
+fn every_variable_the_stack_sets_is_one_a_binary_reads() {
+    let known = known_variables();
+    let kubernetes = kubernetes_files();
+    assert!(kubernetes.len() >= 10, "{kubernetes:?}");
+    let files = [
+        "deploy/compose/compose.yml".to_string(),
+        "deploy/Dockerfile".to_string(),
+    ];
+    for file in files.iter().chain(&kubernetes) {
         let used = troupe_vars(&read(file));
         let unknown: Vec<&String> = used.difference(&known).collect();
         assert!(
@@ -99,4 +111,87 @@ fn each_node_of_the_stack_has_what_a_node_off_loopback_needs() {
         }
     }
     assert!(troupe_vars("a TROUPE_X_Y=1 and ${TROUPE_Z:?}").len() == 2);
+}
+
+/// The YAML files under `deploy/kubernetes`, by path from the repository's root.
+fn kubernetes_files() -> Vec<String> {
+    fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let rel = format!("{rel}/{name}");
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &rel, out);
+            } else if name.ends_with(".yaml") {
+                out.push(rel);
+            }
+        }
+    }
+    let root = format!("{}/../deploy/kubernetes", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    walk(std::path::Path::new(&root), "deploy/kubernetes", &mut out);
+    out.sort();
+    out
+}
+
+/// The value of a container's `- name: NAME` / `value: …` entry in a manifest.
+fn env_value(manifest: &str, name: &str) -> Option<String> {
+    let mut lines = manifest.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("- name: {name}") {
+            let next = lines.next()?.trim();
+            return Some(next.strip_prefix("value: ")?.trim_matches('"').to_string());
+        }
+    }
+    None
+}
+
+/// The StatefulSet's pods find each other the way their certificates (make-secrets.sh) and the
+/// node (`TROUPE_NODE_ID=from-hostname`: ordinal + 1) expect, and the routers follow them.
+#[test]
+fn the_kubernetes_nodes_and_routers_agree_on_names_and_ids() {
+    let set = read("deploy/kubernetes/base/node-statefulset.yaml");
+    let get = |name: &str| env_value(&set, name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(get("TROUPE_NODE_ID"), "from-hostname");
+    assert_eq!(get("TROUPE_JOIN"), "true");
+    assert_eq!(get("TROUPE_ON_STOP"), "kubernetes");
+    assert_eq!(get("TROUPE_RPC_ADVERTISE"), "$(POD_NAME).troupe-node:4100");
+    assert_eq!(get("TROUPE_INTERNAL_CERT"), "/certs/node-{id}.crt");
+    assert_eq!(get("TROUPE_INTERNAL_KEY"), "/certs/node-{id}.key");
+    assert!(get("TROUPE_PUBLIC_URL").ends_with("/nodes/$(POD_NAME)"));
+    for needed in [
+        "TROUPE_ALLOWED_ORIGINS",
+        "TROUPE_INTERNAL_CA",
+        "TROUPE_JWT_SECRET",
+        "TROUPE_DATABASE_URL",
+        "TROUPE_DATA_DIR",
+    ] {
+        assert!(
+            set.contains(&format!("- name: {needed}\n")),
+            "the nodes lack {needed}"
+        );
+    }
+    // Voter id N is pod N-1, at the address that pod advertises.
+    let peers = get("TROUPE_PEERS");
+    let mut addrs = Vec::new();
+    for (i, entry) in peers.split(',').enumerate() {
+        let addr = format!("troupe-node-{i}.troupe-node:4100");
+        assert_eq!(entry, format!("{}={addr}", i + 1), "{peers}");
+        addrs.push(addr);
+    }
+    assert_eq!(addrs.len(), 3, "{peers}");
+    assert!(set.contains("serviceName: troupe-node\n"));
+    assert!(set.contains("podManagementPolicy: Parallel\n"));
+
+    let router = read("deploy/kubernetes/base/router-deployment.yaml");
+    let get = |name: &str| env_value(&router, name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(get("TROUPE_CLUSTER"), addrs.join(","));
+    assert_eq!(get("TROUPE_NODE_UPSTREAM"), "http://{name}.troupe-node:4000");
+    assert_eq!(get("TROUPE_DEV_TOKENS"), "false");
+    assert_eq!(get("TROUPE_INTERNAL_CERT"), "/certs/reader-router.crt");
+
+    // make-secrets.sh names each node's certificate after the pod its id runs in.
+    let script = read("deploy/kubernetes/make-secrets.sh");
+    assert!(script.contains(r#"pod="troupe-node-$((id - 1))""#));
+    assert!(script.contains(r#"--host "$pod.troupe-node""#));
 }

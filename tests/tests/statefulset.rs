@@ -158,6 +158,17 @@ async fn wait_ready(node: &NodeProcess, what: &str) -> Duration {
     }
 }
 
+/// SIGTERM, and the exit status once the pod stopped. Waited for on another thread: the
+/// editors share this test's runtime and must go on answering meanwhile.
+async fn stop(mut pod: NodeProcess) -> (NodeProcess, std::process::ExitStatus) {
+    tokio::task::spawn_blocking(move || {
+        let status = pod.terminate().unwrap();
+        (pod, status)
+    })
+    .await
+    .unwrap()
+}
+
 fn state_of(view: &ClusterView, id: u64) -> Option<NodeState> {
     view.state.nodes.get(&NodeId(id)).map(|n| n.state)
 }
@@ -188,8 +199,9 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
     assert_eq!(view.voters.len(), 3, "{view:?}");
 
     let router = RouterProcess::start(&set.rpc_addrs()).await.unwrap();
+    let t0 = Instant::now();
     let base = unique("sts");
-    let scenes: Vec<String> = (0..12).map(|i| format!("{base}-{i}")).collect();
+    let scenes: Vec<String> = (0..24).map(|i| format!("{base}-{i}")).collect();
     let names: Vec<&str> = scenes.iter().map(String::as_str).collect();
     let token = editor_token(&names);
     let mut editors = Vec::new();
@@ -203,6 +215,7 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Scale up: pod 3 is no initial voter, and nobody runs `troupectl add`.
+    println!("scale up at {:?}", t0.elapsed());
     pods.push(Some(set.start(3, "leave")));
     let took = wait_ready(pods[3].as_ref().unwrap(), "pod 3").await;
     let view = set
@@ -221,8 +234,10 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
 
     // A rolling restart of pod 1: SIGTERM drains it (not ready, its scenes handed over
     // while it still serves), then it stops; started again, it puts itself back.
+    println!("rolling restart of pod 1 at {:?}", t0.elapsed());
     let stopping = pods[1].take().unwrap();
     let rooms_before = stopping.metric("scenes_collaborative_active").await.unwrap();
+    assert!(rooms_before > 0.0, "pod 1 served no scene to move");
     signal(&stopping, "TERM");
     let mut saw_not_ready = None;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -247,8 +262,7 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
         Some(NodeState::Draining),
         "a stopped pod drains: {view:?}"
     );
-    let mut stopping = stopping;
-    let status = stopping.terminate().unwrap();
+    let (_stopped, status) = stop(stopping).await;
     assert!(status.success(), "pod 1 stopped with {status}");
     let not_ready = saw_not_ready.expect("pod 1 never said it was not ready while it drained");
     assert!(not_ready.contains("not active"), "{not_ready}");
@@ -264,8 +278,8 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // Scale down by one: pod 3 leaves the membership.
-    let mut leaving = pods[3].take().unwrap();
-    let status = leaving.terminate().unwrap();
+    println!("scale down at {:?}", t0.elapsed());
+    let (_left, status) = stop(pods[3].take().unwrap()).await;
     assert!(status.success(), "pod 3 stopped with {status}");
     let view = set
         .wait_for("node 4 gone", |v| !v.state.nodes.contains_key(&NodeId(4)))
@@ -301,6 +315,14 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
             "{}: a fresh client sees other text",
             done.scene
         );
+        for o in &done.outages {
+            println!(
+                "  {} moved at {:?} for {:?}",
+                done.scene,
+                o.began.duration_since(t0),
+                o.lasted
+            );
+        }
         outages.extend(done.outages.iter().map(|o| o.lasted));
     }
     let mut failovers = 0.0;
