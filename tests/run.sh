@@ -20,7 +20,8 @@
 #                specification's schema (check-jsonschema from PyPI, in target/tools/pyvenv);
 #                deploy/kubernetes against the Kubernetes 1.30 schemas, offline
 #                (kubernetes-validate --strict, same venv): base/ and ops/, and with kubectl
-#                the rendered overlays and a real make-secrets.sh run
+#                the rendered overlays and a real make-secrets.sh run; the image
+#                (deploy/Dockerfile) where docker or podman answers, else a line why not
 #   fuzz         cargo +nightly fuzz run <target> for each target, bounded (on request, see below)
 #
 # Every check runs even if an earlier one failed; the exit status is non-zero if any failed.
@@ -363,7 +364,25 @@ run_deploy() {
     rm -rf "$tmp"
     ensure_compose_checker || return 1
     "$COMPOSE_CHECKER" --builtin-schema vendor.compose-spec deploy/compose/compose.yml || return 1
-    run_deploy_kubernetes
+    run_deploy_kubernetes || return 1
+    run_deploy_image
+}
+
+# The image, built where a container engine answers; otherwise one line says why it was not.
+run_deploy_image() {
+    local engine why
+    for engine in docker podman; do
+        command -v "$engine" >/dev/null 2>&1 || continue
+        if why="$("$engine" info 2>&1 >/dev/null)"; then
+            note "image: building deploy/Dockerfile with $engine"
+            "$engine" build -q -f deploy/Dockerfile -t troupe:ci . || return 1
+            "$engine" run --rm troupe:ci troupe-node --version || return 1
+            return 0
+        fi
+        note "image: not built: $engine does not answer here ($(tail -n1 <<<"$why"))"
+        return 0
+    done
+    note "image: not built: no container engine (docker, podman) on this machine"
 }
 
 # kubernetes-validate (PyPI), which bundles the Kubernetes JSON schemas, in the same venv.
