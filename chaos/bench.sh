@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Troupe vs the y-websocket reference server under the same load, in the same run.
+# Troupe vs the y-websocket reference server and the floor, under the same load, in the
+# same run.
 #
 #   chaos/bench.sh [troupe-chaos load flags…]
 #   chaos/bench.sh --scenes 20 --editors 5 --rate 2 --duration 30 --warmup 5
 #
-# Builds release binaries, starts PostgreSQL (tests/pg.sh), troupe-node and the reference
-# server (chaos/reference: npm y-websocket 1.5, bin/server.js, in-memory), then runs
-# `troupe-chaos load` against each in turn, alternating the order every round, and prints
-# the medians side by side with the CPU ratio (`troupe-chaos compare`). Every process it
-# starts is stopped on exit.
+# Builds release binaries, starts PostgreSQL (tests/pg.sh), troupe-node, the reference
+# server (chaos/reference: npm y-websocket 1.5, bin/server.js, in-memory) and the bare
+# relay (`troupe-chaos relay`: frames passed along, no document, no storage — the floor),
+# then runs `troupe-chaos load` against each in turn, rotating the order every round, and
+# prints the medians side by side with the CPU ratio and each server's CPU as a multiple of
+# the relay's (`troupe-chaos compare`). Every process it starts is stopped on exit.
 #
 # Environment:
 #   ROUNDS=2                  rounds per server
-#   TARGETS="troupe reference"  which servers to bench (one alone skips the comparison);
+#   TARGETS="troupe reference relay"  which servers to bench (one alone skips the
+#                             comparison); `relay` is the floor;
 #                             `baseline` is a second troupe-node, from BASELINE_NODE
 #   BASELINE_NODE=PATH        another build of troupe-node (e.g. of an older commit) to bench
 #                             side by side: TARGETS="troupe baseline" BASELINE_NODE=…/troupe-node
@@ -24,7 +27,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${ROUNDS:-2}"
-TARGETS="${TARGETS:-troupe reference}"
+TARGETS="${TARGETS:-troupe reference relay}"
 OUT="${BENCH_OUT:-$ROOT/target/bench-reports/$(date +%Y%m%d-%H%M%S)}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-load.XXXXXX")"
 SECRET="${TROUPE_JWT_SECRET:-bench-secret-$(od -An -N16 -tx8 /dev/urandom | tr -d ' \n')}"
@@ -62,6 +65,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+for t in $TARGETS; do
+    case "$t" in
+        troupe | baseline | reference | relay) ;;
+        *) die "TARGETS: unknown target $t (troupe, baseline, reference, relay)" ;;
+    esac
+done
 
 free_port() {
     local p i
@@ -180,6 +189,17 @@ if wants reference; then
     log "reference server (pid $REF_PID) at $REF_URL"
 fi
 
+if wants relay; then
+    relay_port="$(free_port)"
+    "$CHAOS" relay --listen "127.0.0.1:$relay_port" >"$WORK/relay.log" 2>&1 &
+    RELAY_PID=$!
+    STARTED_PIDS+=("$RELAY_PID")
+    wait_for_line "$RELAY_PID" "$WORK/relay.log" "relay listening on" 30 \
+        || die "the relay did not start"
+    RELAY_URL="$(grep -oE 'relay listening on [^ ]+' "$WORK/relay.log" | head -n1 | awk '{print $4}')"
+    log "relay (pid $RELAY_PID) at $RELAY_URL"
+fi
+
 # --- rounds ------------------------------------------------------------------------------
 run_one() {
     local target="$1" round="$2" out="$OUT/$1-$2"
@@ -197,6 +217,10 @@ run_one() {
             "$CHAOS" load --url "$REF_URL" --label reference --pid "$REF_PID" \
                 --out "$out" "$@"
             ;;
+        relay)
+            "$CHAOS" load --url "$RELAY_URL" --label relay --pid "$RELAY_PID" \
+                --out "$out" "$@"
+            ;;
     esac
     echo
 }
@@ -206,17 +230,26 @@ for round in $(seq 1 "$ROUNDS"); do
     for target in "${order[@]}"; do
         run_one "$target" "$round" "$@"
     done
-    # Alternate who goes first, so drift (caches, thermal, page cache) hits both alike.
+    # Rotate who goes first, so drift (caches, thermal, page cache) hits all alike.
     order=("${order[@]:1}" "${order[0]}")
 done
 
 reports() { local t="$1" r list=""; for r in $(seq 1 "$ROUNDS"); do list+="${list:+,}$OUT/$t-$r"; done; echo "$list"; }
-if wants troupe && wants reference; then
-    echo "=== troupe vs y-websocket reference (medians of $ROUNDS rounds) ==="
-    "$CHAOS" compare "troupe=$(reports troupe)" "reference=$(reports reference)"
-fi
-if wants troupe && wants baseline; then
-    echo "=== troupe vs baseline $BASELINE_NODE (medians of $ROUNDS rounds) ==="
-    "$CHAOS" compare "troupe=$(reports troupe)" "baseline=$(reports baseline)"
+# One table, columns in this order; the ratio column is the first two other than the relay
+# (troupe/baseline, else troupe/reference), the relay's column is the floor.
+groups=() names=()
+for t in troupe baseline reference relay; do
+    if wants "$t"; then
+        groups+=("$t=$(reports "$t")")
+        names+=("$t")
+    fi
+done
+if [ "${#groups[@]}" -ge 2 ]; then
+    title="${names[*]}"
+    title="${title// / vs }"
+    if wants baseline; then title+=" (baseline: $BASELINE_NODE)"; fi
+    if wants relay; then title+="; the relay is the floor"; fi
+    echo "=== $title ==="
+    "$CHAOS" compare --floor relay "${groups[@]}"
 fi
 log "reports (report.json, latency.svg) in $OUT"

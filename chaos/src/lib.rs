@@ -11,6 +11,7 @@
 //! - [`launcher`]: a local cluster of real processes, and [`logs`], their logs.
 //! - [`dev`]: `troupe dev` (alias `troupe-chaos up`), a local cluster for development.
 //! - [`chart`]: an SVG picture of edit latency over time, with faults and recovery times.
+//! - [`relay`]: `troupe-chaos relay`, a bare y-websocket relay, the bench's floor.
 
 pub mod bench;
 pub mod chart;
@@ -23,6 +24,7 @@ pub mod launcher;
 pub mod logs;
 pub mod netns;
 pub mod p1;
+pub mod relay;
 pub mod run;
 pub mod scenario;
 pub mod typing;

@@ -420,77 +420,134 @@ impl Medians {
     }
 }
 
-/// A side-by-side table of medians; the last column is first / second.
-pub fn compare_table(a: &Medians, b: &Medians) -> String {
-    type Row = (&'static str, fn(&Medians) -> Option<f64>, usize);
+/// A side-by-side table of medians, one column per server (in the order given).
+///
+/// The group labelled `floor` (the bare relay), if any, is the floor: every server's CPU
+/// per delivery is also shown as a multiple of its (`× floor`) and as what it adds to it.
+/// The ratio column is the first / the second group other than the floor
+/// (troupe / reference), left out with fewer than two of them.
+pub fn compare_table(groups: &[Medians], floor: Option<&str>) -> String {
+    type Get = fn(&Medians) -> Option<f64>;
+    /// (name, value, decimals, followed by a "× floor" row)
+    type Row = (&'static str, Get, usize, bool);
     let rows: [Row; 16] = [
-        ("latency p50 (ms)", |m| m.p50_ms, 2),
-        ("latency p95 (ms)", |m| m.p95_ms, 2),
-        ("latency p99 (ms)", |m| m.p99_ms, 2),
-        ("latency max (ms)", |m| m.max_ms, 2),
-        ("deliveries/s", |m| m.deliveries_per_s, 0),
-        ("missing deliveries", |m| m.missing, 0),
-        ("errors", |m| m.errors, 0),
-        ("server CPU us/delivery", |m| m.server_cpu_us_per_delivery, 1),
-        ("  user us/delivery", |m| m.server_user_us_per_delivery, 1),
-        ("  kernel us/delivery", |m| m.server_system_us_per_delivery, 1),
-        ("aux CPU us/delivery", |m| m.aux_cpu_us_per_delivery, 1),
-        ("total CPU us/delivery", |m| m.total_cpu_us_per_delivery, 1),
-        ("RSS per room (KiB)", |m| m.rss_per_room_kib, 1),
-        ("RSS at end / rooms (KiB)", |m| m.rss_end_per_room_kib, 1),
-        ("ack p50 (ms)", |m| m.ack_p50_ms, 2),
-        ("ack p99 (ms)", |m| m.ack_p99_ms, 2),
+        ("latency p50 (ms)", |m| m.p50_ms, 2, false),
+        ("latency p95 (ms)", |m| m.p95_ms, 2, false),
+        ("latency p99 (ms)", |m| m.p99_ms, 2, false),
+        ("latency max (ms)", |m| m.max_ms, 2, false),
+        ("deliveries/s", |m| m.deliveries_per_s, 0, false),
+        ("missing deliveries", |m| m.missing, 0, false),
+        ("errors", |m| m.errors, 0, false),
+        (
+            "server CPU us/delivery",
+            |m| m.server_cpu_us_per_delivery,
+            1,
+            true,
+        ),
+        ("  user us/delivery", |m| m.server_user_us_per_delivery, 1, false),
+        (
+            "  kernel us/delivery",
+            |m| m.server_system_us_per_delivery,
+            1,
+            false,
+        ),
+        ("aux CPU us/delivery", |m| m.aux_cpu_us_per_delivery, 1, false),
+        ("total CPU us/delivery", |m| m.total_cpu_us_per_delivery, 1, true),
+        ("RSS per room (KiB)", |m| m.rss_per_room_kib, 1, false),
+        ("RSS at end / rooms (KiB)", |m| m.rss_end_per_room_kib, 1, false),
+        ("ack p50 (ms)", |m| m.ack_p50_ms, 2, false),
+        ("ack p99 (ms)", |m| m.ack_p99_ms, 2, false),
     ];
+    let floor = floor.and_then(|label| groups.iter().find(|m| m.label == label));
+    let mut others = groups
+        .iter()
+        .filter(|m| floor.is_none_or(|f| !std::ptr::eq(*m, f)));
+    let pair = match (others.next(), others.next()) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    };
+    let has_aux = groups.iter().any(|m| m.aux_cpu_us_per_delivery.is_some());
     let fmt = |v: Option<f64>, prec: usize| match v {
         Some(v) => format!("{v:.prec$}"),
         None => "-".to_owned(),
     };
+    let times = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y != 0.0 => Some(format!("{:.2}x", x / y)),
+        _ => None,
+    };
+    let widths: Vec<usize> = groups.iter().map(|m| m.label.len().max(10)).collect();
+    let ratio_head = pair.map(|(a, b)| format!("{}/{}", a.label, b.label));
     let mut s = String::new();
-    let ratio_head = format!("{}/{}", a.label, b.label);
-    let _ = writeln!(
-        s,
-        "{:<24} {:>14} {:>14} {:>12}",
-        format!("medians of {} / {} rounds", a.rounds, b.rounds),
-        a.label,
-        b.label,
-        ratio_head
-    );
-    for (name, get, prec) in rows {
-        let (va, vb) = (get(a), get(b));
-        if va.is_none() && vb.is_none() {
+    let line = |s: &mut String, name: &str, cells: &[String], ratio: Option<&str>| {
+        let _ = write!(s, "{name:<24}");
+        for (cell, w) in cells.iter().zip(&widths) {
+            let _ = write!(s, " {cell:>w$}");
+        }
+        if let (Some(head), Some(ratio)) = (&ratio_head, ratio) {
+            let _ = write!(s, "  {ratio:>w$}", w = head.len().max(8));
+        }
+        s.truncate(s.trim_end_matches(' ').len());
+        s.push('\n');
+    };
+    let rounds: Vec<String> = groups.iter().map(|m| m.rounds.to_string()).collect();
+    let title = if rounds.windows(2).all(|w| w[0] == w[1]) {
+        let n = groups.first().map_or(0, |m| m.rounds);
+        format!("medians of {n} round{}", if n == 1 { "" } else { "s" })
+    } else {
+        format!("medians of {} rounds", rounds.join("/"))
+    };
+    let labels: Vec<String> = groups.iter().map(|m| m.label.clone()).collect();
+    line(&mut s, &title, &labels, ratio_head.as_deref());
+    for (name, get, prec, with_floor) in rows {
+        let values: Vec<Option<f64>> = groups.iter().map(get).collect();
+        if values.iter().all(Option::is_none) {
             continue;
         }
-        let ratio = match (va, vb) {
-            (Some(x), Some(y)) if y != 0.0 => format!("{:.2}x", x / y),
-            _ => "-".to_owned(),
-        };
-        let _ = writeln!(
-            s,
-            "{:<24} {:>14} {:>14} {:>12}",
-            name,
-            fmt(va, prec),
-            fmt(vb, prec),
-            ratio
-        );
-    }
-    if let (Some(x), Some(y)) = (a.server_cpu_us_per_delivery, b.server_cpu_us_per_delivery) {
-        if y > 0.0 {
-            let _ = writeln!(
-                s,
-                "CPU ratio (server process per delivered update): {} / {} = {:.2}",
-                a.label,
-                b.label,
-                x / y
-            );
+        let ratio = pair.map(|(a, b)| times(get(a), get(b)).unwrap_or_else(|| "-".to_owned()));
+        let cells: Vec<String> = values.iter().map(|v| fmt(*v, prec)).collect();
+        line(&mut s, name, &cells, Some(ratio.as_deref().unwrap_or("")));
+        if let (true, Some(f)) = (with_floor, floor) {
+            if name.starts_with("total") && !has_aux {
+                continue;
+            }
+            let cells: Vec<String> = values
+                .iter()
+                .map(|v| times(*v, get(f)).unwrap_or_else(|| "-".to_owned()))
+                .collect();
+            line(&mut s, "  × floor", &cells, Some(""));
         }
     }
-    let has_aux = a.aux_cpu_us_per_delivery.is_some() || b.aux_cpu_us_per_delivery.is_some();
-    if let (Some(x), Some(y), true) = (a.total_cpu_us_per_delivery, b.total_cpu_us_per_delivery, has_aux) {
-        if y > 0.0 {
+    if let Some((a, b)) = pair {
+        if let Some(r) = times(a.server_cpu_us_per_delivery, b.server_cpu_us_per_delivery) {
+            let r = r.trim_end_matches('x');
             let _ = writeln!(
                 s,
-                "CPU ratio including aux processes (e.g. PostgreSQL): {:.2}",
-                x / y
+                "CPU ratio (server process per delivered update): {} / {} = {r}",
+                a.label, b.label
+            );
+        }
+        if has_aux {
+            if let Some(r) = times(a.total_cpu_us_per_delivery, b.total_cpu_us_per_delivery) {
+                let r = r.trim_end_matches('x');
+                let _ = writeln!(s, "CPU ratio including aux processes (e.g. PostgreSQL): {r}");
+            }
+        }
+    }
+    if let Some(f) = floor.filter(|_| groups.len() > 1) {
+        if let Some(base) = f.server_cpu_us_per_delivery {
+            let above: Vec<String> = groups
+                .iter()
+                .filter(|m| !std::ptr::eq(*m, f))
+                .filter_map(|m| {
+                    m.server_cpu_us_per_delivery
+                        .map(|us| format!("{} {:+.1}", m.label, us - base))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "Above the floor ({} {base:.1} us/delivery, server process): {} us/delivery",
+                f.label,
+                above.join(", ")
             );
         }
     }
@@ -588,8 +645,9 @@ mod tests {
         assert_eq!(a.server_system_us_per_delivery, Some(12.0));
         assert_eq!(a.rss_per_room_kib, Some(1024.0));
         assert_eq!(a.rss_end_per_room_kib, Some(2048.0));
-        let table = compare_table(&a, &b);
+        let table = compare_table(&[a.clone(), b.clone()], Some("relay"));
         assert!(table.contains("CPU ratio (server process per delivered update): troupe / reference = 0.50"));
+        assert!(!table.contains("floor"), "{table}");
         assert!(table.contains("latency p50 (ms)"));
         let row = |name: &str| {
             let line = table.lines().find(|l| l.starts_with(name)).expect(name);
@@ -599,6 +657,62 @@ mod tests {
         assert_eq!(row("  user us/delivery"), ["0.50x", "16.0", "8.0"], "{table}");
         assert_eq!(row("  kernel us/delivery"), ["0.50x", "24.0", "12.0"], "{table}");
         assert!(!table.contains("ack p50"));
+
+        // With the relay as the floor: a column of its own, and CPU as multiples of it.
+        let relay = Medians::of("relay", &[report("relay", 0.5, 5.0)]);
+        let table = compare_table(&[a, b, relay], Some("relay"));
+        let head = table.lines().next().expect("head");
+        assert_eq!(
+            head.split_whitespace().collect::<Vec<_>>(),
+            [
+                "medians",
+                "of",
+                "2/1/1",
+                "rounds",
+                "troupe",
+                "reference",
+                "relay",
+                "troupe/reference"
+            ],
+            "{table}"
+        );
+        let cpu = table
+            .lines()
+            .position(|l| l.starts_with("server CPU"))
+            .expect("cpu row");
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[cpu].split_whitespace().rev().take(4).collect::<Vec<_>>(),
+            ["0.50x", "5.0", "40.0", "20.0"],
+            "{table}"
+        );
+        assert_eq!(
+            lines[cpu + 1].split_whitespace().collect::<Vec<_>>(),
+            ["×", "floor", "4.00x", "8.00x", "1.00x"],
+            "{table}"
+        );
+        assert!(table.lines().all(|l| !l.ends_with(' ')), "{table}");
+        // No aux processes: the total is the server's, and has no floor row of its own.
+        assert_eq!(table.matches("× floor").count(), 1, "{table}");
+        assert!(table.contains("CPU ratio (server process per delivered update): troupe / reference = 0.50"));
+        assert!(
+            table.contains("Above the floor (relay 5.0 us/delivery, server process): troupe +15.0, reference +35.0 us/delivery"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn floor_alone_with_one_server() {
+        let t = Medians::of("troupe", &[report("troupe", 1.0, 10.0)]);
+        let relay = Medians::of("relay", &[report("relay", 0.5, 5.0)]);
+        let table = compare_table(&[t, relay], Some("relay"));
+        // No second server: no ratio column, but the floor rows.
+        assert!(
+            table.lines().next().expect("head").trim_end().ends_with("relay"),
+            "{table}"
+        );
+        assert!(table.contains("2.00x"), "{table}");
+        assert!(!table.contains("CPU ratio"), "{table}");
     }
 
     #[test]
@@ -637,7 +751,7 @@ mod tests {
         let m = Medians::of("old", &[old]);
         assert_eq!(m.server_cpu_us_per_delivery, Some(10.0));
         assert_eq!(m.server_user_us_per_delivery, None);
-        assert!(!compare_table(&m, &m).contains("user us/delivery"));
+        assert!(!compare_table(&[m.clone(), m], None).contains("user us/delivery"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! ```text
 //! troupe-chaos up [--nodes 3] [--redis] [--database-url postgres://…]
 //! troupe-chaos load --url http://127.0.0.1:8080 --scenes 20 --editors 5 --rate 2 [--ramp]
-//! troupe-chaos compare troupe=a/report.json,b/report.json reference=c/report.json
+//! troupe-chaos relay --listen 127.0.0.1:0
+//! troupe-chaos compare troupe=a/report.json,b/report.json reference=c/report.json relay=d
 //! ```
 //!
 //! `up` is `troupe dev` (see `troupe_chaos::dev`): a local cluster in the foreground — nodes,
@@ -11,8 +12,9 @@
 //! stopped by Ctrl-C.
 //! `load` drives a running cluster, or any y-websocket server (so that the reference server
 //! can be measured the same way), and reports fan-out latency, throughput, and the server's
-//! CPU per delivered update and memory per room; `compare` puts two servers' reports side
-//! by side.
+//! CPU per delivered update and memory per room; `relay` is the floor those figures are
+//! read against (a bare y-websocket relay: no document, no storage, see
+//! `troupe_chaos::relay`); `compare` puts several servers' reports side by side.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use troupe_chaos::bench::svg::latency_svg;
 use troupe_chaos::chart::{render_svg, ChartSpec, FaultMark, Sample};
 use troupe_chaos::dev::{self, DevArgs};
 use troupe_chaos::launcher::own_bin_dir;
+use troupe_chaos::relay::{Relay, RelayOptions};
 use troupe_chaos::run::{Report, RunOptions};
 use troupe_chaos::scenario::Scenario;
 use troupe_runtime::logging::{self, Style};
@@ -52,8 +55,29 @@ enum Cmd {
     /// fan-out latency, deliveries/s, errors, and server CPU per delivered update and RSS
     /// per room.
     Load(Box<LoadArgs>),
-    /// Print the medians of two servers' `load` reports side by side.
+    /// Serve a bare y-websocket relay (no document, no storage, no auth): the floor the
+    /// bench compares servers with.
+    Relay(RelayArgs),
+    /// Print the medians of several servers' `load` reports side by side.
     Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// Address to listen on; port 0 picks a free one. Prints
+    /// `troupe-chaos relay listening on ws://ADDR` once ready; rooms are at ws://ADDR/{room}.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Runtime worker threads (1, like troupe-node's default TROUPE_WORKER_THREADS, runs
+    /// everything on the main thread).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Largest WebSocket message accepted, in bytes (troupe-node's default).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Frames queued for one client before it is dropped as too slow.
+    #[arg(long, default_value_t = 1024)]
+    queue: usize,
 }
 
 #[derive(clap::Args)]
@@ -139,10 +163,14 @@ struct LoadArgs {
 
 #[derive(clap::Args)]
 struct CompareArgs {
-    /// Two groups LABEL=REPORT[,REPORT…] of `load` reports (report.json files, or the
-    /// folders holding them); the ratio column is first / second.
-    #[arg(num_args = 2, required = true, value_name = "LABEL=REPORTS")]
+    /// Groups LABEL=REPORT[,REPORT…] of `load` reports (report.json files, or the folders
+    /// holding them), one column each; the ratio column is the first / the second group
+    /// other than the floor.
+    #[arg(num_args = 1.., required = true, value_name = "LABEL=REPORTS")]
     groups: Vec<String>,
+    /// The group CPU figures are also shown as multiples of (`× floor`), when present.
+    #[arg(long, default_value = "relay", value_name = "LABEL")]
+    floor: String,
     /// Print the medians as JSON.
     #[arg(long)]
     json: bool,
@@ -176,8 +204,13 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     // The load generator wants every core; the cluster tools are fine on one thread.
-    let mut builder = match cli.command {
+    let mut builder = match &cli.command {
         Cmd::Load(_) => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Relay(args) if args.threads > 1 => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(args.threads);
+            b
+        }
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -192,6 +225,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Up(args) => dev::run(args, "troupe-chaos").await.map_err(anyhow::Error::from),
             Cmd::Run(args) => run(args).await,
             Cmd::Load(args) => load(*args).await,
+            Cmd::Relay(args) => relay(args).await,
             Cmd::Compare(args) => compare(args),
         }
     });
@@ -520,8 +554,27 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&medians)?);
-    } else if let [a, b] = medians.as_slice() {
-        print!("{}", compare_table(a, b));
+    } else {
+        print!("{}", compare_table(&medians, Some(args.floor.as_str())));
+    }
+    Ok(())
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let opts = RelayOptions {
+        listen: args.listen,
+        max_frame_bytes: args.max_frame_bytes,
+        queue: args.queue,
+    };
+    let relay = Relay::bind(&opts)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = relay.local_addr()?;
+    // bench.sh waits for this line.
+    println!("troupe-chaos relay listening on ws://{addr}");
+    tokio::select! {
+        () = relay.serve() => {}
+        () = stop_signal() => {}
     }
     Ok(())
 }
