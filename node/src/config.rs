@@ -214,6 +214,14 @@ pub struct Config {
     #[arg(long, env = "TROUPE_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,
 
+    /// Shortest time between the starts of two group commits. A commit that comes sooner
+    /// waits for the rest of it, gathering what arrives meanwhile into the same
+    /// transaction: under load the store sees fewer, larger commits (its cost is mostly per
+    /// commit), at the price of up to this much on an ack. An edit arriving after a quiet
+    /// spell commits at once. `0`: commit as soon as the previous commit ends.
+    #[arg(long, env = "TROUPE_COMMIT_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+
     /// Where change notifications go (`http://` or `https://`): a signed `POST` per scene
     /// changed, restored or backfilled. Unset: none are sent.
     #[arg(long, env = "TROUPE_WEBHOOK_URL")]
@@ -362,6 +370,7 @@ pub struct Settings {
     pub port: troupe_runtime::listen::Limits,
     pub quotas: Quotas,
     pub commit_batch: usize,
+    pub commit_interval: Duration,
     pub worker_threads: usize,
     /// What `/metrics` requires, if anything.
     pub metrics_token: Option<String>,
@@ -569,6 +578,7 @@ impl Config {
                 lease_gc_interval: self.lease_gc_interval,
             },
             commit_batch: self.commit_batch,
+            commit_interval: self.commit_interval,
             worker_threads: self.worker_threads,
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
             webhooks: self.webhooks()?,

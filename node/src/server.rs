@@ -206,6 +206,7 @@ pub async fn run(
         settings.node_id.to_string(),
         metrics.clone(),
         settings.commit_batch,
+        settings.commit_interval,
         65_536,
     );
     let webhooks = match &settings.webhooks {

@@ -67,10 +67,11 @@ pub fn spawn(
     node_id: String,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    interval: Duration,
     queue: usize,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let task = tokio::spawn(run(store, node_id, metrics, max_batch.max(1), rx));
+    let task = tokio::spawn(run(store, node_id, metrics, max_batch.max(1), interval, rx));
     (WriterHandle { tx }, task)
 }
 
@@ -79,11 +80,20 @@ async fn run(
     node_id: String,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    interval: Duration,
     mut rx: mpsc::Receiver<WriteJob>,
 ) {
     let mut appends = Vec::with_capacity(max_batch);
     let mut statuses = Vec::with_capacity(max_batch);
+    let mut last_start: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
+        // Paced: what arrives until the interval is over joins this commit.
+        if let Some(due) = last_start.map(|t| t + interval) {
+            if tokio::time::Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        last_start = Some(tokio::time::Instant::now());
         let mut next = Some(first);
         let mut bytes = 0;
         while let Some(job) = next {

@@ -434,8 +434,10 @@ struct WrittenBytes {
 /// Bytes a connection writes between two reports at most.
 const REPORT_BYTES: u64 = 64 * 1024;
 
-/// Longest a connection keeps bytes unreported.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Longest a connection keeps bytes unreported. Each report is a write transaction, and a
+/// node holds thousands of connections: an hourly quota is checked often enough once a
+/// minute (or every [`REPORT_BYTES`]).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 impl WrittenBytes {
     fn new(now: Instant) -> Self {
