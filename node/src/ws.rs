@@ -204,7 +204,9 @@ async fn run(
         .connection_attempts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if !app.rooms.is_live(&scene) {
-        if let Some(refusal) = may_load(app, &scene, &claims, role).await {
+        // Boxed, like every store call on this path: the connection's task would otherwise
+        // carry room for these large futures as long as it lives.
+        if let Some(refusal) = Box::pin(may_load(app, &scene, &claims, role)).await {
             return Some(refusal);
         }
     }
@@ -465,7 +467,7 @@ impl WrittenBytes {
         let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
         let total = tokio::time::timeout(
             Duration::from_secs(2),
-            app.store.add_user_bytes(user, hour, bytes),
+            Box::pin(app.store.add_user_bytes(user, hour, bytes)),
         )
         .await;
         match total {

@@ -189,7 +189,12 @@ impl Room {
 
     /// A change to the document: counted, fanned out (to all but `except`, its sender),
     /// handed to the log and marked for the P1 write-back.
-    fn publish_change(&mut self, change: Vec<u8>, except: Option<u64>) {
+    fn publish_change(&mut self, mut change: Vec<u8>, except: Option<u64>) {
+        // The encoder grows its buffer by doubling, and a change waits in the log until it
+        // is committed: a large one would hold up to twice its size meanwhile.
+        if change.capacity() - change.len() > 1024 {
+            change.shrink_to_fit();
+        }
         self.document.bytes += change.len();
         self.p1_changed();
         let frame: Bytes = message::encode_update(&change).into();

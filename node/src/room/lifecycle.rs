@@ -71,8 +71,8 @@ impl Room {
         };
         let loaded = match claimed {
             Err(error) => Err(error),
-            Ok(()) => match load_in_time(&ctx.store, &scene).await {
-                Ok(stored) => match p1_load(&ctx.store, &scene, &stored).await {
+            Ok(()) => match Box::pin(load_in_time(&ctx.store, &scene)).await {
+                Ok(stored) => match Box::pin(p1_load(&ctx.store, &scene, &stored)).await {
                     // Rebuilding a large scene takes a while: off the thread that serves the rooms.
                     Ok(p1) => tokio::task::spawn_blocking(move || {
                         rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, p1))
