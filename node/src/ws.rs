@@ -11,7 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -60,6 +61,33 @@ pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
         closing.await;
     }
     app.metrics.connections_active.dec();
+}
+
+/// Messages larger than this go out in fragments of this size, each written before the
+/// next: a socket's write buffer keeps its largest size for as long as the connection
+/// lives, and a crowd joining a large scene would otherwise keep a whole copy of it per
+/// connection. Browsers and y-websocket clients put fragments back together.
+const FRAGMENT_BYTES: usize = 16 * 1024;
+
+/// Queues one message (written once the buffer fills or on the next flush); a large one is
+/// written out fragment by fragment. False when the client does not take it in time.
+async fn feed(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bool {
+    if frame.len() <= FRAGMENT_BYTES {
+        let fed = tokio::time::timeout(timeout, socket.feed(Message::Binary(frame))).await;
+        return matches!(fed, Ok(Ok(())));
+    }
+    let mut rest = frame;
+    let mut opcode = OpCode::Data(Data::Binary);
+    while !rest.is_empty() {
+        let chunk = rest.split_to(rest.len().min(FRAGMENT_BYTES));
+        let fragment = Frame::message(chunk, opcode, rest.is_empty());
+        opcode = OpCode::Data(Data::Continue);
+        let sent = tokio::time::timeout(timeout, socket.send(Message::Frame(fragment))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
 }
 
 async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
@@ -312,8 +340,7 @@ async fn run(
                     while let Some(out) = next.take() {
                         match out {
                             Outbound::Frame(frame) => {
-                                let fed = tokio::time::timeout(write_timeout, socket.feed(Message::Binary(frame))).await;
-                                if !matches!(fed, Ok(Ok(()))) {
+                                if !feed(socket, frame, write_timeout).await {
                                     break;
                                 }
                                 next = inbox.try_recv();

@@ -191,6 +191,31 @@ describe('troupe-node with stock y-websocket clients', { timeout: 10 * TEST_TIME
     assert.equal(sv(clients[1]), sv(clients[2]))
   }))
 
+  test('(g) a large scene reaches joiners whole, in fragments, and an edit after it too', { timeout: TEST_TIMEOUT_MS }, withLogs(ctx, async () => {
+    // 300 KB: the node sends it in WebSocket fragments, and shares one encoding among joiners
+    // until the scene changes.
+    const scene = newSceneId('g')
+    const writer = Object.assign(connectClient(ctx.url, scene, editToken(scene, { sub: 'wes' })), { who: 'wes' })
+    await waitSynced(writer, 'wes')
+    const big = 'INT. ARCHIVE - NIGHT. '.repeat(14_000)
+    writer.text.insert(0, big)
+    const joiners = ['jo', 'kim', 'lee'].map((who) =>
+      Object.assign(connectClient(ctx.url, scene, editToken(scene, { sub: who })), { who }))
+    await waitFor('the joiners to have the whole scene', () => joiners.every((c) => c.text.length === big.length))
+    // One more joiner once the node has the scene: it is answered from the shared encoding.
+    const second = Object.assign(connectClient(ctx.url, scene, editToken(scene, { sub: 'ned' })), { who: 'ned' })
+    await waitFor('a second joiner to have the whole scene', () => second.text.length === big.length)
+    joiners.push(second)
+    // A change after the shared answer: a later joiner must see it too.
+    writer.text.insert(0, 'FADE IN: ')
+    await waitFor('the node to have the edit', () => joiners[0].text.toString().startsWith('FADE IN: '))
+    const late = Object.assign(connectClient(ctx.url, scene, editToken(scene, { sub: 'max' })), { who: 'max' })
+    const all = [...joiners, late]
+    await waitFor('everyone to have the edit made after the first joins',
+      () => all.every((c) => c.text.toString().startsWith('FADE IN: ') && c.text.length === big.length + 9))
+    for (const c of all) assert.ok(sameContent(writer, c), `${c.who} holds other content`)
+  }))
+
   test('(b) awareness: states propagate, late joiners see them, disconnects remove them', { timeout: TEST_TIMEOUT_MS }, withLogs(ctx, async () => {
     const scene = newSceneId('b')
     const a = connectClient(ctx.url, scene, editToken(scene, { sub: 'ann', name: 'Ann' }))

@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub scenes: u32,
     /// Editors per scene.
     pub editors: u32,
+    /// Of each scene's editors, how many type (the first ones); the others only watch.
+    pub writers: u32,
     /// Edits per second per editor (0: none, for memory measurements).
     pub rate: f64,
     pub warmup: Duration,
@@ -63,6 +65,7 @@ impl Default for LoadOptions {
             url: "ws://127.0.0.1:4000/ws/scenes".into(),
             scenes: 20,
             editors: 5,
+            writers: 5,
             rate: 2.0,
             warmup: Duration::from_secs(5),
             duration: Duration::from_secs(30),
@@ -118,6 +121,9 @@ impl LoadOptions {
         if self.scenes == 0 || self.editors == 0 {
             return bad("--scenes and --editors must be at least 1");
         }
+        if self.writers == 0 || self.writers > self.editors {
+            return bad("--writers must be between 1 and --editors");
+        }
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             return bad("--rate must be a number >= 0");
         }
@@ -148,6 +154,7 @@ impl LoadOptions {
         Load {
             scenes: self.scenes,
             editors_per_scene: self.editors,
+            writers_per_scene: Some(self.writers),
             rate,
             warmup_s: self.warmup.as_secs_f64(),
             duration_s: self.duration.as_secs_f64(),
@@ -316,10 +323,19 @@ impl<'a> Session<'a> {
             period: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
             acks: o.acks,
         };
+        let (editors, writers) = (o.editors as usize, o.writers as usize);
         let tasks: Vec<_> = self
             .typists
             .drain(..)
-            .map(|t| tokio::spawn(t.step(plan)))
+            .enumerate()
+            .map(|(i, t)| {
+                let watches = i % editors >= writers;
+                let plan = Plan {
+                    period: if watches { None } else { plan.period },
+                    ..plan
+                };
+                tokio::spawn(t.step(plan))
+            })
             .collect();
 
         tokio::time::sleep_until(window_start.into()).await;

@@ -13,6 +13,9 @@ use crate::chart::Sample;
 pub struct Load {
     pub scenes: u32,
     pub editors_per_scene: u32,
+    /// Of those, how many type (the others watch); absent in older reports: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers_per_scene: Option<u32>,
     /// Edits per second per editor.
     pub rate: f64,
     pub warmup_s: f64,
@@ -156,9 +159,13 @@ impl Report {
         let _ = writeln!(s, "troupe-chaos load [{}] {}", self.label, self.url);
         let _ = writeln!(
             s,
-            "  load        {} scenes x {} editors x {} edits/s; warm-up {} s, measured {} s{}{}",
+            "  load        {} scenes x {} editors{} x {} edits/s; warm-up {} s, measured {} s{}{}",
             l.scenes,
             l.editors_per_scene,
+            match l.writers_per_scene {
+                Some(w) if w < l.editors_per_scene => format!(" ({w} typing)"),
+                _ => String::new(),
+            },
             l.rate,
             l.warmup_s,
             l.duration_s,
@@ -565,6 +572,7 @@ mod tests {
             load: Load {
                 scenes: 2,
                 editors_per_scene: 3,
+                writers_per_scene: None,
                 rate: 2.0,
                 warmup_s: 1.0,
                 duration_s: 5.0,

@@ -93,6 +93,10 @@ struct LoadArgs {
     /// Editors per scene.
     #[arg(long, default_value_t = 5)]
     editors: u32,
+    /// Of each scene's editors, how many type (the first ones); the others only watch.
+    /// Default: all of them.
+    #[arg(long)]
+    writers: Option<u32>,
     /// Edits per second per editor (0 types nothing: memory measurements); with --ramp,
     /// the first step's rate.
     #[arg(long, default_value_t = 2.0)]
@@ -467,6 +471,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         url: args.url.clone(),
         scenes: args.scenes,
         editors: args.editors,
+        writers: args.writers.unwrap_or(args.editors),
         rate: args.rate,
         warmup: args.warmup,
         duration: args.duration,

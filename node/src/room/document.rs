@@ -46,7 +46,15 @@ pub(super) struct Document {
     pub(super) held_bytes: usize,
     /// yrs panicked inside this document: it must never be snapshotted.
     pub(super) poisoned: bool,
+    /// The answer to a client that has nothing yet (an empty state vector), kept for a large
+    /// document until it changes: a crowd joining at once then shares one encoding (and its
+    /// bytes in every outbox) instead of each costing a copy of the whole scene.
+    full_state: Option<Bytes>,
 }
+
+/// Documents at least this large keep their answer to new clients (see `full_state`);
+/// smaller ones encode it per join, which costs less than keeping a second copy.
+const SHARE_FULL_STATE_FROM: usize = 64 * 1024;
 
 impl Document {
     pub(super) fn new(doc: Doc, bytes: usize) -> Self {
@@ -56,7 +64,13 @@ impl Document {
             held: VecDeque::new(),
             held_bytes: 0,
             poisoned: false,
+            full_state: None,
         }
+    }
+
+    /// Forgets the shared answer to new clients: the document is about to change.
+    pub(super) fn changing(&mut self) {
+        self.full_state = None;
     }
 
     /// Drops the updates held for `conn_id`.
@@ -71,15 +85,28 @@ impl Document {
 
 impl Room {
     pub(super) fn on_sync_step1(&mut self, conn_id: u64, state_vector: &[u8]) {
-        let diff = match StateVector::decode_v1(state_vector) {
-            Ok(sv) => self.document.doc.transact().encode_diff_v1(&sv),
-            Err(_) => {
-                self.ctx.metrics.error("invalid_state_vector");
-                self.kick(conn_id, CloseCode::BadMessage, "invalid state vector");
-                return;
+        let Ok(sv) = StateVector::decode_v1(state_vector) else {
+            self.ctx.metrics.error("invalid_state_vector");
+            self.kick(conn_id, CloseCode::BadMessage, "invalid state vector");
+            return;
+        };
+        if !sv.is_empty() {
+            let diff = self.document.doc.transact().encode_diff_v1(&sv);
+            self.send(conn_id, message::encode_sync_step2(&diff));
+            return;
+        }
+        let frame = match &self.document.full_state {
+            Some(frame) => frame.clone(),
+            None => {
+                let state = self.document.doc.transact().encode_diff_v1(&sv);
+                let frame = Bytes::from(message::encode_sync_step2(&state));
+                if state.len() >= SHARE_FULL_STATE_FROM {
+                    self.document.full_state = Some(frame.clone());
+                }
+                frame
             }
         };
-        self.send(conn_id, message::encode_sync_step2(&diff));
+        self.send(conn_id, frame);
     }
 
     pub(super) fn on_update(&mut self, conn_id: u64, update: &[u8]) {
@@ -163,6 +190,7 @@ impl Room {
     /// Seeds a scene that had no state (the P1 product's content): applied as the first
     /// change and written to the log like any edit, under the scene's lease.
     pub(super) fn seed(&mut self, update: Vec<u8>) {
+        self.document.changing();
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let update = Update::decode_v1(&update).map_err(|e| e.to_string())?;
             self.document
@@ -195,6 +223,7 @@ impl Room {
         if change.capacity() - change.len() > 1024 {
             change.shrink_to_fit();
         }
+        self.document.changing();
         self.document.bytes += change.len();
         self.p1_changed();
         let frame: Bytes = message::encode_update(&change).into();
@@ -212,6 +241,7 @@ impl Room {
             );
             return false;
         }
+        self.document.changing();
         let doc = &self.document.doc;
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
