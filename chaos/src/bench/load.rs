@@ -537,9 +537,16 @@ mod tests {
         for o in cases {
             assert!(o.validate().is_err(), "{o:?}");
         }
+        assert!(LoadOptions {
+            writers: 6,
+            ..LoadOptions::default()
+        }
+        .validate()
+        .is_err());
         let memory = LoadOptions {
             rate: 0.0,
             editors: 1,
+            writers: 1,
             ..LoadOptions::default()
         };
         assert!(memory.validate().is_ok());
