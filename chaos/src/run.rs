@@ -49,6 +49,12 @@ pub struct FaultReport {
     pub recovered_ms: Option<u64>,
     /// Editors whose connection was lost or stalled because of this fault.
     pub affected_editors: usize,
+    /// Of those, the median and the 99th percentile of the time from the fault until an
+    /// edit of theirs was stored again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered_p50_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered_p99_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -389,6 +395,8 @@ async fn inject(
         note: String::new(),
         recovered_ms: None,
         affected_editors: 0,
+        recovered_p50_ms: None,
+        recovered_p99_ms: None,
     };
     let view = cluster.client().view().await.ok();
     let running: Vec<u64> = cluster
@@ -641,6 +649,7 @@ async fn check(
         }
         let until = ends.get(i).copied().unwrap_or(at + Duration::from_secs(15));
         let mut affected = 0;
+        let mut backs = Vec::new();
         let mut worst = Some(Duration::ZERO);
         for f in finished {
             let cut_off = f
@@ -650,6 +659,9 @@ async fn check(
             let since = cut_off.map_or(at, |o| o.began + o.lasted);
             affected += usize::from(cut_off.is_some());
             let back = stored_after(f, since).map(|t| t.saturating_duration_since(at));
+            if let (Some(b), Some(_)) = (back, cut_off) {
+                backs.push(b);
+            }
             worst = match (worst, back) {
                 (Some(w), Some(b)) if cut_off.is_some() => Some(w.max(b)),
                 (Some(w), Some(_)) => Some(w),
@@ -657,6 +669,15 @@ async fn check(
             };
         }
         report.affected_editors = affected;
+        backs.sort();
+        let percentile = |q: f64| {
+            (!backs.is_empty()).then(|| {
+                let i = ((backs.len() as f64 * q).ceil() as usize).clamp(1, backs.len()) - 1;
+                backs[i].as_millis() as u64
+            })
+        };
+        report.recovered_p50_ms = percentile(0.50);
+        report.recovered_p99_ms = percentile(0.99);
         match worst {
             Some(w) if affected > 0 => {
                 report.recovered_ms = Some(w.as_millis() as u64);

@@ -345,11 +345,20 @@ fn print_summary(report: &Report, out: &std::path::Path) {
     for f in &report.faults {
         let recovery = match f.recovered_ms {
             Some(_) if f.affected_editors == 0 => "nobody cut off".to_string(),
-            Some(ms) => format!(
-                "{} editors back in {:.2} s",
-                f.affected_editors,
-                ms as f64 / 1000.0
-            ),
+            Some(ms) => match (f.recovered_p50_ms, f.recovered_p99_ms) {
+                (Some(p50), Some(p99)) if f.affected_editors > 1 => format!(
+                    "{} editors back: p50 {:.2} s, p99 {:.2} s, all in {:.2} s",
+                    f.affected_editors,
+                    p50 as f64 / 1000.0,
+                    p99 as f64 / 1000.0,
+                    ms as f64 / 1000.0
+                ),
+                _ => format!(
+                    "{} editors back in {:.2} s",
+                    f.affected_editors,
+                    ms as f64 / 1000.0
+                ),
+            },
             None => String::new(),
         };
         let status = if f.fired { "fired" } else { "skipped" };
