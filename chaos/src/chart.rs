@@ -370,11 +370,7 @@ fn write_svg(s: &mut String, spec: &ChartSpec, style: &Style, d: &Data) -> std::
     writeln!(s, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#)?;
 
     // Title, and the percentiles in the top right corner.
-    writeln!(
-        s,
-        r#"<text x="{PL}" y="24" font-size="16" font-weight="bold">{}</text>"#,
-        text(spec.title, 80)
-    )?;
+    let title = text(spec.title, 80);
     let stats = match (d.p50, d.p99) {
         (Some(p50), Some(p99)) => format!(
             "p50 {} · p99 {} · max {} · {} {}",
@@ -391,10 +387,25 @@ fn write_svg(s: &mut String, spec: &ChartSpec, style: &Style, d: &Data) -> std::
     } else {
         format!("{stats} · {} {}", d.unacked.len(), style.missing)
     };
+    // A long title and long percentiles share the top line: smaller type when they would
+    // overlap (rough widths of bold 16 px, 13 px and regular 12 px sans-serif characters).
+    let (title_len, stats_len) = (title.chars().count() as f64, stats.chars().count() as f64);
+    let fits = |title_px: f64, stats_px: f64| PL + title_len * title_px + 16.0 <= PR - stats_len * stats_px;
+    let (title_size, stats_size) = if fits(9.0, 6.7) {
+        (16, 12)
+    } else if fits(7.4, 6.7) {
+        (13, 12)
+    } else {
+        (13, 10)
+    };
+    writeln!(
+        s,
+        r#"<text x="{PL}" y="24" font-size="{title_size}" font-weight="bold">{title}</text>"#
+    )?;
     writeln!(s, r#"<g id="stats" text-anchor="end">"#)?;
     writeln!(
         s,
-        r#"<text x="{PR}" y="24" font-size="12">{}</text>"#,
+        r#"<text x="{PR}" y="24" font-size="{stats_size}">{}</text>"#,
         escape_xml(&stats)
     )?;
     if d.stride > 1 {
@@ -837,6 +848,41 @@ mod tests {
         // Every fault keeps its line and tooltip; only a few labels fit.
         assert_eq!(svg.matches("<title>kill node ").count(), 100);
         assert!(drawn - 100 < 30, "{} labels drawn", drawn - 100);
+    }
+
+    #[test]
+    fn a_long_title_and_long_percentiles_do_not_overlap() {
+        let samples: Vec<Sample> = (0..2_000)
+            .map(|i| Sample {
+                at_ms: i * 20,
+                latency_ms: Some(1.0 + (i % 97) as f64 * 20.0),
+            })
+            .chain((0..20).map(|i| Sample {
+                at_ms: 30_000 + i,
+                latency_ms: None,
+            }))
+            .collect();
+        let short = render_svg(&ChartSpec {
+            title: "smoke (seed 1): edit latency to durable ack",
+            samples: &samples,
+            faults: &[],
+            duration_ms: 45_000,
+        });
+        assert!(short.contains(r#"font-size="16" font-weight="bold""#));
+        let long = render_svg(&ChartSpec {
+            title: "full-node-failover (seed 11): edit latency to durable ack",
+            samples: &samples,
+            faults: &[],
+            duration_ms: 45_000,
+        });
+        well_formed(&long);
+        assert!(
+            long.contains(r#"font-size="13" font-weight="bold""#),
+            "the title was not made smaller"
+        );
+        if let Ok(path) = std::env::var("TROUPE_CHART_SAMPLE") {
+            let _ = std::fs::write(path, &long);
+        }
     }
 
     #[test]
