@@ -80,19 +80,17 @@ fn contacts(view: &ClusterView, seeds: &[String], me: NodeId) -> Vec<String> {
 }
 
 /// Puts this node on the ring and returns once it is active there: admitted through the
-/// other nodes if the cluster does not know it, activated if it was drained. An initial
-/// voter unknown to the state registers itself (see the membership's `register_self`);
-/// this only waits for it.
-pub async fn join(cluster: Arc<Cluster>, transport: Transport, seeds: Vec<String>) {
+/// other nodes (the members it knows, else the initial voters) if the cluster does not know
+/// it, activated if it was drained. An initial voter unknown to the state registers itself
+/// (see the membership's `register_self`); this only waits for it.
+pub async fn join(cluster: Arc<Cluster>, transport: Transport) {
     let me = cluster.id();
-    let initial_voter = seeds.is_empty() || cluster.options().peers.contains_key(&me);
-    let seeds: Vec<String> = cluster
-        .options()
-        .peers
+    let peers = &cluster.options().peers;
+    let initial_voter = peers.is_empty() || peers.contains_key(&me);
+    let seeds: Vec<String> = peers
         .iter()
         .filter(|(id, _)| **id != me)
         .map(|(_, addr)| addr.clone())
-        .chain(seeds)
         .collect();
     let mut delay = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {

@@ -170,7 +170,6 @@ pub async fn run(
         background.spawn_until_cancelled(crate::self_membership::join(
             cluster.clone(),
             settings.transport.clone(),
-            settings.peers.values().cloned().collect(),
         ));
     }
     background.spawn_until_cancelled(report_failovers(
