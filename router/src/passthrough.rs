@@ -13,7 +13,10 @@
 //! and the router copies bytes both ways until either side closes; it never reads the
 //! frames. Only a current member is reached — a node of the followed membership whose URL's
 //! path is exactly `/nodes/{name}` — so the router is no open proxy: any other name is a
-//! 404 and nothing is connected to. A node that cannot be reached within 2 s is a 502.
+//! 404 and nothing is connected to, and so is any path of a member other than its client
+//! endpoints (`/ws/scenes/…`, `/v1/scenes/…`): a node's metrics and health stay inside the
+//! cluster. Tokens are the node's to check, as for a direct request. A node that cannot be
+//! reached within 2 s is a 502.
 //!
 //! The content API reaches such owners the same way ([`http_base`] is the one place a
 //! node's URL becomes an address the router calls), never through the public host.
@@ -150,16 +153,19 @@ pub enum Outcome {
     TooLarge,
     /// Both sides answered the upgrade but one connection could not be taken over.
     UpgradeFailed,
+    /// A member's path that is not for clients (`/metrics`, `/healthz`, …): 404.
+    NotPassed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Forwarded,
         Outcome::Upgraded,
         Outcome::UnknownNode,
         Outcome::Unreachable,
         Outcome::TooLarge,
         Outcome::UpgradeFailed,
+        Outcome::NotPassed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -170,6 +176,7 @@ impl Outcome {
             Outcome::Unreachable => "unreachable",
             Outcome::TooLarge => "too_large",
             Outcome::UpgradeFailed => "upgrade_failed",
+            Outcome::NotPassed => "not_passed",
         }
     }
 }
@@ -203,6 +210,15 @@ impl Passthrough {
         let Some((name, target)) = self.target(latest, request.uri()) else {
             return self.unknown_node();
         };
+        if !split(request.uri().path()).is_some_and(|(_, rest)| for_clients(rest)) {
+            self.count(Outcome::NotPassed);
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "only a node's scene endpoints are reachable through the router",
+            )
+            .into_response();
+        }
         let Ok(target) = target.parse::<Uri>() else {
             return no_store(error(
                 StatusCode::BAD_REQUEST,
@@ -344,6 +360,13 @@ impl Drop for Open {
     fn drop(&mut self) {
         self.0.passthrough_connections.dec();
     }
+}
+
+/// Whether a node URL is one clients use: the WebSocket (`/ws/scenes/…`) and the scene API
+/// (`/v1/scenes/…`). The node's operational endpoints (`/metrics`, `/healthz`, `/readyz`)
+/// stay inside the cluster: the router is reachable from the internet.
+fn for_clients(path: &str) -> bool {
+    path.starts_with("/ws/scenes") || path.starts_with("/v1/scenes/")
 }
 
 /// `/nodes/{name}/rest` as `(name, /rest)` (`/` when there is no rest); `None` unless the

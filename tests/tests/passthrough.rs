@@ -153,7 +153,7 @@ async fn browsers_reach_nodes_through_the_router_by_name() {
 
     // (e) A member that is down: 502, and the content API says so as before.
     node.kill9();
-    let (status, _, body) = http_request(router.addr, "/nodes/localhost/healthz")
+    let (status, _, body) = http_request(router.addr, &format!("/nodes/localhost{content}"))
         .await
         .unwrap();
     assert_eq!(status, 502, "{body}");
@@ -227,8 +227,24 @@ async fn only_members_are_reached() {
     );
     assert!(metric(router.addr, &outcome("unknown_node")).await >= 6.0);
 
+    // A member's operational endpoints stay inside the cluster: 404, nothing connected.
+    for path in [
+        "/nodes/localhost/metrics",
+        "/nodes/localhost/healthz",
+        "/nodes/localhost/readyz",
+    ] {
+        let (status, _, body) = http_request(router.addr, path).await.unwrap();
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the router passed an operational path on"
+    );
+    assert_eq!(metric(router.addr, &outcome("not_passed")).await, 3.0);
+
     // The member's name does reach the upstream (so the probe is what the router would call).
-    let (status, _, body) = http_request(router.addr, "/nodes/localhost/healthz")
+    let (status, _, body) = http_request(router.addr, "/nodes/localhost/v1/scenes/s1/content")
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (200, "probed"));
@@ -237,7 +253,7 @@ async fn only_members_are_reached() {
     // (e) The upstream goes away: 502 with the router's JSON error.
     probing.abort();
     let _ = probing.await;
-    let (status, _, body) = http_request(router.addr, "/nodes/localhost/healthz")
+    let (status, _, body) = http_request(router.addr, "/nodes/localhost/v1/scenes/s1/content")
         .await
         .unwrap();
     assert_eq!(status, 502, "{body}");
