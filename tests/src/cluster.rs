@@ -45,6 +45,58 @@ pub fn cluster_backend() -> Backend {
     }
 }
 
+/// One editor per scene, through the router at `router`, with durable acks; editor `i`
+/// types `{prefix}{i}-n;` every `typing`.
+pub async fn start_editors(
+    router: SocketAddr,
+    scenes: &[String],
+    token: &str,
+    prefix: &str,
+    typing: Duration,
+) -> Vec<FollowingEditor> {
+    let mut editors = Vec::new();
+    for (i, scene) in scenes.iter().enumerate() {
+        let editor = FollowingEditor::start(router, scene, token, &format!("{prefix}{i}"), typing).await;
+        editors.push(editor.unwrap_or_else(|e| panic!("starting an editor of {scene}: {e:#}")));
+    }
+    editors
+}
+
+/// Stops the editors and proves that each typed something, that every token it typed is
+/// in its text exactly once, and that a fresh client at the scene's owner sees that text.
+pub async fn finish_editors(
+    router: SocketAddr,
+    editors: Vec<FollowingEditor>,
+    token: &str,
+) -> Vec<FinishedEditor> {
+    let mut finished = Vec::new();
+    for editor in editors {
+        finished.push(editor.finish().await.unwrap());
+    }
+    for done in &finished {
+        assert!(!done.typed.is_empty(), "{} typed nothing", done.scene);
+        for item in &done.typed {
+            assert_eq!(
+                done.text.matches(item.as_str()).count(),
+                1,
+                "{}: {item} missing or doubled in the editor's text",
+                done.scene
+            );
+        }
+        let (_, url, _) = resolve(router, &done.scene).await.unwrap();
+        let fresh = crate::TestClient::connect(&format!("{url}/ws/scenes"), &done.scene, token)
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh.text(),
+            done.text,
+            "{}: a fresh client sees other text",
+            done.scene
+        );
+    }
+    finished
+}
+
 pub struct TestCluster {
     pub backend: Backend,
     pub dir: PathBuf,

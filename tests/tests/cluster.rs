@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use troupe_membership::{NodeId, NodeState, Placement};
 use troupe_tests::cluster::{
-    editor_token, http_request, resolve, signal, FinishedEditor, FollowingEditor, RouterProcess, TestCluster,
+    editor_token, finish_editors, http_request, signal, start_editors, FinishedEditor, FollowingEditor,
+    RouterProcess, TestCluster,
 };
 use troupe_tests::{unique, TestClient};
 
@@ -20,15 +21,7 @@ const TYPING: Duration = Duration::from_millis(40);
 
 /// Starts one editor per scene through the router.
 async fn editors(router: &RouterProcess, scenes: &[String], token: &str) -> Vec<FollowingEditor> {
-    let mut out = Vec::new();
-    for (i, scene) in scenes.iter().enumerate() {
-        out.push(
-            FollowingEditor::start(router.addr, scene, token, &format!("e{i}"), TYPING)
-                .await
-                .unwrap(),
-        );
-    }
-    out
+    start_editors(router.addr, scenes, token, "e", TYPING).await
 }
 
 /// Stops the editors and proves every token they typed is stored and served.
@@ -38,30 +31,8 @@ async fn finish_and_check(
     editors: Vec<FollowingEditor>,
     token: &str,
 ) -> Vec<FinishedEditor> {
-    let mut finished = Vec::new();
-    for editor in editors {
-        finished.push(editor.finish().await.unwrap());
-    }
+    let finished = finish_editors(router.addr, editors, token).await;
     for done in &finished {
-        assert!(!done.typed.is_empty(), "{} typed nothing", done.scene);
-        for item in &done.typed {
-            assert_eq!(
-                done.text.matches(item.as_str()).count(),
-                1,
-                "{}: {item} missing or doubled in the editor's text",
-                done.scene
-            );
-        }
-        let (_, url, _) = resolve(router.addr, &done.scene).await.unwrap();
-        let fresh = TestClient::connect(&format!("{url}/ws/scenes"), &done.scene, token)
-            .await
-            .unwrap();
-        assert_eq!(
-            fresh.text(),
-            done.text,
-            "{}: a fresh client sees other text",
-            done.scene
-        );
         let stored = cluster.stored_text(&done.scene).await.unwrap();
         assert_eq!(stored, done.text, "{}: the store holds other text", done.scene);
     }

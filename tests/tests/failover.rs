@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use troupe_membership::{NodeId, NodeState};
-use troupe_tests::cluster::{editor_token, resolve, FollowingEditor, RouterProcess, TestCluster};
+use troupe_tests::cluster::{editor_token, resolve, start_editors, RouterProcess, TestCluster};
 use troupe_tests::{unique, TestClient};
 
 const TYPING: Duration = Duration::from_millis(40);
@@ -35,14 +35,7 @@ async fn kill_owner_of_busy_scenes(cluster: &mut TestCluster, victim: u64, count
     let scenes = scenes_owned_by(cluster, victim, count).await;
     let names: Vec<&str> = scenes.iter().map(String::as_str).collect();
     let token = editor_token(&names);
-    let mut editors = Vec::new();
-    for (i, scene) in scenes.iter().enumerate() {
-        editors.push(
-            FollowingEditor::start(router.addr, scene, &token, &format!("k{i}"), TYPING)
-                .await
-                .unwrap(),
-        );
-    }
+    let editors = start_editors(router.addr, &scenes, &token, "k", TYPING).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let killed_at = Instant::now();

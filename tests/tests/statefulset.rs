@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use troupe_membership::tls::Identity;
 use troupe_membership::{ClusterClient, ClusterView, NodeId, NodeState};
 use troupe_tests::cluster::{
-    cluster_backend, editor_token, free_addr, http_request, resolve, signal, FollowingEditor, RouterProcess,
+    cluster_backend, editor_token, finish_editors, free_addr, http_request, signal, start_editors,
+    RouterProcess,
 };
-use troupe_tests::{certs, unique, Backend, NodeProcess, TestClient};
+use troupe_tests::{certs, unique, Backend, NodeProcess};
 
 const TYPING: Duration = Duration::from_millis(40);
 
@@ -204,14 +205,7 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
     let scenes: Vec<String> = (0..24).map(|i| format!("{base}-{i}")).collect();
     let names: Vec<&str> = scenes.iter().map(String::as_str).collect();
     let token = editor_token(&names);
-    let mut editors = Vec::new();
-    for (i, scene) in scenes.iter().enumerate() {
-        editors.push(
-            FollowingEditor::start(router.addr, scene, &token, &format!("e{i}"), TYPING)
-                .await
-                .unwrap(),
-        );
-    }
+    let editors = start_editors(router.addr, &scenes, &token, "e", TYPING).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Scale up: pod 3 is no initial voter, and nobody runs `troupectl add`.
@@ -294,27 +288,7 @@ async fn pods_join_drain_restart_and_leave_by_themselves_while_editors_type() {
 
     // Nothing lost, and every move was a planned one: no node was ever marked down.
     let mut outages = Vec::new();
-    for editor in editors {
-        let done = editor.finish().await.unwrap();
-        assert!(!done.typed.is_empty(), "{} typed nothing", done.scene);
-        for item in &done.typed {
-            assert_eq!(
-                done.text.matches(item.as_str()).count(),
-                1,
-                "{}: {item}",
-                done.scene
-            );
-        }
-        let (_, url, _) = resolve(router.addr, &done.scene).await.unwrap();
-        let fresh = TestClient::connect(&format!("{url}/ws/scenes"), &done.scene, &token)
-            .await
-            .unwrap();
-        assert_eq!(
-            fresh.text(),
-            done.text,
-            "{}: a fresh client sees other text",
-            done.scene
-        );
+    for done in finish_editors(router.addr, editors, &token).await {
         for o in &done.outages {
             println!(
                 "  {} moved at {:?} for {:?}",
