@@ -68,9 +68,11 @@ impl Document {
         }
     }
 
-    /// Forgets the shared answer to new clients: the document is about to change.
-    pub(super) fn changing(&mut self) {
+    /// A transaction that may change the document: every change goes through here, so the
+    /// shared answer to new clients is forgotten whenever the document may have moved on.
+    pub(super) fn write(&mut self) -> yrs::TransactionMut<'_> {
         self.full_state = None;
+        self.doc.transact_mut()
     }
 
     /// Drops the updates held for `conn_id`.
@@ -190,12 +192,10 @@ impl Room {
     /// Seeds a scene that had no state (the P1 product's content): applied as the first
     /// change and written to the log like any edit, under the scene's lease.
     pub(super) fn seed(&mut self, update: Vec<u8>) {
-        self.document.changing();
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let update = Update::decode_v1(&update).map_err(|e| e.to_string())?;
             self.document
-                .doc
-                .transact_mut()
+                .write()
                 .apply_update(update)
                 .map_err(|e| e.to_string())
         }));
@@ -223,7 +223,6 @@ impl Room {
         if change.capacity() - change.len() > 1024 {
             change.shrink_to_fit();
         }
-        self.document.changing();
         self.document.bytes += change.len();
         self.p1_changed();
         let frame: Bytes = message::encode_update(&change).into();
@@ -241,11 +240,10 @@ impl Room {
             );
             return false;
         }
-        self.document.changing();
-        let doc = &self.document.doc;
+        let document = &mut self.document;
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
-            let mut txn = doc.transact_mut();
+            let mut txn = document.write();
             txn.apply_update(update).map_err(|e| e.to_string())?;
             Ok::<_, String>(txn.encode_update_v1())
         }));

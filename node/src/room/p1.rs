@@ -397,9 +397,8 @@ impl Room {
         if self.document.bytes.saturating_add(text_bytes) > self.ctx.limits.max_doc_bytes {
             return Err(MergeRefused::TooLarge);
         }
-        self.document.changing();
         let (merged, change) = {
-            let mut txn = self.document.doc.transact_mut();
+            let mut txn = self.document.write();
             let merged = merge::merge(&mut txn, base, theirs).map_err(|e| conflict(e, self.p1.version))?;
             if let Some(notice) = notice {
                 notice::write(&mut txn, notice);
