@@ -442,6 +442,15 @@ impl LocalCluster {
         self.spec.database_url.clone()
     }
 
+    /// The `postmaster.pid` file of the cluster's own Postgres (it names the running
+    /// postmaster, whose pid changes when Postgres restarts), if it started one.
+    pub fn postgres_pid_file(&self) -> Option<PathBuf> {
+        let state = self.postgres_state.as_ref()?;
+        let vars = std::fs::read_to_string(state.join("state")).ok()?;
+        let data = vars.lines().find_map(|l| l.strip_prefix("data="))?;
+        Some(PathBuf::from(data).join("db").join("postmaster.pid"))
+    }
+
     /// Stops the cluster's own Postgres (its data and port kept). False when the cluster
     /// did not start Postgres.
     pub async fn pause_postgres(&self) -> anyhow::Result<bool> {

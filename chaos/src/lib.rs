@@ -28,3 +28,4 @@ pub mod relay;
 pub mod run;
 pub mod scenario;
 pub mod typing;
+pub mod usage;

@@ -24,6 +24,7 @@ use crate::p1::check::{P1Report, P1Run};
 use crate::p1::tables::P1Tables;
 use crate::scenario::{FaultKind, PlannedFault, Scenario, SplitMix};
 use crate::typing::Typing;
+use crate::usage::{CpuCores, CpuTimeline};
 
 pub struct RunOptions {
     pub scenario: Scenario,
@@ -55,6 +56,15 @@ pub struct FaultReport {
     pub recovered_p50_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered_p99_ms: Option<u64>,
+    /// Scenes with an editor this fault cut off.
+    pub scenes_cut_off: usize,
+    /// Those scenes per second of the recovery (until the last editor was back): how fast
+    /// the cluster rehydrated them, detection included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenes_per_second: Option<f64>,
+    /// What each part of the cluster, and the harness, used during the recovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_cpu: Option<CpuCores>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +190,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         }
         _ => Vec::new(),
     };
+    let cpu = CpuTimeline::start(cluster.postgres_pid_file());
     let started = Instant::now();
     let schedule = sc.schedule(opts.seed, opts.duration);
     let mut rng = SplitMix(opts.seed ^ 0x5eed);
@@ -219,7 +230,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
                     router,
                     &mut rng,
                     &mut later,
-                    started,
+                    Clock {
+                        started,
+                        restart_after: sc.restart_after,
+                    },
                 )
                 .await;
                 tracing::info!(kind = ?report.kind, target = %report.target, fired = report.fired, note = %report.note, "fault");
@@ -264,6 +278,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         sc, &opts, started, &finished, faults, &store, router, &token, typing,
     )
     .await?;
+    for fault in &mut report.faults {
+        let Some(ms) = fault.recovered_ms.filter(|&ms| ms > 0) else {
+            continue;
+        };
+        let at = started + Duration::from_millis(fault.at_ms);
+        fault.recovery_cpu = cpu.cores_between(at, at + Duration::from_millis(ms));
+        fault.scenes_per_second = Some(fault.scenes_cut_off as f64 * 1000.0 / ms as f64);
+    }
     if let Some(tables) = &p1_tables {
         let p1 = crate::p1::check::check(P1Run {
             scenes: &scenes,
@@ -378,6 +400,13 @@ impl Deferred {
     }
 }
 
+/// When the run started, and how long a killed node stays down.
+#[derive(Clone, Copy)]
+struct Clock {
+    started: Instant,
+    restart_after: Duration,
+}
+
 async fn inject(
     cluster: &mut LocalCluster,
     planned: &PlannedFault,
@@ -385,8 +414,12 @@ async fn inject(
     router: SocketAddr,
     rng: &mut SplitMix,
     later: &mut Vec<(Instant, Deferred)>,
-    started: Instant,
+    clock: Clock,
 ) -> FaultReport {
+    let Clock {
+        started,
+        restart_after,
+    } = clock;
     let mut report = FaultReport {
         at_ms: started.elapsed().as_millis() as u64,
         kind: planned.kind,
@@ -397,6 +430,9 @@ async fn inject(
         affected_editors: 0,
         recovered_p50_ms: None,
         recovered_p99_ms: None,
+        scenes_cut_off: 0,
+        scenes_per_second: None,
+        recovery_cpu: None,
     };
     let view = cluster.client().view().await.ok();
     let running: Vec<u64> = cluster
@@ -442,7 +478,7 @@ async fn inject(
             };
             report.target = format!("node {id}");
             report.fired = cluster.kill_node(id);
-            later.push((after(3000), Deferred::Restart(id)));
+            later.push((Instant::now() + restart_after, Deferred::Restart(id)));
         }
         FaultKind::PartitionNode => {
             let owner = match scenes.first() {
@@ -649,6 +685,7 @@ async fn check(
         }
         let until = ends.get(i).copied().unwrap_or(at + Duration::from_secs(15));
         let mut affected = 0;
+        let mut scenes_cut_off = std::collections::HashSet::new();
         let mut backs = Vec::new();
         let mut worst = Some(Duration::ZERO);
         for f in finished {
@@ -658,6 +695,9 @@ async fn check(
                 .find(|o| o.began + OUTAGE_SLACK >= at && o.began < until);
             let since = cut_off.map_or(at, |o| o.began + o.lasted);
             affected += usize::from(cut_off.is_some());
+            if cut_off.is_some() {
+                scenes_cut_off.insert(f.scene.as_str());
+            }
             let back = stored_after(f, since).map(|t| t.saturating_duration_since(at));
             if let (Some(b), Some(_)) = (back, cut_off) {
                 backs.push(b);
@@ -669,6 +709,7 @@ async fn check(
             };
         }
         report.affected_editors = affected;
+        report.scenes_cut_off = scenes_cut_off.len();
         backs.sort();
         let percentile = |q: f64| {
             (!backs.is_empty()).then(|| {

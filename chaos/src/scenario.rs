@@ -66,6 +66,10 @@ pub struct Scenario {
     pub postgres: bool,
     #[serde(default)]
     pub seed: u64,
+    /// How long a killed node stays down before it starts again (and takes its scenes
+    /// back): a process supervisor's restart delay.
+    #[serde(with = "duration_de", default = "restart_default")]
+    pub restart_after: Duration,
     #[serde(default, rename = "fault")]
     pub faults: Vec<PlannedFault>,
     /// Faults drawn at random (seeded) in addition to the planned ones.
@@ -157,6 +161,10 @@ pub struct RandomFaults {
 
 fn three() -> u64 {
     3
+}
+
+fn restart_default() -> Duration {
+    Duration::from_secs(3)
 }
 
 fn typing_default() -> Duration {

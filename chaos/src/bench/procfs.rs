@@ -81,9 +81,18 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// CPU ticks of a process and all its living descendants, per pid (e.g. a PostgreSQL
-/// postmaster and its backends). Compare two samples with [`tree_cpu_delta`].
-pub fn tree_cpu(root: u32) -> HashMap<u32, u64> {
+/// One process as `/proc/<pid>/stat` shows it: its parent, its command name and the CPU
+/// ticks it has used (user and kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcSample {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub ticks: u64,
+}
+
+/// Every process of the machine, read once.
+pub fn snapshot() -> Vec<ProcSample> {
     let mut procs = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -91,30 +100,61 @@ pub fn tree_cpu(root: u32) -> HashMap<u32, u64> {
                 continue;
             };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if let Some((ppid, utime, stime)) = parse_stat(&stat) {
-                    procs.push((pid, ppid, utime + stime));
+                if let (Some((ppid, utime, stime)), Some(comm)) = (parse_stat(&stat), parse_comm(&stat)) {
+                    procs.push(ProcSample {
+                        pid,
+                        ppid,
+                        comm: comm.to_string(),
+                        ticks: utime + stime,
+                    });
                 }
             }
         }
     }
-    let mut in_tree: HashMap<u32, u64> = HashMap::new();
-    if let Some(&(_, _, t)) = procs.iter().find(|(p, _, _)| *p == root) {
-        in_tree.insert(root, t);
-    } else {
+    procs
+}
+
+/// The command name, between the first '(' and the last ')'.
+fn parse_comm(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+}
+
+/// The pids of `root` and all its descendants in `procs`.
+pub fn descendants(procs: &[ProcSample], root: u32) -> std::collections::HashSet<u32> {
+    let mut in_tree = std::collections::HashSet::new();
+    if !procs.iter().any(|p| p.pid == root) {
         return in_tree;
     }
+    in_tree.insert(root);
     // Repeat until no new child joins (process lists are not sorted by ancestry).
     loop {
         let before = in_tree.len();
-        for &(pid, ppid, ticks) in &procs {
-            if !in_tree.contains_key(&pid) && in_tree.contains_key(&ppid) {
-                in_tree.insert(pid, ticks);
+        for p in procs {
+            if !in_tree.contains(&p.pid) && in_tree.contains(&p.ppid) {
+                in_tree.insert(p.pid);
             }
         }
         if in_tree.len() == before {
             return in_tree;
         }
     }
+}
+
+/// Clock ticks as a duration.
+pub fn ticks(ticks: u64) -> Duration {
+    ticks_to_duration(ticks)
+}
+
+/// CPU ticks of a process and all its living descendants, per pid (e.g. a PostgreSQL
+/// postmaster and its backends). Compare two samples with [`tree_cpu_delta`].
+pub fn tree_cpu(root: u32) -> HashMap<u32, u64> {
+    let procs = snapshot();
+    let tree = descendants(&procs, root);
+    procs
+        .into_iter()
+        .filter(|p| tree.contains(&p.pid))
+        .map(|p| (p.pid, p.ticks))
+        .collect()
 }
 
 /// CPU spent by a process tree between two samples: processes in both count their growth,
@@ -136,6 +176,22 @@ mod tests {
         let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 1000 200 18446744073709551615";
         assert_eq!(parse_stat(stat), Some((1, 250, 50)));
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_comm(stat), Some("my (odd) prog"));
+    }
+
+    #[test]
+    fn finds_a_process_tree() {
+        let p = |pid, ppid| ProcSample {
+            pid,
+            ppid,
+            comm: String::new(),
+            ticks: 0,
+        };
+        // Children listed before their parents, and a stranger.
+        let procs = [p(30, 20), p(20, 10), p(10, 1), p(40, 1)];
+        let tree = descendants(&procs, 10);
+        assert_eq!(tree, [10, 20, 30].into_iter().collect());
+        assert!(descendants(&procs, 99).is_empty());
     }
 
     #[test]

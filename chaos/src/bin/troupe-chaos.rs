@@ -369,6 +369,20 @@ fn print_summary(report: &Report, out: &std::path::Path) {
             f.target,
             f.note
         );
+        if let (Some(rate), Some(cpu)) = (f.scenes_per_second, &f.recovery_cpu) {
+            let postgres = cpu
+                .postgres
+                .map(|c| format!(", PostgreSQL {c:.2}"))
+                .unwrap_or_default();
+            println!(
+                "             {} scenes back at {rate:.0} scenes/s; CPU over those {:.2} s (cores): harness {:.2}, nodes {:.2}, router {:.2}{postgres}",
+                f.scenes_cut_off,
+                cpu.window_ms as f64 / 1000.0,
+                cpu.harness,
+                cpu.nodes,
+                cpu.router
+            );
+        }
     }
     println!(
         "edits      {} typed, {} acknowledged, {} lost",
