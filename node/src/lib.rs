@@ -31,6 +31,7 @@
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
 pub mod api;
+pub mod claimer;
 pub mod config;
 pub mod content;
 pub mod http;

@@ -14,6 +14,7 @@ use troupe_membership::rpc::RpcClient;
 use troupe_membership::server::LocalStatus;
 use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 
+use crate::claimer::LeaseClaimer;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::RedisHandle;
@@ -247,10 +248,13 @@ pub async fn run(
             settings.node_id.0,
         ));
     }
+    // Ends with the rooms, which hold its only handles.
+    let (claimer, _) = LeaseClaimer::spawn(store.clone(), settings.node_id.to_string(), 65_536);
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         webhooks: webhooks.clone(),
         writer,
+        claimer,
         metrics: metrics.clone(),
         limits: settings.limits.clone(),
         node: settings.node_id,

@@ -156,6 +156,65 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
 }
 
 #[tokio::test]
+async fn many_leases_are_claimed_at_once_as_one_by_one() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (free, held, older, released) = (
+            unique("free"),
+            unique("held"),
+            unique("older"),
+            unique("released"),
+        );
+        assert!(store.claim_lease(&held, 4, "n1").await.unwrap());
+        assert!(store.claim_lease(&older, 2, "n1").await.unwrap());
+        assert!(store.claim_lease(&released, 3, "n1").await.unwrap());
+        assert!(store.release_lease(&released, 3, "n1").await.unwrap());
+        // Asked in an order that is not the scenes' order: answers come back as asked.
+        let claims = vec![
+            (older.clone(), 3),
+            (held.clone(), 4),
+            (free.clone(), 0),
+            (released.clone(), 3),
+        ];
+        let claimed = store.claim_leases(&claims, "n2").await.unwrap();
+        assert_eq!(claimed, vec![true, false, true, true], "{backend:?}");
+        assert_eq!(
+            store.lease(&older).await.unwrap(),
+            Some((3, "n2".into())),
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.lease(&held).await.unwrap(),
+            Some((4, "n1".into())),
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.lease(&free).await.unwrap(),
+            Some((0, "n2".into())),
+            "{backend:?}"
+        );
+        // The new holder's appends land; the former holder's are refused.
+        let at = |seq, epoch| LogAppend {
+            epoch,
+            ..append(&older, seq, b"edit")
+        };
+        assert!(
+            store.append("n2", &[at(1, 3)]).await.unwrap().is_empty(),
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.append("n1", &[at(2, 2)]).await.unwrap(),
+            vec![0],
+            "{backend:?}"
+        );
+        assert!(
+            store.claim_leases(&[], "n2").await.unwrap().is_empty(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn leases_fence_former_owners() {
     for backend in Backend::all() {
         let store = open(&backend).await;

@@ -52,7 +52,7 @@ impl Room {
                 // scene is open, and would otherwise carry room for these large futures.
                 let claim = Box::pin(async {
                     wait_for_release(&ctx, &scene, epoch, &current).await;
-                    ctx.store.claim_lease(&scene, epoch, &ctx.node_id).await
+                    ctx.claimer.claim(&scene, epoch).await
                 });
                 // A store that does not answer must not leave joining clients waiting.
                 match tokio::time::timeout(LOAD_TIMEOUT, claim).await {
@@ -64,7 +64,7 @@ impl Room {
                                 .to_string(),
                         )
                     }
-                    Ok(Err(error)) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(error),
                     Err(_) => Err(StoreError::Timeout.to_string()),
                 }
             }
@@ -297,6 +297,9 @@ fn load_in_time<'a>(
 async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement: &PlacementView) {
     let deadline = Instant::now() + HANDOFF_WAIT;
     let mut probed = false;
+    // A planned move releases within milliseconds; a node taking over thousands of scenes
+    // at once must not ask about each a hundred times a second meanwhile.
+    let mut pause = Duration::from_millis(10);
     loop {
         match ctx.store.lease(scene).await {
             Ok(Some((held_epoch, owner)))
@@ -318,7 +321,8 @@ async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement:
                         return;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(160));
             }
             _ => return,
         }

@@ -51,6 +51,7 @@ use troupe_proto::token::Role;
 use troupe_proto::CloseCode;
 use troupe_runtime::tasks::CancellationToken;
 
+use crate::claimer::LeaseClaimer;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::outbox::ClientQueue;
@@ -140,6 +141,8 @@ pub struct RoomContext {
     /// Change notifications for the app's backend.
     pub webhooks: crate::webhooks::Webhooks,
     pub writer: WriterHandle,
+    /// Claims the leases of scenes about to load, many at once.
+    pub claimer: LeaseClaimer,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// This node's cluster id.

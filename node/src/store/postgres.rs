@@ -55,10 +55,13 @@ impl PgStore {
     }
 
     pub async fn append(&self, writer_node: &str, batch: &[LogAppend]) -> Result<Vec<usize>, StoreError> {
-        let scenes: Vec<&str> = batch.iter().map(|b| b.scene.as_str()).collect();
-        let seqs: Vec<i64> = batch.iter().map(|b| b.seq as i64).collect();
-        let epochs: Vec<i64> = batch.iter().map(|b| b.epoch as i64).collect();
-        let data: Vec<&[u8]> = batch.iter().map(|b| b.data.as_slice()).collect();
+        // In scene order, as lease claims lock them (see `claim_leases`).
+        let mut sorted: Vec<&LogAppend> = batch.iter().collect();
+        sorted.sort_by(|a, b| a.scene.cmp(&b.scene));
+        let scenes: Vec<&str> = sorted.iter().map(|b| b.scene.as_str()).collect();
+        let seqs: Vec<i64> = sorted.iter().map(|b| b.seq as i64).collect();
+        let epochs: Vec<i64> = sorted.iter().map(|b| b.epoch as i64).collect();
+        let data: Vec<&[u8]> = sorted.iter().map(|b| b.data.as_slice()).collect();
         let mut appender = self.appender.lock().await;
         let conn = match appender.as_mut() {
             Some(conn) => conn,
@@ -103,6 +106,34 @@ impl PgStore {
         } else {
             Ok((0..batch.len()).collect())
         }
+    }
+
+    pub async fn claim_leases(&self, claims: &[(String, u64)], owner: &str) -> Result<Vec<bool>, StoreError> {
+        // In scene order, as the group commit locks them: two statements that lock several
+        // lease rows never wait on each other in a cycle.
+        let mut order: Vec<usize> = (0..claims.len()).collect();
+        order.sort_by(|&a, &b| claims[a].0.cmp(&claims[b].0));
+        let scenes: Vec<&str> = order.iter().map(|&i| claims[i].0.as_str()).collect();
+        let epochs: Vec<i64> = order.iter().map(|&i| claims[i].1 as i64).collect();
+        let claimed: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO scene_leases (scene_id, epoch, owner, claimed_at_ms)
+             SELECT s, e, $3, $4 FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS t(s, e, n)
+             ORDER BY n
+             ON CONFLICT (scene_id) DO UPDATE
+             SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
+             WHERE scene_leases.epoch < excluded.epoch
+                OR (scene_leases.epoch = excluded.epoch
+                    AND (scene_leases.owner = excluded.owner OR scene_leases.owner = ''))
+             RETURNING scene_id",
+        )
+        .bind(&scenes)
+        .bind(&epochs)
+        .bind(owner)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+        Ok(claims.iter().map(|(scene, _)| claimed.contains(scene)).collect())
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
