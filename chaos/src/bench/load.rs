@@ -13,6 +13,7 @@ use futures_util::{future, stream, StreamExt, TryStreamExt};
 
 use super::procfs::{self, CpuTimes};
 use super::report::{AuxUsage, Load, Report, ServerUsage};
+use super::stats::Summary;
 use super::tally::{tally, Window};
 use super::target::{Target, TargetError};
 use super::typist::{Connect, Plan, Typist, TypistError};
@@ -182,6 +183,7 @@ pub(crate) struct Session<'a> {
     /// Start of the first measured window: zero of the picture and the timelines.
     origin: Option<Instant>,
     connect_s: f64,
+    connect_ms: Summary,
     /// Moves followed while connecting, reported with the first window.
     connect_moves: u64,
     rss_before: u64,
@@ -212,12 +214,13 @@ impl<'a> Session<'a> {
             opts.editors
         );
         let text: Arc<str> = opts.text.as_str().into();
-        let connected: Vec<(Typist, u64)> = stream::iter(0..total)
+        let connected: Vec<(Typist, u64, u64)> = stream::iter(0..total)
             .map(|id| {
                 let scene = format!("{prefix}-{}", id / opts.editors);
                 let target = target.clone();
                 let text = text.clone();
                 async move {
+                    let began = Instant::now();
                     let token = token_for(opts, id)?;
                     let connect = Connect {
                         id,
@@ -228,19 +231,22 @@ impl<'a> Session<'a> {
                         target,
                         sync_timeout: opts.sync_timeout,
                     };
-                    Typist::connect(connect).await.map_err(|e| LoadError::Editor {
+                    let (typist, moves) = Typist::connect(connect).await.map_err(|e| LoadError::Editor {
                         id,
                         scene,
                         source: Box::new(e),
-                    })
+                    })?;
+                    Ok::<_, LoadError>((typist, moves, began.elapsed().as_micros() as u64))
                 }
             })
             .buffer_unordered(opts.connect_concurrency.max(1))
             .try_collect()
             .await?;
         let connect_s = epoch.elapsed().as_secs_f64();
-        let connect_moves = connected.iter().map(|(_, moves)| moves).sum();
-        let mut typists: Vec<Typist> = connected.into_iter().map(|(t, _)| t).collect();
+        let connect_moves = connected.iter().map(|(_, moves, _)| moves).sum();
+        let mut sync_micros: Vec<u64> = connected.iter().map(|(_, _, us)| *us).collect();
+        let connect_ms = Summary::from_micros(&mut sync_micros);
+        let mut typists: Vec<Typist> = connected.into_iter().map(|(t, _, _)| t).collect();
         typists.sort_by_key(|t| t.id);
         tracing::info!(label = %opts.label, "all editors synced in {connect_s:.2} s");
         let mut session = Session {
@@ -249,6 +255,7 @@ impl<'a> Session<'a> {
             epoch,
             origin: None,
             connect_s,
+            connect_ms,
             connect_moves,
             rss_before,
             rss_loaded: rss_before,
@@ -416,6 +423,7 @@ impl<'a> Session<'a> {
             url: o.url.clone(),
             load: o.load(rate),
             connect_s: self.connect_s,
+            connect_ms: self.connect_ms,
             window_start_s: since_origin(window_start),
             window_end_s: since_origin(window_end),
             edits_sent: t.edits_sent,

@@ -83,6 +83,10 @@ pub struct Report {
     pub load: Load,
     /// Time to connect and sync every editor.
     pub connect_s: f64,
+    /// Each editor's time from starting to connect until synced (with as many editors
+    /// connecting at once as `--connect-concurrency` allows).
+    #[serde(default)]
+    pub connect_ms: Summary,
     /// The window, in seconds since the (first) window of the run started.
     pub window_start_s: f64,
     pub window_end_s: f64,
@@ -178,9 +182,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connect     {} editors synced in {:.2} s{}",
+            "  connect     {} editors synced in {:.2} s (each: p50 {:.0} ms, p99 {:.0} ms){}",
             l.scenes * l.editors_per_scene,
             self.connect_s,
+            self.connect_ms.p50,
+            self.connect_ms.p99,
             if self.moved > 0 {
                 format!("; {} moves (4301) followed", self.moved)
             } else {
@@ -580,6 +586,7 @@ mod tests {
                 initial_text_bytes: 0,
             },
             connect_s: 0.1,
+            connect_ms: Summary::default(),
             window_start_s: 0.0,
             window_end_s: 5.0,
             edits_sent: 60,
