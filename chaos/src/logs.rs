@@ -108,11 +108,13 @@ impl Sink {
     }
 }
 
-/// A tracing line with the date and fraction cut off its timestamp: `08:02:06  INFO …`.
+/// A tracing line with the date and the sub-millisecond digits cut off its timestamp:
+/// `08:02:06.358  INFO …` (faults recover in hundreds of milliseconds: the logs must show
+/// them).
 fn tidy(line: &str) -> Cow<'_, str> {
     let b = line.as_bytes();
     let stamped = b.len() > 27 && b[4] == b'-' && b[10] == b'T' && b[26] == b'Z';
-    match (line.get(11..19), line.get(27..)) {
+    match (line.get(11..23), line.get(27..)) {
         (Some(time), Some(rest)) if stamped => Cow::Owned(format!("{time}{rest}")),
         _ => Cow::Borrowed(line),
     }
@@ -137,12 +139,12 @@ mod tests {
         let info = "2026-12-03T08:02:05.358877Z  INFO troupe_node: troupe-node starting node=1";
         assert_eq!(
             tidy(info),
-            "08:02:05  INFO troupe_node: troupe-node starting node=1"
+            "08:02:05.358  INFO troupe_node: troupe-node starting node=1"
         );
         assert_eq!(tidy("troupe-router: WARNING: x"), "troupe-router: WARNING: x");
         assert!(!is_warning(&format!("node 1 | {}", tidy(info))));
-        assert!(is_warning("node 1 | 08:02:05  WARN troupe_node: slow"));
-        assert!(is_warning("node 1 | 08:02:05 ERROR troupe_node: broken"));
+        assert!(is_warning("node 1 | 08:02:05.358  WARN troupe_node: slow"));
+        assert!(is_warning("node 1 | 08:02:05.358 ERROR troupe_node: broken"));
         assert!(!is_warning("router | troupe-router: WARNING: dev tokens are ON"));
     }
 }

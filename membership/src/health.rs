@@ -73,8 +73,13 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
             let heard = now
                 .checked_sub(down_after.saturating_sub(interval * 2))
                 .unwrap_or(now);
+            // And a member whose port refuses this first probe has no process (it most
+            // likely died with the old leader, whose silence led to this election): it is
+            // down at once, not after a quarter of `down_after` of refusals watched again.
+            let refusing = now.checked_sub(down_after / 4).unwrap_or(now);
             for id in view.state.nodes.keys() {
                 last_ok.insert(*id, heard);
+                refused_since.insert(*id, refusing);
             }
         }
         let probes = probe_all(&cluster, &client, probe_timeout).await;
