@@ -53,11 +53,18 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
     // Since when each node's port has refused every probe.
     let mut refused_since: HashMap<NodeId, Instant> = HashMap::new();
     let mut leading = false;
+    // The leader this node last followed: when it becomes leader itself, most likely
+    // because that one went silent.
+    let mut followed: Option<NodeId> = None;
     loop {
         tick.tick().await;
         let Some(cluster) = cluster.upgrade() else { return };
         let me = cluster.id();
-        if cluster.leader() != Some(me) {
+        let leader = cluster.leader();
+        if leader != Some(me) {
+            if leader.is_some() {
+                followed = leader;
+            }
             leading = false;
             last_ok.clear();
             refused_since.clear();
@@ -73,13 +80,15 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
             let heard = now
                 .checked_sub(down_after.saturating_sub(interval * 2))
                 .unwrap_or(now);
-            // And a member whose port refuses this first probe has no process (it most
-            // likely died with the old leader, whose silence led to this election): it is
-            // down at once, not after a quarter of `down_after` of refusals watched again.
-            let refusing = now.checked_sub(down_after / 4).unwrap_or(now);
             for id in view.state.nodes.keys() {
                 last_ok.insert(*id, heard);
-                refused_since.insert(*id, refusing);
+            }
+            // The former leader went silent long enough for an election: if its port
+            // refuses this first probe, its process is gone and it is down at once, not
+            // after a quarter of `down_after` of refusals watched again. (Others may just
+            // be starting, as when a whole cluster restarts: they get the usual time.)
+            if let Some(former) = followed.take() {
+                refused_since.insert(former, now.checked_sub(down_after / 4).unwrap_or(now));
             }
         }
         let probes = probe_all(&cluster, &client, probe_timeout).await;
