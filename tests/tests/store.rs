@@ -215,6 +215,35 @@ async fn many_leases_are_claimed_at_once_as_one_by_one() {
 }
 
 #[tokio::test]
+async fn the_claimer_batches_claims_and_takes_a_scene_once_per_statement() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (claimer, _) = troupe_node::claimer::LeaseClaimer::spawn(store.clone(), "n1".into(), 16);
+        let (a, b) = (unique("a"), unique("b"));
+        assert!(store.claim_lease(&b, 5, "n2").await.unwrap());
+        // Queued together: `a` twice (the second waits for the next statement), `b` held
+        // by another node at a newer epoch.
+        let (first, second, held) =
+            tokio::join!(claimer.claim(&a, 1), claimer.claim(&a, 2), claimer.claim(&b, 4));
+        assert_eq!(
+            (first, second, held),
+            (Ok(true), Ok(true), Ok(false)),
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.lease(&a).await.unwrap(),
+            Some((2, "n1".into())),
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.lease(&b).await.unwrap(),
+            Some((5, "n2".into())),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn leases_fence_former_owners() {
     for backend in Backend::all() {
         let store = open(&backend).await;
