@@ -90,6 +90,7 @@ impl FollowingEditor {
         let typist = Typist {
             client: client.clone(),
             router,
+            routes: RpcClient::plain(),
             scene: scene.to_string(),
             token: token.to_string(),
             prefix: prefix.to_string(),
@@ -220,7 +221,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The owner of `scene` according to the router at `router`: `(node, url, epoch)`.
 pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, String, u64)> {
-    let route: troupe_membership::Route = RpcClient::plain()
+    resolve_with(&RpcClient::plain(), router, scene).await
+}
+
+/// [`resolve`] over `client`'s kept-alive connections, as a browser asks its router again
+/// and again over the same one.
+async fn resolve_with(
+    client: &RpcClient,
+    router: SocketAddr,
+    scene: &str,
+) -> anyhow::Result<(u64, String, u64)> {
+    let route: troupe_membership::Route = client
         .get(
             &router.to_string(),
             &format!("/v1/route/{scene}"),
@@ -234,6 +245,8 @@ pub async fn resolve(router: SocketAddr, scene: &str) -> anyhow::Result<(u64, St
 struct Typist {
     client: Arc<EditorClient>,
     router: SocketAddr,
+    /// The editor's own connection to the router, kept between questions.
+    routes: RpcClient,
     scene: String,
     token: String,
     prefix: String,
@@ -330,7 +343,7 @@ impl Typist {
             }
             let target = match moved_to.take() {
                 Some(url) => Some(url),
-                None => resolve(self.router, &self.scene)
+                None => resolve_with(&self.routes, self.router, &self.scene)
                     .await
                     .ok()
                     .map(|(_, url, _)| url),
@@ -419,7 +432,7 @@ impl Typist {
             return None;
         }
         *last_check = Instant::now();
-        let (_, url, _) = resolve(self.router, &self.scene).await.ok()?;
+        let (_, url, _) = resolve_with(&self.routes, self.router, &self.scene).await.ok()?;
         (url != self.host).then_some(since)
     }
 }
