@@ -15,6 +15,7 @@ use troupe_membership::{NodeId, NodeState};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
 
+use crate::bench::stats::percentile;
 use crate::check::{fenced_rows, stored_scene_text};
 use crate::client::{mint_token, Access, ClientOptions, EditorClient};
 use crate::editor::{resolve, FinishedEditor, FollowingEditor};
@@ -711,14 +712,9 @@ async fn check(
         report.affected_editors = affected;
         report.scenes_cut_off = scenes_cut_off.len();
         backs.sort();
-        let percentile = |q: f64| {
-            (!backs.is_empty()).then(|| {
-                let i = ((backs.len() as f64 * q).ceil() as usize).clamp(1, backs.len()) - 1;
-                backs[i].as_millis() as u64
-            })
-        };
-        report.recovered_p50_ms = percentile(0.50);
-        report.recovered_p99_ms = percentile(0.99);
+        let ms = |p: f64| percentile(&backs, p).map(|d| d.as_millis() as u64);
+        report.recovered_p50_ms = ms(50.0);
+        report.recovered_p99_ms = ms(99.0);
         match worst {
             Some(w) if affected > 0 => {
                 report.recovered_ms = Some(w.as_millis() as u64);

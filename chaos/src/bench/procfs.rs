@@ -140,11 +140,6 @@ pub fn descendants(procs: &[ProcSample], root: u32) -> std::collections::HashSet
     }
 }
 
-/// Clock ticks as a duration.
-pub fn ticks(ticks: u64) -> Duration {
-    ticks_to_duration(ticks)
-}
-
 /// CPU ticks of a process and all its living descendants, per pid (e.g. a PostgreSQL
 /// postmaster and its backends). Compare two samples with [`tree_cpu_delta`].
 pub fn tree_cpu(root: u32) -> HashMap<u32, u64> {
