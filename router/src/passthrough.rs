@@ -35,7 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::follow::Latest;
-use crate::http::{error, no_store};
+use crate::http::{error, no_store, SCENES_PREFIX};
 use crate::metrics::Metrics;
 
 /// The path prefix of a pass-through URL: `/nodes/{name}`.
@@ -207,10 +207,10 @@ impl Passthrough {
     /// Answers `request`, whose path starts with [`PREFIX`], from node `{name}` if it is a
     /// member of the `latest` membership.
     pub async fn handle(&self, latest: &Latest, mut request: Request) -> Response {
-        let Some((name, target)) = self.target(latest, request.uri()) else {
+        let Some((name, rest, target)) = self.target(latest, request.uri()) else {
             return self.unknown_node();
         };
-        if !split(request.uri().path()).is_some_and(|(_, rest)| for_clients(rest)) {
+        if !for_clients(rest) {
             self.count(Outcome::NotPassed);
             return error(
                 StatusCode::NOT_FOUND,
@@ -274,9 +274,9 @@ impl Passthrough {
         }
     }
 
-    /// The node's name and the URL to ask it at, if `uri` names a member of the `latest`
-    /// membership.
-    fn target(&self, latest: &Latest, uri: &Uri) -> Option<(String, String)> {
+    /// The node's name, the path asked of it and the URL to ask it at, if `uri` names a
+    /// member of the `latest` membership.
+    fn target<'u>(&self, latest: &Latest, uri: &'u Uri) -> Option<(String, &'u str, String)> {
         let (name, rest) = split(uri.path())?;
         let member = latest.borrow().as_ref().is_some_and(|state| {
             state
@@ -294,7 +294,7 @@ impl Passthrough {
             Some(query) => format!("{base}{rest}?{query}"),
             None => format!("{base}{rest}"),
         };
-        Some((name.to_string(), target))
+        Some((name.to_string(), rest, target))
     }
 
     /// Answers the client's handshake with the node's `101`, then joins both connections
@@ -366,7 +366,7 @@ impl Drop for Open {
 /// (`/v1/scenes/…`). The node's operational endpoints (`/metrics`, `/healthz`, `/readyz`)
 /// stay inside the cluster: the router is reachable from the internet.
 fn for_clients(path: &str) -> bool {
-    path.starts_with("/ws/scenes") || path.starts_with("/v1/scenes/")
+    path.starts_with(SCENES_PREFIX) || path.starts_with("/v1/scenes/")
 }
 
 /// `/nodes/{name}/rest` as `(name, /rest)` (`/` when there is no rest); `None` unless the
