@@ -9,6 +9,20 @@
 
 use crate::content::blocks::Block;
 
+/// When a claim takes a scene's lease (the `ON CONFLICT` clause of every claim, one scene
+/// or many): over an older epoch, or at the same epoch when the claimant holds it or it was
+/// released. The fencing rule: one place, so that the two claims cannot drift apart.
+macro_rules! claim_wins {
+    () => {
+        "ON CONFLICT (scene_id) DO UPDATE
+         SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
+         WHERE scene_leases.epoch < excluded.epoch
+            OR (scene_leases.epoch = excluded.epoch
+                AND (scene_leases.owner = excluded.owner OR scene_leases.owner = ''))"
+    };
+}
+use claim_wins;
+
 /// Methods whose SQL is the same on both backends (both accept `$n` placeholders); each
 /// backend struct has a `pool` field of its own pool type. `$lock_lease` ends the query
 /// that checks a writer's lease: Postgres locks the lease row (`FOR SHARE`) so that a claim
@@ -103,14 +117,10 @@ macro_rules! shared_queries {
         /// Claims a scene for `owner` at `epoch`: succeeds over an older epoch, or renews
         /// the same owner's claim at the same epoch; refused otherwise.
         pub async fn claim_lease(&self, scene: &str, epoch: u64, owner: &str) -> Result<bool, StoreError> {
-            let done = sqlx::query(
-                "INSERT INTO scene_leases (scene_id, epoch, owner, claimed_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (scene_id) DO UPDATE
-                 SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
-                 WHERE scene_leases.epoch < excluded.epoch
-                    OR (scene_leases.epoch = excluded.epoch
-                        AND (scene_leases.owner = excluded.owner OR scene_leases.owner = ''))",
-            )
+            let done = sqlx::query(concat!(
+                "INSERT INTO scene_leases (scene_id, epoch, owner, claimed_at_ms) VALUES ($1, $2, $3, $4) ",
+                super::claim_wins!()
+            ))
             .bind(scene)
             .bind(epoch as i64)
             .bind(owner)

@@ -115,17 +115,13 @@ impl PgStore {
         order.sort_by(|&a, &b| claims[a].0.cmp(&claims[b].0));
         let scenes: Vec<&str> = order.iter().map(|&i| claims[i].0.as_str()).collect();
         let epochs: Vec<i64> = order.iter().map(|&i| claims[i].1 as i64).collect();
-        let claimed: Vec<String> = sqlx::query_scalar(
+        let claimed: Vec<String> = sqlx::query_scalar(concat!(
             "INSERT INTO scene_leases (scene_id, epoch, owner, claimed_at_ms)
              SELECT s, e, $3, $4 FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS t(s, e, n)
-             ORDER BY n
-             ON CONFLICT (scene_id) DO UPDATE
-             SET epoch = excluded.epoch, owner = excluded.owner, claimed_at_ms = excluded.claimed_at_ms
-             WHERE scene_leases.epoch < excluded.epoch
-                OR (scene_leases.epoch = excluded.epoch
-                    AND (scene_leases.owner = excluded.owner OR scene_leases.owner = ''))
-             RETURNING scene_id",
-        )
+             ORDER BY n ",
+            super::claim_wins!(),
+            " RETURNING scene_id"
+        ))
         .bind(&scenes)
         .bind(&epochs)
         .bind(owner)
