@@ -53,8 +53,7 @@ impl CpuTimeline {
         let (into, stopped) = (samples.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                let postmaster = postgres.as_deref().and_then(read_pid);
-                let sample = take(postgres.is_some(), postmaster);
+                let sample = take(postgres.as_deref());
                 if let Ok(mut samples) = into.lock() {
                     samples.push(sample);
                 }
@@ -107,8 +106,9 @@ fn read_pid(file: &Path) -> Option<u32> {
         .ok()
 }
 
-/// One sample; with `postgres`, its part is the tree of `postmaster` (empty while down).
-fn take(postgres: bool, postmaster: Option<u32>) -> Sample {
+/// One sample; with `postgres` (a `postmaster.pid` file), its part is the tree of the
+/// postmaster it names (empty while it is down).
+fn take(postgres: Option<&Path>) -> Sample {
     let at = Instant::now();
     let procs = procfs::snapshot();
     let me = std::process::id();
@@ -125,8 +125,8 @@ fn take(postgres: bool, postmaster: Option<u32>) -> Sample {
         harness: part(&|p| p.pid == me),
         nodes: part(&|p| ours.contains(&p.pid) && p.comm == "troupe-node"),
         router: part(&|p| ours.contains(&p.pid) && p.comm == "troupe-router"),
-        postgres: postgres.then(|| {
-            let tree = postmaster
+        postgres: postgres.map(|file| {
+            let tree = read_pid(file)
                 .map(|pid| procfs::descendants(&procs, pid))
                 .unwrap_or_default();
             part(&|p| tree.contains(&p.pid))
