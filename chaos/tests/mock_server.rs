@@ -155,3 +155,106 @@ async fn closed_before_sync_is_an_error() {
         other => panic!("expected a 4401 close, got {other:?}"),
     }
 }
+
+/// The full state of a document holding `text`, and an update appending `more` to it.
+fn scene_updates(text: &str, more: &str) -> (Vec<u8>, Vec<u8>) {
+    use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("text");
+    t.push(&mut doc.transact_mut(), text);
+    let state = doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let before = doc.transact().state_vector();
+    t.push(&mut doc.transact_mut(), more);
+    assert_eq!(t.get_string(&doc.transact()), format!("{text}{more}"));
+    let more = doc.transact().encode_state_as_update_v1(&before);
+    (state, more)
+}
+
+/// Clients sharing a first sync: the first integrates the scene, the next ones with the same
+/// answer defer it (no inserted strings in their sync event) and still end with the whole
+/// text once an update arrives; a client answered differently integrates its own answer.
+#[tokio::test]
+async fn clients_of_one_scene_share_the_first_sync_and_still_hold_the_text() {
+    use troupe_chaos::client::{SharedFirstSync, UpdateKind};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (kitchen, night) = scene_updates("INT. KITCHEN", " - NIGHT");
+    let (garden, day) = scene_updates("EXT. GARDEN", " - DAY");
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let kitchen = (kitchen.clone(), night.clone());
+            let garden = (garden.clone(), day.clone());
+            tokio::spawn(async move {
+                let mut path = String::new();
+                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, RecordPath(&mut path))
+                    .await
+                    .expect("handshake");
+                let (first, then) = if path.contains("/garden") {
+                    &garden
+                } else {
+                    &kitchen
+                };
+                assert!(matches!(
+                    Message::decode(&next_frame(&mut ws).await),
+                    Ok(Message::SyncStep1(_))
+                ));
+                for m in [Message::SyncStep2(first), Message::Update(then)] {
+                    ws.send(Ws::Binary(m.encode().into())).await.expect("send");
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+
+    let shared = SharedFirstSync::default();
+    let join = |scene: &'static str| {
+        let opts = ClientOptions {
+            events: true,
+            observe_text: Some("text".into()),
+            shared_first_sync: Some(shared.clone()),
+            ..ClientOptions::default()
+        };
+        async move {
+            let mut c = EditorClient::connect(&format!("ws://{addr}/ws/scenes"), scene, "tok", opts)
+                .await
+                .expect("connect");
+            let mut events = c.take_events().expect("events");
+            c.wait_synced(T).await.expect("synced");
+            let mut inserted = Vec::new();
+            while inserted.len() < 2 {
+                match tokio::time::timeout(T, events.recv()).await {
+                    Ok(Some(ClientEvent::Update(u))) => inserted.push((u.kind, u.inserted.concat())),
+                    Ok(Some(_)) => {}
+                    other => panic!("no update event: {other:?}"),
+                }
+            }
+            (c, inserted)
+        }
+    };
+    let (first, seen) = join("kitchen").await;
+    assert_eq!(
+        seen,
+        [
+            (UpdateKind::SyncStep2, "INT. KITCHEN".to_owned()),
+            (UpdateKind::Update, " - NIGHT".to_owned())
+        ]
+    );
+    for _ in 0..2 {
+        let (next, seen) = join("kitchen").await;
+        // Deferred: nothing integrated at the sync, the whole scene there after the update.
+        assert_eq!(
+            seen,
+            [
+                (UpdateKind::SyncStep2, String::new()),
+                (UpdateKind::Update, " - NIGHT".to_owned())
+            ]
+        );
+        assert_eq!(next.text("text").await.expect("text"), "INT. KITCHEN - NIGHT");
+    }
+    assert_eq!(first.text("text").await.expect("text"), "INT. KITCHEN - NIGHT");
+    // Another answer is not the shared one: integrated as it came.
+    let (other, seen) = join("garden").await;
+    assert_eq!(seen[0], (UpdateKind::SyncStep2, "EXT. GARDEN".to_owned()));
+    assert_eq!(other.text("text").await.expect("text"), "EXT. GARDEN - DAY");
+}

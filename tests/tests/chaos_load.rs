@@ -222,6 +222,8 @@ async fn memory_per_loaded_room_with_one_editor() {
         server["rss_loaded_bytes"].as_i64().unwrap(),
     );
     assert!(before > 0 && loaded > 0, "{server:#}");
+    // The high-water mark is at least what the process holds now.
+    assert!(server["rss_peak_bytes"].as_i64().unwrap() >= server["rss_after_bytes"].as_i64().unwrap());
     assert_eq!(
         server["rss_per_room_bytes"].as_i64().unwrap(),
         (loaded - before) / 10

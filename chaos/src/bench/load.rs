@@ -17,7 +17,7 @@ use super::stats::Summary;
 use super::tally::{tally, Window};
 use super::target::{Target, TargetError};
 use super::typist::{Connect, Plan, Typist, TypistError};
-use crate::client::{mint_token, Access};
+use crate::client::{mint_token, Access, SharedFirstSync};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -214,9 +214,12 @@ impl<'a> Session<'a> {
             opts.editors
         );
         let text: Arc<str> = opts.text.as_str().into();
+        let first_syncs: Vec<SharedFirstSync> =
+            (0..opts.scenes).map(|_| SharedFirstSync::default()).collect();
         let connected: Vec<(Typist, u64, u64)> = stream::iter(0..total)
             .map(|id| {
                 let scene = format!("{prefix}-{}", id / opts.editors);
+                let first_sync = first_syncs[(id / opts.editors) as usize].clone();
                 let target = target.clone();
                 let text = text.clone();
                 async move {
@@ -230,6 +233,7 @@ impl<'a> Session<'a> {
                         text,
                         target,
                         sync_timeout: opts.sync_timeout,
+                        first_sync,
                     };
                     let (typist, moves) = Typist::connect(connect).await.map_err(|e| LoadError::Editor {
                         id,
@@ -397,6 +401,7 @@ impl<'a> Session<'a> {
                 rss_before_bytes: self.rss_before,
                 rss_loaded_bytes: self.rss_loaded,
                 rss_after_bytes: rss_after,
+                rss_peak_bytes: o.pids.iter().filter_map(|&pid| procfs::peak_rss_bytes(pid)).sum(),
                 rss_per_room_bytes: (self.rss_loaded as i64 - self.rss_before as i64) / i64::from(o.scenes),
             })
         };

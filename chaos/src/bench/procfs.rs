@@ -71,12 +71,21 @@ fn ticks_to_duration(ticks: u64) -> Duration {
 
 /// VmRSS of one process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
+    status_bytes(pid, "VmRSS:")
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// VmHWM of one process: the highest its RSS has been since it started, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -216,9 +225,10 @@ mod tests {
 
     #[test]
     fn parses_rss() {
-        let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
-        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
-        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        let status = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    4096 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(4096 * 1024));
+        assert_eq!(parse_status_kib("Name: x\n", "VmRSS:"), None);
     }
 
     #[test]
@@ -228,6 +238,7 @@ mod tests {
         assert_eq!(cpu.total(), cpu.user + cpu.system);
         assert_eq!(cpu.since(cpu), CpuTimes::default());
         assert!(rss_bytes(me).unwrap_or(0) > 0);
+        assert!(peak_rss_bytes(me) >= rss_bytes(me));
         let tree = tree_cpu(me);
         assert!(tree.contains_key(&me));
         assert_eq!(tree_cpu_delta(&tree, &tree), Duration::ZERO);

@@ -51,6 +51,9 @@ pub struct ServerUsage {
     pub rss_loaded_bytes: u64,
     /// VmRSS at the end of the measured window.
     pub rss_after_bytes: u64,
+    /// VmHWM at the end: the highest RSS since the process started (a join storm's peak).
+    #[serde(default)]
+    pub rss_peak_bytes: u64,
     /// `(rss_loaded_bytes - rss_before_bytes) / scenes`: what a loaded room with its
     /// editors costs.
     pub rss_per_room_bytes: i64,
@@ -224,11 +227,12 @@ impl Report {
                 );
                 let _ = writeln!(
                     s,
-                    "  memory      {:.1} KiB per room; RSS {:.1} MiB before, {:.1} MiB loaded, {:.1} MiB at the end",
+                    "  memory      {:.1} KiB per room; RSS {:.1} MiB before, {:.1} MiB loaded, {:.1} MiB at the end, {:.1} MiB at most (since the start)",
                     kib(sv.rss_per_room_bytes as f64),
                     mib(sv.rss_before_bytes as f64),
                     mib(sv.rss_loaded_bytes as f64),
-                    mib(sv.rss_after_bytes as f64)
+                    mib(sv.rss_after_bytes as f64),
+                    mib(sv.rss_peak_bytes as f64)
                 );
             }
             None => {
@@ -616,6 +620,7 @@ mod tests {
                 rss_before_bytes: 1 << 20,
                 rss_loaded_bytes: 3 << 20,
                 rss_after_bytes: 4 << 20,
+                rss_peak_bytes: 5 << 20,
                 rss_per_room_bytes: 1 << 20,
             }),
             aux: vec![],

@@ -14,7 +14,9 @@ use super::marker::{parse_all, Marker};
 use super::target::{node_base, Target, TargetError};
 use troupe_proto::CloseCode;
 
-use crate::client::{scene_url, ClientError, ClientEvent, ClientOptions, CloseInfo, EditorClient, Sent};
+use crate::client::{
+    scene_url, ClientError, ClientEvent, ClientOptions, CloseInfo, EditorClient, Sent, SharedFirstSync,
+};
 
 /// Close code of a node that does not (or no longer) own the scene; the reason is the
 /// owner's base URL.
@@ -94,6 +96,8 @@ pub(crate) struct Connect {
     pub text: Arc<str>,
     pub target: Arc<Target>,
     pub sync_timeout: Duration,
+    /// Shared by the editors of the scene (a join storm integrates one document).
+    pub first_sync: SharedFirstSync,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,7 @@ impl Typist {
                 acks: c.acks,
                 events: true,
                 observe_text: Some(c.text.to_string()),
+                shared_first_sync: Some(c.first_sync.clone()),
                 ..ClientOptions::default()
             };
             let url = scene_url(&base, &c.scene, &c.token, c.acks)?;
