@@ -32,15 +32,25 @@ pub struct RaftTiming {
     pub election_timeout_max: Duration,
 }
 
-impl Default for RaftTiming {
-    fn default() -> Self {
+impl RaftTiming {
+    /// Timings from the shortest election timeout `min`: a follower starts an election
+    /// after the leader lease (the longest timeout, `2 × min`) plus a random timeout
+    /// between `min` and `2 × min`, so after 3 to 4 `min` without a heartbeat; heartbeats
+    /// go every `min / 3`, six of them at least within the lease.
+    pub fn from_election_timeout(min: Duration) -> Self {
         RaftTiming {
-            // A follower starts an election after the leader lease (the maximum timeout)
-            // plus a random timeout: 0.75-1 s after the leader's last heartbeat.
-            heartbeat: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(250),
-            election_timeout_max: Duration::from_millis(500),
+            heartbeat: min / 3,
+            election_timeout_min: min,
+            election_timeout_max: min * 2,
         }
+    }
+}
+
+impl Default for RaftTiming {
+    /// 150 ms: a dead leader is replaced 0.45-0.6 s after its last heartbeat. The election
+    /// decides how soon the scenes of a dead leader move.
+    fn default() -> Self {
+        RaftTiming::from_election_timeout(Duration::from_millis(150))
     }
 }
 

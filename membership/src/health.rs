@@ -77,6 +77,7 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
             // leader has been silent for a while already (the election took at least an
             // election timeout): two missed probes are enough to call it down.
             leading = true;
+            tracing::info!(former = ?followed, "leading the cluster");
             let heard = now
                 .checked_sub(down_after.saturating_sub(interval * 2))
                 .unwrap_or(now);

@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::self_membership::OnStop;
 use troupe_membership::tls::{Identity, TlsArgs, Transport};
+use troupe_membership::RaftTiming;
 use troupe_proto::token::{self as auth, Verifier};
 use troupe_proto::NodeId;
 use troupe_runtime::duration::parse_duration;
@@ -97,6 +98,12 @@ pub struct Config {
     /// answered for this long.
     #[arg(long, env = "TROUPE_DOWN_AFTER", default_value = "1s", value_parser = parse_duration)]
     pub down_after: Duration,
+
+    /// The shortest Raft election timeout. A dead leader is replaced 3× this after its last
+    /// heartbeat at most (the leader lease, twice this, plus a random timeout up to twice
+    /// this); heartbeats go every third of it. Raise it where nodes are far apart.
+    #[arg(long, env = "TROUPE_ELECTION_TIMEOUT", default_value = "150ms", value_parser = parse_duration)]
+    pub election_timeout: Duration,
 
     /// The URL clients use to reach this node (default: ws://<listen>).
     #[arg(long, env = "TROUPE_PUBLIC_URL")]
@@ -357,6 +364,7 @@ pub struct Settings {
     /// Folder of this node's Raft log, vote and snapshot.
     pub raft_dir: PathBuf,
     pub down_after: Duration,
+    pub raft_timing: RaftTiming,
     /// Whether this node puts itself on the ring when it starts.
     pub join: bool,
     pub on_stop: OnStop,
@@ -543,6 +551,9 @@ impl Config {
         if self.down_after < Duration::from_millis(200) {
             return Err("TROUPE_DOWN_AFTER must be at least 200ms".into());
         }
+        if !(Duration::from_millis(30)..=Duration::from_secs(60)).contains(&self.election_timeout) {
+            return Err("TROUPE_ELECTION_TIMEOUT must be between 30ms and 60s".into());
+        }
         if self.max_rooms == 0 {
             return Err("TROUPE_MAX_ROOMS must be at least 1".into());
         }
@@ -561,6 +572,7 @@ impl Config {
             peers,
             raft_dir: self.data_dir.join(format!("raft-{}", self.node_id)),
             down_after: self.down_after,
+            raft_timing: RaftTiming::from_election_timeout(self.election_timeout),
             join: self.join,
             on_stop: self.on_stop,
             redis_url: self.redis_url.clone(),
@@ -707,6 +719,13 @@ mod tests {
         assert!(matches!(settings.store, StoreLocation::Sqlite(_)));
         assert!(settings.peers.is_empty());
         assert_eq!(settings.rpc_listen.to_string(), "127.0.0.1:4100");
+        // A dead leader is replaced 0.45-0.6 s after its last heartbeat.
+        let raft = &settings.raft_timing;
+        assert_eq!(
+            raft.election_timeout_min + raft.election_timeout_max,
+            Duration::from_millis(450)
+        );
+        assert_eq!(raft.heartbeat, Duration::from_millis(50));
     }
 
     #[test]
@@ -801,6 +820,7 @@ mod tests {
             &["--redis-url", "http://localhost:6379"],
             &["--public-url", "http://x"],
             &["--max-frame-bytes", "10"],
+            &["--election-timeout", "10ms"],
             &["--allowed-origins", "example.com"],
             &["--rpc-listen", "0.0.0.0:4100"],
             &["--listen", "0.0.0.0:4000"],

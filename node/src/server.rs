@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use troupe_membership::revocation::Revocations;
 use troupe_membership::rpc::RpcClient;
 use troupe_membership::server::LocalStatus;
-use troupe_membership::{Cluster, ClusterError, ClusterOptions, RaftTiming};
+use troupe_membership::{Cluster, ClusterError, ClusterOptions};
 
 use crate::claimer::LeaseClaimer;
 use crate::config::Settings;
@@ -152,7 +152,7 @@ pub async fn run(
                 .unwrap_or_else(|| rpc_addr.to_string()),
             peers: settings.peers.clone(),
             dir: settings.raft_dir.clone(),
-            timing: RaftTiming::default(),
+            timing: settings.raft_timing.clone(),
             down_after: settings.down_after,
         },
         RpcClient::new(&settings.transport),
