@@ -688,9 +688,13 @@ fn sent_or_not_connected(r: Result<bool, oneshot::error::RecvError>) -> Result<(
 }
 
 async fn open(url: &str, opts: &ClientOptions) -> Result<Ws, ClientError> {
+    // tungstenite's read buffer (128 KiB by default) is allocated and zeroed per connection:
+    // thousands of simulated editors reconnecting at once paid for that more than for
+    // anything they read.
     let config = WebSocketConfig::default()
         .max_message_size(Some(opts.max_message_bytes))
-        .max_frame_size(Some(opts.max_message_bytes));
+        .max_frame_size(Some(opts.max_message_bytes))
+        .read_buffer_size(16 * 1024);
     let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), opts.nodelay);
     let (ws, _response) = tokio::time::timeout(opts.connect_timeout, connecting)
         .await

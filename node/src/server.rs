@@ -93,14 +93,12 @@ pub struct Listeners {
 
 /// Binds the configured addresses.
 pub async fn bind(settings: &Settings) -> Result<Listeners, ServerError> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })
+    let bind = |addr: SocketAddr| {
+        troupe_runtime::listen::bind(addr).map_err(|source| ServerError::Bind { addr, source })
     };
     Ok(Listeners {
-        public: bind(settings.listen).await?,
-        rpc: bind(settings.rpc_listen).await?,
+        public: bind(settings.listen)?,
+        rpc: bind(settings.rpc_listen)?,
     })
 }
 

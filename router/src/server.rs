@@ -32,12 +32,10 @@ pub enum RouterError {
 
 /// Binds the configured address.
 pub async fn bind(settings: &Settings) -> Result<TcpListener, RouterError> {
-    TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| RouterError::Bind {
-            addr: settings.listen,
-            source,
-        })
+    troupe_runtime::listen::bind(settings.listen).map_err(|source| RouterError::Bind {
+        addr: settings.listen,
+        source,
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves. `on_ready` runs once the membership

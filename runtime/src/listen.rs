@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,10 +26,28 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
+
+/// Connections the kernel may hold for a listener before it accepts them (capped by
+/// `net.core.somaxconn`). tokio's default is 1,024: when a failed node's thousands of
+/// editors reconnect at once, the kernel dropped their handshakes beyond it and each such
+/// client waited for its TCP retry (1 s, then 3 s, then 7 s).
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` for serving, with a backlog deep enough for a reconnect storm.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Longest the requests in flight may take once the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

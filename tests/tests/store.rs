@@ -459,3 +459,29 @@ async fn history_keeps_a_bounded_number_of_versions_of_each_kind() {
         );
     }
 }
+
+/// A scene's P1 content as the P1 product wrote it: none without a `scenes` row, no blocks
+/// for a row without any, and the blocks in order (one statement reads all three cases).
+#[tokio::test]
+async fn p1_content_is_read_whole_or_not_at_all() {
+    use troupe_node::content::blocks::{Block, BlockType};
+    for backend in Backend::all() {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("troupe-store"));
+        let location = match &backend {
+            Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3")),
+            Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
+        };
+        let store = Store::open(&location).await.expect("open store");
+        let (absent, bare, written) = (unique("p1-absent"), unique("p1-bare"), unique("p1-written"));
+        assert_eq!(store.p1_content(&absent).await.unwrap(), None, "{backend:?}");
+        troupe_tests::p1::write_p1_in(&dir, &backend, &bare, &[]).await;
+        let content = store.p1_content(&bare).await.unwrap().expect("a scenes row");
+        assert_eq!((content.version, content.blocks.len()), (1, 0), "{backend:?}");
+        let blocks = troupe_tests::p1::screenplay();
+        troupe_tests::p1::write_p1_in(&dir, &backend, &written, &troupe_tests::p1::rows(&blocks)).await;
+        let content = store.p1_content(&written).await.unwrap().expect("a scenes row");
+        assert_eq!(content.version, 1, "{backend:?}");
+        assert_eq!(content.blocks, blocks, "{backend:?}");
+        assert!(content.blocks.contains(&Block::new(BlockType::Action, "")));
+    }
+}

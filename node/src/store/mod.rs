@@ -164,23 +164,27 @@ macro_rules! shared_queries {
             Ok(count.max(0) as u64)
         }
 
+        /// One statement (one snapshot, one round trip): every room load asks, and most
+        /// scenes have no P1 row at all.
         pub async fn p1_content(&self, scene: &str) -> Result<Option<(i64, Vec<(String, String)>)>, StoreError> {
-            let mut tx = self.pool.begin().await?;
-            let version: Option<i64> = sqlx::query_scalar("SELECT content_version FROM scenes WHERE id = $1")
-                .bind(scene)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(version) = version else {
-                return Ok(None);
-            };
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT block_type, text FROM content_blocks WHERE scene_id = $1 ORDER BY position",
+            let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT s.content_version, b.block_type, b.text
+                 FROM scenes s LEFT JOIN content_blocks b ON b.scene_id = s.id
+                 WHERE s.id = $1 ORDER BY b.position",
             )
             .bind(scene)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-            tx.commit().await?;
-            Ok(Some((version, rows)))
+            let Some((version, _, _)) = rows.first() else {
+                return Ok(None);
+            };
+            let version = *version;
+            // A scene without blocks is one row with no block.
+            let blocks = rows
+                .into_iter()
+                .filter_map(|(_, block_type, text)| Some((block_type?, text.unwrap_or_default())))
+                .collect();
+            Ok(Some((version, blocks)))
         }
 
         pub async fn p1_projection(&self, scene: &str, version: i64) -> Result<Option<String>, StoreError> {
