@@ -31,7 +31,7 @@
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
 pub mod api;
-pub mod claimer;
+pub mod batch;
 pub mod config;
 pub mod content;
 pub mod http;

@@ -14,7 +14,7 @@ use troupe_membership::rpc::RpcClient;
 use troupe_membership::server::LocalStatus;
 use troupe_membership::{Cluster, ClusterError, ClusterOptions};
 
-use crate::claimer::LeaseClaimer;
+use crate::batch::StoreBatches;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::RedisHandle;
@@ -247,12 +247,12 @@ pub async fn run(
         ));
     }
     // Ends with the rooms, which hold its only handles.
-    let (claimer, _) = LeaseClaimer::spawn(store.clone(), settings.node_id.to_string(), 65_536);
+    let (batches, _) = StoreBatches::spawn(store.clone(), settings.node_id.to_string(), 65_536);
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         webhooks: webhooks.clone(),
         writer,
-        claimer,
+        batches,
         metrics: metrics.clone(),
         limits: settings.limits.clone(),
         node: settings.node_id,

@@ -218,7 +218,7 @@ async fn many_leases_are_claimed_at_once_as_one_by_one() {
 async fn the_claimer_batches_claims_and_takes_a_scene_once_per_statement() {
     for backend in Backend::all() {
         let store = open(&backend).await;
-        let (claimer, _) = troupe_node::claimer::LeaseClaimer::spawn(store.clone(), "n1".into(), 16);
+        let (claimer, _) = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
         let (a, b) = (unique("a"), unique("b"));
         assert!(store.claim_lease(&b, 5, "n2").await.unwrap());
         // Queued together: `a` twice (the second waits for the next statement), `b` held
@@ -483,5 +483,53 @@ async fn p1_content_is_read_whole_or_not_at_all() {
         assert_eq!(content.version, 1, "{backend:?}");
         assert_eq!(content.blocks, blocks, "{backend:?}");
         assert!(content.blocks.contains(&Block::new(BlockType::Action, "")));
+    }
+}
+
+/// Loads and lease reads of many scenes at once answer exactly what one-by-one calls do, in
+/// the order asked: scenes with snapshots (one, two, three: the oldest not kept), a log
+/// only, nothing at all, and the same scene twice; through the batching tasks as well.
+#[tokio::test]
+async fn many_scenes_load_at_once_as_one_by_one() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let scenes: Vec<String> = (0..5).map(|i| unique(&format!("many-{i}"))).collect();
+        let written: Vec<&str> = scenes[..4].iter().map(String::as_str).collect();
+        claim(&store, &written, "n1").await;
+        for (i, scene) in written.iter().enumerate() {
+            for seq in 1..=6u64 {
+                let data = [i as u8, seq as u8];
+                store.append("n1", &[append(scene, seq, &data)]).await.unwrap();
+            }
+            // Scene i has i snapshots (at 2, 4, 6).
+            for upto in (1..=i as u64).map(|k| 2 * k).filter(|u| *u <= 6) {
+                let snapshot = Snapshot {
+                    upto_seq: upto,
+                    data: vec![b's', i as u8, upto as u8],
+                };
+                assert!(store.write_snapshot(scene, &snapshot, "n1", 0).await.unwrap());
+            }
+        }
+        let mut asked = scenes.clone();
+        asked.push(scenes[2].clone());
+        let mut one_by_one = Vec::new();
+        let mut leases = Vec::new();
+        for scene in &asked {
+            one_by_one.push(store.load(scene).await.unwrap());
+            leases.push(store.lease(scene).await.unwrap());
+        }
+        assert_eq!(one_by_one[3].snapshots.len(), 2, "{backend:?}: retention");
+        assert!(one_by_one[4].rows.is_empty() && one_by_one[4].snapshots.is_empty());
+        assert_eq!(store.load_many(&asked).await.unwrap(), one_by_one, "{backend:?}");
+        assert_eq!(store.leases(&asked).await.unwrap(), leases, "{backend:?}");
+        assert_eq!(leases[4], None);
+
+        let (batches, _) = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
+        let loads = futures_util::future::join_all(asked.iter().map(|s| batches.load(s))).await;
+        let loads: Vec<_> = loads.into_iter().map(Result::unwrap).collect();
+        assert_eq!(loads, one_by_one, "{backend:?}");
+        let read = futures_util::future::join_all(asked.iter().map(|s| batches.lease(s))).await;
+        let read: Vec<_> = read.into_iter().map(Result::unwrap).collect();
+        assert_eq!(read, leases, "{backend:?}");
     }
 }

@@ -17,6 +17,7 @@ use yrs::{Doc, Transact, Update};
 use troupe_proto::CloseCode;
 
 use super::{Directory, JoinRefused, Room, RoomCmd, RoomContext};
+use crate::batch::StoreBatches;
 use crate::store::{Snapshot, Store, StoreError, StoredScene};
 use troupe_membership::placement::{PlacementView, Verdict};
 use troupe_proto::presence::Notice;
@@ -52,7 +53,7 @@ impl Room {
                 // scene is open, and would otherwise carry room for these large futures.
                 let claim = Box::pin(async {
                     wait_for_release(&ctx, &scene, epoch, &current).await;
-                    ctx.claimer.claim(&scene, epoch).await
+                    ctx.batches.claim(&scene, epoch).await
                 });
                 // A store that does not answer must not leave joining clients waiting.
                 match tokio::time::timeout(LOAD_TIMEOUT, claim).await {
@@ -71,7 +72,7 @@ impl Room {
         };
         let loaded = match claimed {
             Err(error) => Err(error),
-            Ok(()) => match Box::pin(load_in_time(&ctx.store, &scene)).await {
+            Ok(()) => match Box::pin(load_in_time(&ctx.batches, &scene)).await {
                 Ok(stored) => match Box::pin(p1_load(&ctx.store, &scene, &stored)).await {
                     // Rebuilding a large scene takes a while: off the thread that serves the rooms.
                     Ok(p1) => tokio::task::spawn_blocking(move || {
@@ -81,7 +82,7 @@ impl Room {
                     .unwrap_or_else(|_| Err("rebuilding the scene panicked".into())),
                     Err(error) => Err(error),
                 },
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(error),
             },
         };
         match loaded {
@@ -282,13 +283,13 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Loads `scene`, giving up after [`LOAD_TIMEOUT`]. Its own function, boxed: the store's
 /// future is large and must not stay in the room task's state.
 fn load_in_time<'a>(
-    store: &'a Store,
+    batches: &'a StoreBatches,
     scene: &'a str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StoredScene, StoreError>> + Send + 'a>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StoredScene, String>> + Send + 'a>> {
     Box::pin(async move {
-        tokio::time::timeout(LOAD_TIMEOUT, store.load(scene))
+        tokio::time::timeout(LOAD_TIMEOUT, batches.load(scene))
             .await
-            .unwrap_or(Err(StoreError::Timeout))
+            .unwrap_or_else(|_| Err(StoreError::Timeout.to_string()))
     })
 }
 
@@ -301,7 +302,7 @@ async fn wait_for_release(ctx: &RoomContext, scene: &str, epoch: u64, placement:
     // at once must not ask about each a hundred times a second meanwhile.
     let mut pause = Duration::from_millis(10);
     loop {
-        match ctx.store.lease(scene).await {
+        match ctx.batches.lease(scene).await {
             Ok(Some((held_epoch, owner)))
                 if held_epoch < epoch
                     && !owner.is_empty()

@@ -51,7 +51,7 @@ use troupe_proto::token::Role;
 use troupe_proto::CloseCode;
 use troupe_runtime::tasks::CancellationToken;
 
-use crate::claimer::LeaseClaimer;
+use crate::batch::StoreBatches;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::outbox::ClientQueue;
@@ -141,8 +141,8 @@ pub struct RoomContext {
     /// Change notifications for the app's backend.
     pub webhooks: crate::webhooks::Webhooks,
     pub writer: WriterHandle,
-    /// Claims the leases of scenes about to load, many at once.
-    pub claimer: LeaseClaimer,
+    /// Reads and claims the leases of scenes about to load, and loads them, many at once.
+    pub batches: StoreBatches,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// This node's cluster id.

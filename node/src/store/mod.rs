@@ -55,9 +55,7 @@ macro_rules! shared_queries {
                     stored.rows.push(LogRow { seq, data, created_at_ms: row.try_get(3)? });
                 }
             }
-            // Newest snapshot first, the log in order.
-            stored.snapshots.sort_by(|a, b| b.upto_seq.cmp(&a.upto_seq));
-            stored.rows.sort_by_key(|r| r.seq);
+            stored.sort();
             Ok(stored)
         }
 
@@ -459,6 +457,22 @@ pub struct LogRow {
     pub created_at_ms: i64,
 }
 
+/// Asks the embedded store about many scenes one after the other: its queries cost no
+/// round trip, so there is nothing to batch.
+async fn one_by_one<'a, T, Fut>(
+    scenes: &'a [String],
+    mut ask: impl FnMut(&'a str) -> Fut,
+) -> Result<Vec<T>, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut answers = Vec::with_capacity(scenes.len());
+    for scene in scenes {
+        answers.push(ask(scene).await?);
+    }
+    Ok(answers)
+}
+
 /// What the store holds for a scene: the retained snapshots (newest first) and every log
 /// row after the oldest of them, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -468,6 +482,12 @@ pub struct StoredScene {
 }
 
 impl StoredScene {
+    /// Puts what a query returned in order: newest snapshot first, the log in order.
+    fn sort(&mut self) {
+        self.snapshots.sort_by_key(|s| std::cmp::Reverse(s.upto_seq));
+        self.rows.sort_by_key(|r| r.seq);
+    }
+
     /// The last log position used by this scene (0 when it was never written).
     pub fn last_seq(&self) -> u64 {
         let from_rows = self.rows.last().map_or(0, |r| r.seq);
@@ -759,6 +779,24 @@ impl Store {
         match self {
             Self::Postgres(s) => s.load(scene).await,
             Self::Sqlite(s) => s.load(scene).await,
+        }
+    }
+
+    /// [`Store::load`] for many scenes, in the order asked: one statement on Postgres (a
+    /// node taking over a failed node's scenes loads thousands at once), one by one on the
+    /// embedded store, whose queries cost no round trip.
+    pub async fn load_many(&self, scenes: &[String]) -> Result<Vec<StoredScene>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.load_many(scenes).await,
+            Self::Sqlite(s) => one_by_one(scenes, |scene| s.load(scene)).await,
+        }
+    }
+
+    /// [`Store::lease`] for many scenes, in the order asked (one statement on Postgres).
+    pub async fn leases(&self, scenes: &[String]) -> Result<Vec<Option<(u64, String)>>, StoreError> {
+        match self {
+            Self::Postgres(s) => s.leases(scenes).await,
+            Self::Sqlite(s) => one_by_one(scenes, |scene| s.lease(scene)).await,
         }
     }
 

@@ -132,6 +132,77 @@ impl PgStore {
         Ok(claims.iter().map(|(scene, _)| claimed.contains(scene)).collect())
     }
 
+    /// The leases of many scenes in one statement, in the order asked.
+    pub async fn leases(&self, scenes: &[String]) -> Result<Vec<Option<(u64, String)>>, StoreError> {
+        let found: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT scene_id, epoch, owner FROM scene_leases WHERE scene_id = ANY($1)")
+                .bind(scenes)
+                .fetch_all(&self.pool)
+                .await?;
+        let found: std::collections::HashMap<String, (u64, String)> = found
+            .into_iter()
+            .map(|(scene, epoch, owner)| (scene, (epoch.max(0) as u64, owner)))
+            .collect();
+        Ok(scenes.iter().map(|scene| found.get(scene).cloned()).collect())
+    }
+
+    /// [`load`](Self::load) for many scenes in one statement (one snapshot of the
+    /// database), in the order asked.
+    pub async fn load_many(&self, scenes: &[String]) -> Result<Vec<StoredScene>, StoreError> {
+        let found = sqlx::query(
+            "WITH snaps AS (
+                 SELECT scene_id, upto_seq, data FROM (
+                     SELECT scene_id, upto_seq, data,
+                            row_number() OVER (PARTITION BY scene_id ORDER BY upto_seq DESC) AS newest
+                     FROM scene_snapshots WHERE scene_id = ANY($1)) ranked
+                 WHERE newest <= 2),
+             covered AS (SELECT scene_id, min(upto_seq) AS upto FROM snaps GROUP BY scene_id)
+             SELECT scene_id, 0 AS is_row, upto_seq AS seq, data, 0::int8 AS created_at_ms FROM snaps
+             UNION ALL
+             SELECT v.scene_id, 1, v.seq, v.data, v.created_at_ms
+             FROM scene_versions v LEFT JOIN covered c ON c.scene_id = v.scene_id
+             WHERE v.scene_id = ANY($1) AND v.seq > COALESCE(c.upto, 0)",
+        )
+        .bind(scenes)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stored: std::collections::HashMap<String, StoredScene> = std::collections::HashMap::new();
+        for row in found {
+            let scene: String = row.try_get(0)?;
+            let seq = row.try_get::<i64, _>(2)? as u64;
+            let data = row.try_get(3)?;
+            let entry = stored.entry(scene).or_default();
+            if row.try_get::<i32, _>(1)? == 0 {
+                entry.snapshots.push(Snapshot { upto_seq: seq, data });
+            } else {
+                entry.rows.push(LogRow {
+                    seq,
+                    data,
+                    created_at_ms: row.try_get(4)?,
+                });
+            }
+        }
+        // A scene asked twice gets a copy; its last answer takes the loaded one.
+        let mut asked: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for scene in scenes {
+            *asked.entry(scene).or_default() += 1;
+        }
+        Ok(scenes
+            .iter()
+            .map(|scene| {
+                let left = asked.entry(scene).or_default();
+                *left = left.saturating_sub(1);
+                let mut found = if *left == 0 {
+                    stored.remove(scene).unwrap_or_default()
+                } else {
+                    stored.get(scene).cloned().unwrap_or_default()
+                };
+                found.sort();
+                found
+            })
+            .collect())
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }

@@ -1,0 +1,194 @@
+//! Store requests of many rooms, sent many per statement: the lease reads, lease claims and
+//! loads of the scenes this node is about to open.
+//!
+//! A node that takes over a failed node's scenes opens thousands at once. Asked one scene
+//! at a time, each claim cost the store a commit (and a disk flush) and each read a round
+//! trip through a pool of a few connections; the store spent more on statements than on
+//! data. Rooms queue their request here and wait for the answer; one task per kind sends
+//! whatever is queued when its previous statement returns, together.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, StoreError, StoredScene};
+
+/// Most requests in one statement.
+const MAX_BATCH: usize = 512;
+
+/// What a room waits for: its scene's lease, its claim, its stored state.
+#[derive(Clone)]
+pub struct StoreBatches {
+    leases: Batcher<(), Option<(u64, String)>>,
+    claims: Batcher<u64, bool>,
+    loads: Batcher<(), StoredScene>,
+}
+
+impl StoreBatches {
+    /// Starts the three tasks for node `owner`; each ends once every handle is dropped.
+    /// `queue` bounds the requests waiting for each.
+    pub fn spawn(store: Store, owner: String, queue: usize) -> (StoreBatches, Vec<JoinHandle<()>>) {
+        let (leases, a) = Batcher::spawn("lease reads", queue, {
+            let store = store.clone();
+            move |scenes: Vec<(String, ())>| {
+                let store = store.clone();
+                async move { store.leases(&scenes_of(&scenes)).await }
+            }
+        });
+        let (claims, b) = Batcher::spawn("lease claims", queue, {
+            let store = store.clone();
+            move |claims: Vec<(String, u64)>| {
+                let (store, owner) = (store.clone(), owner.clone());
+                async move { store.claim_leases(&claims, &owner).await }
+            }
+        });
+        let (loads, c) = Batcher::spawn("loads", queue, move |scenes: Vec<(String, ())>| {
+            let store = store.clone();
+            async move { store.load_many(&scenes_of(&scenes)).await }
+        });
+        (
+            StoreBatches {
+                leases,
+                claims,
+                loads,
+            },
+            vec![a, b, c],
+        )
+    }
+
+    /// The epoch and owner of the scene's lease, if it has one.
+    pub async fn lease(&self, scene: &str) -> Result<Option<(u64, String)>, String> {
+        self.leases.ask(scene, ()).await
+    }
+
+    /// Claims the lease of `scene` at `epoch` for this node: true when it is ours now,
+    /// false when another node holds it at this epoch or a newer one.
+    pub async fn claim(&self, scene: &str, epoch: u64) -> Result<bool, String> {
+        self.claims.ask(scene, epoch).await
+    }
+
+    /// The scene's retained snapshots and log (see [`Store::load`]).
+    pub async fn load(&self, scene: &str) -> Result<StoredScene, String> {
+        self.loads.ask(scene, ()).await
+    }
+}
+
+fn scenes_of(requests: &[(String, ())]) -> Vec<String> {
+    requests.iter().map(|(scene, ())| scene.clone()).collect()
+}
+
+/// One room's request about its scene.
+struct Request<Q, A> {
+    scene: String,
+    query: Q,
+    reply: oneshot::Sender<Result<A, String>>,
+}
+
+/// A queue into one batching task, answering `A` to each `(scene, Q)`.
+struct Batcher<Q, A> {
+    tx: mpsc::Sender<Request<Q, A>>,
+}
+
+impl<Q, A> Clone for Batcher<Q, A> {
+    fn clone(&self) -> Self {
+        Batcher { tx: self.tx.clone() }
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// `run` answers a batch, one answer per request in the order given.
+    fn spawn<F, Fut>(what: &'static str, queue: usize, run: F) -> (Self, JoinHandle<()>)
+    where
+        F: FnMut(Vec<(String, Q)>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        (Batcher { tx }, tokio::spawn(serve(what, rx, run)))
+    }
+
+    async fn ask(&self, scene: &str, query: Q) -> Result<A, String> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            scene: scene.to_string(),
+            query,
+            reply,
+        };
+        if self.tx.send(request).await.is_err() {
+            return Err("the node is shutting down".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the node is shutting down".into()))
+    }
+}
+
+async fn serve<Q, A, F, Fut>(what: &'static str, mut rx: mpsc::Receiver<Request<Q, A>>, mut run: F)
+where
+    F: FnMut(Vec<(String, Q)>) -> Fut,
+    Fut: Future<Output = Result<Vec<A>, StoreError>>,
+{
+    let mut batch: Vec<Request<Q, A>> = Vec::with_capacity(MAX_BATCH);
+    // A scene already in the batch waits for the next one (a statement may touch a lease
+    // row only once).
+    let mut deferred: Vec<Request<Q, A>> = Vec::new();
+    loop {
+        let mut scenes = HashSet::new();
+        for request in std::mem::take(&mut deferred) {
+            take_into(request, &mut batch, &mut scenes, &mut deferred);
+        }
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(request) => take_into(request, &mut batch, &mut scenes, &mut deferred),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            let Ok(request) = rx.try_recv() else { break };
+            take_into(request, &mut batch, &mut scenes, &mut deferred);
+        }
+        let (queries, replies): (Vec<(String, Q)>, Vec<_>) =
+            batch.drain(..).map(|r| ((r.scene, r.query), r.reply)).unzip();
+        let (count, started) = (queries.len(), Instant::now());
+        let outcome = run(queries).await;
+        tracing::debug!(count, ms = started.elapsed().as_millis() as u64, "{what} done");
+        match outcome {
+            Ok(answers) if answers.len() == replies.len() => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Ok(answers) => {
+                let error = format!("{what}: {} answers to {count} requests", answers.len());
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn take_into<Q, A>(
+    request: Request<Q, A>,
+    batch: &mut Vec<Request<Q, A>>,
+    scenes: &mut HashSet<String>,
+    deferred: &mut Vec<Request<Q, A>>,
+) {
+    // A room that stopped waiting (its load timed out) needs no answer.
+    if request.reply.is_closed() {
+        return;
+    }
+    if scenes.insert(request.scene.clone()) {
+        batch.push(request);
+    } else {
+        deferred.push(request);
+    }
+}
