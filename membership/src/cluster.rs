@@ -24,6 +24,9 @@ use crate::view::{AdmitRequest, ClusterView};
 /// How long a membership change may wait for a majority.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a flag change waits for every node that is up to have it.
+const FLAG_WAIT: Duration = Duration::from_secs(1);
+
 /// Timings of the Raft protocol.
 #[derive(Debug, Clone)]
 pub struct RaftTiming {
@@ -260,6 +263,33 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded by `limit`) until every other member that is up has the log up to
+    /// `index`, and then for the message that tells them it is committed.
+    async fn wait_everywhere(&self, index: u64, limit: Duration) {
+        let up: Vec<NodeId> = self
+            .view()
+            .state
+            .nodes
+            .iter()
+            .filter(|(id, node)| **id != self.opts.id && node.state != NodeState::Down)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut metrics = self.raft.metrics();
+        let reached = metrics.wait_for(|m| {
+            up.iter().all(|node| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(node).copied().flatten())
+                    .is_some_and(|matched| matched.index >= index)
+            })
+        });
+        if tokio::time::timeout(limit, reached).await.is_err() {
+            tracing::warn!(index, "not every node has the change yet; answering anyway");
+            return;
+        }
+        tokio::time::sleep(self.opts.timing.heartbeat * 2).await;
+    }
+
     /// Waits (bounded) until `node` has the log up to `index`, so that a node about to be
     /// cut off from the log learns first that its scenes moved.
     async fn wait_replicated(&self, node: NodeId, index: u64, limit: Duration) {
@@ -353,12 +383,16 @@ impl Cluster {
         value: &str,
     ) -> Result<ClusterView, AdminError> {
         self.ensure_leader()?;
-        self.write(Command::SetFlag {
-            scene: scene.map(str::to_string),
-            name: name.to_string(),
-            value: value.to_string(),
-        })
-        .await?;
+        let (_, index) = self
+            .write_at(Command::SetFlag {
+                scene: scene.map(str::to_string),
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .await?;
+        // An operator who flips a flag (the kill switch above all) expects it to hold on
+        // every node once the command returns, not a heartbeat later.
+        self.wait_everywhere(index, FLAG_WAIT).await;
         Ok(self.view())
     }
 
