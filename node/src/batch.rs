@@ -1,5 +1,5 @@
-//! Store requests of many rooms, sent many per statement: the lease reads, lease claims and
-//! loads of the scenes this node is about to open.
+//! Store requests of many rooms, sent many per statement: the lease reads, lease claims,
+//! loads and P1 content reads of the scenes this node is about to open.
 //!
 //! A node that takes over a failed node's scenes opens thousands at once. Asked one scene
 //! at a time, each claim cost the store a commit (and a disk flush) and each read a round
@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{Store, StoreError, StoredScene};
+use crate::store::{P1Content, Store, StoreError, StoredScene};
 
 /// Most requests in one statement.
 const MAX_BATCH: usize = 512;
@@ -25,10 +25,11 @@ pub struct StoreBatches {
     leases: Batcher<(), Option<(u64, String)>>,
     claims: Batcher<u64, bool>,
     loads: Batcher<(), StoredScene>,
+    p1: Batcher<(), Result<Option<P1Content>, String>>,
 }
 
 impl StoreBatches {
-    /// Starts the three tasks for node `owner`; each ends once every handle is dropped.
+    /// Starts the four tasks for node `owner`; each ends once every handle is dropped.
     /// `queue` bounds the requests waiting for each.
     pub fn spawn(store: Store, owner: String, queue: usize) -> (StoreBatches, Vec<JoinHandle<()>>) {
         let (leases, a) = Batcher::spawn("lease reads", queue, {
@@ -45,17 +46,31 @@ impl StoreBatches {
                 async move { store.claim_leases(&claims, &owner).await }
             }
         });
-        let (loads, c) = Batcher::spawn("loads", queue, move |scenes: Vec<(String, ())>| {
+        let (loads, c) = Batcher::spawn("loads", queue, {
             let store = store.clone();
-            async move { store.load_many(&scenes_of(&scenes)).await }
+            move |scenes: Vec<(String, ())>| {
+                let store = store.clone();
+                async move { store.load_many(&scenes_of(&scenes)).await }
+            }
+        });
+        let (p1, d) = Batcher::spawn("P1 content reads", queue, move |scenes: Vec<(String, ())>| {
+            let store = store.clone();
+            async move {
+                let found = store.p1_contents(&scenes_of(&scenes)).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|one| one.map_err(|e| e.to_string()))
+                    .collect())
+            }
         });
         (
             StoreBatches {
                 leases,
                 claims,
                 loads,
+                p1,
             },
-            vec![a, b, c],
+            vec![a, b, c, d],
         )
     }
 
@@ -73,6 +88,11 @@ impl StoreBatches {
     /// The scene's retained snapshots and log (see [`Store::load`]).
     pub async fn load(&self, scene: &str) -> Result<StoredScene, String> {
         self.loads.ask(scene, ()).await
+    }
+
+    /// The scene's content in the P1 product, if it has any (see [`Store::p1_content`]).
+    pub async fn p1_content(&self, scene: &str) -> Result<Option<P1Content>, String> {
+        self.p1.ask(scene, ()).await?
     }
 }
 

@@ -461,7 +461,8 @@ async fn history_keeps_a_bounded_number_of_versions_of_each_kind() {
 }
 
 /// A scene's P1 content as the P1 product wrote it: none without a `scenes` row, no blocks
-/// for a row without any, and the blocks in order (one statement reads all three cases).
+/// for a row without any, and the blocks in order (one statement reads all three cases);
+/// the same for many scenes at once.
 #[tokio::test]
 async fn p1_content_is_read_whole_or_not_at_all() {
     use troupe_node::content::blocks::{Block, BlockType};
@@ -483,6 +484,21 @@ async fn p1_content_is_read_whole_or_not_at_all() {
         assert_eq!(content.version, 1, "{backend:?}");
         assert_eq!(content.blocks, blocks, "{backend:?}");
         assert!(content.blocks.contains(&Block::new(BlockType::Action, "")));
+        // Many at once answer as one by one; a block type the editor does not know is an
+        // error of its scene only.
+        let unknown = unique("p1-unknown");
+        let odd = [("flashback".to_string(), "x".to_string())];
+        troupe_tests::p1::write_p1_in(&dir, &backend, &unknown, &odd).await;
+        assert!(store.p1_content(&unknown).await.is_err(), "{backend:?}");
+        let asked = [absent, bare.clone(), written.clone(), unknown, written];
+        let many = store.p1_contents(&asked).await.unwrap();
+        assert_eq!(many.len(), asked.len());
+        for (scene, answer) in asked.iter().zip(many) {
+            match store.p1_content(scene).await {
+                Ok(one) => assert_eq!(answer.unwrap(), one, "{backend:?} {scene}"),
+                Err(_) => assert!(answer.is_err(), "{backend:?} {scene}"),
+            }
+        }
     }
 }
 

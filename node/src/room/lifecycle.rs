@@ -73,7 +73,7 @@ impl Room {
         let loaded = match claimed {
             Err(error) => Err(error),
             Ok(()) => match Box::pin(load_in_time(&ctx.batches, &scene)).await {
-                Ok(stored) => match Box::pin(p1_load(&ctx.store, &scene, &stored)).await {
+                Ok(stored) => match Box::pin(p1_load(&ctx.store, &ctx.batches, &scene, &stored)).await {
                     // Rebuilding a large scene takes a while: off the thread that serves the rooms.
                     Ok(p1) => tokio::task::spawn_blocking(move || {
                         rebuild(&stored).map(|(doc, bytes)| (doc, bytes, stored, p1))
@@ -353,9 +353,14 @@ struct P1Load {
 /// with state holds the P1 version Troupe last wrote or took in; should P1 be further
 /// along, the room's first check merges the difference. A scene P1 has but Troupe never
 /// recorded starts from P1's current version.
-async fn p1_load(store: &Store, scene: &str, stored: &StoredScene) -> Result<P1Load, String> {
+async fn p1_load(
+    store: &Store,
+    batches: &StoreBatches,
+    scene: &str,
+    stored: &StoredScene,
+) -> Result<P1Load, String> {
     let empty = stored.snapshots.is_empty() && stored.rows.is_empty();
-    let content = match store.p1_content(scene).await {
+    let content = match batches.p1_content(scene).await {
         Ok(Some(content)) => content,
         Ok(None) => {
             return Ok(P1Load {

@@ -164,7 +164,7 @@ macro_rules! shared_queries {
 
         /// One statement (one snapshot, one round trip): every room load asks, and most
         /// scenes have no P1 row at all.
-        pub async fn p1_content(&self, scene: &str) -> Result<Option<(i64, Vec<(String, String)>)>, StoreError> {
+        pub async fn p1_content(&self, scene: &str) -> Result<Option<super::P1Rows>, StoreError> {
             let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
                 "SELECT s.content_version, b.block_type, b.text
                  FROM scenes s LEFT JOIN content_blocks b ON b.scene_id = s.id
@@ -419,6 +419,27 @@ pub struct P1Content {
     pub blocks: Vec<Block>,
 }
 
+/// A scene's P1 content version and `(block type, text)` rows, as the tables hold them.
+pub type P1Rows = (i64, Vec<(String, String)>);
+
+impl P1Content {
+    fn from_rows(found: Option<P1Rows>) -> Result<Option<P1Content>, StoreError> {
+        found
+            .map(|(version, rows)| {
+                let blocks = rows
+                    .into_iter()
+                    .map(|(block_type, text)| Ok(Block::new(block_type.parse()?, text)))
+                    .collect::<Result<Vec<_>, crate::content::blocks::BlockError>>()
+                    .map_err(StoreError::Content)?;
+                Ok(P1Content {
+                    version: version.max(0) as u64,
+                    blocks,
+                })
+            })
+            .transpose()
+    }
+}
+
 /// The outcome of writing a scene back into P1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum P1Write {
@@ -625,19 +646,20 @@ impl Store {
             Self::Postgres(s) => s.p1_content(scene).await?,
             Self::Sqlite(s) => s.p1_content(scene).await?,
         };
-        found
-            .map(|(version, rows)| {
-                let blocks = rows
-                    .into_iter()
-                    .map(|(block_type, text)| Ok(Block::new(block_type.parse()?, text)))
-                    .collect::<Result<Vec<_>, crate::content::blocks::BlockError>>()
-                    .map_err(StoreError::Content)?;
-                Ok(P1Content {
-                    version: version.max(0) as u64,
-                    blocks,
-                })
-            })
-            .transpose()
+        P1Content::from_rows(found)
+    }
+
+    /// [`Store::p1_content`] for many scenes, in the order asked (one statement on
+    /// Postgres); a scene whose blocks cannot be read has its own error.
+    pub async fn p1_contents(
+        &self,
+        scenes: &[String],
+    ) -> Result<Vec<Result<Option<P1Content>, StoreError>>, StoreError> {
+        let found = match self {
+            Self::Postgres(s) => s.p1_contents(scenes).await?,
+            Self::Sqlite(s) => one_by_one(scenes, |scene| s.p1_content(scene)).await?,
+        };
+        Ok(found.into_iter().map(P1Content::from_rows).collect())
     }
 
     /// The scene's blocks at P1 content version `version`, if Troupe wrote or saw that

@@ -146,6 +146,27 @@ impl PgStore {
         Ok(scenes.iter().map(|scene| found.get(scene).cloned()).collect())
     }
 
+    /// [`p1_content`](Self::p1_content) for many scenes in one statement, in the order asked.
+    pub async fn p1_contents(&self, scenes: &[String]) -> Result<Vec<Option<super::P1Rows>>, StoreError> {
+        let rows: Vec<(String, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT s.id, s.content_version, b.block_type, b.text
+             FROM scenes s LEFT JOIN content_blocks b ON b.scene_id = s.id
+             WHERE s.id = ANY($1) ORDER BY s.id, b.position",
+        )
+        .bind(scenes)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found: std::collections::HashMap<String, super::P1Rows> = std::collections::HashMap::new();
+        for (scene, version, block_type, text) in rows {
+            let (_, blocks) = found.entry(scene).or_insert_with(|| (version, Vec::new()));
+            // A scene without blocks is one row with no block.
+            if let Some(block_type) = block_type {
+                blocks.push((block_type, text.unwrap_or_default()));
+            }
+        }
+        Ok(scenes.iter().map(|scene| found.get(scene).cloned()).collect())
+    }
+
     /// [`load`](Self::load) for many scenes in one statement (one snapshot of the
     /// database), in the order asked.
     pub async fn load_many(&self, scenes: &[String]) -> Result<Vec<StoredScene>, StoreError> {
