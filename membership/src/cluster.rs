@@ -263,20 +263,13 @@ impl Cluster {
         }
     }
 
-    /// Waits (bounded by `limit`) until every other member that is up has the log up to
-    /// `index`, and then for the message that tells them it is committed.
-    async fn wait_everywhere(&self, index: u64, limit: Duration) {
-        let up: Vec<NodeId> = self
-            .view()
-            .state
-            .nodes
-            .iter()
-            .filter(|(id, node)| **id != self.opts.id && node.state != NodeState::Down)
-            .map(|(id, _)| *id)
-            .collect();
+    /// Waits (bounded by `limit`) until each of `nodes` has the log up to `index`, and then
+    /// for the next message, which tells them it is committed: after this, they have
+    /// applied the entry. False when one of them did not get it in time.
+    async fn wait_applied_on(&self, nodes: &[NodeId], index: u64, limit: Duration) -> bool {
         let mut metrics = self.raft.metrics();
         let reached = metrics.wait_for(|m| {
-            up.iter().all(|node| {
+            nodes.iter().all(|node| {
                 m.replication
                     .as_ref()
                     .and_then(|r| r.get(node).copied().flatten())
@@ -284,29 +277,10 @@ impl Cluster {
             })
         });
         if tokio::time::timeout(limit, reached).await.is_err() {
-            tracing::warn!(index, "not every node has the change yet; answering anyway");
-            return;
+            return false;
         }
         tokio::time::sleep(self.opts.timing.heartbeat * 2).await;
-    }
-
-    /// Waits (bounded) until `node` has the log up to `index`, so that a node about to be
-    /// cut off from the log learns first that its scenes moved.
-    async fn wait_replicated(&self, node: NodeId, index: u64, limit: Duration) {
-        let mut metrics = self.raft.metrics();
-        let reached = metrics.wait_for(|m| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&node).copied().flatten())
-                .is_some_and(|matched| matched.index >= index)
-        });
-        if tokio::time::timeout(limit, reached).await.is_err() {
-            tracing::warn!(
-                %node,
-                index,
-                "node did not receive its removal in time; removing it anyway"
-            );
-        }
+        true
     }
 
     fn map_write_error(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> AdminError {
@@ -392,7 +366,17 @@ impl Cluster {
             .await?;
         // An operator who flips a flag (the kill switch above all) expects it to hold on
         // every node once the command returns, not a heartbeat later.
-        self.wait_everywhere(index, FLAG_WAIT).await;
+        let up: Vec<NodeId> = self
+            .view()
+            .state
+            .nodes
+            .iter()
+            .filter(|(id, node)| **id != self.opts.id && node.state != NodeState::Down)
+            .map(|(id, _)| *id)
+            .collect();
+        if !self.wait_applied_on(&up, index, FLAG_WAIT).await {
+            tracing::warn!(index, "not every node has the flag change yet; answering anyway");
+        }
         Ok(self.view())
     }
 
@@ -469,10 +453,11 @@ impl Cluster {
         if in_state {
             let (_, index) = self.write_at(Command::Remove { id }).await?;
             // Let the node hear that it owns nothing before it stops hearing anything.
-            if id != self.opts.id && in_raft {
-                self.wait_replicated(id, index, Duration::from_secs(3)).await;
-                // It knows the entry is committed with the next message; give it one.
-                tokio::time::sleep(self.opts.timing.heartbeat * 2).await;
+            if id != self.opts.id
+                && in_raft
+                && !self.wait_applied_on(&[id], index, Duration::from_secs(3)).await
+            {
+                tracing::warn!(%id, index, "node did not receive its removal in time; removing it anyway");
             }
         }
         if let Some(change) = change {
