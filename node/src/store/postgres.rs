@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -139,11 +140,11 @@ impl PgStore {
                 .bind(scenes)
                 .fetch_all(&self.pool)
                 .await?;
-        let found: std::collections::HashMap<String, (u64, String)> = found
+        let found = found
             .into_iter()
-            .map(|(scene, epoch, owner)| (scene, (epoch.max(0) as u64, owner)))
+            .map(|(scene, epoch, owner)| (scene, Some((epoch.max(0) as u64, owner))))
             .collect();
-        Ok(scenes.iter().map(|scene| found.get(scene).cloned()).collect())
+        Ok(in_order(scenes, found))
     }
 
     /// [`p1_content`](Self::p1_content) for many scenes in one statement, in the order asked.
@@ -156,15 +157,18 @@ impl PgStore {
         .bind(scenes)
         .fetch_all(&self.pool)
         .await?;
-        let mut found: std::collections::HashMap<String, super::P1Rows> = std::collections::HashMap::new();
+        let mut found: HashMap<String, Option<super::P1Rows>> = HashMap::new();
         for (scene, version, block_type, text) in rows {
-            let (_, blocks) = found.entry(scene).or_insert_with(|| (version, Vec::new()));
+            let (_, blocks) = found
+                .entry(scene)
+                .or_default()
+                .get_or_insert_with(|| (version, Vec::new()));
             // A scene without blocks is one row with no block.
             if let Some(block_type) = block_type {
                 blocks.push((block_type, text.unwrap_or_default()));
             }
         }
-        Ok(scenes.iter().map(|scene| found.get(scene).cloned()).collect())
+        Ok(in_order(scenes, found))
     }
 
     /// [`load`](Self::load) for many scenes in one statement (one snapshot of the
@@ -187,7 +191,7 @@ impl PgStore {
         .bind(scenes)
         .fetch_all(&self.pool)
         .await?;
-        let mut stored: std::collections::HashMap<String, StoredScene> = std::collections::HashMap::new();
+        let mut stored: HashMap<String, StoredScene> = HashMap::new();
         for row in found {
             let scene: String = row.try_get(0)?;
             let seq = row.try_get::<i64, _>(2)? as u64;
@@ -203,25 +207,10 @@ impl PgStore {
                 });
             }
         }
-        // A scene asked twice gets a copy; its last answer takes the loaded one.
-        let mut asked: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for scene in scenes {
-            *asked.entry(scene).or_default() += 1;
+        for scene in stored.values_mut() {
+            scene.sort();
         }
-        Ok(scenes
-            .iter()
-            .map(|scene| {
-                let left = asked.entry(scene).or_default();
-                *left = left.saturating_sub(1);
-                let mut found = if *left == 0 {
-                    stored.remove(scene).unwrap_or_default()
-                } else {
-                    stored.get(scene).cloned().unwrap_or_default()
-                };
-                found.sort();
-                found
-            })
-            .collect())
+        Ok(in_order(scenes, stored))
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
@@ -240,4 +229,27 @@ impl PgStore {
 
     super::shared_queries!(" FOR SHARE");
     super::history::history_queries!(" FOR SHARE");
+}
+
+/// The answers to `scenes`, in the order asked, from what one statement `found` for each
+/// scene: a scene found nothing for gets the default (none, empty), and a scene asked twice
+/// gets a copy (only the last asking takes the found value itself, so that large answers
+/// are not copied in the usual case).
+fn in_order<T: Clone + Default>(scenes: &[String], mut found: HashMap<String, T>) -> Vec<T> {
+    let mut left: HashMap<&str, usize> = HashMap::new();
+    for scene in scenes {
+        *left.entry(scene).or_default() += 1;
+    }
+    scenes
+        .iter()
+        .map(|scene| {
+            let left = left.entry(scene).or_default();
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                found.remove(scene).unwrap_or_default()
+            } else {
+                found.get(scene).cloned().unwrap_or_default()
+            }
+        })
+        .collect()
 }
