@@ -12,7 +12,6 @@ use std::future::Future;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::store::{P1Content, Store, StoreError, StoredScene};
 
@@ -31,47 +30,26 @@ pub struct StoreBatches {
 impl StoreBatches {
     /// Starts the four tasks for node `owner`; each ends once every handle is dropped.
     /// `queue` bounds the requests waiting for each.
-    pub fn spawn(store: Store, owner: String, queue: usize) -> (StoreBatches, Vec<JoinHandle<()>>) {
-        let (leases, a) = Batcher::spawn("lease reads", queue, {
-            let store = store.clone();
-            move |scenes: Vec<(String, ())>| {
-                let store = store.clone();
-                async move { store.leases(&scenes_of(&scenes)).await }
-            }
-        });
-        let (claims, b) = Batcher::spawn("lease claims", queue, {
-            let store = store.clone();
-            move |claims: Vec<(String, u64)>| {
-                let (store, owner) = (store.clone(), owner.clone());
-                async move { store.claim_leases(&claims, &owner).await }
-            }
-        });
-        let (loads, c) = Batcher::spawn("loads", queue, {
-            let store = store.clone();
-            move |scenes: Vec<(String, ())>| {
-                let store = store.clone();
-                async move { store.load_many(&scenes_of(&scenes)).await }
-            }
-        });
-        let (p1, d) = Batcher::spawn("P1 content reads", queue, move |scenes: Vec<(String, ())>| {
-            let store = store.clone();
-            async move {
-                let found = store.p1_contents(&scenes_of(&scenes)).await?;
+    pub fn spawn(store: Store, owner: String, queue: usize) -> StoreBatches {
+        StoreBatches {
+            leases: Batcher::spawn("lease reads", queue, &store, |store, batch| async move {
+                store.leases(&scenes_of(batch)).await
+            }),
+            claims: Batcher::spawn("lease claims", queue, &store, move |store, batch| {
+                let owner = owner.clone();
+                async move { store.claim_leases(&batch, &owner).await }
+            }),
+            loads: Batcher::spawn("loads", queue, &store, |store, batch| async move {
+                store.load_many(&scenes_of(batch)).await
+            }),
+            p1: Batcher::spawn("P1 content reads", queue, &store, |store, batch| async move {
+                let found = store.p1_contents(&scenes_of(batch)).await?;
                 Ok(found
                     .into_iter()
                     .map(|one| one.map_err(|e| e.to_string()))
                     .collect())
-            }
-        });
-        (
-            StoreBatches {
-                leases,
-                claims,
-                loads,
-                p1,
-            },
-            vec![a, b, c, d],
-        )
+            }),
+        }
     }
 
     /// The epoch and owner of the scene's lease, if it has one.
@@ -96,8 +74,8 @@ impl StoreBatches {
     }
 }
 
-fn scenes_of(requests: &[(String, ())]) -> Vec<String> {
-    requests.iter().map(|(scene, ())| scene.clone()).collect()
+fn scenes_of(batch: Vec<(String, ())>) -> Vec<String> {
+    batch.into_iter().map(|(scene, ())| scene).collect()
 }
 
 /// One room's request about its scene.
@@ -119,14 +97,16 @@ impl<Q, A> Clone for Batcher<Q, A> {
 }
 
 impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
-    /// `run` answers a batch, one answer per request in the order given.
-    fn spawn<F, Fut>(what: &'static str, queue: usize, run: F) -> (Self, JoinHandle<()>)
+    /// `run` answers a batch from `store`, one answer per request in the order given.
+    fn spawn<F, Fut>(what: &'static str, queue: usize, store: &Store, run: F) -> Self
     where
-        F: FnMut(Vec<(String, Q)>) -> Fut + Send + 'static,
+        F: Fn(Store, Vec<(String, Q)>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        (Batcher { tx }, tokio::spawn(serve(what, rx, run)))
+        let store = store.clone();
+        tokio::spawn(serve(what, rx, move |batch| run(store.clone(), batch)));
+        Batcher { tx }
     }
 
     async fn ask(&self, scene: &str, query: Q) -> Result<A, String> {

@@ -247,7 +247,7 @@ pub async fn run(
         ));
     }
     // Ends with the rooms, which hold its only handles.
-    let (batches, _) = StoreBatches::spawn(store.clone(), settings.node_id.to_string(), 65_536);
+    let batches = StoreBatches::spawn(store.clone(), settings.node_id.to_string(), 65_536);
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         webhooks: webhooks.clone(),
