@@ -831,7 +831,7 @@ impl Actor {
         let first_sync = kind == UpdateKind::SyncStep2
             && self.deferred_sync.is_none()
             && self.doc.transact().state_vector().is_empty();
-        let shared = self.opts.shared_first_sync.clone().filter(|_| first_sync);
+        let shared = first_sync.then(|| self.opts.shared_first_sync.clone()).flatten();
         let known = shared.as_ref().and_then(|shared| shared.same_as(&update));
         let inserted = match known {
             Some(known) => {

@@ -4,11 +4,18 @@ use troupe_node::store::{LogAppend, Snapshot, Store};
 use troupe_tests::{unique, Backend};
 
 async fn open(backend: &Backend) -> Store {
+    open_in(backend, &fresh_dir()).await
+}
+
+/// A folder of its own for an embedded store.
+fn fresh_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("troupe-store"))
+}
+
+/// The store of `backend`; the embedded one in `dir`, where a node keeps it.
+async fn open_in(backend: &Backend, dir: &std::path::Path) -> Store {
     let location = match backend {
-        Backend::Sqlite => {
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("troupe-store"));
-            troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3"))
-        }
+        Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3")),
         Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
     };
     Store::open(&location).await.expect("open store")
@@ -218,7 +225,7 @@ async fn many_leases_are_claimed_at_once_as_one_by_one() {
 async fn the_claimer_batches_claims_and_takes_a_scene_once_per_statement() {
     for backend in Backend::all() {
         let store = open(&backend).await;
-        let (claimer, _) = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
+        let claimer = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
         let (a, b) = (unique("a"), unique("b"));
         assert!(store.claim_lease(&b, 5, "n2").await.unwrap());
         // Queued together: `a` twice (the second waits for the next statement), `b` held
@@ -467,12 +474,8 @@ async fn history_keeps_a_bounded_number_of_versions_of_each_kind() {
 async fn p1_content_is_read_whole_or_not_at_all() {
     use troupe_node::content::blocks::{Block, BlockType};
     for backend in Backend::all() {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("troupe-store"));
-        let location = match &backend {
-            Backend::Sqlite => troupe_node::config::StoreLocation::Sqlite(dir.join("troupe.sqlite3")),
-            Backend::Postgres(url) => troupe_node::config::StoreLocation::Postgres(url.clone()),
-        };
-        let store = Store::open(&location).await.expect("open store");
+        let dir = fresh_dir();
+        let store = open_in(&backend, &dir).await;
         let (absent, bare, written) = (unique("p1-absent"), unique("p1-bare"), unique("p1-written"));
         assert_eq!(store.p1_content(&absent).await.unwrap(), None, "{backend:?}");
         troupe_tests::p1::write_p1_in(&dir, &backend, &bare, &[]).await;
@@ -540,7 +543,7 @@ async fn many_scenes_load_at_once_as_one_by_one() {
         assert_eq!(store.leases(&asked).await.unwrap(), leases, "{backend:?}");
         assert_eq!(leases[4], None);
 
-        let (batches, _) = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
+        let batches = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
         let loads = futures_util::future::join_all(asked.iter().map(|s| batches.load(s))).await;
         let loads: Vec<_> = loads.into_iter().map(Result::unwrap).collect();
         assert_eq!(loads, one_by_one, "{backend:?}");
