@@ -405,6 +405,66 @@ async fn a_claim_never_overtakes_a_former_owners_append() {
     assert_eq!(new_owner.lease(&scene).await.unwrap(), Some((6, "2".to_string())));
 }
 
+/// A node frozen inside a write transaction (a stopped process, a paused VM) holds the lock
+/// on its scene's lease row that the transaction took first. The store's sessions end a
+/// transaction left idle for `IDLE_IN_TRANSACTION_LIMIT`, so the new owner's claim goes
+/// through once that has passed instead of waiting for the frozen node to resume.
+#[tokio::test]
+async fn a_writer_frozen_in_its_transaction_does_not_hold_a_takeover_back() {
+    use sqlx::{ConnectOptions, Connection};
+    use std::time::{Duration, Instant};
+    use troupe_node::store::{postgres_connect_options, IDLE_IN_TRANSACTION_LIMIT};
+
+    let Some(url) = Backend::all().into_iter().find_map(|b| match b {
+        Backend::Postgres(url) => Some(url),
+        Backend::Sqlite => None,
+    }) else {
+        return;
+    };
+    let former = open(&Backend::Postgres(url.clone())).await;
+    let scene = unique("frozen-writer");
+    assert!(former.claim_lease(&scene, 5, "1").await.unwrap());
+
+    // What a write transaction of the former owner has done when its node froze: the
+    // lease row locked as every write does first, then nothing more sent.
+    let mut frozen = postgres_connect_options(&url)
+        .expect("options")
+        .connect()
+        .await
+        .expect("connect");
+    let mut transaction = frozen.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM scene_leases WHERE scene_id = $1 AND epoch = 5 AND owner = '1' FOR SHARE")
+        .bind(&scene)
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("lock the lease row");
+
+    let started = Instant::now();
+    let new_owner = open(&Backend::Postgres(url.clone())).await;
+    let claimed = tokio::time::timeout(Duration::from_secs(10), new_owner.claim_lease(&scene, 6, "2")).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(claimed, Ok(Ok(true))),
+        "the new owner's claim did not go through in 10 s: {claimed:?}"
+    );
+    // It waited for the lock (the frozen transaction did hold it) until Postgres ended the
+    // frozen session, and not much longer.
+    assert!(
+        waited >= IDLE_IN_TRANSACTION_LIMIT.mul_f64(0.8),
+        "the claim did not wait for the frozen transaction's lock ({waited:?})"
+    );
+    assert!(
+        waited < IDLE_IN_TRANSACTION_LIMIT + Duration::from_secs(3),
+        "the claim waited {waited:?}"
+    );
+    assert_eq!(new_owner.lease(&scene).await.unwrap(), Some((6, "2".to_string())));
+    // The frozen node finds its session ended when it resumes: nothing of it commits.
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut *transaction).await.is_err(),
+        "the frozen session is still open"
+    );
+}
+
 #[tokio::test]
 async fn history_keeps_a_bounded_number_of_versions_of_each_kind() {
     use std::time::Duration;

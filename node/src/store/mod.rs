@@ -389,6 +389,8 @@ pub mod history;
 mod postgres;
 mod sqlite;
 
+pub use postgres::{connect_options as postgres_connect_options, IDLE_IN_TRANSACTION_LIMIT};
+
 use crate::config::StoreLocation;
 
 #[derive(Debug, thiserror::Error)]

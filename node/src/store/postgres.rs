@@ -22,6 +22,23 @@ use super::{now_ms, LogAppend, LogRow, P1Write, Snapshot, StoreError, StoredScen
 /// A group commit that takes longer than this is abandoned and retried on a new connection.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest one of this node's transactions may sit idle in Postgres before Postgres ends
+/// the session. A write transaction locks its scene's lease row (`FOR SHARE`) and then
+/// sends statement after statement, never waiting on anything else in between; a node
+/// frozen inside one (a stopped process, a paused VM) would keep that lock, and the new
+/// owner's claim would wait until the frozen node resumed, however long. A second is far
+/// above the gap between two statements and below the time a frozen node is declared dead.
+pub const IDLE_IN_TRANSACTION_LIMIT: Duration = Duration::from_secs(1);
+
+/// How every connection of the store is made: `url` plus the session settings the store
+/// relies on (see [`IDLE_IN_TRANSACTION_LIMIT`]). Other settings in the URL's own
+/// `options` parameter are kept; this one is the store's.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    let idle_ms = IDLE_IN_TRANSACTION_LIMIT.as_millis().to_string();
+    Ok(options.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]))
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -33,7 +50,7 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse()?;
+        let options = connect_options(url)?;
         // One direct connection first: its error says why (refused, auth, unknown
         // database), where the pool would only report a time-out.
         let first = tokio::time::timeout(Duration::from_secs(10), options.connect())
