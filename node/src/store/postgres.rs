@@ -39,6 +39,26 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     Ok(options.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]))
 }
 
+/// The group commit: every row whose writer holds its scene's lease at the row's epoch, in
+/// one statement. `$1`–`$6`: scenes, positions, epochs, writer, update bytes, time.
+macro_rules! append_sql {
+    () => {
+        "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
+         SELECT s, q, e, $4, d, $6
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::bytea[]) AS t(s, q, e, d)
+         WHERE EXISTS (SELECT 1 FROM scene_leases l
+                       WHERE l.scene_id = t.s AND l.epoch = t.e AND l.owner = $4
+                       FOR SHARE)"
+    };
+}
+const APPEND: &str = append_sql!();
+/// The group commit again after a taken position failed it: the taken rows are skipped.
+const APPEND_SKIPPING_TAKEN: &str = concat!(append_sql!(), " ON CONFLICT (scene_id, seq) DO NOTHING");
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -85,36 +105,37 @@ impl PgStore {
             Some(conn) => conn,
             None => appender.insert(self.options.connect().await?),
         };
-        let inserted = sqlx::query(
-            "INSERT INTO scene_versions (scene_id, seq, epoch, writer_node, data, created_at_ms)
-             SELECT s, q, e, $4, d, $6
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::bytea[]) AS t(s, q, e, d)
-             WHERE EXISTS (SELECT 1 FROM scene_leases l
-                           WHERE l.scene_id = t.s AND l.epoch = t.e AND l.owner = $4
-                           FOR SHARE)
-             ON CONFLICT (scene_id, seq) DO NOTHING",
-        )
-        .bind(&scenes)
-        .bind(&seqs)
-        .bind(&epochs)
-        .bind(writer_node)
-        .bind(&data)
-        .bind(now_ms())
-        .execute(&mut *conn);
-        let inserted = match tokio::time::timeout(COMMIT_TIMEOUT, inserted).await {
-            Ok(Ok(done)) => done.rows_affected(),
-            Ok(Err(error)) => {
-                // The connection may be broken; the next commit opens a fresh one.
-                if let Some(conn) = appender.take() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        // Most commits take only free positions: the plain insert skips the speculative
+        // insertion `ON CONFLICT` costs on every row (an index probe and a WAL record).
+        // A taken position (a retried batch that had landed, another writer's row) fails
+        // it whole, and the batch goes again skipping the taken ones.
+        let mut skip_taken = false;
+        let inserted = loop {
+            let sql = if skip_taken { APPEND_SKIPPING_TAKEN } else { APPEND };
+            let inserted = sqlx::query(sql)
+                .bind(&scenes)
+                .bind(&seqs)
+                .bind(&epochs)
+                .bind(writer_node)
+                .bind(&data)
+                .bind(now_ms())
+                .execute(&mut *conn);
+            match tokio::time::timeout(COMMIT_TIMEOUT, inserted).await {
+                Ok(Ok(done)) => break done.rows_affected(),
+                Ok(Err(error)) if !skip_taken && is_unique_violation(&error) => skip_taken = true,
+                Ok(Err(error)) => {
+                    // The connection may be broken; the next commit opens a fresh one.
+                    if let Some(conn) = appender.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                    }
+                    return Err(error.into());
                 }
-                return Err(error.into());
-            }
-            Err(_) => {
-                // No answer: the outcome is unknown, so the caller retries the batch (rows
-                // that did land are then recognised as ours, see `Store::append`).
-                appender.take();
-                return Err(StoreError::Timeout);
+                Err(_) => {
+                    // No answer: the outcome is unknown, so the caller retries the batch
+                    // (rows that did land are then recognised as ours, see `Store::append`).
+                    appender.take();
+                    return Err(StoreError::Timeout);
+                }
             }
         };
         // The common case: every row landed. Otherwise a position was taken or a lease
