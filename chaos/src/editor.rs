@@ -68,12 +68,19 @@ impl FollowingEditor {
                 connect_timeout: CONNECT_TIMEOUT,
                 ..Default::default()
             };
-            let client = EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?;
-            match client.wait_synced(Duration::from_secs(10)).await {
-                Ok(()) => break Arc::new(client),
+            // The 4301 may close the socket before the handshake's answer or after it.
+            let synced = async {
+                let client = EditorClient::connect(&format!("{url}/ws/scenes"), scene, token, opts).await?;
+                client.wait_synced(Duration::from_secs(10)).await?;
+                Ok::<_, ClientError>(client)
+            };
+            match synced.await {
+                Ok(client) => break Arc::new(client),
                 Err(ClientError::Closed(info))
                     if info.code == Some(CloseCode::Moved.code()) && attempts < 5 =>
                 {
+                    // Views of a change reach the router and the nodes a moment apart.
+                    tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
                     url = if info.reason.is_empty() {
                         resolve(router, scene).await?.1
                     } else {

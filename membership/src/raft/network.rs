@@ -33,6 +33,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            timeouts_in_a_row: 0,
         }
     }
 }
@@ -41,11 +42,13 @@ pub struct PeerConnection {
     client: RpcClient,
     target: NodeId,
     addr: String,
+    /// Tries in a row the peer did not answer in time.
+    timeouts_in_a_row: u32,
 }
 
 impl PeerConnection {
     async fn send<Req, Resp, E>(
-        &self,
+        &mut self,
         path: &str,
         request: &Req,
         option: &RPCOption,
@@ -56,15 +59,22 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
-            .client
-            .post(&self.addr, path, request, timeout)
-            .await
-            .map_err(|error| match error {
-                // Dead peers get openraft's backoff instead of a retry storm.
-                RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
-                other => RPCError::Network(NetworkError::new(&other)),
-            })?;
+        let answer = self.client.post(&self.addr, path, request, timeout).await;
+        self.timeouts_in_a_row = match &answer {
+            Err(RpcError::Timeout { .. }) => self.timeouts_in_a_row.saturating_add(1),
+            _ => 0,
+        };
+        let frozen = self.timeouts_in_a_row > TIMEOUTS_BEFORE_BACKOFF;
+        let answer: Result<Resp, RaftError<NodeId, E>> = answer.map_err(|error| match error {
+            // Dead peers get openraft's backoff instead of a retry storm; so do peers that
+            // keep not answering in time (frozen or cut off: connections open, nothing
+            // answers), which would otherwise be tried again at once, an error line in
+            // the leader's log every 50 ms for as long as that lasts. A slow peer (busy,
+            // starting) that misses a few is still tried at once.
+            RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+            RpcError::Timeout { .. } if frozen => RPCError::Unreachable(Unreachable::new(&error)),
+            other => RPCError::Network(NetworkError::new(&other)),
+        })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -109,6 +119,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         )
     }
 }
+
+/// Tries in a row a peer may leave unanswered (50 ms each, the heartbeat's time to live)
+/// before it is tried only as often as a dead one: half a second.
+const TIMEOUTS_BEFORE_BACKOFF: u32 = 10;
 
 /// How often the leader tries a peer that has just stopped answering, and how many times.
 const PEER_RETRY_SOON: Duration = Duration::from_millis(100);
