@@ -209,6 +209,14 @@ impl Cluster {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The leader as this node knows it, woken at each change (elections, a new term).
+    /// The views of [`Self::watch`] carry no leader: they change with the applied state.
+    pub fn leaders(&self) -> LeaderWatch {
+        LeaderWatch {
+            server: self.raft.server_metrics(),
+        }
+    }
+
     /// Whether this node belongs to a cluster (formed it, or was added).
     pub fn is_initialized(&self) -> bool {
         let metrics = self.raft.metrics();
@@ -399,6 +407,14 @@ impl Cluster {
         Ok(self.view())
     }
 
+    /// Lifts the placement epoch above `above`, the newest epoch the store has seen
+    /// ([`Command::RaiseEpoch`]); the leader only.
+    pub async fn raise_epoch_above(&self, above: u64) -> Result<ClusterView, AdminError> {
+        self.ensure_leader()?;
+        self.write(Command::RaiseEpoch { above }).await?;
+        Ok(self.view())
+    }
+
     /// Drains (`Drain`), reactivates (`Activate`) or marks down a node.
     pub async fn set_state(&self, command: Command) -> Result<ClusterView, AdminError> {
         self.ensure_leader()?;
@@ -586,5 +602,23 @@ impl health::Watched for Cluster {
 
     fn detected(&self, detection: Detection) {
         let _ = self.detections.send(detection);
+    }
+}
+
+/// Follows who leads the cluster, as this node knows it.
+pub struct LeaderWatch {
+    server: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, BasicNode>>,
+}
+
+impl LeaderWatch {
+    /// The leader now; a later [`Self::changed`] waits for the next change after this.
+    pub fn current(&mut self) -> Option<NodeId> {
+        self.server.borrow_and_update().current_leader
+    }
+
+    /// Waits until the leader (or this node's Raft role or term) may have changed; false
+    /// once the cluster has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.server.changed().await.is_ok()
     }
 }

@@ -28,7 +28,7 @@ pub mod tls;
 pub mod view;
 
 pub use client::ClusterClient;
-pub use cluster::{AdminError, Cluster, ClusterError, ClusterOptions, RaftTiming};
+pub use cluster::{AdminError, Cluster, ClusterError, ClusterOptions, LeaderWatch, RaftTiming};
 pub use placement::{Placement, PlacementView, Route, Verdict};
 pub use ring::{Ring, RingError, DEFAULT_VNODES, MAX_VNODES};
 pub use state::{ClusterState, Command, CommandError, NodeId, NodeInfo, NodeState};

@@ -4,7 +4,8 @@
 //! the order), so [`ClusterState::apply`] must be deterministic: it checks a command against
 //! the state and either changes the state or returns a [`CommandError`] and changes nothing.
 //! The epoch is bumped by exactly the commands that change the set of active nodes or an
-//! active node's address, that is, whenever placement or routes change.
+//! active node's address, that is, whenever placement or routes change, and raised by
+//! [`Command::RaiseEpoch`] above the epochs a store kept from an earlier cluster.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,6 +85,11 @@ pub enum Command {
         name: String,
         value: String,
     },
+    /// Lifts the epoch above `above` (nothing when it is there already). Leases in the
+    /// store carry the epoch they were claimed at and a claim wins only over an older one:
+    /// a cluster started anew on a store that outlived the former cluster counts epochs
+    /// from the start again, and must first rise above every epoch the store has seen.
+    RaiseEpoch { above: u64 },
 }
 
 /// What applying a command did.
@@ -176,6 +182,14 @@ impl ClusterState {
             Command::SetFlag { scene, name, value } => {
                 self.set_flag(scene.as_deref(), name, value)?;
                 false
+            }
+            Command::RaiseEpoch { above } => {
+                let below = self.epoch <= *above;
+                if below {
+                    // Bumped once more below, like every change.
+                    self.epoch = *above;
+                }
+                below
             }
         };
         if changed {
@@ -402,6 +416,41 @@ mod tests {
                 epoch_changed: false
             }
         );
+    }
+
+    #[test]
+    fn raising_the_epoch_lifts_it_above_the_floor_once() {
+        let mut state = cluster(3);
+        assert_eq!(state.epoch, 3);
+        let before = state.placement().unwrap();
+        let raised = state.apply(&Command::RaiseEpoch { above: 11 }).unwrap();
+        assert_eq!(
+            raised,
+            Applied {
+                epoch: 12,
+                epoch_changed: true
+            }
+        );
+        // Already above: nothing changes, whatever the floor.
+        for above in [11, 5, 0] {
+            let again = state.apply(&Command::RaiseEpoch { above }).unwrap();
+            assert_eq!(
+                again,
+                Applied {
+                    epoch: 12,
+                    epoch_changed: false
+                }
+            );
+        }
+        // At the floor itself it still rises: a claim needs an epoch newer than the lease's.
+        assert_eq!(state.apply(&Command::RaiseEpoch { above: 12 }).unwrap().epoch, 13);
+        // The same owners at the new epoch: no scene moves.
+        let after = state.placement().unwrap();
+        for scene in (0..50).map(|i| format!("scene-{i}")) {
+            for id in 1..=3 {
+                assert_eq!(before.owns(NodeId(id), &scene), after.owns(NodeId(id), &scene));
+            }
+        }
     }
 
     #[test]

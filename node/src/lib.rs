@@ -27,6 +27,8 @@
 //!   their place in a scene's document;
 //! - [`self_membership`]: this node's own place in the cluster: joining at start, draining
 //!   or leaving at stop, readiness;
+//! - [`epoch_floor`]: the leader keeps the placement epoch above every lease in the store
+//!   (a cluster started anew on an old store);
 //! - [`kubernetes`]: whether a StatefulSet pod is stopping for good (a scale-down);
 //! - [`config`]: node configuration: flags, each also read from a `TROUPE_*` variable;
 
@@ -34,6 +36,7 @@ pub mod api;
 pub mod batch;
 pub mod config;
 pub mod content;
+pub mod epoch_floor;
 pub mod http;
 pub mod kubernetes;
 pub mod metrics;

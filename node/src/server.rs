@@ -178,11 +178,11 @@ pub async fn run(
         metrics.clone(),
     ));
     {
-        let (mut watch, gauge) = (cluster.watch(), metrics.raft_leader_known.clone());
+        let (mut leaders, gauge) = (cluster.leaders(), metrics.raft_leader_known.clone());
         background.spawn_until_cancelled(async move {
             loop {
-                gauge.set(i64::from(watch.borrow_and_update().leader.is_some()));
-                if watch.changed().await.is_err() {
+                gauge.set(i64::from(leaders.current().is_some()));
+                if !leaders.changed().await {
                     return;
                 }
             }
@@ -274,6 +274,10 @@ pub async fn run(
         placement: placement.clone(),
     });
     background.spawn_until_cancelled(collect_leases(store.clone(), settings.quotas, metrics.clone()));
+    background.spawn_until_cancelled(crate::epoch_floor::keep_above_store(
+        cluster.clone(),
+        store.clone(),
+    ));
     // The internal port closes when the rooms start to flush.
     background.spawn(troupe_membership::server::serve(
         rpc,

@@ -301,6 +301,65 @@ async fn restarted_voters_keep_the_membership() {
     assert_eq!(view.state.nodes[&NodeId(3)].state, NodeState::Active);
 }
 
+/// A cluster started anew on the store a former cluster wrote (every node's Raft folder
+/// wiped, the database kept) counts placement epochs from the start again, below the
+/// epochs the store's leases were claimed at, and a claim wins only over an older epoch:
+/// its leader raises the epoch above the newest lease, and every former scene opens with
+/// its text and takes new edits.
+#[tokio::test]
+async fn a_cluster_started_anew_on_an_old_store_serves_its_scenes() {
+    let mut cluster = TestCluster::start(3, &[]).await.unwrap();
+    let scenes = scenes(6);
+    let token = editor_token(&scenes.iter().map(String::as_str).collect::<Vec<_>>());
+    let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
+    let editors = editors(&router, &scenes, &token).await;
+    // Node 1's scenes move away and back: their leases are claimed at epochs 4 and 5,
+    // beyond the 3 a fresh cluster of three starts at.
+    cluster.troupectl_ok(&["drain", "1"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.troupectl_ok(&["activate", "1"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = finish_and_check(&cluster, &router, editors, &token).await;
+    drop(router);
+    let newest = cluster.store().await.unwrap().newest_lease_epoch().await.unwrap();
+    let fresh_start = cluster.view().await.unwrap().epoch() - 2;
+    assert!(
+        newest > fresh_start,
+        "no lease beyond epoch {fresh_start} (newest {newest})"
+    );
+
+    // Every node stops and loses its Raft state; the store stays.
+    for id in [1, 2, 3] {
+        cluster.nodes.remove(&id);
+        std::fs::remove_dir_all(cluster.dir.join(format!("raft-{id}"))).unwrap();
+    }
+    for id in [1, 2, 3] {
+        cluster.start_node(id).unwrap();
+    }
+    cluster
+        .wait_for(Duration::from_secs(20), |v| {
+            v.state
+                .nodes
+                .values()
+                .filter(|n| n.state == NodeState::Active)
+                .count()
+                == 3
+                && v.epoch() > newest
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the new cluster's epoch never rose above the store's {newest}: {e:#}"));
+
+    let router = RouterProcess::start(&cluster.rpc_addrs()).await.unwrap();
+    let editors = start_editors(router.addr, &scenes, &token, "again", TYPING).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = finish_and_check(&cluster, &router, editors, &token).await;
+    for (old, new) in before.iter().zip(&after) {
+        for item in &old.typed {
+            assert!(new.text.contains(item.as_str()), "{}: {item} lost", new.scene);
+        }
+    }
+}
+
 /// Waits until the router answers for `scene` at `epoch` or later.
 async fn wait_router_epoch(router: &RouterProcess, scene: &str, epoch: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -163,6 +163,12 @@ async fn every_metric_an_alert_or_a_dashboard_uses_exists_in_a_live_scrape() {
     assert!(routed.contains("200 OK"), "{routed}");
     let scrape =
         http_get(node.addr, "/metrics").await.unwrap() + &http_get(router.addr, "/metrics").await.unwrap();
+    // A healthy cluster has a leader its nodes know of (`TroupeNoRaftLeader` fires on 0).
+    assert!(
+        scrape.lines().any(|l| l == "troupe_raft_leader_known 1"),
+        "a healthy node says it knows no leader: {:?}",
+        scrape.lines().find(|l| l.starts_with("troupe_raft_leader_known"))
+    );
 
     let rules = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -381,6 +381,12 @@ macro_rules! shared_queries {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())
         }
+
+        pub async fn newest_lease_epoch(&self) -> Result<i64, StoreError> {
+            Ok(sqlx::query_scalar("SELECT COALESCE(MAX(epoch), 0) FROM scene_leases")
+                .fetch_one(&self.pool)
+                .await?)
+        }
     };
 }
 use shared_queries;
@@ -839,6 +845,16 @@ impl Store {
             Self::Postgres(s) => s.write_snapshot(scene, snapshot, owner, epoch).await,
             Self::Sqlite(s) => s.write_snapshot(scene, snapshot, owner, epoch).await,
         }
+    }
+
+    /// The newest epoch any scene's lease was claimed at (0 for none): a cluster's
+    /// placement epoch must be above it for its claims to win (see `epoch_floor`).
+    pub async fn newest_lease_epoch(&self) -> Result<u64, StoreError> {
+        let newest = match self {
+            Self::Postgres(s) => s.newest_lease_epoch().await?,
+            Self::Sqlite(s) => s.newest_lease_epoch().await?,
+        };
+        Ok(u64::try_from(newest).unwrap_or(0))
     }
 
     /// Whether the store answers.
