@@ -1,5 +1,6 @@
 //! Store requests of many rooms, sent many per statement: the lease reads, lease claims,
-//! loads and P1 content reads of the scenes this node is about to open.
+//! loads and P1 content reads of the scenes this node is about to open; and the quota
+//! reports of many connections ([`UserBytes`]).
 //!
 //! A node that takes over a failed node's scenes opens thousands at once. Asked one scene
 //! at a time, each claim cost the store a commit (and a disk flush) and each read a round
@@ -71,6 +72,32 @@ impl StoreBatches {
     /// The scene's content in the P1 product, if it has any (see [`Store::p1_content`]).
     pub async fn p1_content(&self, scene: &str) -> Result<Option<P1Content>, String> {
         self.p1.ask(scene, ()).await?
+    }
+}
+
+/// Bytes of edits each connection reports for its user (`TROUPE_MAX_BYTES_PER_HOUR`),
+/// many users per statement: a node holds thousands of connections, each reporting once a
+/// minute while its user types, and one transaction per report would cost the store more
+/// than the edits' own group commits do.
+#[derive(Clone)]
+pub struct UserBytes {
+    reports: Batcher<(i64, u64), u64>,
+}
+
+impl UserBytes {
+    /// Starts the batching task; it ends once every handle is dropped.
+    pub fn spawn(store: Store, queue: usize) -> UserBytes {
+        UserBytes {
+            reports: Batcher::spawn("quota reports", queue, &store, |store, batch| async move {
+                store.add_user_bytes_many(&batch).await
+            }),
+        }
+    }
+
+    /// Adds `bytes` that `user` wrote in `hour` (hours since the Unix epoch); the user's
+    /// total for that hour over the whole cluster.
+    pub async fn add(&self, user: &str, hour: i64, bytes: u64) -> Result<u64, String> {
+        self.reports.ask(user, (hour, bytes)).await
     }
 }
 

@@ -14,7 +14,7 @@ use troupe_membership::rpc::RpcClient;
 use troupe_membership::server::LocalStatus;
 use troupe_membership::{Cluster, ClusterError, ClusterOptions};
 
-use crate::batch::StoreBatches;
+use crate::batch::{StoreBatches, UserBytes};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::RedisHandle;
@@ -48,6 +48,8 @@ pub enum ServerError {
 pub struct App {
     pub settings: Settings,
     pub store: Store,
+    /// Connections' quota reports, many per statement.
+    pub user_bytes: UserBytes,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<Cluster>,
@@ -297,6 +299,7 @@ pub async fn run(
     }
     let app = Arc::new(App {
         settings,
+        user_bytes: UserBytes::spawn(store.clone(), 65_536),
         store,
         rooms: rooms.clone(),
         metrics,

@@ -492,11 +492,9 @@ impl WrittenBytes {
         let bytes = std::mem::take(&mut self.unreported);
         self.last_report = now;
         let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
-        let total = tokio::time::timeout(
-            Duration::from_secs(2),
-            Box::pin(app.store.add_user_bytes(user, hour, bytes)),
-        )
-        .await;
+        // Boxed: rare, and the connection task would otherwise carry room for it always.
+        let report = Box::pin(app.user_bytes.add(user, hour, bytes));
+        let total = tokio::time::timeout(Duration::from_secs(2), report).await;
         match total {
             Ok(Ok(total)) if total > limit => {
                 app.metrics.error("byte_quota");
@@ -514,10 +512,10 @@ impl WrittenBytes {
         if self.unreported == 0 || app.settings.quotas.bytes_per_hour == 0 {
             return;
         }
-        let (store, user, bytes) = (app.store.clone(), user.to_string(), self.unreported);
+        let (reports, user, bytes) = (app.user_bytes.clone(), user.to_string(), self.unreported);
         let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
         tokio::spawn(async move {
-            let _ = store.add_user_bytes(&user, hour, bytes).await;
+            let _ = reports.add(&user, hour, bytes).await;
         });
     }
 }

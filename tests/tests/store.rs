@@ -94,6 +94,51 @@ async fn a_taken_position_is_refused_without_failing_the_batch() {
     }
 }
 
+/// Quota reports of many users in one call add up as one-by-one reports do, answer in the
+/// order asked, and keep each hour apart.
+#[tokio::test]
+async fn many_users_bytes_add_up_at_once_as_one_by_one() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (ada, bob, cy) = (unique("ada"), unique("bob"), unique("cy"));
+        assert_eq!(store.add_user_bytes(&ada, 7, 100).await.unwrap(), 100);
+        let totals = store
+            .add_user_bytes_many(&[
+                (bob.clone(), (7, 5)),
+                (ada.clone(), (7, 20)),
+                (cy.clone(), (8, 1)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(totals, vec![5, 120, 1], "{backend:?}");
+        // Another hour is counted apart; one-by-one and many agree.
+        let totals = store
+            .add_user_bytes_many(&[(ada.clone(), (8, 3)), (cy.clone(), (8, 2))])
+            .await
+            .unwrap();
+        assert_eq!(totals, vec![3, 3], "{backend:?}");
+        assert_eq!(
+            store.add_user_bytes(&ada, 7, 1).await.unwrap(),
+            121,
+            "{backend:?}"
+        );
+        assert!(store.add_user_bytes_many(&[]).await.unwrap().is_empty());
+
+        // Through the batching task, as connections report: a user reporting twice at
+        // once is counted twice (the second report waits for the next statement).
+        let reports = troupe_node::batch::UserBytes::spawn(store.clone(), 16);
+        let (dee, eve) = (unique("dee"), unique("eve"));
+        let (one, two, other) = tokio::join!(
+            reports.add(&dee, 9, 10),
+            reports.add(&dee, 9, 5),
+            reports.add(&eve, 9, 7)
+        );
+        let mut dee_totals = [one.unwrap(), two.unwrap()];
+        dee_totals.sort();
+        assert_eq!((dee_totals, other), ([10, 15], Ok(7)), "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn snapshots_follow_the_retention_policy() {
     for backend in Backend::all() {

@@ -772,6 +772,27 @@ impl Store {
         }
     }
 
+    /// [`Self::add_user_bytes`] for many users at once, one statement on Postgres; answers
+    /// in the order asked. A user must appear at most once.
+    pub async fn add_user_bytes_many(
+        &self,
+        reports: &[(String, (i64, u64))],
+    ) -> Result<Vec<u64>, StoreError> {
+        for (_, (_, bytes)) in reports {
+            to_i64(*bytes)?;
+        }
+        match self {
+            Self::Postgres(s) => s.add_user_bytes_many(reports).await,
+            Self::Sqlite(s) => {
+                let mut totals = Vec::with_capacity(reports.len());
+                for (user, (hour, bytes)) in reports {
+                    totals.push(s.add_user_bytes(user, *hour, *bytes as i64).await?);
+                }
+                Ok(totals)
+            }
+        }
+    }
+
     /// Deletes up to `limit` lease rows of scenes that never got content (no log rows, no
     /// snapshots: opened and left, or opened by a flood of random ids), released and not
     /// claimed since `idle_before_ms`. Safe for the fence: a released lease has no owner

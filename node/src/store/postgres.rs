@@ -171,6 +171,32 @@ impl PgStore {
         Ok(claims.iter().map(|(scene, _)| claimed.contains(scene)).collect())
     }
 
+    /// Quota reports of many users in one statement (each user once), in the order asked.
+    pub async fn add_user_bytes_many(
+        &self,
+        reports: &[(String, (i64, u64))],
+    ) -> Result<Vec<u64>, StoreError> {
+        let users: Vec<&str> = reports.iter().map(|(user, _)| user.as_str()).collect();
+        let hours: Vec<i64> = reports.iter().map(|(_, (hour, _))| *hour).collect();
+        let bytes: Vec<i64> = reports.iter().map(|(_, (_, bytes))| *bytes as i64).collect();
+        let totals: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO user_bytes (user_id, hour, bytes)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])
+             ON CONFLICT (user_id, hour) DO UPDATE SET bytes = user_bytes.bytes + excluded.bytes
+             RETURNING user_id, bytes",
+        )
+        .bind(&users)
+        .bind(&hours)
+        .bind(&bytes)
+        .fetch_all(&self.pool)
+        .await?;
+        let totals: HashMap<String, i64> = totals.into_iter().collect();
+        Ok(users
+            .iter()
+            .map(|user| totals.get(*user).map_or(0, |total| (*total).max(0) as u64))
+            .collect())
+    }
+
     /// The leases of many scenes in one statement, in the order asked.
     pub async fn leases(&self, scenes: &[String]) -> Result<Vec<Option<(u64, String)>>, StoreError> {
         let found: Vec<(String, i64, String)> =
