@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,6 +18,31 @@ use crate::store::{P1Content, Store, StoreError, StoredScene};
 
 /// Most requests in one statement.
 const MAX_BATCH: usize = 512;
+
+/// How long a quota report waits for others to go with it.
+pub const REPORT_PACE: Duration = Duration::from_secs(1);
+
+/// How a batching task gathers its requests.
+#[derive(Clone, Copy)]
+struct Gathering {
+    /// How long a batch's first request waits for others to join it.
+    pace: Duration,
+    /// Whether a request nobody waits for any more is dropped (a read, a claim given up)
+    /// or still made (a report of bytes written).
+    skip_abandoned: bool,
+}
+
+impl Gathering {
+    /// Rooms wait on these: each batch goes as soon as the previous one is done.
+    const READS_AND_CLAIMS: Gathering = Gathering {
+        pace: Duration::ZERO,
+        skip_abandoned: true,
+    };
+    const REPORTS: Gathering = Gathering {
+        pace: REPORT_PACE,
+        skip_abandoned: false,
+    };
+}
 
 /// What a room waits for: its scene's lease, its claim, its stored state.
 #[derive(Clone)]
@@ -78,7 +103,8 @@ impl StoreBatches {
 /// Bytes of edits each connection reports for its user (`TROUPE_MAX_BYTES_PER_HOUR`),
 /// many users per statement: a node holds thousands of connections, each reporting once a
 /// minute while its user types, and one transaction per report would cost the store more
-/// than the edits' own group commits do.
+/// than the edits' own group commits do. Reports wait up to [`REPORT_PACE`] for others to
+/// go with them; nobody waits for the answer (the connection checks it when it comes).
 #[derive(Clone)]
 pub struct UserBytes {
     reports: Batcher<(i64, u64), u64>,
@@ -87,17 +113,25 @@ pub struct UserBytes {
 impl UserBytes {
     /// Starts the batching task; it ends once every handle is dropped.
     pub fn spawn(store: Store, queue: usize) -> UserBytes {
+        let run = |store: Store, batch: Vec<(String, (i64, u64))>| async move {
+            store.add_user_bytes_many(&batch).await
+        };
         UserBytes {
-            reports: Batcher::spawn("quota reports", queue, &store, |store, batch| async move {
-                store.add_user_bytes_many(&batch).await
-            }),
+            reports: Batcher::spawn_with("quota reports", Gathering::REPORTS, queue, &store, run),
         }
     }
 
-    /// Adds `bytes` that `user` wrote in `hour` (hours since the Unix epoch); the user's
-    /// total for that hour over the whole cluster.
-    pub async fn add(&self, user: &str, hour: i64, bytes: u64) -> Result<u64, String> {
-        self.reports.ask(user, (hour, bytes)).await
+    /// Queues a report of `bytes` that `user` wrote in `hour` (hours since the Unix
+    /// epoch), without waiting; the answer, the user's total for that hour over the whole
+    /// cluster, comes on the receiver. None when the queue is full: keep the bytes for the
+    /// next report. The report is made even if nobody keeps the receiver.
+    pub fn submit(
+        &self,
+        user: &str,
+        hour: i64,
+        bytes: u64,
+    ) -> Option<oneshot::Receiver<Result<u64, String>>> {
+        self.reports.submit(user, (hour, bytes))
     }
 }
 
@@ -130,10 +164,36 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
         F: Fn(Store, Vec<(String, Q)>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
     {
+        Self::spawn_with(what, Gathering::READS_AND_CLAIMS, queue, store, run)
+    }
+
+    /// Like [`Self::spawn`], gathering as `gathering` says.
+    fn spawn_with<F, Fut>(
+        what: &'static str,
+        gathering: Gathering,
+        queue: usize,
+        store: &Store,
+        run: F,
+    ) -> Self
+    where
+        F: Fn(Store, Vec<(String, Q)>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let store = store.clone();
-        tokio::spawn(serve(what, rx, move |batch| run(store.clone(), batch)));
+        tokio::spawn(serve(what, gathering, rx, move |batch| run(store.clone(), batch)));
         Batcher { tx }
+    }
+
+    /// Queues a request without waiting; None when the queue is full or the task gone.
+    fn submit(&self, scene: &str, query: Q) -> Option<oneshot::Receiver<Result<A, String>>> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            scene: scene.to_string(),
+            query,
+            reply,
+        };
+        self.tx.try_send(request).ok().map(|()| answer)
     }
 
     async fn ask(&self, scene: &str, query: Q) -> Result<A, String> {
@@ -152,8 +212,12 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     }
 }
 
-async fn serve<Q, A, F, Fut>(what: &'static str, mut rx: mpsc::Receiver<Request<Q, A>>, mut run: F)
-where
+async fn serve<Q, A, F, Fut>(
+    what: &'static str,
+    gathering: Gathering,
+    mut rx: mpsc::Receiver<Request<Q, A>>,
+    mut run: F,
+) where
     F: FnMut(Vec<(String, Q)>) -> Fut,
     Fut: Future<Output = Result<Vec<A>, StoreError>>,
 {
@@ -164,17 +228,20 @@ where
     loop {
         let mut scenes = HashSet::new();
         for request in std::mem::take(&mut deferred) {
-            take_into(request, &mut batch, &mut scenes, &mut deferred);
+            take_into(gathering, request, &mut batch, &mut scenes, &mut deferred);
         }
         if batch.is_empty() {
             match rx.recv().await {
-                Some(request) => take_into(request, &mut batch, &mut scenes, &mut deferred),
+                Some(request) => take_into(gathering, request, &mut batch, &mut scenes, &mut deferred),
                 None => return,
             }
         }
+        if !gathering.pace.is_zero() {
+            tokio::time::sleep(gathering.pace).await;
+        }
         while batch.len() < MAX_BATCH {
             let Ok(request) = rx.try_recv() else { break };
-            take_into(request, &mut batch, &mut scenes, &mut deferred);
+            take_into(gathering, request, &mut batch, &mut scenes, &mut deferred);
         }
         let (queries, replies): (Vec<(String, Q)>, Vec<_>) =
             batch.drain(..).map(|r| ((r.scene, r.query), r.reply)).unzip();
@@ -204,13 +271,14 @@ where
 }
 
 fn take_into<Q, A>(
+    gathering: Gathering,
     request: Request<Q, A>,
     batch: &mut Vec<Request<Q, A>>,
     scenes: &mut HashSet<String>,
     deferred: &mut Vec<Request<Q, A>>,
 ) {
     // A room that stopped waiting (its load timed out) needs no answer.
-    if request.reply.is_closed() {
+    if gathering.skip_abandoned && request.reply.is_closed() {
         return;
     }
     if scenes.insert(request.scene.clone()) {

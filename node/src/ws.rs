@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::OptionFuture;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -332,6 +333,13 @@ async fn run(
                 editing = decision.enable_realtime_editing;
                 presence = decision.enable_presence;
             }
+            total = OptionFuture::from(written.answer.as_mut()), if written.answer.is_some() => {
+                if let Some(over) = written.answered(app, total) {
+                    break Some(over);
+                }
+                // Bytes written while that report was out go now if they are due.
+                written.report_if_due(app, &claims.sub, Instant::now());
+            }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
                     // Write whatever else is already queued, then flush once.
@@ -419,9 +427,7 @@ async fn run(
                     MessageKind::SyncStep2 | MessageKind::Update if role == Role::Edit => {
                         app.metrics.triggers.sync_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         written.add(frame.payload().len() as u64);
-                        if let Some(refusal) = written.report_if_due(app, &claims.sub, now).await {
-                            break Some(refusal);
-                        }
+                        written.report_if_due(app, &claims.sub, now);
                     }
                     _ => {}
                 }
@@ -454,18 +460,20 @@ async fn run(
 
 /// Bytes of edits a connection wrote, reported to the store now and then (every
 /// [`REPORT_BYTES`] or [`REPORT_EVERY`]), where every node's reports for a user add up
-/// against `TROUPE_MAX_BYTES_PER_HOUR`.
+/// against `TROUPE_MAX_BYTES_PER_HOUR`. Nothing waits for a report: edits go on, and the
+/// connection closes when the store's answer says the user is over the quota.
 struct WrittenBytes {
     unreported: u64,
     last_report: Instant,
+    /// The answer to the report in flight: the user's total for the hour.
+    answer: Option<oneshot::Receiver<Result<u64, String>>>,
 }
 
 /// Bytes a connection writes between two reports at most.
 const REPORT_BYTES: u64 = 64 * 1024;
 
-/// Longest a connection keeps bytes unreported. Each report is a write transaction, and a
-/// node holds thousands of connections: an hourly quota is checked often enough once a
-/// minute (or every [`REPORT_BYTES`]).
+/// Longest a connection keeps bytes unreported. A node holds thousands of connections: an
+/// hourly quota is checked often enough once a minute (or every [`REPORT_BYTES`]).
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 impl WrittenBytes {
@@ -473,6 +481,7 @@ impl WrittenBytes {
         Self {
             unreported: 0,
             last_report: now,
+            answer: None,
         }
     }
 
@@ -480,23 +489,33 @@ impl WrittenBytes {
         self.unreported = self.unreported.saturating_add(bytes);
     }
 
-    /// Reports when due; the close to send when the user is over the quota. A store that
-    /// does not answer costs nobody their connection.
-    async fn report_if_due(&mut self, app: &App, user: &str, now: Instant) -> Option<(CloseCode, String)> {
-        let limit = app.settings.quotas.bytes_per_hour;
+    /// Sends a report when one is due and none is in flight.
+    fn report_if_due(&mut self, app: &App, user: &str, now: Instant) {
         let due = self.unreported >= REPORT_BYTES
             || (self.unreported > 0 && now.duration_since(self.last_report) >= REPORT_EVERY);
-        if limit == 0 || !due {
-            return None;
+        if app.settings.quotas.bytes_per_hour == 0 || !due || self.answer.is_some() {
+            return;
         }
-        let bytes = std::mem::take(&mut self.unreported);
-        self.last_report = now;
         let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
-        // Boxed: rare, and the connection task would otherwise carry room for it always.
-        let report = Box::pin(app.user_bytes.add(user, hour, bytes));
-        let total = tokio::time::timeout(Duration::from_secs(2), report).await;
+        // A full queue keeps the bytes for the next report.
+        if let Some(answer) = app.user_bytes.submit(user, hour, self.unreported) {
+            self.unreported = 0;
+            self.last_report = now;
+            self.answer = Some(answer);
+        }
+    }
+
+    /// The close to send when the store's answer says the user is over the quota. A store
+    /// that does not answer costs nobody their connection.
+    fn answered(
+        &mut self,
+        app: &App,
+        total: Option<Result<Result<u64, String>, oneshot::error::RecvError>>,
+    ) -> Option<(CloseCode, String)> {
+        self.answer = None;
+        let limit = app.settings.quotas.bytes_per_hour;
         match total {
-            Ok(Ok(total)) if total > limit => {
+            Some(Ok(Ok(total))) if total > limit => {
                 app.metrics.error("byte_quota");
                 Some((
                     CloseCode::RateLimited,
@@ -512,11 +531,9 @@ impl WrittenBytes {
         if self.unreported == 0 || app.settings.quotas.bytes_per_hour == 0 {
             return;
         }
-        let (reports, user, bytes) = (app.user_bytes.clone(), user.to_string(), self.unreported);
         let hour = (troupe_proto::clock::now_secs() / 3600) as i64;
-        tokio::spawn(async move {
-            let _ = reports.add(&user, hour, bytes).await;
-        });
+        // Made even though nobody takes the answer.
+        let _ = app.user_bytes.submit(user, hour, self.unreported);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 pub use troupe_chaos::editor::{resolve, FinishedEditor, FollowingEditor};
 use troupe_membership::tls::Identity;
-use troupe_membership::{ClusterClient, ClusterView, NodeId, NodeState};
+use troupe_membership::{ClusterClient, ClusterView, NodeId};
 use troupe_node::config::StoreLocation;
 use troupe_node::store::Store;
 
@@ -135,12 +135,7 @@ impl TestCluster {
         }
         cluster
             .wait_for(Duration::from_secs(30), |v| {
-                v.state
-                    .nodes
-                    .values()
-                    .filter(|n| n.state == NodeState::Active)
-                    .count()
-                    == voters as usize
+                v.state.active_ids().count() == voters as usize
             })
             .await?;
         Ok(cluster)

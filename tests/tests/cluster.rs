@@ -338,13 +338,7 @@ async fn a_cluster_started_anew_on_an_old_store_serves_its_scenes() {
     }
     cluster
         .wait_for(Duration::from_secs(20), |v| {
-            v.state
-                .nodes
-                .values()
-                .filter(|n| n.state == NodeState::Active)
-                .count()
-                == 3
-                && v.epoch() > newest
+            v.state.active_ids().count() == 3 && v.epoch() > newest
         })
         .await
         .unwrap_or_else(|e| panic!("the new cluster's epoch never rose above the store's {newest}: {e:#}"));

@@ -21,6 +21,14 @@ async fn open_in(backend: &Backend, dir: &std::path::Path) -> Store {
     Store::open(&location).await.expect("open store")
 }
 
+/// The test command's Postgres, for the tests of what only Postgres does.
+fn postgres_url() -> Option<String> {
+    Backend::all().into_iter().find_map(|b| match b {
+        Backend::Postgres(url) => Some(url),
+        Backend::Sqlite => None,
+    })
+}
+
 /// Claims each scene for `owner` at epoch 0, as a room does when it loads.
 async fn claim(store: &Store, scenes: &[&str], owner: &str) {
     for scene in scenes {
@@ -125,17 +133,22 @@ async fn many_users_bytes_add_up_at_once_as_one_by_one() {
         assert!(store.add_user_bytes_many(&[]).await.unwrap().is_empty());
 
         // Through the batching task, as connections report: a user reporting twice at
-        // once is counted twice (the second report waits for the next statement).
+        // once is counted twice (the second report waits for the next statement), and a
+        // report nobody waits for is made all the same.
         let reports = troupe_node::batch::UserBytes::spawn(store.clone(), 16);
-        let (dee, eve) = (unique("dee"), unique("eve"));
-        let (one, two, other) = tokio::join!(
-            reports.add(&dee, 9, 10),
-            reports.add(&dee, 9, 5),
-            reports.add(&eve, 9, 7)
-        );
-        let mut dee_totals = [one.unwrap(), two.unwrap()];
+        let (dee, eve, fay) = (unique("dee"), unique("eve"), unique("fay"));
+        let one = reports.submit(&dee, 9, 10).unwrap();
+        let two = reports.submit(&dee, 9, 5).unwrap();
+        let other = reports.submit(&eve, 9, 7).unwrap();
+        drop(reports.submit(&fay, 9, 3).unwrap());
+        let mut dee_totals = [one.await.unwrap().unwrap(), two.await.unwrap().unwrap()];
         dee_totals.sort();
-        assert_eq!((dee_totals, other), ([10, 15], Ok(7)), "{backend:?}");
+        assert_eq!(
+            (dee_totals, other.await.unwrap()),
+            ([10, 15], Ok(7)),
+            "{backend:?}"
+        );
+        assert_eq!(store.add_user_bytes(&fay, 9, 0).await.unwrap(), 3, "{backend:?}");
     }
 }
 
@@ -383,10 +396,7 @@ async fn a_claim_never_overtakes_a_former_owners_append() {
     use sqlx::Connection;
     use std::time::{Duration, Instant};
 
-    let Some(url) = Backend::all().into_iter().find_map(|b| match b {
-        Backend::Postgres(url) => Some(url),
-        Backend::Sqlite => None,
-    }) else {
+    let Some(url) = postgres_url() else {
         return;
     };
     let former = open(&Backend::Postgres(url.clone())).await;
@@ -460,10 +470,7 @@ async fn a_writer_frozen_in_its_transaction_does_not_hold_a_takeover_back() {
     use std::time::{Duration, Instant};
     use troupe_node::store::{postgres_connect_options, IDLE_IN_TRANSACTION_LIMIT};
 
-    let Some(url) = Backend::all().into_iter().find_map(|b| match b {
-        Backend::Postgres(url) => Some(url),
-        Backend::Sqlite => None,
-    }) else {
+    let Some(url) = postgres_url() else {
         return;
     };
     let former = open(&Backend::Postgres(url.clone())).await;
