@@ -193,7 +193,8 @@ impl Cluster {
         &self.raft
     }
 
-    /// Changes of the applied state (placement included), as they are applied here.
+    /// Changes of the applied state (placement included), as they are applied here. Their
+    /// `leader` is always `None`: who leads changes apart from the state ([`Self::leaders`]).
     pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.clone()
     }

@@ -146,6 +146,19 @@ struct Request<Q, A> {
     reply: oneshot::Sender<Result<A, String>>,
 }
 
+impl<Q, A> Request<Q, A> {
+    /// The request, and where its answer will come.
+    fn new(scene: &str, query: Q) -> (Self, oneshot::Receiver<Result<A, String>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            scene: scene.to_string(),
+            query,
+            reply,
+        };
+        (request, answer)
+    }
+}
+
 /// A queue into one batching task, answering `A` to each `(scene, Q)`.
 struct Batcher<Q, A> {
     tx: mpsc::Sender<Request<Q, A>>,
@@ -187,22 +200,12 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
 
     /// Queues a request without waiting; None when the queue is full or the task gone.
     fn submit(&self, scene: &str, query: Q) -> Option<oneshot::Receiver<Result<A, String>>> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            scene: scene.to_string(),
-            query,
-            reply,
-        };
+        let (request, answer) = Request::new(scene, query);
         self.tx.try_send(request).ok().map(|()| answer)
     }
 
     async fn ask(&self, scene: &str, query: Q) -> Result<A, String> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            scene: scene.to_string(),
-            query,
-            reply,
-        };
+        let (request, answer) = Request::new(scene, query);
         if self.tx.send(request).await.is_err() {
             return Err("the node is shutting down".into());
         }

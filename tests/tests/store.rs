@@ -29,6 +29,24 @@ fn postgres_url() -> Option<String> {
     })
 }
 
+/// One quota report on its own: `user`'s total for `hour` after it.
+async fn add_one(store: &Store, user: &str, hour: i64, bytes: u64) -> u64 {
+    store
+        .add_user_bytes_many(&[(user.to_string(), (hour, bytes))])
+        .await
+        .unwrap()[0]
+}
+
+/// A scene held at epoch 5 by node "1" (the former owner) on the test command's Postgres,
+/// for the tests of what only Postgres does; None without one.
+async fn postgres_scene_of_a_former_owner(prefix: &str) -> Option<(String, Store, String)> {
+    let url = postgres_url()?;
+    let former = open(&Backend::Postgres(url.clone())).await;
+    let scene = unique(prefix);
+    assert!(former.claim_lease(&scene, 5, "1").await.unwrap());
+    Some((url, former, scene))
+}
+
 /// Claims each scene for `owner` at epoch 0, as a room does when it loads.
 async fn claim(store: &Store, scenes: &[&str], owner: &str) {
     for scene in scenes {
@@ -109,7 +127,7 @@ async fn many_users_bytes_add_up_at_once_as_one_by_one() {
     for backend in Backend::all() {
         let store = open(&backend).await;
         let (ada, bob, cy) = (unique("ada"), unique("bob"), unique("cy"));
-        assert_eq!(store.add_user_bytes(&ada, 7, 100).await.unwrap(), 100);
+        assert_eq!(add_one(&store, &ada, 7, 100).await, 100);
         let totals = store
             .add_user_bytes_many(&[
                 (bob.clone(), (7, 5)),
@@ -125,11 +143,7 @@ async fn many_users_bytes_add_up_at_once_as_one_by_one() {
             .await
             .unwrap();
         assert_eq!(totals, vec![3, 3], "{backend:?}");
-        assert_eq!(
-            store.add_user_bytes(&ada, 7, 1).await.unwrap(),
-            121,
-            "{backend:?}"
-        );
+        assert_eq!(add_one(&store, &ada, 7, 1).await, 121, "{backend:?}");
         assert!(store.add_user_bytes_many(&[]).await.unwrap().is_empty());
 
         // Through the batching task, as connections report: a user reporting twice at
@@ -148,7 +162,7 @@ async fn many_users_bytes_add_up_at_once_as_one_by_one() {
             ([10, 15], Ok(7)),
             "{backend:?}"
         );
-        assert_eq!(store.add_user_bytes(&fay, 9, 0).await.unwrap(), 3, "{backend:?}");
+        assert_eq!(add_one(&store, &fay, 9, 0).await, 3, "{backend:?}");
     }
 }
 
@@ -396,12 +410,9 @@ async fn a_claim_never_overtakes_a_former_owners_append() {
     use sqlx::Connection;
     use std::time::{Duration, Instant};
 
-    let Some(url) = postgres_url() else {
+    let Some((url, former, scene)) = postgres_scene_of_a_former_owner("fence-race").await else {
         return;
     };
-    let former = open(&Backend::Postgres(url.clone())).await;
-    let scene = unique("fence-race");
-    assert!(former.claim_lease(&scene, 5, "1").await.unwrap());
 
     let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
     // Only this test's scenes are slowed down; other tests share the table.
@@ -470,12 +481,9 @@ async fn a_writer_frozen_in_its_transaction_does_not_hold_a_takeover_back() {
     use std::time::{Duration, Instant};
     use troupe_node::store::{postgres_connect_options, IDLE_IN_TRANSACTION_LIMIT};
 
-    let Some(url) = postgres_url() else {
+    let Some((url, _, scene)) = postgres_scene_of_a_former_owner("frozen-writer").await else {
         return;
     };
-    let former = open(&Backend::Postgres(url.clone())).await;
-    let scene = unique("frozen-writer");
-    assert!(former.claim_lease(&scene, 5, "1").await.unwrap());
 
     // What a write transaction of the former owner has done when its node froze: the
     // lease row locked as every write does first, then nothing more sent.

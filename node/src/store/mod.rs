@@ -762,18 +762,9 @@ impl Store {
         }
     }
 
-    /// Adds `bytes` of edits `user` wrote in `hour` (hours since the Unix epoch), for every
-    /// node of the cluster at once, and returns that hour's total.
-    pub async fn add_user_bytes(&self, user: &str, hour: i64, bytes: u64) -> Result<u64, StoreError> {
-        let bytes = to_i64(bytes)?;
-        match self {
-            Self::Postgres(s) => s.add_user_bytes(user, hour, bytes).await,
-            Self::Sqlite(s) => s.add_user_bytes(user, hour, bytes).await,
-        }
-    }
-
-    /// [`Self::add_user_bytes`] for many users at once, one statement on Postgres; answers
-    /// in the order asked. A user must appear at most once.
+    /// Adds the bytes of edits each user wrote in an hour (hours since the Unix epoch), for
+    /// every node of the cluster at once, and returns each user's total for that hour: one
+    /// statement on Postgres; answers in the order asked. A user must appear at most once.
     pub async fn add_user_bytes_many(
         &self,
         reports: &[(String, (i64, u64))],
