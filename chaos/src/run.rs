@@ -689,6 +689,8 @@ async fn check(
         let mut scenes_cut_off = std::collections::HashSet::new();
         let mut backs = Vec::new();
         let mut worst = Some(Duration::ZERO);
+        // The editor back last: which scene, and when it was synced again.
+        let mut slowest: Option<(Duration, &str, Duration)> = None;
         for f in finished {
             let cut_off = f
                 .outages
@@ -700,14 +702,27 @@ async fn check(
                 scenes_cut_off.insert(f.scene.as_str());
             }
             let back = stored_after(f, since).map(|t| t.saturating_duration_since(at));
-            if let (Some(b), Some(_)) = (back, cut_off) {
+            if let (Some(b), Some(outage)) = (back, cut_off) {
                 backs.push(b);
+                if slowest.as_ref().is_none_or(|(s, _, _)| b > *s) {
+                    let synced = (outage.began + outage.lasted).saturating_duration_since(at);
+                    slowest = Some((b, f.scene.as_str(), synced));
+                }
             }
             worst = match (worst, back) {
                 (Some(w), Some(b)) if cut_off.is_some() => Some(w.max(b)),
                 (Some(w), Some(_)) => Some(w),
                 _ => None,
             };
+        }
+        if let Some((back, scene, synced)) = slowest {
+            tracing::info!(
+                fault = ?report.kind,
+                %scene,
+                synced_ms = synced.as_millis() as u64,
+                back_ms = back.as_millis() as u64,
+                "the editor back last: synced again, then its first edit stored"
+            );
         }
         report.affected_editors = affected;
         report.scenes_cut_off = scenes_cut_off.len();

@@ -1,11 +1,13 @@
 //! Failure detection: the Raft leader probes every member and marks an active node `down`
-//! once it has not answered for `down_after` — or sooner, after a quarter of that, when its
-//! internal port refuses connections, which means its process is gone. Marking a node down
+//! once it has not answered for `down_after` — or sooner when its internal port refuses
+//! connections, which means its process is gone: at the second refusal in a row for a node
+//! that answered this leader before (it died), after a quarter of `down_after` for one that
+//! never did (it may still be starting, as when a whole cluster restarts). Marking a node down
 //! bumps the epoch and moves its scenes to the survivors; a `down` node that answers again is made `active`, and its scenes move
 //! back by planned handoff. Whoever is leader runs the detector, so a new leader takes it
 //! over; without a quorum nothing can be committed and placement stays as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -52,6 +54,11 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
     // Since when each node's port has refused every probe.
     let mut refused_since: HashMap<NodeId, Instant> = HashMap::new();
+    // The nodes that answered a probe since this node leads: one of them refusing has died.
+    let mut answered: HashSet<NodeId> = HashSet::new();
+    // Two probes in a row refused, one `interval` apart (measured after each round's
+    // answers, so allow for their jitter).
+    let refused_twice = interval / 2;
     let mut leading = false;
     // The leader this node last followed: when it becomes leader itself, most likely
     // because that one went silent.
@@ -68,6 +75,7 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
             leading = false;
             last_ok.clear();
             refused_since.clear();
+            answered.clear();
             continue;
         }
         let view = cluster.view();
@@ -101,6 +109,7 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
             let probe = probes.get(id).copied().unwrap_or(Probe::Silent);
             if probe == Probe::Answered {
                 last_ok.insert(*id, now);
+                answered.insert(*id);
                 refused_since.remove(id);
                 if node.state == NodeState::Down {
                     tracing::info!(node = %id, "node answers again: back on the ring");
@@ -116,7 +125,12 @@ pub async fn detect<C: Watched>(cluster: Weak<C>, client: RpcClient, down_after:
                     Duration::ZERO
                 }
             };
-            if node.state == NodeState::Active && (silent >= down_after || refused >= down_after / 4) {
+            let refused_enough = if answered.contains(id) {
+                refused >= refused_twice
+            } else {
+                refused >= down_after / 4
+            };
+            if node.state == NodeState::Active && (silent >= down_after || refused_enough) {
                 tracing::warn!(
                     node = %id,
                     silent_ms = silent.as_millis() as u64,
@@ -178,5 +192,137 @@ async fn probe_all<C: Watched>(
 fn report<E: Display>(result: Result<(), E>) {
     if let Err(error) = result {
         tracing::debug!(%error, "failure detector: change not committed");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::state::ClusterState;
+
+    /// A leader's view of members 1 (itself), 2 and 3, recording when each was marked down.
+    struct Leader {
+        view: Mutex<ClusterView>,
+        marked_down: Mutex<Vec<(NodeId, Instant)>>,
+    }
+
+    impl Watched for Leader {
+        type Error = String;
+
+        fn id(&self) -> NodeId {
+            NodeId(1)
+        }
+
+        fn leader(&self) -> Option<NodeId> {
+            Some(NodeId(1))
+        }
+
+        fn view(&self) -> ClusterView {
+            self.view.lock().unwrap().clone()
+        }
+
+        async fn set_state(&self, command: Command) -> Result<(), String> {
+            if let Command::MarkDown { id } = command {
+                self.marked_down.lock().unwrap().push((id, Instant::now()));
+            }
+            self.view
+                .lock()
+                .unwrap()
+                .state
+                .apply(&command)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+
+        fn detected(&self, _: Detection) {}
+    }
+
+    /// A member's internal port answering probes as `id` until `stop` is sent; then nothing
+    /// listens there.
+    async fn member(id: u64) -> (String, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let me = NodeSelf {
+            id: NodeId(id),
+            url: String::new(),
+            rpc_addr: addr.clone(),
+            initialized: true,
+            rooms: 0,
+            epoch: 1,
+            raft_term: 1,
+            raft_last_log: None,
+        };
+        let body = serde_json::to_string(&me).unwrap();
+        let app = axum::Router::new().route(
+            "/cluster/info",
+            axum::routing::get(move || async move {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            }),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        (addr, stop)
+    }
+
+    /// A port nothing listens on.
+    async fn closed_port() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_member_that_answered_is_down_at_its_second_refusal() {
+        // Probes every 2 s; a quarter of `down_after` is 5 s.
+        let down_after = Duration::from_secs(20);
+        let (two, stop_two) = member(2).await;
+        let three = closed_port().await;
+        let mut state = ClusterState::default();
+        for (id, rpc_addr) in [(1, closed_port().await), (2, two), (3, three)] {
+            let id = NodeId(id);
+            let url = format!("ws://{rpc_addr}");
+            state.apply(&Command::Register { id, url, rpc_addr }).unwrap();
+            state.apply(&Command::Activate { id }).unwrap();
+        }
+        let leader = Arc::new(Leader {
+            view: Mutex::new(ClusterView {
+                version: 1,
+                state,
+                voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+                learners: vec![],
+                leader: Some(NodeId(1)),
+            }),
+            marked_down: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(detect(Arc::downgrade(&leader), RpcClient::plain(), down_after));
+        // Node 2 answers the first probes, then its process is gone.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let stopped = Instant::now();
+        stop_two.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(5_500)).await;
+
+        let marked = leader.marked_down.lock().unwrap().clone();
+        let at = |id| marked.iter().find(|(n, _)| *n == NodeId(id)).map(|(_, at)| *at);
+        let two_after = at(2).expect("node 2 marked down").duration_since(stopped);
+        // The first probe after the stop finds it refusing, the next one marks it down:
+        // within two probe intervals, before a quarter of `down_after` of refusals.
+        assert!(
+            two_after <= Duration::from_millis(4_500),
+            "node 2 marked down {two_after:?} after it stopped"
+        );
+        // Node 3 refused from the first probe: a new leader counts a member it never heard
+        // as silent since long before, and two missed probes mark it down.
+        assert!(at(3).is_some(), "node 3 not marked down: {marked:?}");
+        assert_eq!(marked.len(), 2, "{marked:?}");
     }
 }

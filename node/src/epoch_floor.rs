@@ -39,6 +39,13 @@ pub async fn keep_above_store(cluster: Arc<Cluster>, store: Store) {
     }
 }
 
+/// Whether a cluster at `epoch` must raise it to claim scenes whose newest lease is at
+/// `newest`. A store with no lease (`0`: none was ever claimed) holds nothing back; a
+/// fresh cluster on a fresh store must not be told it started on a former one's.
+fn behind(epoch: u64, newest: u64) -> bool {
+    newest > 0 && epoch <= newest
+}
+
 /// True once the epoch is above the store's newest lease (raised, or it already was).
 async fn raise_if_behind(cluster: &Cluster, store: &Store) -> bool {
     let newest = match store.newest_lease_epoch().await {
@@ -49,7 +56,7 @@ async fn raise_if_behind(cluster: &Cluster, store: &Store) -> bool {
         }
     };
     let epoch = cluster.view().epoch();
-    if epoch > newest {
+    if !behind(epoch, newest) {
         return true;
     }
     match cluster.raise_epoch_above(newest).await {
@@ -67,5 +74,20 @@ async fn raise_if_behind(cluster: &Cluster, store: &Store) -> bool {
             tracing::warn!(%error, newest_lease = newest, "cannot raise the placement epoch; trying again");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::behind;
+
+    #[test]
+    fn only_a_store_with_leases_at_or_above_the_epoch_holds_the_cluster_back() {
+        assert!(!behind(0, 0), "a fresh cluster on a fresh store");
+        assert!(!behind(3, 0));
+        assert!(!behind(4, 3));
+        assert!(behind(3, 3));
+        assert!(behind(1, 11));
+        assert!(behind(0, 1));
     }
 }

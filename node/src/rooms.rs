@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use troupe_runtime::Tasks;
 
+use crate::batch::StoreBatches;
 use crate::room::{Directory, Room, RoomCmd, RoomContext};
 
 /// Messages a room's inbox holds before senders wait.
@@ -71,6 +72,13 @@ impl Rooms {
             rx,
         ));
         handle
+    }
+
+    /// The store requests the rooms make, batched: connections asking about a scene they
+    /// are about to open use them too, so that thousands arriving at once (a failover)
+    /// cost a few statements rather than one each.
+    pub fn batches(&self) -> &StoreBatches {
+        &self.ctx.batches
     }
 
     /// Whether `scene` has a room on this node now.

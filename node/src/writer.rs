@@ -138,6 +138,11 @@ async fn commit_with_retry(
                 metrics
                     .store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(
+                    rows = appends.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "group commit done"
+                );
                 for &i in &refused {
                     tracing::warn!(scene = %appends[i].scene, seq = appends[i].seq, "store refused a batch: scene has another writer");
                 }

@@ -129,7 +129,7 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
     let unavailable = || Some((CloseCode::Internal, "scene unavailable, try again".to_string()));
     // A scene exists once someone opened it to edit (it has a lease), or when the P1
     // product has it (its first load seeds it from there).
-    let exists = match app.store.lease(scene).await {
+    let exists = match app.rooms.batches().lease(scene).await {
         Ok(Some(_)) => true,
         Ok(None) => matches!(app.store.p1_version(scene).await, Ok(Some(_)) | Err(_)),
         Err(_) => {
@@ -174,6 +174,7 @@ async fn run(
     request: ConnectRequest,
     app: &Arc<App>,
 ) -> Option<(CloseCode, String)> {
+    let arrived = Instant::now();
     let Some(scene) = request.scene else {
         app.metrics.error("unknown_scene");
         return Some((CloseCode::UnknownScene, "invalid scene id".into()));
@@ -262,7 +263,8 @@ async fn run(
             return Some((CloseCode::Moved, url.unwrap_or_default()));
         }
     };
-    tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, "joined");
+    let ms = arrived.elapsed().as_millis() as u64;
+    tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, ms, "joined");
     let _session = app.metrics.user_session(&claims.sub);
     // A client that may not edit is told so in y-websocket's own terms (an auth message,
     // "permission denied"), so that it can show the scene read-only rather than accept

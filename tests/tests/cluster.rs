@@ -482,12 +482,14 @@ async fn a_stale_router_still_gets_clients_to_the_owner() {
     at_new.type_text("EXT. NEW NODE - DAY").await.unwrap();
     at_new.wait_acked().await.unwrap();
 
-    // Once the followed node is back, the router catches up within moments.
+    // Once the followed node is back, the router catches up within moments. (On a busy
+    // machine the freeze may outlast `TROUPE_DOWN_AFTER`: the node is marked down and
+    // back up, two epochs later, with the same owners as `fresh`.)
     signal(cluster.node(followed).unwrap(), "CONT");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (node, _, epoch) = router.route(&moved).await.unwrap();
-        if node == 4 && epoch == fresh.epoch() {
+        if node == 4 && epoch >= fresh.epoch() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the router never caught up");

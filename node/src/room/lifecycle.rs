@@ -90,7 +90,8 @@ impl Room {
                 ctx.metrics
                     .rehydration_seconds
                     .observe(started.elapsed().as_secs_f64());
-                tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, "scene loaded");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(%scene, rows = stored.rows.len(), doc_bytes, ms, "scene loaded");
                 // Whatever a former owner said about this scene's presence is stale now.
                 if let Some(presence) = &ctx.presence {
                     presence.clear(&scene);
