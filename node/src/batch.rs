@@ -1,6 +1,6 @@
 //! Store requests of many rooms, sent many per statement: the lease reads, lease claims,
-//! loads and P1 content reads of the scenes this node is about to open; and the quota
-//! reports of many connections ([`UserBytes`]).
+//! loads and P1 content reads of the scenes this node is about to open, the lease releases
+//! of those it hands off; and the quota reports of many connections ([`UserBytes`]).
 //!
 //! A node that takes over a failed node's scenes opens thousands at once. Asked one scene
 //! at a time, each claim cost the store a commit (and a disk flush) and each read a round
@@ -38,33 +38,52 @@ impl Gathering {
         pace: Duration::ZERO,
         skip_abandoned: true,
     };
+    /// A release is made even if its room stopped waiting: the next owner need not wait.
+    const RELEASES: Gathering = Gathering {
+        pace: Duration::ZERO,
+        skip_abandoned: false,
+    };
     const REPORTS: Gathering = Gathering {
         pace: REPORT_PACE,
         skip_abandoned: false,
     };
 }
 
-/// What a room waits for: its scene's lease, its claim, its stored state.
+/// What a room waits for: its scene's lease, its claim, its stored state, its release.
 #[derive(Clone)]
 pub struct StoreBatches {
     leases: Batcher<(), Option<(u64, String)>>,
     claims: Batcher<u64, bool>,
+    releases: Batcher<u64, bool>,
     loads: Batcher<(), StoredScene>,
     p1: Batcher<(), Result<Option<P1Content>, String>>,
 }
 
 impl StoreBatches {
-    /// Starts the four tasks for node `owner`; each ends once every handle is dropped.
+    /// Starts the five tasks for node `owner`; each ends once every handle is dropped.
     /// `queue` bounds the requests waiting for each.
     pub fn spawn(store: Store, owner: String, queue: usize) -> StoreBatches {
         StoreBatches {
             leases: Batcher::spawn("lease reads", queue, &store, |store, batch| async move {
                 store.leases(&scenes_of(batch)).await
             }),
-            claims: Batcher::spawn("lease claims", queue, &store, move |store, batch| {
+            claims: Batcher::spawn("lease claims", queue, &store, {
                 let owner = owner.clone();
-                async move { store.claim_leases(&batch, &owner).await }
+                move |store, batch| {
+                    let owner = owner.clone();
+                    async move { store.claim_leases(&batch, &owner).await }
+                }
             }),
+            releases: Batcher::spawn_with(
+                "lease releases",
+                Gathering::RELEASES,
+                queue,
+                &store,
+                move |store, batch| {
+                    let owner = owner.clone();
+                    async move { store.release_leases(&batch, &owner).await }
+                },
+            ),
             loads: Batcher::spawn("loads", queue, &store, |store, batch| async move {
                 store.load_many(&scenes_of(batch)).await
             }),
@@ -76,6 +95,12 @@ impl StoreBatches {
                     .collect())
             }),
         }
+    }
+
+    /// Gives up this node's lease of `scene` at `epoch` (see [`Store::release_lease`]):
+    /// false when it did not hold it.
+    pub async fn release(&self, scene: &str, epoch: u64) -> Result<bool, String> {
+        self.releases.ask(scene, epoch).await
     }
 
     /// The epoch and owner of the scene's lease, if it has one.

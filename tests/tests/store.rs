@@ -294,6 +294,44 @@ async fn many_leases_are_claimed_at_once_as_one_by_one() {
 }
 
 #[tokio::test]
+async fn many_leases_are_released_at_once_as_one_by_one() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let [a, b, newer, others, never] = ["a", "b", "newer", "others", "never"].map(unique);
+        for scene in [&a, &b, &newer] {
+            assert!(store.claim_lease(scene, 3, "n1").await.unwrap());
+        }
+        assert!(store.claim_lease(&others, 3, "n2").await.unwrap());
+        // Asked out of the scenes' order: answers come back as asked. Only the holder at
+        // its epoch releases.
+        let leases = vec![
+            (b.clone(), 3),
+            (others.clone(), 3),
+            (a.clone(), 3),
+            (newer.clone(), 2),
+            (never.clone(), 3),
+        ];
+        let released = store.release_leases(&leases, "n1").await.unwrap();
+        assert_eq!(released, vec![true, false, true, false, false], "{backend:?}");
+        for (scene, lease) in [
+            (&a, Some((3, String::new()))),
+            (&b, Some((3, String::new()))),
+            (&newer, Some((3, "n1".to_string()))),
+            (&others, Some((3, "n2".to_string()))),
+            (&never, None),
+        ] {
+            assert_eq!(store.lease(scene).await.unwrap(), lease, "{backend:?} {scene}");
+        }
+        // Through the rooms' batcher, as a handing-off room asks.
+        let batches = troupe_node::batch::StoreBatches::spawn(store.clone(), "n1".into(), 16);
+        let (first, again) = tokio::join!(batches.release(&newer, 3), batches.release(&newer, 3));
+        assert_eq!((first.unwrap(), again.unwrap()), (true, false), "{backend:?}");
+        assert_eq!(store.lease(&newer).await.unwrap(), Some((3, String::new())));
+        assert!(store.release_leases(&[], "n1").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
 async fn the_claimer_batches_claims_and_takes_a_scene_once_per_statement() {
     for backend in Backend::all() {
         let store = open(&backend).await;

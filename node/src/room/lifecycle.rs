@@ -216,20 +216,19 @@ impl Room {
         }
         if !refused {
             // Last snapshot, then let the lease go, so that whoever serves the scene next
-            // loads little and need not wait for this node.
+            // loads little and need not wait for this node. A handoff snapshots only when
+            // compaction is due anyway: the next owner then loads no more log than after a
+            // crash, and a node handing ~2,000 scenes back to a returning one does not
+            // first make two commits for each (1.3 s for all of them on the bench).
             // Boxed in statements of their own: a bare future (even a temporary of the
             // statement that awaits) would keep its room in every room task.
-            let write = self.compaction(true).map(Box::pin);
+            let write = self.compaction(self.handoff.is_none()).map(Box::pin);
             if let Some(write) = write {
                 write.await;
             }
             // P1 reads the last state, before the lease goes.
             Box::pin(self.p1_final_write()).await;
-            let release = Box::pin(
-                self.ctx
-                    .store
-                    .release_lease(&self.scene, self.epoch, &self.ctx.node_id),
-            );
+            let release = Box::pin(self.ctx.batches.release(&self.scene, self.epoch));
             match release.await {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(scene = %self.scene, %error, "cannot release the lease"),

@@ -171,6 +171,36 @@ impl PgStore {
         Ok(claims.iter().map(|(scene, _)| claimed.contains(scene)).collect())
     }
 
+    /// Releases many leases in one statement, locking their rows in scene order as every
+    /// statement that locks several does.
+    pub async fn release_leases(
+        &self,
+        leases: &[(String, u64)],
+        owner: &str,
+    ) -> Result<Vec<bool>, StoreError> {
+        let scenes: Vec<&str> = leases.iter().map(|(scene, _)| scene.as_str()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|(_, epoch)| *epoch as i64).collect();
+        let released: Vec<String> = sqlx::query_scalar(
+            "WITH mine AS (
+                 SELECT l.scene_id FROM scene_leases l
+                 JOIN UNNEST($1::text[], $2::int8[]) AS r(s, e) ON l.scene_id = r.s AND l.epoch = r.e
+                 WHERE l.owner = $3
+                 ORDER BY l.scene_id
+                 FOR UPDATE OF l
+             )
+             UPDATE scene_leases SET owner = '' FROM mine
+             WHERE scene_leases.scene_id = mine.scene_id
+             RETURNING scene_leases.scene_id",
+        )
+        .bind(&scenes)
+        .bind(&epochs)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        let released: std::collections::HashSet<String> = released.into_iter().collect();
+        Ok(scenes.iter().map(|scene| released.contains(*scene)).collect())
+    }
+
     /// Quota reports of many users in one statement (each user once), in the order asked.
     pub async fn add_user_bytes_many(
         &self,
