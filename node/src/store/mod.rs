@@ -486,18 +486,18 @@ pub struct LogRow {
     pub created_at_ms: i64,
 }
 
-/// Asks the embedded store about many scenes one after the other: its queries cost no
-/// round trip, so there is nothing to batch.
-async fn one_by_one<'a, T, Fut>(
-    scenes: &'a [String],
-    mut ask: impl FnMut(&'a str) -> Fut,
+/// Asks the embedded store about many items (scenes, claims, reports) one after the
+/// other: its queries cost no round trip, so there is nothing to batch.
+async fn one_by_one<'a, I: ?Sized + 'a, T, Fut>(
+    items: impl IntoIterator<Item = &'a I>,
+    mut ask: impl FnMut(&'a I) -> Fut,
 ) -> Result<Vec<T>, StoreError>
 where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut answers = Vec::with_capacity(scenes.len());
-    for scene in scenes {
-        answers.push(ask(scene).await?);
+    let mut answers = Vec::new();
+    for item in items {
+        answers.push(ask(item).await?);
     }
     Ok(answers)
 }
@@ -609,13 +609,7 @@ impl Store {
         }
         match self {
             Self::Postgres(s) => s.claim_leases(claims, owner).await,
-            Self::Sqlite(s) => {
-                let mut claimed = Vec::with_capacity(claims.len());
-                for (scene, epoch) in claims {
-                    claimed.push(s.claim_lease(scene, *epoch, owner).await?);
-                }
-                Ok(claimed)
-            }
+            Self::Sqlite(s) => one_by_one(claims, |(scene, epoch)| s.claim_lease(scene, *epoch, owner)).await,
         }
     }
 
@@ -775,11 +769,10 @@ impl Store {
         match self {
             Self::Postgres(s) => s.add_user_bytes_many(reports).await,
             Self::Sqlite(s) => {
-                let mut totals = Vec::with_capacity(reports.len());
-                for (user, (hour, bytes)) in reports {
-                    totals.push(s.add_user_bytes(user, *hour, *bytes as i64).await?);
-                }
-                Ok(totals)
+                one_by_one(reports, |(user, (hour, bytes))| {
+                    s.add_user_bytes(user, *hour, *bytes as i64)
+                })
+                .await
             }
         }
     }
@@ -856,11 +849,7 @@ impl Store {
         match self {
             Self::Postgres(s) => s.release_leases(leases, owner).await,
             Self::Sqlite(s) => {
-                let mut released = Vec::with_capacity(leases.len());
-                for (scene, epoch) in leases {
-                    released.push(s.release_lease(scene, *epoch, owner).await?);
-                }
-                Ok(released)
+                one_by_one(leases, |(scene, epoch)| s.release_lease(scene, *epoch, owner)).await
             }
         }
     }
