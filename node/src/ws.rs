@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::OptionFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::frame_reader::{FrameReader, Incoming, ReadError};
 use crate::outbox::{ClientQueue, Outbound};
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
@@ -36,14 +37,13 @@ pub struct ConnectRequest {
     pub acks: bool,
 }
 
-/// WebSocket limits: tungstenite's defaults (64 MiB messages) are far too generous. The
-/// read buffer is small because every open connection keeps one (edits are tens of bytes;
-/// a large sync message just takes more reads).
+/// WebSocket settings for writing: the socket only writes (a [`FrameReader`] reads, and
+/// keeps no buffer between messages), so tungstenite's read buffer is never allocated.
 pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
-        .read_buffer_size(1024)
+        .read_buffer_size(0)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
 }
@@ -53,12 +53,13 @@ pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
     let config = socket_config(app.settings.limits.max_frame_bytes);
     let mut socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
+    let mut reader = FrameReader::new(app.settings.limits.max_frame_bytes);
     app.metrics.connections_active.inc();
     let conn_id = app.next_conn_id();
-    let outcome = run(&mut socket, conn_id, request, &app).await;
+    let outcome = run(&mut socket, &mut reader, conn_id, request, &app).await;
     if let Some((code, reason)) = outcome {
         // Rare and large: boxed, so that every open connection's task does not carry it.
-        let closing = Box::pin(close_with(&mut socket, code, &reason));
+        let closing = Box::pin(close_with(&mut socket, &mut reader, code, &reason));
         closing.await;
     }
     app.metrics.connections_active.dec();
@@ -91,7 +92,7 @@ async fn feed(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bo
     true
 }
 
-async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
+async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCode, reason: &str) {
     // A close reason is at most 123 bytes; cut on a character boundary.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -106,10 +107,23 @@ async fn close_with(socket: &mut Socket, code: CloseCode, reason: &str) {
     // the client might never see the code.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         if socket.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = socket.next().await {}
+            while let Some(Ok(message)) = reader.next(socket.get_mut()).await {
+                if matches!(message, Incoming::Close(_)) {
+                    break;
+                }
+            }
         }
     })
     .await;
+}
+
+/// Answers a client's close frame with ours (a normal closure if it gave a code).
+async fn answer_close(socket: &mut Socket, code: Option<u16>, timeout: Duration) {
+    let frame = code.map(|_| CloseFrame {
+        code: WsCloseCode::Normal,
+        reason: "".into(),
+    });
+    let _ = tokio::time::timeout(timeout, socket.close(frame)).await;
 }
 
 /// Whether this connection may load `scene`, which is not live on this node: the node has
@@ -170,6 +184,7 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
 /// Returns the close code and reason to send, or None when the peer already went away.
 async fn run(
     socket: &mut Socket,
+    reader: &mut FrameReader,
     conn_id: u64,
     request: ConnectRequest,
     app: &Arc<App>,
@@ -372,12 +387,12 @@ async fn run(
                     break Some((CloseCode::TryAgain, "connection too slow or scene reloading".into()));
                 }
             },
-            incoming = socket.next() => {
+            incoming = reader.next(socket.get_mut()) => {
                 last_heard = Instant::now();
                 let message = match incoming {
-                    None | Some(Ok(Message::Close(_))) => break None,
+                    None => break None,
                     Some(Ok(message)) => message,
-                    Some(Err(WsError::Capacity(_))) => {
+                    Some(Err(ReadError::TooLarge { .. })) => {
                         app.metrics.error("frame_too_large");
                         break Some((CloseCode::TooLarge, "message too large".into()));
                     }
@@ -388,13 +403,24 @@ async fn run(
                     }
                 };
                 let frame = match message {
-                    Message::Binary(frame) => frame,
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                    Message::Text(_) => {
+                    Incoming::Binary(frame) => frame,
+                    Incoming::Ping(payload) => {
+                        let pong = tokio::time::timeout(write_timeout, socket.send(Message::Pong(payload))).await;
+                        if !matches!(pong, Ok(Ok(()))) {
+                            break None;
+                        }
+                        continue;
+                    }
+                    Incoming::Pong => continue,
+                    Incoming::Text => {
                         app.metrics.error("text_frame");
                         break Some((CloseCode::UnsupportedData, "binary frames only".into()));
                     }
-                    Message::Close(_) => break None,
+                    Incoming::Close(code) => {
+                        // Answer the client's close, as RFC 6455 asks; boxed, being rare.
+                        Box::pin(answer_close(socket, code, write_timeout)).await;
+                        break None;
+                    }
                 };
                 let now = Instant::now();
                 if !messages.take(now) {
