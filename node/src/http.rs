@@ -228,7 +228,8 @@ async fn websocket(
         .map(str::to_owned)
         .or(query.token)
         .unwrap_or_default();
-    let request = ConnectRequest { scene, acks, token };
+    // Boxed: the connection's task keeps what it is given for as long as it lives.
+    let request = Box::new(ConnectRequest { scene, acks, token });
     // The handshake is ours so that `ws` keeps tokio-tungstenite's socket and its limits.
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

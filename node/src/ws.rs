@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::frame_reader::{FrameReader, Incoming, ReadError};
-use crate::outbox::{ClientQueue, Outbound};
+use crate::metrics::UserSession;
+use crate::outbox::{ClientInbox, ClientQueue, Outbound};
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
@@ -49,14 +50,17 @@ pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Serves an upgraded connection until it closes.
-pub async fn serve(upgraded: Upgraded, request: ConnectRequest, app: Arc<App>) {
+pub async fn serve(upgraded: Upgraded, request: Box<ConnectRequest>, app: Arc<App>) {
     let config = socket_config(app.settings.limits.max_frame_bytes);
     let mut socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
     let mut reader = FrameReader::new(app.settings.limits.max_frame_bytes);
     app.metrics.connections_active.inc();
     let conn_id = app.next_conn_id();
-    let outcome = run(&mut socket, &mut reader, conn_id, request, &app).await;
+    let outcome = match Box::pin(admit(&mut socket, conn_id, request, &app)).await {
+        Ok(session) => run(&mut socket, &mut reader, conn_id, session, &app).await,
+        Err(refusal) => Some(refusal),
+    };
     if let Some((code, reason)) = outcome {
         // Rare and large: boxed, so that every open connection's task does not carry it.
         let closing = Box::pin(close_with(&mut socket, &mut reader, code, &reason));
@@ -74,10 +78,15 @@ const FRAGMENT_BYTES: usize = 16 * 1024;
 /// Queues one message (written once the buffer fills or on the next flush); a large one is
 /// written out fragment by fragment. False when the client does not take it in time.
 async fn feed(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bool {
-    if frame.len() <= FRAGMENT_BYTES {
-        let fed = tokio::time::timeout(timeout, socket.feed(Message::Binary(frame))).await;
-        return matches!(fed, Ok(Ok(())));
+    if frame.len() > FRAGMENT_BYTES {
+        // Rare: boxed, so that every connection's task does not carry room for it.
+        return Box::pin(feed_fragments(socket, frame, timeout)).await;
     }
+    let fed = tokio::time::timeout(timeout, socket.feed(Message::Binary(frame))).await;
+    matches!(fed, Ok(Ok(())))
+}
+
+async fn feed_fragments(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bool {
     let mut rest = frame;
     let mut opcode = OpCode::Data(Data::Binary);
     while !rest.is_empty() {
@@ -181,20 +190,35 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
     }
 }
 
-/// Returns the close code and reason to send, or None when the peer already went away.
-async fn run(
+/// A client admitted to its scene's room: what its connection keeps while it serves.
+struct Session {
+    scene: String,
+    claims: Claims,
+    role: Role,
+    editing: bool,
+    presence: bool,
+    flags: tokio::sync::watch::Receiver<Arc<troupe_membership::flags::FlagState>>,
+    room: RoomHandle,
+    inbox: ClientInbox,
+    _counted: UserSession,
+}
+
+/// Checks the client's token, the scene's flags and placement, and joins the scene's room;
+/// the close code and reason to send when the client may not. Awaited boxed: what it
+/// needs on the way (the request, the placement verdict, the join) is freed once it is in.
+async fn admit(
     socket: &mut Socket,
-    reader: &mut FrameReader,
     conn_id: u64,
-    request: ConnectRequest,
+    request: Box<ConnectRequest>,
     app: &Arc<App>,
-) -> Option<(CloseCode, String)> {
+) -> Result<Box<Session>, (CloseCode, String)> {
     let arrived = Instant::now();
-    let Some(scene) = request.scene else {
+    let ConnectRequest { scene, token, acks } = *request;
+    let Some(scene) = scene else {
         app.metrics.error("unknown_scene");
-        return Some((CloseCode::UnknownScene, "invalid scene id".into()));
+        return Err((CloseCode::UnknownScene, "invalid scene id".into()));
     };
-    let claims = match app.settings.verifier.verify(&request.token) {
+    let claims = match app.settings.verifier.verify(&token) {
         Ok(claims) => claims,
         Err(error) => {
             app.metrics.error("unauthorized");
@@ -203,16 +227,16 @@ async fn run(
                 AuthError::Invalid(e) => format!("invalid token: {e}"),
                 too_long @ AuthError::TooLong(_) => too_long.to_string(),
             };
-            return Some((CloseCode::Unauthorized, reason));
+            return Err((CloseCode::Unauthorized, reason));
         }
     };
     if app.revocations.borrow().refuses(&claims) {
         app.metrics.error("revoked");
-        return Some((CloseCode::Unauthorized, "access revoked".into()));
+        return Err((CloseCode::Unauthorized, "access revoked".into()));
     }
     let Some(role) = claims.role_in(&scene) else {
         app.metrics.error("forbidden");
-        return Some((CloseCode::Forbidden, "token does not grant this scene".into()));
+        return Err((CloseCode::Forbidden, "token does not grant this scene".into()));
     };
 
     // The feature flags: collaboration may be off for this scene or user (they save with
@@ -221,10 +245,10 @@ async fn run(
     let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
     if !decision.enable_yjs {
         app.metrics.error("collaboration_off");
-        return Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
+        return Err((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
     }
-    let mut editing = decision.enable_realtime_editing;
-    let mut presence = decision.enable_presence;
+    let editing = decision.enable_realtime_editing;
+    let presence = decision.enable_presence;
 
     // Only the owner serves a scene; the others say where it lives.
     let verdict = app.placement.borrow().verdict(app.settings.node_id, &scene);
@@ -232,11 +256,11 @@ async fn run(
         Verdict::Mine { .. } => {}
         Verdict::Elsewhere(route) => {
             app.metrics.error("moved");
-            return Some((CloseCode::Moved, route.url));
+            return Err((CloseCode::Moved, route.url));
         }
         Verdict::NoOwner => {
             app.metrics.error("no_owner");
-            return Some((
+            return Err((
                 CloseCode::TryAgain,
                 "no node serves this scene yet; try again".into(),
             ));
@@ -252,7 +276,7 @@ async fn run(
         // Boxed, like every store call on this path: the connection's task would otherwise
         // carry room for these large futures as long as it lives.
         if let Some(refusal) = Box::pin(may_load(app, &scene, &claims, role)).await {
-            return Some(refusal);
+            return Err(refusal);
         }
     }
 
@@ -261,26 +285,26 @@ async fn run(
     let queue_bytes = limits
         .client_queue_bytes
         .max(limits.max_doc_bytes + limits.max_frame_bytes);
-    let (outbox, mut inbox) = ClientQueue::new(limits.client_queue, queue_bytes);
-    let joining = Box::pin(join(app, &scene, conn_id, &claims, role, request.acks, outbox));
+    let (outbox, inbox) = ClientQueue::new(limits.client_queue, queue_bytes);
+    let joining = Box::pin(join(app, &scene, conn_id, &claims, role, acks, outbox));
     let room = match joining.await {
         Ok(room) => room,
         Err(JoinRefused::Full) => {
             app.metrics.error("room_full");
-            return Some((CloseCode::RateLimited, "scene has too many connections".into()));
+            return Err((CloseCode::RateLimited, "scene has too many connections".into()));
         }
         Err(JoinRefused::Unavailable | JoinRefused::StoreDown) => {
             app.metrics.error("scene_unavailable");
-            return Some((CloseCode::Internal, "scene unavailable, try again".into()));
+            return Err((CloseCode::Internal, "scene unavailable, try again".into()));
         }
         Err(JoinRefused::Moved(url)) => {
             app.metrics.error("moved");
-            return Some((CloseCode::Moved, url.unwrap_or_default()));
+            return Err((CloseCode::Moved, url.unwrap_or_default()));
         }
     };
     let ms = arrived.elapsed().as_millis() as u64;
     tracing::debug!(conn_id, %scene, user = %claims.sub, ?role, ms, "joined");
-    let _session = app.metrics.user_session(&claims.sub);
+    let counted = app.metrics.user_session(&claims.sub);
     // A client that may not edit is told so in y-websocket's own terms (an auth message,
     // "permission denied"), so that it can show the scene read-only rather than accept
     // keystrokes that go nowhere.
@@ -292,7 +316,40 @@ async fn run(
         // A socket that cannot take it is found dead by the loop below.
         let _ = tokio::time::timeout(write_timeout_of(limits), told).await;
     }
+    Ok(Box::new(Session {
+        scene,
+        claims,
+        role,
+        editing,
+        presence,
+        flags,
+        room,
+        inbox,
+        _counted: counted,
+    }))
+}
 
+/// Shuttles frames between the client and its room until one side ends; returns the close
+/// code and reason to send, or None when the peer already went away.
+async fn run(
+    socket: &mut Socket,
+    reader: &mut FrameReader,
+    conn_id: u64,
+    session: Box<Session>,
+    app: &Arc<App>,
+) -> Option<(CloseCode, String)> {
+    let Session {
+        scene,
+        claims,
+        role,
+        mut editing,
+        mut presence,
+        flags,
+        room,
+        mut inbox,
+        _counted,
+    } = *session;
+    let limits = &app.settings.limits;
     let parse_limits = ParseLimits::default();
     let mut messages = TokenBucket::new(limits.message_rate, Instant::now());
     let mut awareness = TokenBucket::new(limits.awareness_rate, Instant::now());
