@@ -230,7 +230,8 @@ async fn websocket(
         .unwrap_or_default();
     // Boxed: the connection's task keeps what it is given for as long as it lives.
     let request = Box::new(ConnectRequest { scene, acks, token });
-    // The handshake is ours so that `ws` keeps tokio-tungstenite's socket and its limits.
+    // The handshake is ours: after it, `ws` reads and writes the frames itself (`frame_reader`,
+    // `frame_writer`), keeping no buffer between messages.
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {

@@ -10,7 +10,8 @@
 //! - [`http`]: the HTTP routes: the WebSocket endpoint, `/healthz` and `/metrics`;
 //! - [`api`]: the scene API (`/v1/scenes/{id}/…`): content, history and restore;
 //! - [`ws`]: one client connection: authenticate, join the scene's room, shuttle frames;
-//! - [`frame_reader`]: a client's WebSocket frames, read with no buffer kept between messages;
+//! - [`frame_reader`], [`frame_writer`]: a client's WebSocket frames, read and written with
+//!   no buffer kept between messages;
 //! - [`protocol`]: what a node accepts from a client: frames of the shared wire format
 //!   ([`troupe_proto`]) whose payloads are valid;
 //! - [`update_check`]: structural validation of untrusted Yjs v1 data before yrs decodes it;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod content;
 pub mod epoch_floor;
 pub mod frame_reader;
+pub mod frame_writer;
 pub mod http;
 pub mod kubernetes;
 pub mod metrics;

@@ -8,17 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::OptionFuture;
-use futures_util::SinkExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::frame_reader::{FrameReader, Incoming, ReadError};
+use crate::frame_writer::{write_frames, OutFrame, MAX_BATCH};
 use crate::metrics::UserSession;
 use crate::outbox::{ClientInbox, ClientQueue, Outbound};
 use crate::protocol::{self, MessageKind, ParseLimits};
@@ -29,7 +24,7 @@ use troupe_membership::placement::Verdict;
 use troupe_proto::token::{AuthError, Claims, Role};
 use troupe_proto::CloseCode;
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = TokioIo<Upgraded>;
 
 /// What the client asked for in the upgrade request.
 pub struct ConnectRequest {
@@ -38,22 +33,9 @@ pub struct ConnectRequest {
     pub acks: bool,
 }
 
-/// WebSocket settings for writing: the socket only writes (a [`FrameReader`] reads, and
-/// keeps no buffer between messages), so tungstenite's read buffer is never allocated.
-pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(max_frame_bytes))
-        .max_frame_size(Some(max_frame_bytes))
-        .read_buffer_size(0)
-        .write_buffer_size(32 * 1024)
-        .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(1 << 20))
-}
-
 /// Serves an upgraded connection until it closes.
 pub async fn serve(upgraded: Upgraded, request: Box<ConnectRequest>, app: Arc<App>) {
-    let config = socket_config(app.settings.limits.max_frame_bytes);
-    let mut socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
+    let mut socket = TokioIo::new(upgraded);
     let mut reader = FrameReader::new(app.settings.limits.max_frame_bytes);
     app.metrics.connections_active.inc();
     let conn_id = app.next_conn_id();
@@ -69,54 +51,22 @@ pub async fn serve(upgraded: Upgraded, request: Box<ConnectRequest>, app: Arc<Ap
     app.metrics.connections_active.dec();
 }
 
-/// Messages larger than this go out in fragments of this size, each written before the
-/// next: a socket's write buffer keeps its largest size for as long as the connection
-/// lives, and a crowd joining a large scene would otherwise keep a whole copy of it per
-/// connection. Browsers and y-websocket clients put fragments back together.
-const FRAGMENT_BYTES: usize = 16 * 1024;
-
-/// Queues one message (written once the buffer fills or on the next flush); a large one is
-/// written out fragment by fragment. False when the client does not take it in time.
-async fn feed(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bool {
-    if frame.len() > FRAGMENT_BYTES {
-        // Rare: boxed, so that every connection's task does not carry room for it.
-        return Box::pin(feed_fragments(socket, frame, timeout)).await;
-    }
-    let fed = tokio::time::timeout(timeout, socket.feed(Message::Binary(frame))).await;
-    matches!(fed, Ok(Ok(())))
-}
-
-async fn feed_fragments(socket: &mut Socket, frame: bytes::Bytes, timeout: Duration) -> bool {
-    let mut rest = frame;
-    let mut opcode = OpCode::Data(Data::Binary);
-    while !rest.is_empty() {
-        let chunk = rest.split_to(rest.len().min(FRAGMENT_BYTES));
-        let fragment = Frame::message(chunk, opcode, rest.is_empty());
-        opcode = OpCode::Data(Data::Continue);
-        let sent = tokio::time::timeout(timeout, socket.send(Message::Frame(fragment))).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return false;
-        }
-    }
-    true
+/// Writes `frames` (at most [`MAX_BATCH`]); false when the client does not take them in time.
+async fn send(socket: &mut Socket, frames: &[OutFrame], timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, write_frames(socket, frames)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCode, reason: &str) {
-    // A close reason is at most 123 bytes; cut on a character boundary.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let frame = CloseFrame {
-        code: WsCloseCode::from(code.code()),
-        reason: reason[..end].to_string().into(),
-    };
+    let close = OutFrame::Close(Some((code.code(), reason.to_string())));
     // Send our Close, then read (and discard) until the client answers with its own or
     // hangs up: closing with unread data in the socket would reset the connection, and
     // the client might never see the code.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if socket.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(message)) = reader.next(socket.get_mut()).await {
+        if write_frames(socket, &[close]).await.is_ok() {
+            while let Some(Ok(message)) = reader.next(socket).await {
                 if matches!(message, Incoming::Close(_)) {
                     break;
                 }
@@ -128,11 +78,8 @@ async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCo
 
 /// Answers a client's close frame with ours (a normal closure if it gave a code).
 async fn answer_close(socket: &mut Socket, code: Option<u16>, timeout: Duration) {
-    let frame = code.map(|_| CloseFrame {
-        code: WsCloseCode::Normal,
-        reason: "".into(),
-    });
-    let _ = tokio::time::timeout(timeout, socket.close(frame)).await;
+    let normal = code.map(|_| (1000, String::new()));
+    send(socket, &[OutFrame::Close(normal)], timeout).await;
 }
 
 /// Whether this connection may load `scene`, which is not live on this node: the node has
@@ -310,11 +257,9 @@ async fn admit(
     // keystrokes that go nowhere.
     if role == Role::View || !editing {
         let denied = read_only_reason(role);
-        let told = socket.send(Message::Binary(
-            troupe_proto::Message::Auth(Some(denied)).encode().into(),
-        ));
+        let told = OutFrame::Binary(troupe_proto::Message::Auth(Some(denied)).encode().into());
         // A socket that cannot take it is found dead by the loop below.
-        let _ = tokio::time::timeout(write_timeout_of(limits), told).await;
+        send(socket, &[told], write_timeout_of(limits)).await;
     }
     Ok(Box::new(Session {
         scene,
@@ -399,8 +344,7 @@ async fn run(
                 }
                 if role == Role::Edit && editing && !decision.enable_realtime_editing {
                     let denied = troupe_proto::Message::Auth(Some(read_only_reason(Role::Edit))).encode();
-                    let told = tokio::time::timeout(write_timeout, socket.send(Message::Binary(denied.into()))).await;
-                    if !matches!(told, Ok(Ok(()))) {
+                    if !send(socket, &[OutFrame::Binary(denied.into())], write_timeout).await {
                         break None;
                     }
                 }
@@ -416,21 +360,20 @@ async fn run(
             }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
-                    // Write whatever else is already queued, then flush once.
-                    let mut next = Some(Outbound::Frame(frame));
+                    // Whatever else is already queued goes out in the same write.
+                    let mut batch = vec![OutFrame::Binary(frame)];
                     let mut close_after = None;
-                    while let Some(out) = next.take() {
-                        match out {
-                            Outbound::Frame(frame) => {
-                                if !feed(socket, frame, write_timeout).await {
-                                    break;
-                                }
-                                next = inbox.try_recv();
+                    while batch.len() < MAX_BATCH {
+                        match inbox.try_recv() {
+                            Some(Outbound::Frame(frame)) => batch.push(OutFrame::Binary(frame)),
+                            Some(Outbound::Close(code, reason)) => {
+                                close_after = Some((code, reason));
+                                break;
                             }
-                            Outbound::Close(code, reason) => close_after = Some((code, reason)),
+                            None => break,
                         }
                     }
-                    if !matches!(tokio::time::timeout(write_timeout, socket.flush()).await, Ok(Ok(()))) {
+                    if !send(socket, &batch, write_timeout).await {
                         app.metrics.error("write_stalled");
                         break None;
                     }
@@ -444,7 +387,7 @@ async fn run(
                     break Some((CloseCode::TryAgain, "connection too slow or scene reloading".into()));
                 }
             },
-            incoming = reader.next(socket.get_mut()) => {
+            incoming = reader.next(socket) => {
                 last_heard = Instant::now();
                 let message = match incoming {
                     None => break None,
@@ -462,8 +405,7 @@ async fn run(
                 let frame = match message {
                     Incoming::Binary(frame) => frame,
                     Incoming::Ping(payload) => {
-                        let pong = tokio::time::timeout(write_timeout, socket.send(Message::Pong(payload))).await;
-                        if !matches!(pong, Ok(Ok(()))) {
+                        if !send(socket, &[OutFrame::Pong(payload)], write_timeout).await {
                             break None;
                         }
                         continue;
@@ -531,8 +473,7 @@ async fn run(
                     tracing::debug!(conn_id, "peer silent for two ping intervals; dropping");
                     break None;
                 }
-                let sent = tokio::time::timeout(write_timeout, socket.send(Message::Ping(Default::default()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                if !send(socket, &[OutFrame::Ping], write_timeout).await {
                     break None;
                 }
             }
