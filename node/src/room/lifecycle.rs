@@ -32,6 +32,36 @@ impl Room {
         mut inbox: mpsc::Receiver<RoomCmd>,
     ) {
         ctx.metrics.scenes_active.inc();
+        // Boxed: the task lives as long as the scene is open, and would otherwise keep room
+        // for everything loading needs (the claim, the rows, the rebuild) all that time.
+        // The room itself is boxed too: the task's future then holds only the serve loop.
+        let mut loaded = Box::pin(Self::load(scene, id, ctx.clone(), directory)).await;
+        let refusal = match &mut loaded {
+            Ok(room) => {
+                room.serve(&mut inbox).await;
+                JoinRefused::StoreDown
+            }
+            Err(refusal) => refusal.clone(),
+        };
+        drop(loaded);
+        // Joins that raced with the unload are refused; their connections try a new room.
+        inbox.close();
+        while let Ok(cmd) = inbox.try_recv() {
+            if let RoomCmd::Join { reply, .. } = cmd {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+        }
+        ctx.metrics.scenes_active.dec();
+    }
+
+    /// Claims the scene and rebuilds its document: the room, ready to serve, or why joins
+    /// are refused (the room is then out of the directory).
+    async fn load(
+        scene: String,
+        id: u64,
+        ctx: Arc<RoomContext>,
+        directory: Arc<dyn Directory>,
+    ) -> Result<Box<Room>, JoinRefused> {
         let started = Instant::now();
         // Serve only what placement gives this node, and claim the scene first: from
         // here on no former owner's append is accepted.
@@ -96,7 +126,15 @@ impl Room {
                 if let Some(presence) = &ctx.presence {
                     presence.clear(&scene);
                 }
-                let mut room = Room::new(scene, id, ctx.clone(), directory.clone(), doc, doc_bytes, &stored);
+                let mut room = Box::new(Room::new(
+                    scene,
+                    id,
+                    ctx.clone(),
+                    directory.clone(),
+                    doc,
+                    doc_bytes,
+                    &stored,
+                ));
                 // The rows it was rebuilt from are not needed while the room serves.
                 drop(stored);
                 room.epoch = epoch;
@@ -111,26 +149,20 @@ impl Room {
                         .webhooks
                         .backfilled(&room.scene, serde_json::json!({ "p1_version": version }));
                 }
-                room.serve(&mut inbox).await;
+                Ok(room)
             }
             Err(error) if matches!(refusal, JoinRefused::Moved(_)) => {
                 tracing::debug!(%scene, %error, "not serving the scene here");
                 directory.remove(&scene, id);
+                Err(refusal)
             }
             Err(error) => {
                 tracing::error!(%scene, %error, "cannot load scene");
                 ctx.metrics.error("scene_load_failed");
                 directory.remove(&scene, id);
+                Err(refusal)
             }
         }
-        // Joins that raced with the unload are refused; their connections try a new room.
-        inbox.close();
-        while let Ok(cmd) = inbox.try_recv() {
-            if let RoomCmd::Join { reply, .. } = cmd {
-                let _ = reply.send(Err(refusal.clone()));
-            }
-        }
-        ctx.metrics.scenes_active.dec();
     }
 
     /// Starts a handoff when placement no longer names this node.
