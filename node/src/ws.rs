@@ -4,7 +4,9 @@
 //! spends its time on the document, not on hostile bytes), enforces rate and size limits,
 //! writes what the room queues for it, and pings to find dead peers.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::future::OptionFuture;
@@ -53,10 +55,14 @@ pub async fn serve(upgraded: Upgraded, request: Box<ConnectRequest>, app: Arc<Ap
 
 /// Writes `frames` (at most [`MAX_BATCH`]); false when the client does not take them in time.
 async fn send(socket: &mut Socket, frames: &[OutFrame], timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, write_frames(socket, frames)).await,
-        Ok(Ok(()))
-    )
+    // Boxed, so that every connection's task does not carry room for the write.
+    let mut write = Box::pin(write_frames(socket, frames));
+    // Most writes are done at once (the socket has room): those need no timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(written) = first {
+        return written.is_ok();
+    }
+    matches!(Box::pin(tokio::time::timeout(timeout, write)).await, Ok(Ok(())))
 }
 
 async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCode, reason: &str) {
