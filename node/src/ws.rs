@@ -269,7 +269,7 @@ async fn admit(
     }
     Ok(Box::new(Session {
         scene,
-        claims,
+        claims: claims.into_identity(),
         role,
         editing,
         presence,
@@ -590,8 +590,9 @@ async fn join(
             publishes_presence: claims.publishes_presence(role),
             acks,
             outbox: outbox.clone(),
+            reply,
         });
-        if room.tx.send(RoomCmd::Join { joiner, reply }).await.is_err() {
+        if room.tx.send(RoomCmd::Join(joiner)).await.is_err() {
             continue;
         }
         match answer.await {

@@ -70,6 +70,18 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// What a connection keeps once admitted: who, until when, and when the token was
+    /// issued (revocations). The scene grants, audience and display name were for admission,
+    /// and a token may grant many scenes.
+    pub fn into_identity(self) -> Claims {
+        Claims {
+            aud: String::new(),
+            name: None,
+            scenes: BTreeMap::new(),
+            ..self
+        }
+    }
+
     /// The role this token grants in `scene`: an exact entry wins, then the longest
     /// prefix grant that matches (`project-42:*`), then `*`.
     pub fn role_in(&self, scene: &str) -> Option<Role> {
@@ -407,6 +419,25 @@ mod tests {
             .sign(&claims(&[("s1", Role::View)], now_secs() + 60, "troupe"))
             .unwrap();
         assert_eq!(verifier.verify(&only_s1).unwrap().role_in("s2"), None);
+    }
+
+    #[test]
+    fn an_identity_keeps_who_until_when_and_since_when_only() {
+        let mut full = claims(&[("s1", Role::Edit), ("*", Role::View)], 1_000, "troupe");
+        full.iat = Some(500);
+        full.presence = true;
+        let identity = full.clone().into_identity();
+        assert_eq!(
+            (identity.sub.as_str(), identity.exp, identity.iat),
+            ("alice", 1_000, Some(500))
+        );
+        assert!(identity.presence);
+        assert!(identity.scenes.is_empty() && identity.aud.is_empty() && identity.name.is_none());
+        // Revocation and expiry read the same from both.
+        for not_before in [400, 500, 501] {
+            assert_eq!(identity.revoked_by(not_before), full.revoked_by(not_before));
+        }
+        assert_eq!(identity.valid_for(900), full.valid_for(900));
     }
 
     #[test]

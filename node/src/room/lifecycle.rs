@@ -47,8 +47,8 @@ impl Room {
         // Joins that raced with the unload are refused; their connections try a new room.
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
-            if let RoomCmd::Join { reply, .. } = cmd {
-                let _ = reply.send(Err(refusal.clone()));
+            if let RoomCmd::Join(joiner) = cmd {
+                let _ = joiner.reply.send(Err(refusal.clone()));
             }
         }
         ctx.metrics.scenes_active.dec();
@@ -277,8 +277,8 @@ impl Room {
         self.directory.remove(&self.scene, self.id);
         while let Ok(cmd) = inbox.try_recv() {
             match cmd {
-                RoomCmd::Join { reply, .. } => {
-                    let _ = reply.send(Err(JoinRefused::Unavailable));
+                RoomCmd::Join(joiner) => {
+                    let _ = joiner.reply.send(Err(JoinRefused::Unavailable));
                 }
                 RoomCmd::Merge(request) => {
                     let _ = request.reply.send(Err(super::MergeRefused::Moving));

@@ -79,6 +79,8 @@ pub struct Joiner {
     pub publishes_presence: bool,
     pub acks: bool,
     pub outbox: ClientQueue,
+    /// The room's answer: joined, or why not.
+    pub reply: oneshot::Sender<Result<(), JoinRefused>>,
 }
 
 /// Why a join was refused.
@@ -96,10 +98,7 @@ pub enum JoinRefused {
 /// What a room's inbox carries. Kept small (the large parts boxed): every room's inbox
 /// holds a block of 32 of these from the start.
 pub enum RoomCmd {
-    Join {
-        joiner: Box<Joiner>,
-        reply: oneshot::Sender<Result<(), JoinRefused>>,
-    },
+    Join(Box<Joiner>),
     Frame(Box<IncomingFrame>),
     Leave {
         conn_id: u64,
@@ -117,6 +116,10 @@ pub enum RoomCmd {
     /// Keep the document as it is now in the scene's history.
     SaveVersion(Box<SaveVersion>),
 }
+
+// A room's inbox allocates its commands in blocks of 32: every byte of a command is 32 bytes
+// of every open room.
+const _: () = assert!(std::mem::size_of::<RoomCmd>() <= 16);
 
 /// A validated frame from one of the room's connections.
 pub struct IncomingFrame {

@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Transact};
 
@@ -33,7 +32,17 @@ pub(super) struct Peer {
 }
 
 impl Room {
-    pub(super) fn join(&mut self, joiner: Joiner, reply: oneshot::Sender<Result<(), JoinRefused>>) {
+    pub(super) fn join(&mut self, joiner: Joiner) {
+        let Joiner {
+            conn_id,
+            user,
+            name,
+            role,
+            publishes_presence,
+            acks,
+            outbox,
+            reply,
+        } = joiner;
         if let Some(url) = &self.handoff {
             let _ = reply.send(Err(JoinRefused::Moved(url.clone())));
             return;
@@ -49,16 +58,15 @@ impl Room {
         if reply.send(Ok(())).is_err() {
             return;
         }
-        let conn_id = joiner.conn_id;
         self.peers.insert(
             conn_id,
             Peer {
-                user: joiner.user,
-                name: joiner.name,
-                role: joiner.role,
-                publishes_presence: joiner.publishes_presence,
-                outbox: joiner.outbox,
-                acks: PeerAcks::new(joiner.acks),
+                user,
+                name,
+                role,
+                publishes_presence,
+                outbox,
+                acks: PeerAcks::new(acks),
                 client_ids: Vec::new(),
             },
         );

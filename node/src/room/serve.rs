@@ -105,7 +105,7 @@ impl Room {
 
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
-            RoomCmd::Join { joiner, reply } => self.join(*joiner, reply),
+            RoomCmd::Join(joiner) => self.join(*joiner),
             RoomCmd::Frame(incoming) => {
                 let IncomingFrame {
                     conn_id,
