@@ -411,6 +411,11 @@ async fn run(
                 let frame = match message {
                     Incoming::Binary(frame) => frame,
                     Incoming::Ping(payload) => {
+                        // Each ping costs a write: pings count against the message rate too.
+                        if !messages.take(Instant::now()) {
+                            app.metrics.error("rate_limited");
+                            break Some((CloseCode::RateLimited, "too many messages".into()));
+                        }
                         if !send(socket, &[OutFrame::Pong(payload)], write_timeout).await {
                             break None;
                         }

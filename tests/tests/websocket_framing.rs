@@ -96,3 +96,20 @@ async fn pings_fragments_and_closes_are_answered_as_rfc_6455_asks() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_flood_of_pings_is_refused_like_any_flood() {
+    // Each ping costs the node a write; they count against TROUPE_MESSAGE_RATE (500/s).
+    let node = NodeProcess::start(&Backend::Sqlite, &[]).expect("start node");
+    let scene = unique("pings");
+    let tok = token("alice", &[(scene.as_str(), Role::Edit)]);
+    let mut client = TestClient::connect(&node.ws_base(), &scene, &tok)
+        .await
+        .expect("connect");
+    for _ in 0..2_000 {
+        if client.socket.send(Message::Ping(Bytes::new())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(client.expect_close().await.expect("closed").code, 4429);
+}
