@@ -79,7 +79,8 @@ impl FrameReader {
     }
 
     /// Bytes this reader holds now (zero between messages).
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.buffered.capacity() + self.fragments.as_ref().map_or(0, |(_, f)| f.capacity())
     }
 

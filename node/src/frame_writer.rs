@@ -27,34 +27,43 @@ pub enum OutFrame {
     Binary(Bytes),
     Ping,
     Pong(Bytes),
-    /// A close frame, with a status code and reason, or none (an answer to a bare close).
-    Close(Option<(u16, String)>),
+    /// A close frame's payload, made by [`OutFrame::close`].
+    Close(Bytes),
 }
 
 impl OutFrame {
-    fn opcode(&self) -> OpCode {
-        match self {
+    /// A close frame with a status code and reason (cut to the 123 bytes a reason may
+    /// take, on a character boundary), or with neither (the answer to a bare close).
+    pub fn close(status: Option<(u16, &str)>) -> OutFrame {
+        let Some((code, reason)) = status else {
+            return OutFrame::Close(Bytes::new());
+        };
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        OutFrame::Close(Bytes::from(payload))
+    }
+
+    fn header(&self) -> FrameHeader {
+        let opcode = match self {
             OutFrame::Binary(_) => OpCode::Data(Data::Binary),
             OutFrame::Ping => OpCode::Control(Control::Ping),
             OutFrame::Pong(_) => OpCode::Control(Control::Pong),
             OutFrame::Close(_) => OpCode::Control(Control::Close),
+        };
+        FrameHeader {
+            opcode,
+            ..FrameHeader::default()
         }
     }
 
-    fn payload(&self) -> Bytes {
+    fn payload(&self) -> &[u8] {
         match self {
-            OutFrame::Binary(payload) | OutFrame::Pong(payload) => payload.clone(),
-            OutFrame::Ping | OutFrame::Close(None) => Bytes::new(),
-            OutFrame::Close(Some((code, reason))) => {
-                // A close reason is at most 123 bytes; cut on a character boundary.
-                let mut end = reason.len().min(123);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                let mut payload = code.to_be_bytes().to_vec();
-                payload.extend_from_slice(&reason.as_bytes()[..end]);
-                Bytes::from(payload)
-            }
+            OutFrame::Binary(payload) | OutFrame::Pong(payload) | OutFrame::Close(payload) => payload,
+            OutFrame::Ping => &[],
         }
     }
 }
@@ -70,22 +79,18 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(io: &mut W, frames: &[OutFrame]
     }
     // On the heap, for the batch only: the future that holds them lives in every
     // connection's task.
-    let payloads: Vec<Bytes> = frames.iter().map(OutFrame::payload).collect();
     let mut headers: Vec<u8> = Vec::with_capacity(MAX_HEADER * frames.len());
-    let mut header_ends = Vec::with_capacity(frames.len());
-    for (frame, payload) in frames.iter().zip(&payloads) {
-        let header = FrameHeader {
-            opcode: frame.opcode(),
-            ..FrameHeader::default()
-        };
-        header
-            .format(payload.len() as u64, &mut headers)
+    for frame in frames {
+        frame
+            .header()
+            .format(frame.payload().len() as u64, &mut headers)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        header_ends.push(headers.len());
     }
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.len());
     let mut start = 0;
-    for (payload, end) in payloads.iter().zip(header_ends) {
+    for frame in frames {
+        let payload = frame.payload();
+        let end = start + frame.header().len(payload.len() as u64);
         slices.push(IoSlice::new(&headers[start..end]));
         start = end;
         if !payload.is_empty() {
@@ -133,7 +138,7 @@ mod tests {
             OutFrame::Pong(Bytes::from_static(b"p")),
             OutFrame::Binary(Bytes::from(vec![1u8; 70_000])),
             OutFrame::Binary(Bytes::new()),
-            OutFrame::Close(Some((4401, "é".repeat(100)))),
+            OutFrame::close(Some((4401, &"é".repeat(100)))),
         ]
     }
 

@@ -66,7 +66,7 @@ async fn send(socket: &mut Socket, frames: &[OutFrame], timeout: Duration) -> bo
 }
 
 async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCode, reason: &str) {
-    let close = OutFrame::Close(Some((code.code(), reason.to_string())));
+    let close = OutFrame::close(Some((code.code(), reason)));
     // Send our Close, then read (and discard) until the client answers with its own or
     // hangs up: closing with unread data in the socket would reset the connection, and
     // the client might never see the code.
@@ -84,8 +84,8 @@ async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCo
 
 /// Answers a client's close frame with ours (a normal closure if it gave a code).
 async fn answer_close(socket: &mut Socket, code: Option<u16>, timeout: Duration) {
-    let normal = code.map(|_| (1000, String::new()));
-    send(socket, &[OutFrame::Close(normal)], timeout).await;
+    let normal = code.map(|_| (1000, ""));
+    send(socket, &[OutFrame::close(normal)], timeout).await;
 }
 
 /// Whether this connection may load `scene`, which is not live on this node: the node has

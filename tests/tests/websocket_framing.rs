@@ -31,14 +31,20 @@ fn fragment(payload: &[u8], opcode: OpCode, is_final: bool) -> Message {
     Message::Frame(Frame::message(payload.to_vec(), opcode, is_final))
 }
 
-#[tokio::test]
-async fn pings_fragments_and_closes_are_answered_as_rfc_6455_asks() {
+/// A node of its own, a new scene, an editor's token for it and a client synced on it.
+async fn editor_on_a_new_node(prefix: &str) -> (NodeProcess, String, String, TestClient) {
     let node = NodeProcess::start(&Backend::Sqlite, &[]).expect("start node");
-    let scene = unique("framing");
+    let scene = unique(prefix);
     let tok = token("alice", &[(scene.as_str(), Role::Edit)]);
-    let mut client = TestClient::connect(&node.ws_base(), &scene, &tok)
+    let client = TestClient::connect(&node.ws_base(), &scene, &tok)
         .await
         .expect("connect");
+    (node, scene, tok, client)
+}
+
+#[tokio::test]
+async fn pings_fragments_and_closes_are_answered_as_rfc_6455_asks() {
+    let (node, scene, tok, mut client) = editor_on_a_new_node("framing").await;
 
     // A ping comes back as a pong with the same payload.
     client
@@ -100,12 +106,7 @@ async fn pings_fragments_and_closes_are_answered_as_rfc_6455_asks() {
 #[tokio::test]
 async fn a_flood_of_pings_is_refused_like_any_flood() {
     // Each ping costs the node a write; they count against TROUPE_MESSAGE_RATE (500/s).
-    let node = NodeProcess::start(&Backend::Sqlite, &[]).expect("start node");
-    let scene = unique("pings");
-    let tok = token("alice", &[(scene.as_str(), Role::Edit)]);
-    let mut client = TestClient::connect(&node.ws_base(), &scene, &tok)
-        .await
-        .expect("connect");
+    let (_node, _, _, mut client) = editor_on_a_new_node("pings").await;
     for _ in 0..2_000 {
         if client.socket.send(Message::Ping(Bytes::new())).await.is_err() {
             break;
