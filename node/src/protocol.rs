@@ -10,7 +10,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use troupe_proto::message::{peek_type, Message, WireError, MSG_ACK, MSG_AUTH, MSG_AWARENESS};
 
-use crate::update_check::{self, AwarenessEntry, CheckLimits, InvalidUpdate};
+use crate::update_check::{self, AwarenessEntry, CheckLimits, InvalidUpdate, Starts};
 
 /// Bounds applied while parsing a client frame.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +34,10 @@ impl Default for ParseLimits {
 pub enum ClientMessage<'a> {
     /// The client's state vector: answer with the updates it misses.
     SyncStep1(&'a [u8]),
-    /// Updates the client has that we asked for (answer to our step 1).
-    SyncStep2(&'a [u8]),
-    /// A live edit.
-    Update(&'a [u8]),
+    /// Updates the client has that we asked for (answer to our step 1), and where they begin.
+    SyncStep2(&'a [u8], Starts),
+    /// A live edit, and where it begins.
+    Update(&'a [u8], Starts),
     /// Presence: cursors, names, typing.
     Awareness(Vec<AwarenessEntry<'a>>),
     /// The client asks for everyone's presence.
@@ -49,7 +49,7 @@ pub enum ClientMessage<'a> {
 impl ClientMessage<'_> {
     /// Whether this message carries document changes (and so counts towards acks).
     pub fn is_update(&self) -> bool {
-        matches!(self, Self::SyncStep2(_) | Self::Update(_))
+        matches!(self, Self::SyncStep2(..) | Self::Update(..))
     }
 }
 
@@ -87,12 +87,12 @@ pub fn parse_client_frame<'a>(
             ClientMessage::SyncStep1(sv)
         }
         Message::SyncStep2(update) => {
-            update_check::check_update_v1(update, limits.check)?;
-            ClientMessage::SyncStep2(update)
+            let checked = update_check::check_update_v1(update, limits.check)?;
+            ClientMessage::SyncStep2(update, checked.starts)
         }
         Message::Update(update) => {
-            update_check::check_update_v1(update, limits.check)?;
-            ClientMessage::Update(update)
+            let checked = update_check::check_update_v1(update, limits.check)?;
+            ClientMessage::Update(update, checked.starts)
         }
         Message::Awareness(payload) => ClientMessage::Awareness(update_check::parse_awareness_v1(
             payload,
@@ -123,12 +123,27 @@ pub struct ValidFrame {
     pub kind: MessageKind,
     frame: Bytes,
     payload: Range<usize>,
+    /// An update's starts, client by client (empty for other messages).
+    starts: Starts,
 }
 
 impl ValidFrame {
     /// The message's payload: state vector, update or awareness update.
     pub fn payload(&self) -> &[u8] {
         &self.frame[self.payload.clone()]
+    }
+
+    /// Where an update's structs begin (see [`Starts::place`]).
+    pub fn starts(&self) -> &Starts {
+        &self.starts
+    }
+
+    /// The frame itself when it is, byte for byte, the update message the node would send
+    /// for this payload: it can then be fanned out as received, without a copy.
+    pub fn as_update_message(&self) -> Option<Bytes> {
+        let header = 2 + var_uint_len(self.payload.len() as u64);
+        let canonical = self.payload.start == header && self.payload.end == self.frame.len();
+        (self.kind == MessageKind::Update && canonical).then(|| self.frame.clone())
     }
 
     pub fn is_update(&self) -> bool {
@@ -139,17 +154,34 @@ impl ValidFrame {
 /// Validates a frame and keeps it for the room. Awareness entries are parsed again by the
 /// room (they are small); updates are checked once, here, off the room's task.
 pub fn validate_frame(frame: Bytes, limits: &ParseLimits) -> Result<ValidFrame, ProtocolError> {
+    let mut starts = Starts::default();
     let (kind, payload) = match parse_client_frame(&frame, limits)? {
         ClientMessage::SyncStep1(p) => (MessageKind::SyncStep1, p),
-        ClientMessage::SyncStep2(p) => (MessageKind::SyncStep2, p),
-        ClientMessage::Update(p) => (MessageKind::Update, p),
+        ClientMessage::SyncStep2(p, s) => {
+            starts = s;
+            (MessageKind::SyncStep2, p)
+        }
+        ClientMessage::Update(p, s) => {
+            starts = s;
+            (MessageKind::Update, p)
+        }
         ClientMessage::Awareness(_) => (MessageKind::Awareness, awareness_payload(&frame)?),
         ClientMessage::QueryAwareness => (MessageKind::QueryAwareness, &frame[frame.len()..]),
         ClientMessage::Auth => (MessageKind::Auth, &frame[frame.len()..]),
     };
     let start = payload.as_ptr() as usize - frame.as_ptr() as usize;
     let payload = start..start + payload.len();
-    Ok(ValidFrame { kind, frame, payload })
+    Ok(ValidFrame {
+        kind,
+        frame,
+        payload,
+        starts,
+    })
+}
+
+/// Bytes of `value` as a lib0 varuint (7 bits per byte).
+fn var_uint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn awareness_payload(frame: &[u8]) -> Result<&[u8], ProtocolError> {
@@ -176,6 +208,41 @@ mod tests {
         txn.encode_update_v1()
     }
 
+    fn starts_of(update: &[u8]) -> Starts {
+        update_check::check_update_v1(update, CheckLimits::default())
+            .expect("valid")
+            .starts
+    }
+
+    #[test]
+    fn an_update_is_fanned_out_as_received_only_when_it_is_the_message_the_node_would_write() {
+        let update = text_update();
+        let limits = ParseLimits::default();
+        let frame = Bytes::from(encode_update(&update));
+        let valid = validate_frame(frame.clone(), &limits).expect("valid");
+        assert_eq!(valid.as_update_message(), Some(frame));
+        assert_eq!(valid.starts(), &starts_of(&update));
+        // The node answers with update messages, never sync steps 2.
+        let step2 = validate_frame(encode_sync_step2(&update).into(), &limits).expect("valid");
+        assert_eq!(step2.as_update_message(), None);
+        // A length in more bytes than it needs is read, but not passed on as it came.
+        assert!(update.len() < 0x80);
+        let mut padded = vec![0, 2, 0x80 | update.len() as u8, 0];
+        padded.extend_from_slice(&update);
+        let padded = validate_frame(padded.into(), &limits).expect("a padded length is still a length");
+        assert_eq!(padded.payload(), &update[..]);
+        assert_eq!(padded.as_update_message(), None);
+    }
+
+    #[test]
+    fn varuint_lengths_match_the_encoder() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
+            let mut encoded = Vec::new();
+            troupe_proto::lib0::write_var_u64(&mut encoded, value);
+            assert_eq!(var_uint_len(value), encoded.len(), "{value}");
+        }
+    }
+
     #[test]
     fn round_trips_sync_messages() {
         let update = text_update();
@@ -183,12 +250,12 @@ mod tests {
         let frame = encode_update(&update);
         assert_eq!(
             parse_client_frame(&frame, &limits),
-            Ok(ClientMessage::Update(&update[..]))
+            Ok(ClientMessage::Update(&update[..], starts_of(&update)))
         );
         let frame = encode_sync_step2(&update);
         assert_eq!(
             parse_client_frame(&frame, &limits),
-            Ok(ClientMessage::SyncStep2(&update[..]))
+            Ok(ClientMessage::SyncStep2(&update[..], starts_of(&update)))
         );
         let sv = StateVector::default().encode_v1();
         let frame = encode_sync_step1(&sv);

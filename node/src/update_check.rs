@@ -98,12 +98,63 @@ pub enum InvalidUpdate {
 type Res<T> = std::result::Result<T, InvalidUpdate>;
 
 /// What a successful [`check_update_v1`] saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpdateStats {
     /// Structs (items, GC and Skip) across all clients.
     pub structs: usize,
     /// Delete-set ranges across all clients.
     pub delete_ranges: usize,
+    /// Where each client's structs begin.
+    pub starts: Starts,
+}
+
+/// Where an update's structs begin, client by client. A client's structs in an update are
+/// contiguous, so their start says where all of them lie: enough to place a checked update
+/// against a document's state vector ([`Starts::place`]) without walking it again, which a
+/// room does for every edit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Starts {
+    /// (client, clock of its first struct), one per client that has structs.
+    starts: Vec<(u64, u32)>,
+    /// Some struct is a Skip: what follows it starts later than the clocks before it, so
+    /// only a walk ([`check_update_in_order_v1`]) can place the update.
+    has_skip: bool,
+}
+
+/// Where an update lies against a document's state vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// It would leave a hole in some client's clock sequence (see [`InvalidUpdate::Gap`]).
+    Gap,
+    /// It follows the document and repeats part of it, or carries no structs.
+    Follows,
+    /// Every struct is new and each client's begin exactly where the document's end: if
+    /// nothing in it waits for something missing, applying it adds exactly its structs.
+    Extends,
+}
+
+impl Starts {
+    /// Places the update against `known`; `None` when only a walk can tell (a Skip).
+    pub fn place(&self, known: &yrs::StateVector) -> Option<Placement> {
+        if self.has_skip {
+            return None;
+        }
+        let mut placement = if self.starts.is_empty() {
+            Placement::Follows
+        } else {
+            Placement::Extends
+        };
+        for &(client, start) in &self.starts {
+            let end = known.get(&yrs::ClientID::new(client));
+            if start > end {
+                return Some(Placement::Gap);
+            }
+            if start < end {
+                placement = Placement::Follows;
+            }
+        }
+        Some(placement)
+    }
 }
 
 /// One client's state in an awareness update, borrowed from the input.
@@ -268,10 +319,14 @@ fn walk_update(bytes: &[u8], limits: CheckLimits, known: Option<&yrs::StateVecto
         let client = r.client_id()?;
         let mut clock = r.clock()?;
         clients.push(client);
+        if num_structs > 0 {
+            stats.starts.starts.push((client, clock));
+        }
         // End of what the document plus this update's earlier structs hold for `client`.
         let mut covered = known.map(|sv| sv.get(&yrs::ClientID::new(client)));
         for _ in 0..num_structs {
             let (len, is_skip) = check_struct(&mut r, (client, clock), limits)?;
+            stats.starts.has_skip |= is_skip;
             if let Some(end) = covered.as_mut().filter(|_| !is_skip) {
                 if clock > *end {
                     return Err(InvalidUpdate::Gap {
@@ -885,7 +940,8 @@ mod tests {
             stats,
             UpdateStats {
                 structs: 0,
-                delete_ranges: 2
+                delete_ranges: 2,
+                starts: Starts::default(),
             }
         );
         let full = full_state(&doc);
@@ -1273,8 +1329,9 @@ mod tests {
         assert!(check_update_v1(&ok, limits()).is_ok());
     }
 
-    #[test]
-    fn in_order_check_rejects_gaps() {
+    /// One writer's document and three edits (the third deletes and inserts), and the first
+    /// and third merged: a Skip where the second was.
+    fn three_edits() -> (Doc, yrs::TextRef, [Vec<u8>; 3], Vec<u8>) {
         let doc = new_doc(5);
         let text = doc.get_or_insert_text("t");
         let u1 = step(&doc, |t| text.insert(t, 0, "one "));
@@ -1284,6 +1341,12 @@ mod tests {
             text.insert(t, 0, "O");
         });
         let merged_gap = yrs::merge_updates_v1([u1.as_slice(), u3.as_slice()]).expect("merge");
+        (doc, text, [u1, u2, u3], merged_gap)
+    }
+
+    #[test]
+    fn in_order_check_rejects_gaps() {
+        let (_, _, [u1, u2, _], merged_gap) = three_edits();
 
         let server = new_doc(1);
         let sv = |d: &Doc| d.transact().state_vector();
@@ -1321,6 +1384,52 @@ mod tests {
             let ordered = check_update_in_order_v1(&bytes, limits(), &StateVector::default());
             if name != "skip" && name != "text delete" && plain.is_ok() && ordered.is_err() {
                 assert!(matches!(ordered, Err(InvalidUpdate::Gap { .. })), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn starts_place_an_update_as_the_walk_does() {
+        let (doc, text, [u1, u2, u3], merged_gap) = three_edits();
+        let server = new_doc(1);
+        let place = |u: &[u8]| {
+            let known = server.transact().state_vector();
+            let placed = check_update_v1(u, limits()).expect("valid").starts.place(&known);
+            // Whatever the starts say, the walk agrees on whether there is a hole.
+            let walked = check_update_in_order_v1(u, limits(), &known);
+            if placed.is_some() {
+                assert_eq!(
+                    placed == Some(Placement::Gap),
+                    walked.is_err(),
+                    "{placed:?} {walked:?}"
+                );
+            }
+            placed
+        };
+        let apply = |u: &[u8]| {
+            let u = Update::decode_v1(u).expect("decode");
+            server.transact_mut().apply_update(u).expect("apply");
+        };
+        assert_eq!(place(&u2), Some(Placement::Gap));
+        assert_eq!(place(&u1), Some(Placement::Extends));
+        assert_eq!(place(&merged_gap), None, "a Skip needs the walk");
+        apply(&u1);
+        assert_eq!(place(&u1), Some(Placement::Follows), "all of it is known");
+        assert_eq!(place(&u2), Some(Placement::Extends));
+        assert_eq!(place(&u3), Some(Placement::Gap));
+        apply(&u2);
+        assert_eq!(place(&u3), Some(Placement::Extends), "a deletion and a new item");
+        let deletion_only = step(&doc, |t| text.remove_range(t, 0, 1));
+        assert_eq!(place(&deletion_only), Some(Placement::Follows), "no structs");
+        for (name, bytes) in samples() {
+            let Ok(stats) = check_update_v1(&bytes, limits()) else {
+                continue;
+            };
+            let walked = check_update_in_order_v1(&bytes, limits(), &StateVector::default());
+            match stats.starts.place(&StateVector::default()) {
+                Some(Placement::Gap) => assert!(walked.is_err(), "{name}"),
+                Some(_) => assert!(walked.is_ok(), "{name}"),
+                None => assert!(name == "skip" || bytes.contains(&REF_SKIP), "{name}"),
             }
         }
     }

@@ -16,7 +16,8 @@ use troupe_proto::CloseCode;
 
 use super::acks::AckMark;
 use super::Room;
-use crate::update_check::{self, CheckLimits};
+use crate::protocol::ValidFrame;
+use crate::update_check::{self, CheckLimits, Placement};
 use troupe_proto::message;
 use troupe_proto::token::Role;
 
@@ -111,7 +112,12 @@ impl Room {
         self.send(conn_id, frame);
     }
 
-    pub(super) fn on_update(&mut self, conn_id: u64, update: &[u8]) {
+    /// An update from a client. One that would leave a hole in some client's clock sequence
+    /// of the document waits until the missing part arrives (yrs mishandles the holes it
+    /// would otherwise stash, see `update_check`), e.g. an edit a reconnecting client sent
+    /// before its sync step 2.
+    pub(super) fn on_update(&mut self, conn_id: u64, frame: &ValidFrame) {
+        let update = frame.payload();
         let Some(peer) = self.peers.get_mut(&conn_id) else {
             return;
         };
@@ -121,8 +127,14 @@ impl Room {
             self.ctx.metrics.viewer_updates_dropped.inc();
             return;
         }
-        if self.follows_the_document(update) {
-            if self.apply(conn_id, update) {
+        let known = self.document.doc.transact().state_vector();
+        let placement = frame
+            .starts()
+            .place(&known)
+            .unwrap_or_else(|| walk(update, &known));
+        if placement != Placement::Gap {
+            let as_sent = (placement == Placement::Extends).then_some(frame);
+            if self.apply(conn_id, update, as_sent) {
                 self.mark_for_ack(conn_id, AckMark::Applied(count));
                 if self.apply_held() {
                     // A released update may have been a no-op whose mark is already covered.
@@ -133,14 +145,6 @@ impl Room {
             self.hold(conn_id, update, count);
         }
         self.flush();
-    }
-
-    /// Whether `update` leaves no hole in any client's clock sequence of the document.
-    /// yrs mishandles the holes it would otherwise stash (see `update_check`), so such an
-    /// update waits until the missing part arrives, e.g. an edit a reconnecting client sent
-    /// before its sync step 2.
-    fn follows_the_document(&self, update: &[u8]) -> bool {
-        follows(update, &self.document.doc.transact().state_vector())
     }
 
     /// Keeps an out-of-order update until what it follows has been applied.
@@ -174,12 +178,16 @@ impl Room {
         let mut released = false;
         while !self.document.held.is_empty() {
             let known = self.document.doc.transact().state_vector();
-            let ready = self.document.held.iter().position(|h| follows(&h.update, &known));
+            let ready = self
+                .document
+                .held
+                .iter()
+                .position(|h| walk(&h.update, &known) != Placement::Gap);
             let Some(held) = ready.and_then(|i| self.document.held.remove(i)) else {
                 break;
             };
             self.document.held_bytes -= held.update.len();
-            if self.peers.contains_key(&held.conn_id) && self.apply(held.conn_id, &held.update) {
+            if self.peers.contains_key(&held.conn_id) && self.apply(held.conn_id, &held.update, None) {
                 self.mark_for_ack(held.conn_id, AckMark::Released(held.count));
                 released = true;
             }
@@ -187,8 +195,6 @@ impl Room {
         released
     }
 
-    /// Applies an update and fans out what it changed. Returns false when the sender was
-    /// disconnected instead.
     /// Seeds a scene that had no state (the P1 product's content): applied as the first
     /// change and written to the log like any edit, under the scene's lease.
     pub(super) fn seed(&mut self, update: Vec<u8>) {
@@ -212,12 +218,13 @@ impl Room {
     /// A change the room made itself (a merge through the content API or from P1): fanned
     /// out to every client and logged like an edit.
     pub(super) fn record_own_change(&mut self, change: Vec<u8>) {
-        self.publish_change(change, None);
+        self.publish_change(change, None, None);
     }
 
-    /// A change to the document: counted, fanned out (to all but `except`, its sender),
-    /// handed to the log and marked for the P1 write-back.
-    fn publish_change(&mut self, mut change: Vec<u8>, except: Option<u64>) {
+    /// A change to the document: counted, fanned out (to all but `except`, its sender) as
+    /// `message` or else as a new update message, handed to the log and marked for the P1
+    /// write-back.
+    fn publish_change(&mut self, mut change: Vec<u8>, message: Option<Bytes>, except: Option<u64>) {
         // The encoder grows its buffer by doubling, and a change waits in the log until it
         // is committed: a large one would hold up to twice its size meanwhile.
         if change.capacity() - change.len() > 1024 {
@@ -225,12 +232,17 @@ impl Room {
         }
         self.document.bytes += change.len();
         self.p1_changed();
-        let frame: Bytes = message::encode_update(&change).into();
-        self.broadcast(frame, except);
+        let message = message.unwrap_or_else(|| message::encode_update(&change).into());
+        self.broadcast(message, except);
         self.log.pending.push(change);
     }
 
-    fn apply(&mut self, conn_id: u64, update: &[u8]) -> bool {
+    /// Applies an update and fans out what it changed. `as_sent` is the update's frame when
+    /// it extends the document exactly (see [`Placement::Extends`]): unless something in it
+    /// or in the document waits for a missing part, what changed is the update itself, so
+    /// it is passed on and logged as it came instead of encoded again. Returns false when
+    /// the sender was disconnected instead.
+    fn apply(&mut self, conn_id: u64, update: &[u8], as_sent: Option<&ValidFrame>) -> bool {
         if self.document.bytes.saturating_add(update.len()) > self.ctx.limits.max_doc_bytes {
             self.ctx.metrics.error("document_too_large");
             self.kick(
@@ -242,13 +254,22 @@ impl Room {
         }
         let document = &mut self.document;
         let applied = catch_unwind(AssertUnwindSafe(|| {
-            let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+            let decoded = Update::decode_v1(update).map_err(|e| e.to_string())?;
             let mut txn = document.write();
-            txn.apply_update(update).map_err(|e| e.to_string())?;
-            Ok::<_, String>(txn.encode_update_v1())
+            let settled_before = !txn.has_missing_updates();
+            txn.apply_update(decoded).map_err(|e| e.to_string())?;
+            if as_sent.is_some() && settled_before && !txn.has_missing_updates() {
+                return Ok(None);
+            }
+            Ok::<_, String>(Some(txn.encode_update_v1()))
         }));
         let change = match applied {
-            Ok(Ok(change)) => change,
+            Ok(Ok(Some(change))) => change,
+            Ok(Ok(None)) => {
+                let message = as_sent.and_then(ValidFrame::as_update_message);
+                self.publish_change(update.to_vec(), message, Some(conn_id));
+                return true;
+            }
             Ok(Err(error)) => {
                 tracing::debug!(scene = %self.scene, %error, "update refused");
                 self.ctx.metrics.error("invalid_update");
@@ -274,15 +295,19 @@ impl Room {
             if change.as_slice() != update {
                 self.ctx.metrics.conflicts_resolved.inc();
             }
-            self.publish_change(change, Some(conn_id));
+            self.publish_change(change, None, Some(conn_id));
         }
         true
     }
 }
 
-/// Whether `update` leaves no hole in any client's clock sequence after `known`.
-fn follows(update: &[u8], known: &StateVector) -> bool {
-    update_check::check_update_in_order_v1(update, CheckLimits::default(), known).is_ok()
+/// Places `update` against `known` by walking it: for an update whose starts cannot tell
+/// (see [`update_check::Starts::place`]), or one held without them.
+fn walk(update: &[u8], known: &StateVector) -> Placement {
+    match update_check::check_update_in_order_v1(update, CheckLimits::default(), known) {
+        Ok(_) => Placement::Follows,
+        Err(_) => Placement::Gap,
+    }
 }
 
 /// An encoded update with no structs and no deletions: nothing changed.

@@ -140,7 +140,7 @@ impl Room {
         }
         match frame.kind {
             MessageKind::SyncStep1 => self.on_sync_step1(conn_id, frame.payload()),
-            MessageKind::SyncStep2 | MessageKind::Update => self.on_update(conn_id, frame.payload()),
+            MessageKind::SyncStep2 | MessageKind::Update => self.on_update(conn_id, frame),
             MessageKind::Awareness => self.on_awareness(conn_id, frame.payload()),
             MessageKind::QueryAwareness => {
                 if !self.presence.is_empty() {
