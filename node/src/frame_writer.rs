@@ -9,8 +9,11 @@
 //! once and shared by every client it goes to), so nothing is copied or kept.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
@@ -66,46 +69,110 @@ impl OutFrame {
             OutFrame::Ping => &[],
         }
     }
+
+    /// Bytes on the wire: header and payload.
+    fn wire_len(&self) -> usize {
+        let payload = self.payload().len();
+        self.header().len(payload as u64) + payload
+    }
 }
 
 /// Writes `frames` (at most [`MAX_BATCH`]; more are refused) as whole, final frames, in
 /// one vectored write when the socket takes it all.
 pub async fn write_frames<W: AsyncWrite + Unpin>(io: &mut W, frames: &[OutFrame]) -> io::Result<()> {
+    write_frames_after(io, frames, 0).await
+}
+
+/// [`write_frames`], the first `skip` bytes of the batch already written.
+pub async fn write_frames_after<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    frames: &[OutFrame],
+    skip: usize,
+) -> io::Result<()> {
+    let total = batch_len(frames)?;
+    let mut done = skip;
+    while done < total {
+        let written = std::future::poll_fn(|cx| poll_write_from(io, frames, done, cx)).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += written;
+    }
+    io.flush().await
+}
+
+/// Writes what the socket takes of the batch now, without waiting: whether all of it is
+/// written, and the bytes written (the rest goes through [`write_frames_after`]). Most
+/// writes are taken at once: this way they need no future held across a wait and no
+/// allocation. The task is woken when the socket has room again.
+pub fn write_now<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    frames: &[OutFrame],
+    cx: &mut Context<'_>,
+) -> io::Result<(bool, usize)> {
+    let total = batch_len(frames)?;
+    let written = match poll_write_from(io, frames, 0, cx) {
+        Poll::Ready(written) => written?,
+        Poll::Pending => return Ok((false, 0)),
+    };
+    if written < total {
+        return Ok((false, written));
+    }
+    match Pin::new(io).poll_flush(cx) {
+        Poll::Ready(flushed) => flushed.map(|()| (true, written)),
+        Poll::Pending => Ok((false, written)),
+    }
+}
+
+/// Bytes of the batch on the wire, headers included; an error for too many frames.
+fn batch_len(frames: &[OutFrame]) -> io::Result<usize> {
     if frames.len() > MAX_BATCH {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many frames in one batch",
         ));
     }
-    // On the heap, for the batch only: the future that holds them lives in every
-    // connection's task.
-    let mut headers: Vec<u8> = Vec::with_capacity(MAX_HEADER * frames.len());
+    Ok(frames.iter().map(OutFrame::wire_len).sum())
+}
+
+/// Frames whose headers and slices fit on the stack; larger batches use the heap.
+const ON_STACK: usize = 8;
+
+/// One vectored write of the batch from byte `skip` on; the headers are formatted into a
+/// buffer on the stack for the call only, so nothing outlives it.
+fn poll_write_from<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    frames: &[OutFrame],
+    skip: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut headers: SmallVec<[u8; ON_STACK * MAX_HEADER]> = SmallVec::new();
     for frame in frames {
-        frame
-            .header()
-            .format(frame.payload().len() as u64, &mut headers)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let payload = frame.payload();
+        if let Err(e) = frame.header().format(payload.len() as u64, &mut headers) {
+            return Poll::Ready(Err(io::Error::other(e.to_string())));
+        }
     }
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.len());
+    let mut slices: SmallVec<[IoSlice<'_>; 2 * ON_STACK]> = SmallVec::new();
     let mut start = 0;
+    let mut to_skip = skip;
     for frame in frames {
         let payload = frame.payload();
         let end = start + frame.header().len(payload.len() as u64);
-        slices.push(IoSlice::new(&headers[start..end]));
+        for part in [&headers[start..end], payload] {
+            if to_skip >= part.len() {
+                to_skip -= part.len();
+            } else {
+                slices.push(IoSlice::new(&part[to_skip..]));
+                to_skip = 0;
+            }
+        }
         start = end;
-        if !payload.is_empty() {
-            slices.push(IoSlice::new(payload));
-        }
     }
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let written = io.write_vectored(rest).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, written);
+    if slices.is_empty() {
+        return Poll::Ready(Ok(0));
     }
-    io.flush().await
+    Pin::new(io).poll_write_vectored(cx, &slices)
 }
 
 #[cfg(test)]
@@ -200,6 +267,36 @@ mod tests {
         };
         write_frames(&mut socket, &frames()).await.expect("written");
         expected(&as_client_reads(socket.written).await);
+    }
+
+    #[tokio::test]
+    async fn a_write_taken_in_part_at_once_is_finished_from_where_it_stopped() {
+        async fn now(socket: &mut Trickle) -> io::Result<(bool, usize)> {
+            let batch = frames();
+            std::future::poll_fn(|cx| Poll::Ready(write_now(socket, &batch, cx))).await
+        }
+        // Not ready: nothing written yet.
+        let mut socket = Trickle {
+            written: Vec::new(),
+            ready: true,
+        };
+        assert_eq!(now(&mut socket).await.expect("no error"), (false, 0));
+        // Ready for a few bytes (the first header's two): the rest from there on.
+        let (done, written) = now(&mut socket).await.expect("no error");
+        assert!(!done && written == 2, "{written}");
+        write_frames_after(&mut socket, &frames(), written)
+            .await
+            .expect("written");
+        expected(&as_client_reads(socket.written).await);
+        // A socket with room takes all of it at once.
+        let mut out = Vec::new();
+        let batch = frames();
+        let (done, written) = std::future::poll_fn(|cx| Poll::Ready(write_now(&mut out, &batch, cx)))
+            .await
+            .expect("no error");
+        assert!(done);
+        assert_eq!(written, out.len());
+        expected(&as_client_reads(out).await);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //!   ([`troupe_proto`]) whose payloads are valid;
 //! - [`update_check`]: structural validation of untrusted Yjs v1 data before yrs decodes it;
 //! - [`outbox`]: the bounded queue from a room to one connection;
+//! - [`wake_gate`]: a connection's rarely ready futures, polled again only after one woke;
 //! - [`rooms`]: the directory of live rooms on this node: scene id -> the room's inbox;
 //! - [`room`]: one live scene, owned by a single task: document, clients, acks, presence;
 //! - [`writer`]: the group committer: every room's pending batches in one transaction;
@@ -54,6 +55,7 @@ pub mod server;
 pub mod store;
 pub mod triggers;
 pub mod update_check;
+pub mod wake_gate;
 pub mod webhooks;
 pub mod writer;
 pub mod ws;

@@ -7,8 +7,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use troupe_proto::CloseCode;
 
 /// What the room sends to a connection's writer.
@@ -35,8 +37,10 @@ pub struct ClientInbox {
 
 struct QueueShared {
     lane: std::sync::Mutex<Lane>,
-    /// Woken on every push and when the last sender goes.
-    ready: tokio::sync::Notify,
+    /// The connection's task, woken on every push and when the last sender goes. One
+    /// receiver, so one waker: registering it again on every poll costs next to nothing
+    /// (a `Notify` would queue and unqueue a waiter each time the connection's loop turns).
+    ready: AtomicWaker,
 }
 
 #[derive(Default)]
@@ -59,7 +63,7 @@ impl ClientQueue {
                 senders: 1,
                 ..Lane::default()
             }),
-            ready: tokio::sync::Notify::new(),
+            ready: AtomicWaker::new(),
         });
         let inbox = ClientInbox {
             shared: shared.clone(),
@@ -85,7 +89,7 @@ impl ClientQueue {
             lane.bytes += frame.len();
             lane.items.push_back(Outbound::Frame(frame));
         }
-        self.shared.ready.notify_one();
+        self.shared.ready.wake();
         true
     }
 
@@ -100,7 +104,7 @@ impl ClientQueue {
             lane.closing = true;
             lane.items.push_back(Outbound::Close(code, reason.to_string()));
         }
-        self.shared.ready.notify_one();
+        self.shared.ready.wake();
     }
 }
 
@@ -123,7 +127,7 @@ impl Drop for ClientQueue {
             lane.senders == 0
         };
         if last {
-            self.shared.ready.notify_one();
+            self.shared.ready.wake();
         }
     }
 }
@@ -139,19 +143,17 @@ impl QueueShared {
 impl ClientInbox {
     /// The next message; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            // Registered before looking, so that a push in between is not missed.
-            let notified = self.shared.ready.notified();
-            {
-                let mut lane = self.shared.lock();
-                if let Some(out) = lane.pop() {
-                    return Some(out);
-                }
-                if lane.senders == 0 {
-                    return None;
-                }
-            }
-            notified.await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        // Registered before looking, so that a push in between is not missed.
+        self.shared.ready.register(cx.waker());
+        let mut lane = self.shared.lock();
+        match lane.pop() {
+            Some(out) => Poll::Ready(Some(out)),
+            None if lane.senders == 0 => Poll::Ready(None),
+            None => Poll::Pending,
         }
     }
 
@@ -176,5 +178,57 @@ impl Lane {
             self.bytes -= frame.len();
         }
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n; 10])
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_is_woken_by_a_push_and_ends_after_the_last_sender() {
+        let (queue, mut inbox) = ClientQueue::new(8, 1024);
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(out) = inbox.recv().await {
+                got.push(out);
+            }
+            got
+        });
+        // The receiver is parked before anything is pushed.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(queue.push(frame(1)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = queue.clone();
+        assert!(second.push(frame(2)));
+        drop(queue);
+        second.close(CloseCode::TryAgain, "bye");
+        drop(second);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the inbox ends once every sender is gone")
+            .expect("task");
+        assert!(
+            matches!(&got[..], [Outbound::Frame(a), Outbound::Frame(b), Outbound::Close(CloseCode::TryAgain, _)] if a == &frame(1) && b == &frame(2))
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_messages_and_bytes() {
+        let (queue, mut inbox) = ClientQueue::new(2, 25);
+        assert!(queue.push(frame(1)));
+        assert!(queue.push(frame(2)));
+        assert!(!queue.push(frame(3)), "a third message");
+        assert!(inbox.try_recv().is_some());
+        assert!(!queue.push(Bytes::from(vec![0; 16])), "over the bytes");
+        assert!(queue.push(frame(4)));
+        drop(inbox);
+        assert!(!queue.push(frame(5)), "nobody reads any more");
     }
 }

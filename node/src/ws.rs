@@ -12,16 +12,18 @@ use std::time::{Duration, Instant};
 use futures_util::future::OptionFuture;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use smallvec::{smallvec, SmallVec};
 use tokio::sync::oneshot;
 
 use crate::frame_reader::{FrameReader, Incoming, ReadError};
-use crate::frame_writer::{write_frames, OutFrame, MAX_BATCH};
+use crate::frame_writer::{self, write_frames, OutFrame, MAX_BATCH};
 use crate::metrics::UserSession;
 use crate::outbox::{ClientInbox, ClientQueue, Outbound};
 use crate::protocol::{self, MessageKind, ParseLimits};
 use crate::room::{IncomingFrame, JoinRefused, Joiner, RoomCmd};
 use crate::rooms::RoomHandle;
 use crate::server::App;
+use crate::wake_gate::WakeGate;
 use troupe_membership::placement::Verdict;
 use troupe_proto::token::{AuthError, Claims, Role};
 use troupe_proto::CloseCode;
@@ -55,14 +57,18 @@ pub async fn serve(upgraded: Upgraded, request: Box<ConnectRequest>, app: Arc<Ap
 
 /// Writes `frames` (at most [`MAX_BATCH`]); false when the client does not take them in time.
 async fn send(socket: &mut Socket, frames: &[OutFrame], timeout: Duration) -> bool {
-    // Boxed, so that every connection's task does not carry room for the write.
-    let mut write = Box::pin(write_frames(socket, frames));
-    // Most writes are done at once (the socket has room): those need no timer.
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    if let Poll::Ready(written) = first {
-        return written.is_ok();
-    }
-    matches!(Box::pin(tokio::time::timeout(timeout, write)).await, Ok(Ok(())))
+    // Most writes are taken at once (the socket has room): those need no timer, no future
+    // and no allocation.
+    let now = std::future::poll_fn(|cx| Poll::Ready(frame_writer::write_now(socket, frames, cx))).await;
+    let written = match now {
+        Ok((true, _)) => return true,
+        Ok((false, written)) => written,
+        Err(_) => return false,
+    };
+    // The rest waits for the client, bounded in time; boxed, so that every connection's
+    // task does not carry room for it.
+    let rest = frame_writer::write_frames_after(socket, frames, written);
+    matches!(Box::pin(tokio::time::timeout(timeout, rest)).await, Ok(Ok(())))
 }
 
 async fn close_with(socket: &mut Socket, reader: &mut FrameReader, code: CloseCode, reason: &str) {
@@ -322,41 +328,66 @@ async fn run(
     // A flag change, awaited by one future that lives across messages (made again only when
     // the flags change), rather than a new one for every turn of the loop.
     let mut flags_changed = Box::pin(changed(flags));
+    let mut gate = WakeGate::default();
 
     let mut written = WrittenBytes::new(Instant::now());
 
     let outcome = loop {
         tokio::select! {
-            () = &mut expiry => {
-                app.metrics.error("token_expired");
-                break Some((CloseCode::Unauthorized, "token expired".into()));
-            }
-            () = &mut revoked => {
-                app.metrics.error("revoked");
-                tracing::info!(conn_id, user = %claims.sub, "access revoked: closing");
-                break Some((CloseCode::Unauthorized, "access revoked".into()));
-            }
-            mut flags = &mut flags_changed => {
-                let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
-                flags_changed.set(changed(flags));
-                if !decision.enable_yjs {
-                    app.metrics.error("collaboration_off");
-                    break Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
+            // The rarely ready, behind one gate (see `wake_gate`).
+            cold = std::future::poll_fn(|cx| gate.poll(cx, |cx| {
+                if expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Cold::Expired);
                 }
-                if role == Role::Edit && decision.enable_realtime_editing && !editing {
-                    // Edits made while they were refused are still in the client: it sends
-                    // them with the full sync of a new connection.
-                    break Some((CloseCode::Restarting, "realtime editing is on again: reconnect".into()));
+                if revoked.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Cold::Revoked);
                 }
-                if role == Role::Edit && editing && !decision.enable_realtime_editing {
-                    let denied = troupe_proto::Message::Auth(Some(read_only_reason(Role::Edit))).encode();
-                    if !send(socket, &[OutFrame::Binary(denied.into())], write_timeout).await {
+                if let Poll::Ready(flags) = flags_changed.as_mut().poll(cx) {
+                    return Poll::Ready(Cold::Flags(flags));
+                }
+                ping.poll_tick(cx).map(|_| Cold::Ping)
+            })) => match cold {
+                Cold::Expired => {
+                    app.metrics.error("token_expired");
+                    break Some((CloseCode::Unauthorized, "token expired".into()));
+                }
+                Cold::Revoked => {
+                    app.metrics.error("revoked");
+                    tracing::info!(conn_id, user = %claims.sub, "access revoked: closing");
+                    break Some((CloseCode::Unauthorized, "access revoked".into()));
+                }
+                Cold::Flags(mut flags) => {
+                    let decision = flags.borrow_and_update().decide(&scene, &claims.sub);
+                    flags_changed.set(changed(flags));
+                    if !decision.enable_yjs {
+                        app.metrics.error("collaboration_off");
+                        break Some((CloseCode::CollaborationOff, COLLABORATION_OFF.into()));
+                    }
+                    if role == Role::Edit && decision.enable_realtime_editing && !editing {
+                        // Edits made while they were refused are still in the client: it sends
+                        // them with the full sync of a new connection.
+                        break Some((CloseCode::Restarting, "realtime editing is on again: reconnect".into()));
+                    }
+                    if role == Role::Edit && editing && !decision.enable_realtime_editing {
+                        let denied = troupe_proto::Message::Auth(Some(read_only_reason(Role::Edit))).encode();
+                        if !send(socket, &[OutFrame::Binary(denied.into())], write_timeout).await {
+                            break None;
+                        }
+                    }
+                    editing = decision.enable_realtime_editing;
+                    presence = decision.enable_presence;
+                }
+                Cold::Ping => {
+                    if last_heard.elapsed() > limits.ping_interval * 2 {
+                        app.metrics.error("ping_timeout");
+                        tracing::debug!(conn_id, "peer silent for two ping intervals; dropping");
+                        break None;
+                    }
+                    if !send(socket, &[OutFrame::Ping], write_timeout).await {
                         break None;
                     }
                 }
-                editing = decision.enable_realtime_editing;
-                presence = decision.enable_presence;
-            }
+            },
             total = OptionFuture::from(written.answer.as_mut()), if written.answer.is_some() => {
                 if let Some(over) = written.answered(app, total) {
                     break Some(over);
@@ -367,7 +398,7 @@ async fn run(
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
                     // Whatever else is already queued goes out in the same write.
-                    let mut batch = vec![OutFrame::Binary(frame)];
+                    let mut batch: SmallVec<[OutFrame; 4]> = smallvec![OutFrame::Binary(frame)];
                     let mut close_after = None;
                     while batch.len() < MAX_BATCH {
                         match inbox.try_recv() {
@@ -478,16 +509,6 @@ async fn run(
                     break Some((CloseCode::Restarting, "scene reloading".into()));
                 }
             },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > limits.ping_interval * 2 {
-                    app.metrics.error("ping_timeout");
-                    tracing::debug!(conn_id, "peer silent for two ping intervals; dropping");
-                    break None;
-                }
-                if !send(socket, &[OutFrame::Ping], write_timeout).await {
-                    break None;
-                }
-            }
         }
     };
     let _ = room.tx.send(RoomCmd::Leave { conn_id }).await;
@@ -615,6 +636,14 @@ async fn join(
 
 /// Sync requests (step 1) per second one connection may make, in bursts of twice that.
 const SYNC_REQUESTS_PER_SECOND: u32 = 2;
+
+/// What woke among a connection's rarely ready futures.
+enum Cold {
+    Expired,
+    Revoked,
+    Flags(tokio::sync::watch::Receiver<Arc<troupe_membership::flags::FlagState>>),
+    Ping,
+}
 
 /// The flags' receiver once they changed; never, when the cluster side is gone.
 async fn changed(
