@@ -13,8 +13,8 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Arguments, ConnectOptions, Connection, Row};
 use tokio::sync::Mutex;
 
 use super::{now_ms, LogAppend, LogRow, P1Write, Snapshot, StoreError, StoredScene, P1_PROJECTIONS_KEPT};
@@ -54,6 +54,35 @@ macro_rules! append_sql {
 const APPEND: &str = append_sql!();
 /// The group commit again after a taken position failed it: the taken rows are skipped.
 const APPEND_SKIPPING_TAKEN: &str = concat!(append_sql!(), " ON CONFLICT (scene_id, seq) DO NOTHING");
+
+/// The group commit's arguments (`$1`–`$6`), their buffer sized once for the whole batch:
+/// bound one by one, it would grow by doubling, a reallocation each time.
+fn append_arguments(
+    scenes: &[&str],
+    seqs: &[i64],
+    epochs: &[i64],
+    writer_node: &str,
+    data: &[&[u8]],
+) -> Result<PgArguments, StoreError> {
+    // Each array element has a 4-byte length; each array a header of at most 24 bytes.
+    let bytes = scenes.iter().map(|s| s.len() + 4).sum::<usize>()
+        + data.iter().map(|d| d.len() + 4).sum::<usize>()
+        + 2 * 12 * seqs.len()
+        + writer_node.len()
+        + 6 * 4
+        + 4 * 24
+        + 8;
+    let mut arguments = PgArguments::default();
+    arguments.reserve(6, bytes);
+    let encoded = |e| StoreError::Database(sqlx::Error::Encode(e));
+    arguments.add(scenes).map_err(encoded)?;
+    arguments.add(seqs).map_err(encoded)?;
+    arguments.add(epochs).map_err(encoded)?;
+    arguments.add(writer_node).map_err(encoded)?;
+    arguments.add(data).map_err(encoded)?;
+    arguments.add(now_ms()).map_err(encoded)?;
+    Ok(arguments)
+}
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
@@ -112,14 +141,8 @@ impl PgStore {
         let mut skip_taken = false;
         let inserted = loop {
             let sql = if skip_taken { APPEND_SKIPPING_TAKEN } else { APPEND };
-            let inserted = sqlx::query(sql)
-                .bind(&scenes)
-                .bind(&seqs)
-                .bind(&epochs)
-                .bind(writer_node)
-                .bind(&data)
-                .bind(now_ms())
-                .execute(&mut *conn);
+            let arguments = append_arguments(&scenes, &seqs, &epochs, writer_node, &data)?;
+            let inserted = sqlx::query_with(sql, arguments).execute(&mut *conn);
             match tokio::time::timeout(COMMIT_TIMEOUT, inserted).await {
                 Ok(Ok(done)) => break done.rows_affected(),
                 Ok(Err(error)) if !skip_taken && is_unique_violation(&error) => skip_taken = true,
