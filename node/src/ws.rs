@@ -397,8 +397,10 @@ async fn run(
             }
             out = inbox.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
-                    // Whatever else is already queued goes out in the same write.
-                    let mut batch: SmallVec<[OutFrame; 4]> = smallvec![OutFrame::Binary(frame)];
+                    // Whatever else is already queued goes out in the same write. One frame
+                    // (the usual) needs no allocation; room for more would sit in every
+                    // connection's task (the batch is held across the write).
+                    let mut batch: SmallVec<[OutFrame; 1]> = smallvec![OutFrame::Binary(frame)];
                     let mut close_after = None;
                     while batch.len() < MAX_BATCH {
                         match inbox.try_recv() {
