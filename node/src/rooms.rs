@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use troupe_runtime::Tasks;
 
 use crate::batch::StoreBatches;
+use crate::room::inbox::{self, Sender};
 use crate::room::{Directory, Room, RoomCmd, RoomContext};
 
 /// Messages a room's inbox holds before senders wait.
@@ -25,7 +26,7 @@ const ROOM_INBOX_BYTES: usize = 8 << 20;
 #[derive(Clone)]
 pub struct RoomHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<RoomCmd>,
+    pub tx: Sender<RoomCmd>,
     /// Byte budget of queued frames: senders wait for room rather than pile up memory.
     pub budget: Arc<Semaphore>,
 }
@@ -55,7 +56,7 @@ impl Rooms {
         if let Some(handle) = live.get(scene).filter(|h| !h.tx.is_closed()) {
             return handle.clone();
         }
-        let (tx, rx) = mpsc::channel(ROOM_INBOX);
+        let (tx, rx) = inbox::channel(ROOM_INBOX);
         let budget = ROOM_INBOX_BYTES.max(2 * self.ctx.limits.max_frame_bytes);
         let handle = RoomHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use super::inbox::Inbox;
 use troupe_membership::NodeSelf;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
@@ -29,7 +29,7 @@ impl Room {
         id: u64,
         ctx: Arc<RoomContext>,
         directory: Arc<dyn Directory>,
-        mut inbox: mpsc::Receiver<RoomCmd>,
+        mut inbox: Inbox<RoomCmd>,
     ) {
         ctx.metrics.scenes_active.inc();
         // Boxed: the task lives as long as the scene is open, and would otherwise keep room
@@ -46,7 +46,7 @@ impl Room {
         drop(loaded);
         // Joins that raced with the unload are refused; their connections try a new room.
         inbox.close();
-        while let Ok(cmd) = inbox.try_recv() {
+        while let Some(cmd) = inbox.try_recv() {
             if let RoomCmd::Join(joiner) = cmd {
                 let _ = joiner.reply.send(Err(refusal.clone()));
             }
@@ -236,7 +236,7 @@ impl Room {
 
     /// Flushes and unloads. Returns false while the log still has unwritten changes and
     /// the room should keep running (it keeps retrying; shutdown waits for it).
-    pub(super) async fn finish(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) -> bool {
+    pub(super) async fn finish(&mut self, inbox: &mut Inbox<RoomCmd>) -> bool {
         let refused = self.fenced;
         let clean = self.log.pending.is_empty() && self.log.in_flight.is_none();
         if !clean && !refused {
@@ -275,7 +275,7 @@ impl Room {
         }
         // Drop out of the directory first, then refuse whatever is still queued.
         self.directory.remove(&self.scene, self.id);
-        while let Ok(cmd) = inbox.try_recv() {
+        while let Some(cmd) = inbox.try_recv() {
             match cmd {
                 RoomCmd::Join(joiner) => {
                     let _ = joiner.reply.send(Err(JoinRefused::Unavailable));

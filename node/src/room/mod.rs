@@ -10,6 +10,7 @@
 //! - `lifecycle`: claim, load and rebuild the scene; hand it off, get fenced, release it
 //!   and unload;
 //! - `serve`: the serve loop, its housekeeping, and the dispatch of the inbox;
+//! - [`inbox`]: the bounded queue of commands to the room;
 //! - `peers`: the joined connections: join, leave, send, and drop the slow ones;
 //! - `document`: the yrs document, its size, and the updates held out of order;
 //! - `log`: changes on their way to the group committer, and how far it has committed;
@@ -21,13 +22,14 @@
 //! - `p1`: keeping the P1 product's `content_blocks` and the document in step.
 //!
 //! A connection ([`crate::ws`]) sees only what is public here: [`Joiner`], [`JoinRefused`],
-//! [`RoomCmd`], [`IncomingFrame`] and the [`close`] codes; the directory
+//! [`RoomCmd`], [`IncomingFrame`], the [`inbox`] and the [`close`] codes; the directory
 //! ([`crate::rooms`]) starts a room with a [`RoomContext`] and a `Directory` to leave.
 
 mod acks;
 mod compaction;
 mod document;
 mod history;
+pub mod inbox;
 mod lifecycle;
 mod log;
 mod p1;

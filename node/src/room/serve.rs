@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use super::inbox::Inbox;
 
 use troupe_proto::CloseCode;
 
@@ -21,7 +21,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(2);
 
 impl Room {
-    pub(super) async fn serve(&mut self, inbox: &mut mpsc::Receiver<RoomCmd>) {
+    pub(super) async fn serve(&mut self, inbox: &mut Inbox<RoomCmd>) {
         let shutdown = self.ctx.shutdown.clone();
         let mut told_to_stop = false;
         self.placement.mark_unchanged();
