@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
@@ -139,9 +139,14 @@ impl<T> Inbox<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // Each command takes from the task's budget, as with tokio's channels: on a
+        // runtime with several threads, senders that never stop cannot keep the room's
+        // thread from its other tasks.
+        let budget = ready!(tokio::task::coop::poll_proceed(cx));
         // Registered before looking, so that a command queued in between is not missed.
         self.shared.receiver.register(cx.waker());
         if let Some(command) = self.try_recv() {
+            budget.made_progress();
             return Poll::Ready(Some(command));
         }
         let state = self.shared.lock();
@@ -233,6 +238,23 @@ mod tests {
         tx.send(7).await.expect("open");
         let got = tokio::time::timeout(Duration::from_secs(5), room).await;
         assert_eq!(got.expect("woken").expect("task"), Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_room_yields_to_other_tasks_under_a_flood_of_commands() {
+        let (tx, mut inbox) = channel(4096);
+        for i in 0..4096 {
+            tx.try_send(i).expect("room");
+        }
+        let other = tokio::spawn(async {});
+        // Taking every command without a pause would starve `other` on this one thread;
+        // the budget makes the receiver yield, so `other` runs before the flood is drained.
+        let mut taken = 0;
+        while !other.is_finished() {
+            inbox.recv().await.expect("queued");
+            taken += 1;
+            assert!(taken < 4096, "never yielded");
+        }
     }
 
     #[test]
