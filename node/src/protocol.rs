@@ -46,13 +46,6 @@ pub enum ClientMessage<'a> {
     Auth,
 }
 
-impl ClientMessage<'_> {
-    /// Whether this message carries document changes (and so counts towards acks).
-    pub fn is_update(&self) -> bool {
-        matches!(self, Self::SyncStep2(..) | Self::Update(..))
-    }
-}
-
 /// Why a client frame was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -145,29 +138,19 @@ impl ValidFrame {
         let canonical = self.payload.start == header && self.payload.end == self.frame.len();
         (self.kind == MessageKind::Update && canonical).then(|| self.frame.clone())
     }
-
-    pub fn is_update(&self) -> bool {
-        matches!(self.kind, MessageKind::SyncStep2 | MessageKind::Update)
-    }
 }
 
 /// Validates a frame and keeps it for the room. Awareness entries are parsed again by the
 /// room (they are small); updates are checked once, here, off the room's task.
 pub fn validate_frame(frame: Bytes, limits: &ParseLimits) -> Result<ValidFrame, ProtocolError> {
-    let mut starts = Starts::default();
-    let (kind, payload) = match parse_client_frame(&frame, limits)? {
-        ClientMessage::SyncStep1(p) => (MessageKind::SyncStep1, p),
-        ClientMessage::SyncStep2(p, s) => {
-            starts = s;
-            (MessageKind::SyncStep2, p)
-        }
-        ClientMessage::Update(p, s) => {
-            starts = s;
-            (MessageKind::Update, p)
-        }
-        ClientMessage::Awareness(_) => (MessageKind::Awareness, awareness_payload(&frame)?),
-        ClientMessage::QueryAwareness => (MessageKind::QueryAwareness, &frame[frame.len()..]),
-        ClientMessage::Auth => (MessageKind::Auth, &frame[frame.len()..]),
+    let none = Starts::default;
+    let (kind, payload, starts) = match parse_client_frame(&frame, limits)? {
+        ClientMessage::SyncStep1(p) => (MessageKind::SyncStep1, p, none()),
+        ClientMessage::SyncStep2(p, starts) => (MessageKind::SyncStep2, p, starts),
+        ClientMessage::Update(p, starts) => (MessageKind::Update, p, starts),
+        ClientMessage::Awareness(_) => (MessageKind::Awareness, awareness_payload(&frame)?, none()),
+        ClientMessage::QueryAwareness => (MessageKind::QueryAwareness, &frame[frame.len()..], none()),
+        ClientMessage::Auth => (MessageKind::Auth, &frame[frame.len()..], none()),
     };
     let start = payload.as_ptr() as usize - frame.as_ptr() as usize;
     let payload = start..start + payload.len();

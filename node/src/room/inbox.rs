@@ -23,7 +23,6 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Inbox<T>) {
         state: Mutex::new(State {
             queue: VecDeque::new(),
             senders: 1,
-            closed: false,
         }),
         places: Semaphore::new(capacity.max(1)),
         receiver: AtomicWaker::new(),
@@ -53,7 +52,7 @@ pub struct Closed<T>(pub T);
 struct Shared<T> {
     state: Mutex<State<T>>,
     /// Free places: a sender takes one before it queues, the room gives it back when it
-    /// takes the command.
+    /// takes the command. Closed (under the state's lock) once the room takes no more.
     places: Semaphore,
     /// The room's task, woken when a command arrives or the last sender goes.
     receiver: AtomicWaker,
@@ -62,7 +61,6 @@ struct Shared<T> {
 struct State<T> {
     queue: VecDeque<T>,
     senders: usize,
-    closed: bool,
 }
 
 impl<T> Shared<T> {
@@ -94,13 +92,14 @@ impl<T> Sender<T> {
 
     /// Whether the room has stopped taking commands.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.places.is_closed()
     }
 
     fn queue(&self, command: T) -> Result<(), Closed<T>> {
         {
             let mut state = self.shared.lock();
-            if state.closed {
+            // Checked under the lock `close` takes: nothing is queued after the room drained.
+            if self.shared.places.is_closed() {
                 return Err(Closed(command));
             }
             state.queue.push_back(command);
@@ -150,7 +149,7 @@ impl<T> Inbox<T> {
             return Poll::Ready(Some(command));
         }
         let state = self.shared.lock();
-        if state.closed || state.senders == 0 {
+        if self.shared.places.is_closed() || state.senders == 0 {
             Poll::Ready(None)
         } else {
             Poll::Pending
@@ -174,7 +173,7 @@ impl<T> Inbox<T> {
     /// Takes no more commands: senders get theirs back, waiting ones too. What is queued
     /// can still be taken with [`Inbox::try_recv`].
     pub fn close(&mut self) {
-        self.shared.lock().closed = true;
+        let _state = self.shared.lock();
         self.shared.places.close();
     }
 }

@@ -119,8 +119,8 @@ pub enum RoomCmd {
     SaveVersion(Box<SaveVersion>),
 }
 
-// A room's inbox allocates its commands in blocks of 32: every byte of a command is 32 bytes
-// of every open room.
+// A room's inbox holds its commands by value, up to a thousand of them in a busy room: the
+// large ones ride in boxes, so that a command stays two words.
 const _: () = assert!(std::mem::size_of::<RoomCmd>() <= 16);
 
 /// A validated frame from one of the room's connections.
