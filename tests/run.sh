@@ -42,6 +42,9 @@ ROOT="$(pwd)"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# A one-shot run gains nothing from incremental caches, and they double the debug target's size
+# (a full run then needs ~6 GB free instead of ~12).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export DEBIAN_FRONTEND=noninteractive
 FUZZ_SECONDS="${TROUPE_FUZZ_SECONDS:-0}"
 
@@ -567,6 +570,12 @@ record setup PASS $((SECONDS - SETUP_T0))
 
 TROUPE_BIN_DIR="$(target_dir)/debug"
 export TROUPE_BIN_DIR
+
+# A full disk shows up later as a compiler error deep in the log; say it first.
+FREE_KB="$(df -Pk "$(dirname "$TROUPE_BIN_DIR")" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+if [ -n "$FREE_KB" ] && [ "$FREE_KB" -lt $((8 * 1024 * 1024)) ]; then
+    note "warning: only $((FREE_KB / 1024)) MiB free under $(dirname "$TROUPE_BIN_DIR"); a full run needs ~8 GB (build, test binaries, PostgreSQL)"
+fi
 
 BUILD_OK=""
 step build cargo build --workspace --bins && BUILD_OK=1
