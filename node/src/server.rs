@@ -424,12 +424,15 @@ async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String) {
         }
         let checked_at = std::time::Instant::now();
         let scenes: Vec<String> = live.iter().map(|(s, _)| s.clone()).collect();
-        let Ok(held) = store.leases_held(&node_id, &scenes).await else {
+        let Ok(lost) = store.leases_lost(&node_id, &scenes).await else {
             continue;
         };
-        let held: std::collections::HashSet<String> = held.into_iter().collect();
+        if lost.is_empty() {
+            continue;
+        }
+        let lost: std::collections::HashSet<String> = lost.into_iter().collect();
         for (scene, handle) in live {
-            if !held.contains(&scene) {
+            if lost.contains(&scene) {
                 let _ = handle.tx.try_send(crate::room::RoomCmd::LeaseLost { checked_at });
             }
         }

@@ -403,6 +403,40 @@ async fn leases_fence_former_owners() {
 }
 
 #[tokio::test]
+async fn the_lease_check_names_only_the_scenes_a_holder_lost() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let [kept, taken, released, never] = ["kept", "taken", "released", "never"].map(unique);
+        for scene in [&kept, &taken, &released] {
+            assert!(store.claim_lease(scene, 1, "n1").await.unwrap(), "{backend:?}");
+        }
+        assert!(store.claim_lease(&taken, 2, "n2").await.unwrap(), "{backend:?}");
+        assert!(
+            store.release_lease(&released, 1, "n1").await.unwrap(),
+            "{backend:?}"
+        );
+        let asked = [kept.clone(), taken.clone(), released.clone(), never.clone()];
+        let mut lost = store.leases_lost("n1", &asked).await.unwrap();
+        lost.sort();
+        let mut expected = vec![taken.clone(), released.clone(), never.clone()];
+        expected.sort();
+        assert_eq!(lost, expected, "{backend:?}");
+        assert!(
+            store
+                .leases_lost("n2", &[taken.clone()])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}"
+        );
+        assert!(
+            store.leases_lost("n1", &[]).await.unwrap().is_empty(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_released_lease_stops_its_holder_and_keeps_the_epoch() {
     for backend in Backend::all() {
         let store = open(&backend).await;

@@ -798,14 +798,15 @@ impl Store {
         }
     }
 
-    /// Which of `scenes` `owner` still holds the lease of.
-    pub async fn leases_held(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
+    /// Which of `scenes` `owner` no longer holds the lease of (usually none: the answer
+    /// stays small however many scenes the node serves).
+    pub async fn leases_lost(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
         if scenes.is_empty() {
             return Ok(Vec::new());
         }
         match self {
-            Self::Postgres(s) => s.leases_held(owner, scenes).await,
-            Self::Sqlite(s) => s.leases_held(owner, scenes).await,
+            Self::Postgres(s) => s.leases_lost(owner, scenes).await,
+            Self::Sqlite(s) => s.leases_lost(owner, scenes).await,
         }
     }
 

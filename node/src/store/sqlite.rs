@@ -48,10 +48,11 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    pub async fn leases_held(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
+    pub async fn leases_lost(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
         let list = serde_json::to_string(scenes).unwrap_or_else(|_| "[]".into());
         Ok(sqlx::query_scalar(
-            "SELECT scene_id FROM scene_leases WHERE owner = $1 AND scene_id IN (SELECT value FROM json_each($2))",
+            "SELECT value FROM json_each($2)
+             WHERE NOT EXISTS (SELECT 1 FROM scene_leases WHERE scene_id = value AND owner = $1)",
         )
         .bind(owner)
         .bind(list)
