@@ -423,7 +423,7 @@ async fn the_lease_check_names_only_the_scenes_a_holder_lost() {
         assert_eq!(lost, expected, "{backend:?}");
         assert!(
             store
-                .leases_lost("n2", &[taken.clone()])
+                .leases_lost("n2", std::slice::from_ref(&taken))
                 .await
                 .unwrap()
                 .is_empty(),
