@@ -219,9 +219,10 @@ pub struct Outage {
 }
 
 /// How long an edit may wait for its ack before the editor asks the router whether the
-/// scene has moved.
-const ACK_STALL: Duration = Duration::from_secs(1);
-/// How often a stalled editor asks the router again.
+/// scene has moved: the browser client's default `stallTimeout` (web/src/index.js).
+const ACK_STALL: Duration = Duration::from_millis(500);
+/// How often a stalled editor asks the router again: half of [`ACK_STALL`], as the browser
+/// client does.
 const STALL_RECHECK: Duration = Duration::from_millis(250);
 /// A host that does not accept a connection within this is treated as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

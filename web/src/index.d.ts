@@ -105,7 +105,8 @@ export interface ConnectSceneOptions {
   /** ms between checks, in autosave mode, whether live editing is possible again (default 5000). */
   probeInterval?: number
   /** ms an edit may wait for its durable ack before the session asks the router whether the
-   * scene moved, and follows it at once if it did (default 1000; 0 disables). */
+   * scene moved, and follows it at once if it did; asked again every half of it while the stall
+   * lasts (default 500; 0 disables). */
   stallTimeout?: number
 }
 

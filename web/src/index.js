@@ -62,8 +62,11 @@ export const TROUPE_PROTOCOL = 'troupe'
 export const BEARER_PROTOCOL_PREFIX = 'troupe.bearer.'
 
 /** An edit that waits this long (ms) for its durable ack makes the session ask the router
- * whether the scene moved (a frozen or cut-off owner), and move at once if it did. */
-export const STALL_TIMEOUT_MS = 1000
+ * whether the scene moved (a frozen or cut-off owner), and move at once if it did; it asks
+ * again every half of it while the stall lasts. Acks take milliseconds (p99 ~10 ms), so a
+ * half-second wait is already a stall, and an answer naming the same owner costs only the
+ * look-up. */
+export const STALL_TIMEOUT_MS = 500
 
 /** The close code the session reports for a connection it dropped because it stalled. */
 export const STALLED_CLOSE_CODE = 4000
@@ -133,8 +136,8 @@ class FatalRouteError extends Error {
  *   (default 10000; 0 disables)
  * @property {number} [routeTimeout] ms before a router look-up is abandoned (default 5000)
  * @property {number} [stallTimeout] ms an edit may wait for its durable ack before the
- *   session asks the router whether the scene moved, and follows it at once (default 1000;
- *   0 disables)
+ *   session asks the router whether the scene moved, and follows it at once; asked again
+ *   every half of it while the stall lasts (default 500; 0 disables)
  */
 
 /**
@@ -626,13 +629,14 @@ export class SceneSession {
 
   /**
    * @private An edit has waited over `stallTimeout` for its ack: the owner may be frozen or
-   * cut off while the cluster moved the scene. Ask the router (at most once per
-   * `stallTimeout`); if another node owns the scene now, drop this connection and go there.
+   * cut off while the cluster moved the scene. Ask the router (at most once per half of
+   * `stallTimeout`: the cluster may move the scene only a moment after the stall began);
+   * if another node owns the scene now, drop this connection and go there.
    */
   async _checkStall () {
     if (this._stopped || this._stallCheck || this._socket === null || !this.provider.wsconnected) return
     const now = Date.now()
-    if (this._acks.oldestWait(now) < this._stallTimeout || now - this._lastStallCheck < this._stallTimeout) return
+    if (this._acks.oldestWait(now) < this._stallTimeout || now - this._lastStallCheck < this._stallTimeout / 2) return
     this._lastStallCheck = now
     this._stallCheck = true
     const socket = this._socket

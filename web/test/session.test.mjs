@@ -411,6 +411,42 @@ test('a connection attempt stuck in CONNECTING is abandoned after connectTimeout
   assert.equal(WS.instances.length, 2)
 })
 
+test('an edit unacknowledged for stallTimeout while the router names another owner: moves there', async (t) => {
+  const { router, socket, connect, doc, events, WS } = setup(t, { stallTimeout: 200 })
+  const { ws, node } = await connect(0)
+  node.ack(1) // the handshake
+  const typedAt = Date.now()
+  text(doc).insert(0, 'INT. ROOFTOP - NIGHT') // never acknowledged: the owner froze
+  router.owner = 'ws://node-b.test:4002'
+  const ws1 = await socket(1)
+  assert.ok(Date.now() - typedAt >= 200, 'not before the edit waited stallTimeout')
+  assert.ok(ws1.url.startsWith('ws://node-b.test:4002/ws/scenes/'), ws1.url)
+  assert.deepEqual(events.moved, ['ws://node-b.test:4002'])
+  assert.ok(ws.readyState >= 2, 'the stalled connection is dropped')
+  const { node: nodeB } = await connect(1)
+  await waitFor('the unacknowledged edit re-sent to the new owner', () => nodeB.doc.getText('t').toString() === 'INT. ROOFTOP - NIGHT')
+  assert.equal(WS.instances.length, 2)
+})
+
+test('a stall while the router names the same owner keeps the connection and asks again every half stallTimeout', async (t) => {
+  const { session, router, connect, doc, WS } = setup(t, { stallTimeout: 200 })
+  const { node } = await connect(0)
+  node.ack(1)
+  const before = router.calls.length
+  text(doc).insert(0, 'slow store')
+  await sleep(800)
+  const lookups = router.calls.length - before
+  assert.ok(lookups >= 2, `asked again while the stall lasted (${lookups} look-ups)`)
+  // The first after 200 ms of waiting, then at most one per 100 ms: 7 in 800 ms at most.
+  assert.ok(lookups <= 7, `at most once per half stallTimeout (${lookups} look-ups)`)
+  assert.equal(WS.instances.length, 1, 'the same owner: no new connection')
+  assert.equal(session.status, 'connected')
+  node.ack(2)
+  const settled = router.calls.length
+  await sleep(300)
+  assert.equal(router.calls.length, settled, 'no look-ups once the edit is acknowledged')
+})
+
 // ---------------------------------------------------------------------------------------
 // Tokens and fatal codes
 // ---------------------------------------------------------------------------------------
