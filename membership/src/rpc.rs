@@ -2,6 +2,9 @@
 //! nodes, and the admin and watch calls of routers and `troupectl`. Over mutual TLS when
 //! the cluster has certificates ([`Transport`]).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +22,12 @@ use crate::view::ErrorBody;
 
 /// How long an unused connection stays pooled.
 const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a new connection may take to be ready: the TCP connect and, on the internal
+/// port, the TLS handshake. A frozen process (stopped, or a paused VM) still completes TCP
+/// handshakes — its kernel does — but never the TLS one; without this bound a call to it
+/// waited out the whole call (10 s for an admin call) before a client tried the next node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Largest response body read (a Raft snapshot of the membership is a few KiB).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -60,7 +69,7 @@ pub struct RpcClient {
 
 #[derive(Clone)]
 enum Http {
-    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Tls(Client<ReadyWithin<HttpsConnector<HttpConnector>>, Full<Bytes>>),
     Plain(Client<HttpConnector, Full<Bytes>>),
 }
 
@@ -78,6 +87,7 @@ impl RpcClient {
             .https_only()
             .enable_http1()
             .wrap_connector(connector);
+        let https = ReadyWithin { inner: https };
         RpcClient {
             http: Http::Tls(
                 Client::builder(TokioExecutor::new())
@@ -203,9 +213,43 @@ impl Http {
     }
 }
 
+/// A connector whose connections must be ready within [`CONNECT_TIMEOUT`], handshake
+/// included; a late one fails as unreachable, so that a client moves on to another node.
+#[derive(Clone)]
+struct ReadyWithin<C> {
+    inner: C,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<hyper::Uri> for ReadyWithin<C>
+where
+    C: tower_service::Service<hyper::Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}").into()),
+            }
+        })
+    }
+}
+
 fn connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
     connector
 }

@@ -498,3 +498,31 @@ async fn a_stale_router_still_gets_clients_to_the_owner() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A paused member (SIGSTOP: its kernel still accepts connections, the process never
+/// answers) costs a client with the member first in its list about a second — the bound on
+/// a new connection's TLS handshake — before it asks the next node, not the whole call
+/// timeout (10 s), as `troupectl` and the routers' admin calls would otherwise wait.
+#[tokio::test]
+async fn a_paused_member_costs_a_cluster_client_a_second_not_the_call() {
+    let cluster = TestCluster::start(3, &[]).await.unwrap();
+    let first = cluster.rpc_addrs()[0].clone();
+    let paused = cluster.node(1).unwrap();
+    assert_eq!(
+        paused.rpc_addr.to_string(),
+        first,
+        "node 1 is first in the client's list"
+    );
+    signal(paused, "STOP");
+    let started = std::time::Instant::now();
+    let view = cluster.client().view().await;
+    let took = started.elapsed();
+    signal(paused, "CONT");
+    let view = view.expect("the next node answers");
+    // By now the leader may have marked the paused member down; it is a member still.
+    assert_eq!(view.state.nodes.len(), 3, "{view:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the call waited {took:?} on the paused member (10 s, the call timeout, before the bound)"
+    );
+}
