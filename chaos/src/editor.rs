@@ -58,6 +58,21 @@ impl FollowingEditor {
         interval: Duration,
         typing: Typing,
     ) -> anyhow::Result<Self> {
+        Self::start_following(router, scene, token, prefix, interval, typing, false).await
+    }
+
+    /// [`Self::start_typing`]; with `watch_moves`, the editor also keeps a route look-up
+    /// open that the router answers when the scene moves (`?unless=` its host), and leaves
+    /// its connection then, as the browser client does.
+    pub async fn start_following(
+        router: SocketAddr,
+        scene: &str,
+        token: &str,
+        prefix: &str,
+        interval: Duration,
+        typing: Typing,
+        watch_moves: bool,
+    ) -> anyhow::Result<Self> {
         let (_, mut url, _) = resolve(router, scene).await?;
         let mut attempts = 0;
         // The router may be a moment behind a change: follow 4301 as any client would.
@@ -94,6 +109,16 @@ impl FollowingEditor {
         let outages = Arc::new(Mutex::new(Vec::new()));
         let acks = Arc::new(Mutex::new(AckLog::default()));
         let (stop, stop_rx) = watch::channel(false);
+        let (host_tx, host_rx) = watch::channel(url.clone());
+        if watch_moves {
+            tokio::spawn(watch_moves_of(
+                client.clone(),
+                router,
+                scene.to_string(),
+                host_rx,
+                stop_rx.clone(),
+            ));
+        }
         let typist = Typist {
             client: client.clone(),
             router,
@@ -104,6 +129,7 @@ impl FollowingEditor {
             typing,
             n: 0,
             host: url,
+            host_tx,
             typed: typed.clone(),
             acks: acks.clone(),
             outages: outages.clone(),
@@ -249,6 +275,54 @@ async fn resolve_with(
     Ok((route.node.0, route.url, route.epoch))
 }
 
+/// Holds a route look-up `?unless=` the editor's host until the router answers: when it
+/// names another owner, drops the editor's connection (its typist then follows the router),
+/// and watches the next host once the typist has one. Ends when `stop` turns true.
+async fn watch_moves_of(
+    client: Arc<EditorClient>,
+    router: SocketAddr,
+    scene: String,
+    mut host: watch::Receiver<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let routes = RpcClient::plain();
+    let router = router.to_string();
+    loop {
+        let watched = host.borrow_and_update().clone();
+        let path = format!("/v1/route/{scene}?unless={}", percent_encode(&watched));
+        let asked = routes.get::<troupe_membership::Route>(&router, &path, Duration::from_secs(30));
+        tokio::select! {
+            answer = asked => match answer {
+                Ok(route) if route.url != watched && *host.borrow() == watched => {
+                    let _ = client.drop_connection().await;
+                    // Watch again once the typist is on its way to another host.
+                    tokio::select! {
+                        _ = host.changed() => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                },
+            },
+            _ = host.changed() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// `s` with everything but unreserved characters percent-encoded (for a query value).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// What one editor task needs.
 struct Typist {
     client: Arc<EditorClient>,
@@ -262,6 +336,8 @@ struct Typist {
     n: u64,
     /// The base URL of the node the editor is connected (or connecting) to.
     host: String,
+    /// Tells the move watch ([`watch_moves_of`]) the host, as it changes.
+    host_tx: watch::Sender<String>,
     typed: Arc<Mutex<Vec<String>>>,
     acks: Arc<Mutex<AckLog>>,
     outages: Arc<Mutex<Vec<Outage>>>,
@@ -358,6 +434,7 @@ impl Typist {
             };
             if let Some(url) = &target {
                 self.host = url.clone();
+                self.host_tx.send_replace(url.clone());
             }
             if target.is_some()
                 && follow(&self.client, target, &self.scene, &self.token)

@@ -178,10 +178,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     for (i, scene) in scenes.iter().enumerate() {
         for e in 0..sc.editors_per_scene {
             let prefix = format!("s{i}e{e}");
-            let editor =
-                FollowingEditor::start_typing(router, scene, &token, &prefix, sc.typing_interval, typing)
-                    .await
-                    .with_context(|| format!("starting an editor of {scene}"))?;
+            let editor = FollowingEditor::start_following(
+                router,
+                scene,
+                &token,
+                &prefix,
+                sc.typing_interval,
+                typing,
+                sc.watch_moves,
+            )
+            .await
+            .with_context(|| format!("starting an editor of {scene}"))?;
             editors.push(editor);
         }
     }

@@ -59,6 +59,11 @@ pub struct Scenario {
     /// Pause between an editor's keystrokes.
     #[serde(with = "duration_de", default = "typing_default")]
     pub typing_interval: Duration,
+    /// Editors keep a route look-up open that the router answers when their scene moves,
+    /// as the browser client does (`watchMoves`). Off where the load process would run out
+    /// of files: each such editor holds a second connection to the router.
+    #[serde(default = "watch_moves_default")]
+    pub watch_moves: bool,
     #[serde(default)]
     pub redis: bool,
     /// Run the store on a Postgres of its own (needed for `restart_postgres`).
@@ -165,6 +170,10 @@ fn three() -> u64 {
 
 fn restart_default() -> Duration {
     Duration::from_secs(3)
+}
+
+fn watch_moves_default() -> bool {
+    true
 }
 
 fn typing_default() -> Duration {

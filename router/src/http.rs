@@ -2,7 +2,7 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `GET /v1/route/{scene}` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`) |
+//! | `GET /v1/route/{scene}[?unless=URL]` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`); with `unless`, held until the owner is another than `URL` (or 25 s) |
 //! | `GET /ws/scenes/{scene}[?query]` | 307 to the owner's `/ws/scenes/{scene}[?query]` |
 //! | `/v1/scenes/{scene}/presence` | who is in the scene (see [`presence`]) |
 //! | `/v1/scenes/{scene}/content`, `…/versions`, `…/versions/{v}/content`, `…/restore` | the scene API, checked here and answered by the owner |
@@ -52,6 +52,13 @@ pub const SCENES_PREFIX: &str = "/ws/scenes/";
 
 const JSON: &str = "application/json";
 
+/// Longest a route look-up with `?unless=` is held (below the idle limits of common proxies).
+pub const ROUTE_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// Most route look-ups held at once; beyond it a look-up is answered at once (the client
+/// asks again later). Each holds a task and a membership subscription, a few hundred bytes.
+const MAX_ROUTE_WATCHES: usize = 100_000;
+
 /// What every request may need.
 pub struct Shared {
     pub latest: follow::Latest,
@@ -69,6 +76,15 @@ pub struct Shared {
     pub origins: Option<troupe_proto::origin::OriginPolicy>,
     /// Passes `/nodes/{name}/…` through to members; `None`: those paths are the page's.
     pub passthrough: Option<crate::passthrough::Passthrough>,
+    /// Bounds the route look-ups held at once ([`MAX_ROUTE_WATCHES`]).
+    pub route_watches: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the router stops: held look-ups are answered then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The bound of [`Shared::route_watches`].
+pub fn route_watches() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_ROUTE_WATCHES))
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -197,10 +213,28 @@ async fn metrics(State(s): Ctx, headers: HeaderMap) -> Response<Body> {
     )
 }
 
+/// `?unless=` of a route look-up.
+#[derive(Debug, serde::Deserialize)]
+struct RouteQuery {
+    unless: Option<String>,
+}
+
 /// `GET /v1/route/{scene}`: the owner as JSON, for any origin (the demo page asks from its
-/// own; the answer is public anyway).
-async fn route(State(s): Ctx, scene: SceneParam) -> Response<Body> {
-    let mut response = match resolve(scene_of(scene), &s) {
+/// own; the answer is public anyway). With `?unless=URL` the answer waits until the owner
+/// is another than `URL`, or [`ROUTE_WATCH`]: a client connected to that owner learns of a
+/// move at once, without an edit of its own — a paused or cut-off owner cannot tell it.
+async fn route(
+    State(s): Ctx,
+    scene: SceneParam,
+    query: Result<Query<RouteQuery>, QueryRejection>,
+) -> Response<Body> {
+    let scene = scene_of(scene);
+    if let (Some(scene), Ok(Query(RouteQuery { unless: Some(owner) }))) = (&scene, &query) {
+        if let Ok(_held) = s.route_watches.clone().try_acquire_owned() {
+            wait_for_move(scene, owner, &s).await;
+        }
+    }
+    let mut response = match resolve(scene, &s) {
         Ok(route) => match serde_json::to_string(&route) {
             Ok(body) => {
                 s.metrics.count(Outcome::Route);
@@ -459,6 +493,49 @@ impl Refusal {
     }
 }
 
+/// Returns once `scene`'s owner is another than `owner` (or it has none, or the router
+/// lost its membership), or after [`ROUTE_WATCH`].
+async fn wait_for_move(scene: &str, owner: &str, s: &Shared) {
+    let mut latest = s.latest.clone();
+    let mut stopping = s.stopping.clone();
+    let deadline = tokio::time::Instant::now() + ROUTE_WATCH;
+    loop {
+        let moved = match latest.borrow_and_update().as_ref() {
+            Some(state) => state
+                .placement
+                .route(scene)
+                .is_none_or(|r| ws_base(&r.url) != ws_base(owner)),
+            None => true,
+        };
+        if moved {
+            return;
+        }
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+/// An owner's URL as clients compare them: `http(s)` read as `ws(s)`, no trailing slash
+/// (the browser client turns the router's answer into that form).
+fn ws_base(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            let scheme = match scheme.as_str() {
+                "http" => "ws",
+                "https" => "wss",
+                other => other,
+            };
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The scene's owner in the latest membership (one snapshot per request).
 fn resolve(scene: Option<String>, s: &Shared) -> Result<Route, Refusal> {
     let scene = scene.ok_or(Refusal::BadScene)?;
@@ -501,6 +578,8 @@ mod tests {
     use troupe_membership::ClusterView;
     use troupe_proto::token::{Claims, Role, Signer};
 
+    use std::time::Duration;
+
     use super::*;
     use crate::follow::RouterState;
 
@@ -535,6 +614,7 @@ mod tests {
         metrics: &Arc<Metrics>,
     ) -> Answer {
         let (_keep, latest) = tokio::sync::watch::channel(state.cloned());
+        let (_running, stopping) = tokio::sync::watch::channel(false);
         let app = router(Arc::new(Shared {
             latest,
             metrics: metrics.clone(),
@@ -546,6 +626,8 @@ mod tests {
             content: crate::content::Forwarder::default(),
             origins: Some(troupe_proto::origin::OriginPolicy::new(&["https://app.example".into()]).unwrap()),
             passthrough: None,
+            route_watches: route_watches(),
+            stopping,
         }));
         app.oneshot(req).await.unwrap()
     }
@@ -567,6 +649,86 @@ mod tests {
 
     async fn json_body(response: Answer) -> serde_json::Value {
         serde_json::from_str(&body(response).await).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_route_look_up_with_unless_waits_for_the_scene_to_move() {
+        let before = cluster(3);
+        let owner = state_of(before.clone()).placement.route("s1").unwrap();
+        let (membership, latest) = tokio::sync::watch::channel(Some(state_of(before.clone())));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let app = router(Arc::new(Shared {
+            latest,
+            metrics: new_metrics(),
+            presence: None,
+            web_dir: None,
+            dev_tokens: None,
+            verifier: None,
+            metrics_token: None,
+            content: crate::content::Forwarder::default(),
+            origins: None,
+            passthrough: None,
+            route_watches: route_watches(),
+            stopping,
+        }));
+        let ask = |unless: &str| {
+            let uri = format!(
+                "/v1/route/s1?unless={}",
+                unless.replace(':', "%3A").replace('/', "%2F")
+            );
+            app.clone()
+                .oneshot(Request::get(uri).body(AxumBody::empty()).unwrap())
+        };
+        assert_eq!(ws_base("HTTPS://a.example:443/"), "wss://a.example:443");
+        assert_eq!(ws_base(&owner.url), ws_base(&format!("{}/", owner.url)));
+        // Another owner than the one named: answered at once.
+        let at_once = tokio::time::timeout(Duration::from_secs(1), ask("ws://elsewhere:1")).await;
+        assert_eq!(
+            json_body(at_once.unwrap().unwrap()).await["url"],
+            owner.url.as_str()
+        );
+        // The owner named: held while the membership does not move the scene…
+        let held = tokio::spawn(ask(&owner.url));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "answered before the scene moved");
+        let mut renamed = before.clone();
+        renamed
+            .apply(&Command::Register {
+                id: NodeId(9),
+                url: "ws://127.0.0.1:4009".into(),
+                rpc_addr: "127.0.0.1:4109".into(),
+            })
+            .unwrap();
+        membership.send_replace(Some(state_of(renamed)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !held.is_finished(),
+            "a change that leaves the owner in place answers nothing"
+        );
+        // …and answered with the new owner as soon as it does.
+        let mut drained = before.clone();
+        drained.apply(&Command::Drain { id: owner.node }).unwrap();
+        membership.send_replace(Some(state_of(drained)));
+        let answer = tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let moved = json_body(answer).await;
+        assert_ne!(moved["url"], owner.url.as_str(), "{moved}");
+        assert_eq!(moved["scene"], "s1");
+        // A held look-up is answered when the router stops.
+        let owner_now = moved["url"].as_str().unwrap().to_string();
+        let held = tokio::spawn(ask(&owner_now));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        stop.send_replace(true);
+        let answer = tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(json_body(answer).await["url"], owner_now.as_str());
     }
 
     #[tokio::test]

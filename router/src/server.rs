@@ -81,6 +81,12 @@ pub async fn run(
         crate::passthrough::Passthrough::new(upstream, settings.port.max_body_bytes, metrics.clone())
     });
     let refusals = metrics.clone();
+    // Held route look-ups are answered as the router stops, not waited out.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     let shared = Arc::new(Shared {
         latest: follower.latest.clone(),
         metrics,
@@ -92,6 +98,8 @@ pub async fn run(
         content: crate::content::Forwarder::new(settings.node_upstream.clone()),
         origins: settings.origins.clone(),
         passthrough,
+        route_watches: http::route_watches(),
+        stopping,
     });
 
     on_ready();

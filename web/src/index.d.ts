@@ -52,6 +52,8 @@ export interface NoticeEvent {
 
 /** An edit waiting this long (ms) for its ack makes the session ask the router whether the scene moved. */
 export const STALL_TIMEOUT_MS: number
+export const ROUTE_WATCH_TIMEOUT_MS: number
+export const ROUTE_WATCH_RETRY_MS: number
 /** The close code reported for a connection dropped because its owner stalled. */
 export const STALLED_CLOSE_CODE: number
 /** A notice older than this when it arrives (a late joiner finding it) is not emitted. */
@@ -108,6 +110,9 @@ export interface ConnectSceneOptions {
    * scene moved, and follows it at once if it did; asked again every half of it while the stall
    * lasts (default 500; 0 disables). */
   stallTimeout?: number
+  /** While connected, keep a look-up open that the router answers when the scene moves to
+   * another node, and follow it at once (default true). */
+  watchMoves?: boolean
 }
 
 export declare class SceneSession {

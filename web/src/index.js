@@ -68,6 +68,14 @@ export const BEARER_PROTOCOL_PREFIX = 'troupe.bearer.'
  * look-up. */
 export const STALL_TIMEOUT_MS = 500
 
+/** A look-up held by the router until the scene moves (`?unless=`) is abandoned after this
+ * many ms: the router answers within 25 s, moved or not. */
+export const ROUTE_WATCH_TIMEOUT_MS = 30000
+
+/** After a held look-up failed, or a router answered it at once without the scene having
+ * moved (one that does not hold look-ups), the session waits this many ms to ask again. */
+export const ROUTE_WATCH_RETRY_MS = 5000
+
 /** The close code the session reports for a connection it dropped because it stalled. */
 export const STALLED_CLOSE_CODE = 4000
 
@@ -138,6 +146,9 @@ class FatalRouteError extends Error {
  * @property {number} [stallTimeout] ms an edit may wait for its durable ack before the
  *   session asks the router whether the scene moved, and follows it at once; asked again
  *   every half of it while the stall lasts (default 500; 0 disables)
+ * @property {boolean} [watchMoves] while connected, keep a look-up open that the router
+ *   answers when the scene moves to another node, and follow it at once (default true): a
+ *   paused or cut-off owner cannot say so, and an editor who is not typing would not notice
  */
 
 /**
@@ -156,6 +167,7 @@ export class SceneSession {
       connectTimeout = CONNECT_TIMEOUT_MS,
       routeTimeout = ROUTE_TIMEOUT_MS,
       stallTimeout = STALL_TIMEOUT_MS,
+      watchMoves = true,
       fallbackAfter = FALLBACK_AFTER_MS,
       autosaveInterval = AUTOSAVE_INTERVAL_MS,
       probeInterval = PROBE_INTERVAL_MS,
@@ -188,6 +200,10 @@ export class SceneSession {
     /** @private */ this._connectTimeout = connectTimeout
     /** @private */ this._routeTimeout = routeTimeout
     /** @private */ this._stallTimeout = stallTimeout
+    /** @private */ this._watchMoves = watchMoves !== false
+    /** @private */ this._watching = false // a held look-up loop runs
+    /** @private @type {AbortController|null} */ this._watchAbort = null
+    /** @private @type {(() => void)|null} */ this._watchWake = null
     /** @private */ this._lastStallCheck = 0
     /** @private */ this._stallCheck = false // a router look-up for a stall is under way
     /** @private */ this._stallMove = false // the socket was dropped to follow the scene
@@ -267,14 +283,14 @@ export class SceneSession {
        * Drops a connection that stopped answering at once: the closing handshake with a
        * frozen node would never finish. Its handlers see a close now, and nothing later.
        */
-      abandon () {
+      abandon (reason = 'edits unacknowledged; moving to the new owner') {
         const onclose = this.onclose
         this.onclose = null
         this.onmessage = null
         this.onerror = null
         this.onopen = null
         try { super.close() } catch { /* closing anyway */ }
-        if (typeof onclose === 'function') onclose.call(this, { code: STALLED_CLOSE_CODE, reason: 'edits unacknowledged; moving to the new owner' })
+        if (typeof onclose === 'function') onclose.call(this, { code: STALLED_CLOSE_CODE, reason })
       }
 
       /** @param {any} data */
@@ -378,6 +394,7 @@ export class SceneSession {
         if (!this._deniedHere) this._setReadOnly(false, '')
         this._noteBase(true)
         this._setStatus('connected')
+        this._watchForMoves()
       })
       provider.on('connection-close', (/** @type {any} */ event) => this._closed(event))
   }
@@ -502,6 +519,8 @@ export class SceneSession {
     if (this._timer !== null) clearTimeout(this._timer)
     this._timer = null
     this._clearConnectTimer()
+    if (this._watchAbort !== null) this._watchAbort.abort()
+    if (this._watchWake !== null) this._watchWake()
     this.provider.shouldConnect = false
   }
 
@@ -560,17 +579,23 @@ export class SceneSession {
     this._open()
   }
 
-  /** @private Ask the router for the scene's owner: its ws base URL. */
-  async _resolve () {
-    const controller = typeof AbortController === 'function' ? new AbortController() : null
-    const timer = controller && this._routeTimeout > 0
-      ? setTimeout(() => controller.abort(), this._routeTimeout)
+  /**
+   * @private Ask the router for the scene's owner: its ws base URL. `unless`: an owner the
+   * router is to hold the answer for until the scene is elsewhere; `controller`: aborts it.
+   * @param {{ unless?: string, timeout?: number, controller?: AbortController }} [opts]
+   */
+  async _resolve (opts = {}) {
+    const controller = opts.controller || (typeof AbortController === 'function' ? new AbortController() : null)
+    const timeout = opts.timeout !== undefined ? opts.timeout : this._routeTimeout
+    const timer = controller && timeout > 0
+      ? setTimeout(() => controller.abort(), timeout)
       : null
     try {
       /** @type {any} */
       const init = { headers: { accept: 'application/json' } }
       if (controller) init.signal = controller.signal
-      const res = await this._fetch(`${this.router}/v1/route/${encodeURIComponent(this.sceneId)}`, init)
+      const unless = opts.unless !== undefined ? `?unless=${encodeURIComponent(opts.unless)}` : ''
+      const res = await this._fetch(`${this.router}/v1/route/${encodeURIComponent(this.sceneId)}${unless}`, init)
       if (res.status === 400) { // the router's answer to an invalid scene id
         let detail = ''
         try { detail = (await res.text()).trim() } catch { /* no body */ }
@@ -625,6 +650,50 @@ export class SceneSession {
     if (socket !== this._socket) return
     const kind = classifyFrame(data)
     if (kind !== null) this._acks.frameSent(kind, Date.now())
+  }
+
+  /**
+   * @private While connected, keep one look-up open that the router holds until the scene
+   * is on another node (`?unless=` the current owner), and follow the answer at once: a
+   * paused or cut-off owner cannot say that its scenes moved, and an editor who is not
+   * typing would not notice a stall. One loop at a time; it ends when the session stops or
+   * is not connected, and starts again at the next sync.
+   */
+  async _watchForMoves () {
+    if (!this._watchMoves || this._watching || this._stopped) return
+    this._watching = true
+    try {
+      while (!this._stopped && this._socket !== null && this.status === 'connected') {
+        const socket = this._socket
+        const owner = /** @type {string} */ (this.url)
+        const asked = Date.now()
+        const controller = typeof AbortController === 'function' ? new AbortController() : undefined
+        this._watchAbort = controller || null
+        /** @type {string|null} */
+        let named = null
+        try {
+          named = await this._resolve({ unless: owner, timeout: ROUTE_WATCH_TIMEOUT_MS, controller })
+        } catch { /* the router is down, or the look-up was abandoned */ }
+        this._watchAbort = null
+        if (this._stopped || socket !== this._socket || owner !== this.url) continue
+        if (named !== null && named !== owner) {
+          this.url = named
+          this._emit('moved', { url: named })
+          this._stallMove = true
+          socket.abandon('the scene moved; following it to the new owner')
+          return
+        }
+        if (Date.now() - asked < ROUTE_WATCH_RETRY_MS) {
+          await new Promise((resolve) => {
+            const timer = setTimeout(resolve, ROUTE_WATCH_RETRY_MS)
+            this._watchWake = () => { clearTimeout(timer); resolve(undefined) }
+          })
+          this._watchWake = null
+        }
+      }
+    } finally {
+      this._watching = false
+    }
   }
 
   /**

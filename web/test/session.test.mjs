@@ -204,6 +204,7 @@ function setup (t, { owner = 'ws://node-a.test:4001', sceneId = `scene-${++scene
     fetch: router.fetch,
     disableBc: true,
     random: () => 0,
+    watchMoves: false, // the watch's held look-ups have tests of their own
     ...opts
   })
   session.on('status', (e) => statuses.push(e.status))
@@ -445,6 +446,62 @@ test('a stall while the router names the same owner keeps the connection and ask
   const settled = router.calls.length
   await sleep(300)
   assert.equal(router.calls.length, settled, 'no look-ups once the edit is acknowledged')
+})
+
+/**
+ * A fetch for `setup` whose look-ups with `?unless=` are held until the test answers them
+ * (as the router holds them until the scene moves); other requests go to `ctx.router`.
+ */
+function holdingFetch () {
+  const held = []
+  const ctx = { router: null, held }
+  ctx.fetch = (url, init) => {
+    if (!url.includes('?unless=')) return ctx.router.fetch(url, init)
+    return new Promise((resolve, reject) => {
+      const entry = {
+        url,
+        aborted: false,
+        answer: (owner) => resolve({ ok: true, status: 200, json: async () => ({ url: owner }), text: async () => '' })
+      }
+      held.push(entry)
+      init.signal.addEventListener('abort', () => { entry.aborted = true; reject(new Error('aborted')) })
+    })
+  }
+  return ctx
+}
+
+test('watchMoves: a look-up held while connected; answered with another owner, the session moves there', async (t) => {
+  const hold = holdingFetch()
+  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch })
+  hold.router = ctx.router
+  const { ws } = await ctx.connect(0)
+  await waitFor('a held look-up', () => hold.held.length === 1)
+  assert.ok(hold.held[0].url.endsWith(`?unless=${encodeURIComponent('ws://node-a.test:4001')}`), hold.held[0].url)
+  assert.equal(ctx.WS.instances.length, 1)
+  // The owner is paused: it says nothing; the router answers the held look-up.
+  hold.held[0].answer('ws://node-b.test:4002')
+  const ws1 = await ctx.socket(1)
+  assert.ok(ws1.url.startsWith('ws://node-b.test:4002/ws/scenes/'), ws1.url)
+  assert.deepEqual(ctx.events.moved, ['ws://node-b.test:4002'])
+  assert.ok(ws.readyState >= 2, 'the old connection is dropped')
+  await ctx.connect(1)
+  await waitFor('a look-up held for the new owner', () => hold.held.length === 2)
+  assert.ok(hold.held[1].url.endsWith(`?unless=${encodeURIComponent('ws://node-b.test:4002')}`), hold.held[1].url)
+  // Stopping abandons the held look-up.
+  ctx.session.destroy()
+  assert.equal(hold.held[1].aborted, true)
+  await sleep(50)
+  assert.equal(hold.held.length, 2)
+  assert.equal(ctx.WS.instances.length, 2)
+})
+
+test('watchMoves: a router that answers at once without a move is asked again only after a pause', async (t) => {
+  const { router, connect, WS } = setup(t, { watchMoves: true })
+  await connect(0)
+  await waitFor('the first watch look-up', () => router.calls.some((u) => u.includes('?unless=')))
+  await sleep(300)
+  assert.equal(router.calls.filter((u) => u.includes('?unless=')).length, 1, 'no busy loop against a router that does not hold')
+  assert.equal(WS.instances.length, 1, 'the same owner: no new connection')
 })
 
 // ---------------------------------------------------------------------------------------
