@@ -46,24 +46,12 @@ impl FollowingEditor {
         prefix: &str,
         interval: Duration,
     ) -> anyhow::Result<Self> {
-        Self::start_typing(router, scene, token, prefix, interval, Typing::Text).await
+        Self::start_following(router, scene, token, prefix, interval, Typing::Text, false).await
     }
 
-    /// [`Self::start`], typing where `typing` says.
-    pub async fn start_typing(
-        router: SocketAddr,
-        scene: &str,
-        token: &str,
-        prefix: &str,
-        interval: Duration,
-        typing: Typing,
-    ) -> anyhow::Result<Self> {
-        Self::start_following(router, scene, token, prefix, interval, typing, false).await
-    }
-
-    /// [`Self::start_typing`]; with `watch_moves`, the editor also keeps a route look-up
-    /// open that the router answers when the scene moves (`?unless=` its host), and leaves
-    /// its connection then, as the browser client does.
+    /// [`Self::start`], typing where `typing` says; with `watch_moves`, the editor also
+    /// keeps a route look-up open that the router answers when the scene moves (`?unless=`
+    /// its host), and leaves its connection then, as the browser client does.
     pub async fn start_following(
         router: SocketAddr,
         scene: &str,
