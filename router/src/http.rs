@@ -2,7 +2,7 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `GET /v1/route/{scene}[?unless=URL]` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`); with `unless`, held until the owner is another than `URL` (or 25 s) |
+//! | `GET /v1/route/{scene}[?unless=URL]` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`); with `unless`, held until the owner is another than `URL` (or 25 s; see [`route_watches`]) |
 //! | `GET /ws/scenes/{scene}[?query]` | 307 to the owner's `/ws/scenes/{scene}[?query]` |
 //! | `/v1/scenes/{scene}/presence` | who is in the scene (see [`presence`]) |
 //! | `/v1/scenes/{scene}/content`, `…/versions`, `…/versions/{v}/content`, `…/restore` | the scene API, checked here and answered by the owner |
@@ -55,10 +55,6 @@ const JSON: &str = "application/json";
 /// Longest a route look-up with `?unless=` is held (below the idle limits of common proxies).
 pub const ROUTE_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
 
-/// Most route look-ups held at once; beyond it a look-up is answered at once (the client
-/// asks again later). Each holds a task and a membership subscription, a few hundred bytes.
-const MAX_ROUTE_WATCHES: usize = 100_000;
-
 /// What every request may need.
 pub struct Shared {
     pub latest: follow::Latest,
@@ -76,15 +72,18 @@ pub struct Shared {
     pub origins: Option<troupe_proto::origin::OriginPolicy>,
     /// Passes `/nodes/{name}/…` through to members; `None`: those paths are the page's.
     pub passthrough: Option<crate::passthrough::Passthrough>,
-    /// Bounds the route look-ups held at once ([`MAX_ROUTE_WATCHES`]).
+    /// Bounds the route look-ups held at once ([`route_watches`]).
     pub route_watches: Arc<tokio::sync::Semaphore>,
     /// Turns true when the router stops: held look-ups are answered then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The bound of [`Shared::route_watches`].
-pub fn route_watches() -> Arc<tokio::sync::Semaphore> {
-    Arc::new(tokio::sync::Semaphore::new(MAX_ROUTE_WATCHES))
+/// The bound of [`Shared::route_watches`] for a router of at most `max_connections`:
+/// three quarters of them, so that held look-ups (each keeps its connection, ~12 KiB of the
+/// router's memory, measured) always leave room for new clients to ask. Beyond it a
+/// look-up is answered at once, and the client asks again a little later.
+pub fn route_watches(max_connections: usize) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new((max_connections / 4 * 3).max(1)))
 }
 
 type Ctx = State<Arc<Shared>>;
@@ -626,7 +625,7 @@ mod tests {
             content: crate::content::Forwarder::default(),
             origins: Some(troupe_proto::origin::OriginPolicy::new(&["https://app.example".into()]).unwrap()),
             passthrough: None,
-            route_watches: route_watches(),
+            route_watches: route_watches(20_000),
             stopping,
         }));
         app.oneshot(req).await.unwrap()
@@ -651,13 +650,13 @@ mod tests {
         serde_json::from_str(&body(response).await).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_route_look_up_with_unless_waits_for_the_scene_to_move() {
-        let before = cluster(3);
-        let owner = state_of(before.clone()).placement.route("s1").unwrap();
-        let (membership, latest) = tokio::sync::watch::channel(Some(state_of(before.clone())));
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        let app = router(Arc::new(Shared {
+    /// A router answering from `latest`, holding at most `watches` route look-ups.
+    fn watching_router(
+        latest: follow::Latest,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        watches: Arc<tokio::sync::Semaphore>,
+    ) -> Router {
+        router(Arc::new(Shared {
             latest,
             metrics: new_metrics(),
             presence: None,
@@ -668,9 +667,44 @@ mod tests {
             content: crate::content::Forwarder::default(),
             origins: None,
             passthrough: None,
-            route_watches: route_watches(),
+            route_watches: watches,
             stopping,
-        }));
+        }))
+    }
+
+    #[tokio::test]
+    async fn route_look_ups_beyond_the_bound_are_answered_at_once() {
+        let owner = state_of(cluster(3)).placement.route("s1").unwrap();
+        let (_membership, latest) = tokio::sync::watch::channel(Some(state_of(cluster(3))));
+        let (_running, stopping) = tokio::sync::watch::channel(false);
+        // A router of 1 connection holds 1 look-up (three quarters, at least one).
+        let app = watching_router(latest, stopping, route_watches(1));
+        let uri = format!(
+            "/v1/route/s1?unless={}",
+            owner.url.replace(':', "%3A").replace('/', "%2F")
+        );
+        let ask = || {
+            app.clone()
+                .oneshot(Request::get(uri.clone()).body(AxumBody::empty()).unwrap())
+        };
+        let held = tokio::spawn(ask());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        let beyond = tokio::time::timeout(Duration::from_secs(1), ask()).await;
+        assert_eq!(
+            json_body(beyond.unwrap().unwrap()).await["url"],
+            owner.url.as_str()
+        );
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_route_look_up_with_unless_waits_for_the_scene_to_move() {
+        let before = cluster(3);
+        let owner = state_of(before.clone()).placement.route("s1").unwrap();
+        let (membership, latest) = tokio::sync::watch::channel(Some(state_of(before.clone())));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let app = watching_router(latest, stopping, route_watches(20_000));
         let ask = |unless: &str| {
             let uri = format!(
                 "/v1/route/s1?unless={}",

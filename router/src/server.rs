@@ -98,7 +98,7 @@ pub async fn run(
         content: crate::content::Forwarder::new(settings.node_upstream.clone()),
         origins: settings.origins.clone(),
         passthrough,
-        route_watches: http::route_watches(),
+        route_watches: http::route_watches(settings.port.max_connections),
         stopping,
     });
 
