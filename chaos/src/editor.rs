@@ -277,7 +277,8 @@ async fn watch_moves_of(
     let router = router.to_string();
     loop {
         let watched = host.borrow_and_update().clone();
-        let path = format!("/v1/route/{scene}?unless={}", percent_encode(&watched));
+        let unless: String = url::form_urlencoded::byte_serialize(watched.as_bytes()).collect();
+        let path = format!("/v1/route/{scene}?unless={unless}");
         let asked = routes.get::<troupe_membership::Route>(&router, &path, Duration::from_secs(30));
         tokio::select! {
             answer = asked => match answer {
@@ -299,16 +300,6 @@ async fn watch_moves_of(
             _ = stop.changed() => return,
         }
     }
-}
-
-/// `s` with everything but unreserved characters percent-encoded (for a query value).
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What one editor task needs.
