@@ -2,7 +2,7 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `GET /v1/route/{scene}[?unless=URL]` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`); with `unless`, held until the owner is another than `URL` (or 25 s; see [`route_watches`]) |
+//! | `GET /v1/route/{scene}[?unless=URL[&wait=MS]]` | `{"scene","node","url","epoch"}`, for any origin (CORS `*`); with `unless`, held until the owner is another than `URL`, or `MS` milliseconds, or 25 s (see [`route_watches`]) |
 //! | `GET /ws/scenes/{scene}[?query]` | 307 to the owner's `/ws/scenes/{scene}[?query]` |
 //! | `/v1/scenes/{scene}/presence` | who is in the scene (see [`presence`]) |
 //! | `/v1/scenes/{scene}/content`, `…/versions`, `…/versions/{v}/content`, `…/restore` | the scene API, checked here and answered by the owner |
@@ -23,6 +23,7 @@
 //! [`assets`]: crate::assets
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -53,7 +54,7 @@ pub const SCENES_PREFIX: &str = "/ws/scenes/";
 const JSON: &str = "application/json";
 
 /// Longest a route look-up with `?unless=` is held (below the idle limits of common proxies).
-pub const ROUTE_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
+pub const ROUTE_WATCH: Duration = Duration::from_secs(25);
 
 /// What every request may need.
 pub struct Shared {
@@ -212,25 +213,38 @@ async fn metrics(State(s): Ctx, headers: HeaderMap) -> Response<Body> {
     )
 }
 
-/// `?unless=` of a route look-up.
+/// `?unless=URL&wait=MS` of a route look-up.
 #[derive(Debug, serde::Deserialize)]
 struct RouteQuery {
     unless: Option<String>,
+    /// The longest the caller wants the answer held, in milliseconds (at most [`ROUTE_WATCH`]):
+    /// a client between two reconnect attempts holds it for its pause.
+    wait: Option<u64>,
 }
 
 /// `GET /v1/route/{scene}`: the owner as JSON, for any origin (the demo page asks from its
 /// own; the answer is public anyway). With `?unless=URL` the answer waits until the owner
-/// is another than `URL`, or [`ROUTE_WATCH`]: a client connected to that owner learns of a
-/// move at once, without an edit of its own — a paused or cut-off owner cannot tell it.
+/// is another than `URL`, or `?wait=` milliseconds, or [`ROUTE_WATCH`]: a client connected
+/// to that owner learns of a move at once, without an edit of its own — a paused or cut-off
+/// owner cannot tell it — and a client waiting to reconnect to an owner that refused it
+/// learns of the takeover the moment the router does.
 async fn route(
     State(s): Ctx,
     scene: SceneParam,
     query: Result<Query<RouteQuery>, QueryRejection>,
 ) -> Response<Body> {
     let scene = scene_of(scene);
-    if let (Some(scene), Ok(Query(RouteQuery { unless: Some(owner) }))) = (&scene, &query) {
+    if let (
+        Some(scene),
+        Ok(Query(RouteQuery {
+            unless: Some(owner),
+            wait,
+        })),
+    ) = (&scene, &query)
+    {
+        let hold = wait.map_or(ROUTE_WATCH, |ms| Duration::from_millis(ms).min(ROUTE_WATCH));
         if let Ok(_held) = s.route_watches.clone().try_acquire_owned() {
-            wait_for_move(scene, owner, &s).await;
+            wait_for_move(scene, owner, hold, &s).await;
         }
     }
     let mut response = match resolve(scene, &s) {
@@ -493,11 +507,11 @@ impl Refusal {
 }
 
 /// Returns once `scene`'s owner is another than `owner` (or it has none, or the router
-/// lost its membership), or after [`ROUTE_WATCH`].
-async fn wait_for_move(scene: &str, owner: &str, s: &Shared) {
+/// lost its membership), or after `hold`.
+async fn wait_for_move(scene: &str, owner: &str, hold: Duration, s: &Shared) {
     let mut latest = s.latest.clone();
     let mut stopping = s.stopping.clone();
-    let deadline = tokio::time::Instant::now() + ROUTE_WATCH;
+    let deadline = tokio::time::Instant::now() + hold;
     loop {
         let moved = match latest.borrow_and_update().as_ref() {
             Some(state) => state
@@ -696,6 +710,36 @@ mod tests {
             owner.url.as_str()
         );
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_held_route_look_up_ends_after_the_wait_its_caller_asked_for() {
+        let owner = state_of(cluster(3)).placement.route("s1").unwrap();
+        let (_membership, latest) = tokio::sync::watch::channel(Some(state_of(cluster(3))));
+        let (_running, stopping) = tokio::sync::watch::channel(false);
+        let app = watching_router(latest, stopping, route_watches(20_000));
+        let ask = |wait: &str| {
+            let uri = format!(
+                "/v1/route/s1?unless={}&wait={wait}",
+                owner.url.replace(':', "%3A").replace('/', "%2F")
+            );
+            app.clone()
+                .oneshot(Request::get(uri).body(AxumBody::empty()).unwrap())
+        };
+        let asked = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), ask("300")).await;
+        let held = asked.elapsed();
+        assert_eq!(
+            json_body(answer.unwrap().unwrap()).await["url"],
+            owner.url.as_str()
+        );
+        assert!(held >= Duration::from_millis(300), "held {held:?}");
+        // A wait that is not a number is a plain look-up.
+        let answer = tokio::time::timeout(Duration::from_millis(200), ask("soon")).await;
+        assert_eq!(
+            json_body(answer.unwrap().unwrap()).await["url"],
+            owner.url.as_str()
+        );
     }
 
     #[tokio::test]

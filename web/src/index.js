@@ -653,19 +653,20 @@ export class SceneSession {
   }
 
   /**
-   * @private While connected, keep one look-up open that the router holds until the scene
-   * is on another node (`?unless=` the current owner), and follow the answer at once: a
-   * paused or cut-off owner cannot say that its scenes moved, and an editor who is not
-   * typing would not notice a stall. One loop at a time; it ends when the session stops or
-   * is not connected, and starts again at the next sync.
+   * @private While connected or reconnecting, keep one look-up open that the router holds
+   * until the scene is on another node (`?unless=` the owner the session knows), and follow
+   * the answer at once: a paused or cut-off owner cannot say that its scenes moved, an
+   * editor who is not typing would not notice a stall, and an editor whose owner died
+   * learns of the takeover the moment the router does, instead of at its next retry. One
+   * loop at a time; it starts at a sync and ends when the session stops, falls back or goes
+   * offline.
    */
   async _watchForMoves () {
     if (!this._watchMoves || this._watching || this._stopped) return
     this._watching = true
     try {
-      while (!this._stopped && this._socket !== null && this.status === 'connected') {
-        const socket = this._socket
-        const owner = /** @type {string} */ (this.url)
+      while (!this._stopped && this.url !== null && (this.status === 'connected' || this.status === 'reconnecting')) {
+        const owner = this.url
         const asked = Date.now()
         const controller = typeof AbortController === 'function' ? new AbortController() : undefined
         this._watchAbort = controller || null
@@ -675,13 +676,12 @@ export class SceneSession {
           named = await this._resolve({ unless: owner, timeout: ROUTE_WATCH_TIMEOUT_MS, controller })
         } catch { /* the router is down, or the look-up was abandoned */ }
         this._watchAbort = null
-        if (this._stopped || socket !== this._socket || owner !== this.url) continue
+        if (this._stopped || owner !== this.url) continue
         if (named !== null && named !== owner) {
           this.url = named
           this._emit('moved', { url: named })
-          this._stallMove = true
-          socket.abandon('the scene moved; following it to the new owner')
-          return
+          this._followNow('the scene moved; following it to the new owner')
+          continue
         }
         if (Date.now() - asked < ROUTE_WATCH_RETRY_MS) {
           await new Promise((resolve) => {
@@ -693,6 +693,19 @@ export class SceneSession {
       }
     } finally {
       this._watching = false
+    }
+  }
+
+  /**
+   * @private Go to `this.url` now: drop the current connection (open, or still trying a
+   * node that is gone), or cut the pause before the next attempt short.
+   */
+  _followNow (/** @type {string} */ reason) {
+    if (this._socket !== null) {
+      this._stallMove = true
+      this._socket.abandon(reason)
+    } else {
+      this._schedule(0, {})
     }
   }
 
@@ -714,8 +727,7 @@ export class SceneSession {
       if (this._stopped || owner === this.url || socket !== this._socket) return
       this.url = owner
       this._emit('moved', { url: owner })
-      this._stallMove = true
-      socket.abandon()
+      this._followNow('edits unacknowledged; moving to the new owner')
     } catch {
       // The router does not answer: keep waiting on this connection.
     } finally {

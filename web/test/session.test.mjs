@@ -495,6 +495,32 @@ test('watchMoves: a look-up held while connected; answered with another owner, t
   assert.equal(ctx.WS.instances.length, 2)
 })
 
+test('watchMoves: the look-up stays held while reconnecting; its answer ends the pause before the next attempt', async (t) => {
+  const hold = holdingFetch()
+  // A long backoff: without the held look-up the next attempt would wait 10 s.
+  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch, random: () => 1, backoffBase: 10000, backoffCap: 10000 })
+  hold.router = ctx.router
+  const { ws } = await ctx.connect(0)
+  await waitFor('a held look-up', () => hold.held.length === 1)
+  // The owner dies: its connection is reset; the router does not know yet.
+  ws.serverClose(1006, '')
+  assert.equal(ctx.session.status, 'reconnecting')
+  await sleep(50)
+  assert.equal(ctx.WS.instances.length, 1, 'pausing before the next attempt')
+  assert.equal(hold.held[0].aborted, false, 'the look-up is still held')
+  // The cluster moves the scene; the router answers at once.
+  const answered = Date.now()
+  hold.held[0].answer('ws://node-b.test:4002')
+  const ws1 = await ctx.socket(1)
+  assert.ok(Date.now() - answered < 1000, 'followed at once, not after the pause')
+  assert.ok(ws1.url.startsWith('ws://node-b.test:4002/ws/scenes/'), ws1.url)
+  assert.deepEqual(ctx.events.moved, ['ws://node-b.test:4002'])
+  await ctx.connect(1)
+  await waitFor('a look-up held for the new owner', () => hold.held.length === 2)
+  assert.ok(hold.held[1].url.endsWith(`?unless=${encodeURIComponent('ws://node-b.test:4002')}`), hold.held[1].url)
+  assert.equal(ctx.WS.instances.length, 2)
+})
+
 test('watchMoves: a router that answers at once without a move is asked again only after a pause', async (t) => {
   const { router, connect, WS } = setup(t, { watchMoves: true })
   await connect(0)
