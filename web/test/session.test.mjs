@@ -521,6 +521,25 @@ test('watchMoves: the look-up stays held while reconnecting; its answer ends the
   assert.equal(ctx.WS.instances.length, 2)
 })
 
+test('watchMoves: an attempt still trying the dead owner is dropped when the held look-up names another', async (t) => {
+  const hold = holdingFetch()
+  // No pause: the retry to the dead owner starts at once and hangs in CONNECTING.
+  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch, connectTimeout: 0 })
+  hold.router = ctx.router
+  const { ws } = await ctx.connect(0)
+  await waitFor('a held look-up', () => hold.held.length === 1)
+  ws.serverClose(1006, '')
+  const retry = await ctx.socket(1)
+  assert.ok(retry.url.startsWith('ws://node-a.test:4001/'), retry.url)
+  assert.equal(retry.readyState, 0, 'still connecting')
+  hold.held[0].answer('ws://node-b.test:4002')
+  const ws2 = await ctx.socket(2)
+  assert.ok(retry.readyState >= 2, 'the hanging attempt is dropped')
+  assert.ok(ws2.url.startsWith('ws://node-b.test:4002/ws/scenes/'), ws2.url)
+  await ctx.connect(2)
+  assert.equal(ctx.session.url, 'ws://node-b.test:4002')
+})
+
 test('watchMoves: a router that answers at once without a move is asked again only after a pause', async (t) => {
   const { router, connect, WS } = setup(t, { watchMoves: true })
   await connect(0)
