@@ -658,14 +658,16 @@ export class SceneSession {
    * the answer at once: a paused or cut-off owner cannot say that its scenes moved, an
    * editor who is not typing would not notice a stall, and an editor whose owner died
    * learns of the takeover the moment the router does, instead of at its next retry. One
-   * loop at a time; it starts at a sync and ends when the session stops, falls back or goes
-   * offline.
+   * loop at a time; it starts at a sync and ends when the session stops, falls back to
+   * autosave (which abandons the held look-up) or goes offline.
    */
   async _watchForMoves () {
     if (!this._watchMoves || this._watching || this._stopped) return
     this._watching = true
+    const live = () => !this._stopped && this.mode === 'live' && this.url !== null &&
+      (this.status === 'connected' || this.status === 'reconnecting')
     try {
-      while (!this._stopped && this.url !== null && (this.status === 'connected' || this.status === 'reconnecting')) {
+      while (live()) {
         const owner = this.url
         const asked = Date.now()
         const controller = typeof AbortController === 'function' ? new AbortController() : undefined
@@ -676,7 +678,7 @@ export class SceneSession {
           named = await this._resolve({ unless: owner, timeout: ROUTE_WATCH_TIMEOUT_MS, controller })
         } catch { /* the router is down, or the look-up was abandoned */ }
         this._watchAbort = null
-        if (this._stopped || owner !== this.url) continue
+        if (!live() || owner !== this.url) continue
         if (named !== null && named !== owner) {
           this.url = named
           this._emit('moved', { url: named })
@@ -826,6 +828,8 @@ export class SceneSession {
   _pauseLive () {
     if (this._timer !== null) clearTimeout(this._timer)
     this._timer = null
+    if (this._watchAbort !== null) this._watchAbort.abort()
+    if (this._watchWake !== null) this._watchWake()
     this._clearConnectTimer()
     this.provider.shouldConnect = false
     try { this.provider.disconnect() } catch { /* already closed */ }

@@ -540,6 +540,20 @@ test('watchMoves: an attempt still trying the dead owner is dropped when the hel
   assert.equal(ctx.session.url, 'ws://node-b.test:4002')
 })
 
+test('watchMoves: falling back to autosave abandons the held look-up; no reconnect follows', async (t) => {
+  const hold = holdingFetch()
+  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch })
+  hold.router = ctx.router
+  const { ws } = await ctx.connect(0)
+  await waitFor('a held look-up', () => hold.held.length === 1)
+  ws.serverClose(4410, 'collaboration is off for this scene')
+  await waitFor('autosave', () => ctx.session.status === 'autosave')
+  assert.equal(hold.held[0].aborted, true, 'the held look-up is abandoned')
+  await sleep(100)
+  assert.equal(ctx.WS.instances.length, 1, 'no connection attempt while in autosave')
+  assert.equal(hold.held.length, 1, 'no new held look-up')
+})
+
 test('watchMoves: a router that answers at once without a move is asked again only after a pause', async (t) => {
   const { router, connect, WS } = setup(t, { watchMoves: true })
   await connect(0)
