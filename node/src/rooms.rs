@@ -87,9 +87,14 @@ impl Rooms {
         self.lock().get(scene).is_some_and(|h| !h.tx.is_closed())
     }
 
-    /// The live rooms: scene and inbox.
-    pub fn snapshot(&self) -> Vec<(String, RoomHandle)> {
-        self.lock().iter().map(|(s, h)| (s.clone(), h.clone())).collect()
+    /// The scenes with a room on this node now.
+    pub fn scenes(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The inbox of `scene`'s room, if it has one now.
+    pub fn handle(&self, scene: &str) -> Option<RoomHandle> {
+        self.lock().get(scene).cloned()
     }
 
     /// Number of live rooms.

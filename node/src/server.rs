@@ -418,21 +418,18 @@ async fn check_leases(store: Store, rooms: Arc<Rooms>, node_id: String) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let live = rooms.snapshot();
-        if live.is_empty() {
+        let scenes = rooms.scenes();
+        if scenes.is_empty() {
             continue;
         }
         let checked_at = std::time::Instant::now();
-        let scenes: Vec<String> = live.iter().map(|(s, _)| s.clone()).collect();
         let Ok(lost) = store.leases_lost(&node_id, &scenes).await else {
             continue;
         };
-        if lost.is_empty() {
-            continue;
-        }
-        let lost: std::collections::HashSet<String> = lost.into_iter().collect();
-        for (scene, handle) in live {
-            if lost.contains(&scene) {
+        // A room started for the scene since the check ignores the notice: it claimed the
+        // lease after `checked_at`.
+        for scene in lost {
+            if let Some(handle) = rooms.handle(&scene) {
                 let _ = handle.tx.try_send(crate::room::RoomCmd::LeaseLost { checked_at });
             }
         }
