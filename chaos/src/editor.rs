@@ -97,7 +97,7 @@ impl FollowingEditor {
         let outages = Arc::new(Mutex::new(Vec::new()));
         let acks = Arc::new(Mutex::new(AckLog::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let (host_tx, host_rx) = watch::channel(url.clone());
+        let (host_tx, host_rx) = watch::channel(url);
         if watch_moves {
             tokio::spawn(watch_moves_of(
                 client.clone(),
@@ -116,8 +116,7 @@ impl FollowingEditor {
             prefix: prefix.to_string(),
             typing,
             n: 0,
-            host: url,
-            host_tx,
+            host: host_tx,
             typed: typed.clone(),
             acks: acks.clone(),
             outages: outages.clone(),
@@ -263,6 +262,25 @@ async fn resolve_with(
     Ok((route.node.0, route.url, route.epoch))
 }
 
+/// The owner's URL of `scene` from a look-up the router holds until the owner is another
+/// than `unless`, or `wait` (the router's own bound, 25 s, when `None`).
+async fn route_unless(
+    routes: &RpcClient,
+    router: &str,
+    scene: &str,
+    unless: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<String> {
+    let unless: String = url::form_urlencoded::byte_serialize(unless.as_bytes()).collect();
+    let mut path = format!("/v1/route/{scene}?unless={unless}");
+    if let Some(wait) = wait {
+        path.push_str(&format!("&wait={}", wait.as_millis()));
+    }
+    let hold = wait.unwrap_or(Duration::from_secs(25)) + Duration::from_secs(5);
+    let route: troupe_membership::Route = routes.get(router, &path, hold).await?;
+    Ok(route.url)
+}
+
 /// Holds a route look-up `?unless=` the editor's host until the router answers: when it
 /// names another owner, drops the editor's connection (its typist then follows the router),
 /// and watches the next host once the typist has one. Ends when `stop` turns true.
@@ -277,12 +295,10 @@ async fn watch_moves_of(
     let router = router.to_string();
     loop {
         let watched = host.borrow_and_update().clone();
-        let unless: String = url::form_urlencoded::byte_serialize(watched.as_bytes()).collect();
-        let path = format!("/v1/route/{scene}?unless={unless}");
-        let asked = routes.get::<troupe_membership::Route>(&router, &path, Duration::from_secs(30));
+        let asked = route_unless(&routes, &router, &scene, &watched, None);
         tokio::select! {
             answer = asked => match answer {
-                Ok(route) if route.url != watched && *host.borrow() == watched => {
+                Ok(url) if url != watched && *host.borrow() == watched => {
                     let _ = client.drop_connection().await;
                     // Watch again once the typist is on its way to another host.
                     tokio::select! {
@@ -313,10 +329,9 @@ struct Typist {
     prefix: String,
     typing: Typing,
     n: u64,
-    /// The base URL of the node the editor is connected (or connecting) to.
-    host: String,
-    /// Tells the move watch ([`watch_moves_of`]) the host, as it changes.
-    host_tx: watch::Sender<String>,
+    /// The base URL of the node the editor is connected (or connecting) to, as the move
+    /// watch ([`watch_moves_of`]) sees it too.
+    host: watch::Sender<String>,
     typed: Arc<Mutex<Vec<String>>>,
     acks: Arc<Mutex<AckLog>>,
     outages: Arc<Mutex<Vec<Outage>>>,
@@ -414,8 +429,7 @@ impl Typist {
                     .map(|(_, url, _)| url),
             };
             if let Some(url) = &target {
-                self.host = url.clone();
-                self.host_tx.send_replace(url.clone());
+                self.host.send_replace(url.clone());
             }
             if target.is_some()
                 && follow(&self.client, target.clone(), &self.scene, &self.token)
@@ -449,22 +463,12 @@ impl Typist {
     ) -> Option<String> {
         let until = tokio::time::Instant::now() + pause;
         let asked = {
-            let (routes, router) = (self.routes.clone(), self.router.to_string());
-            let path = failed.as_ref().map(|failed| {
-                let unless: String = url::form_urlencoded::byte_serialize(failed.as_bytes()).collect();
-                format!(
-                    "/v1/route/{}?unless={unless}&wait={}",
-                    self.scene,
-                    pause.as_millis()
-                )
-            });
+            let (routes, router, scene) = (self.routes.clone(), self.router.to_string(), self.scene.clone());
+            let failed = failed.clone();
             async move {
-                let path = path?;
-                let route: troupe_membership::Route = routes
-                    .get(&router, &path, pause + Duration::from_secs(1))
+                route_unless(&routes, &router, &scene, &failed?, Some(pause))
                     .await
-                    .ok()?;
-                Some(route.url)
+                    .ok()
             }
         };
         tokio::pin!(asked);
@@ -565,7 +569,7 @@ impl Typist {
         let since = self.acks.lock().ok()?.oldest_pending()?;
         *last_check = Instant::now();
         let (_, url, _) = resolve_with(&self.routes, self.router, &self.scene).await.ok()?;
-        (url != self.host).then_some(since)
+        (url != *self.host.borrow()).then_some(since)
     }
 }
 

@@ -664,6 +664,12 @@ mod tests {
         serde_json::from_str(&body(response).await).unwrap()
     }
 
+    /// The route look-up of `s1` held `?unless=` the owner at `unless`, `more` appended.
+    fn route_unless_uri(unless: &str, more: &str) -> String {
+        let unless = unless.replace(':', "%3A").replace('/', "%2F");
+        format!("/v1/route/s1?unless={unless}{more}")
+    }
+
     /// A router answering from `latest`, holding at most `watches` route look-ups.
     fn watching_router(
         latest: follow::Latest,
@@ -693,10 +699,7 @@ mod tests {
         let (_running, stopping) = tokio::sync::watch::channel(false);
         // A router of 1 connection holds 1 look-up (three quarters, at least one).
         let app = watching_router(latest, stopping, route_watches(1));
-        let uri = format!(
-            "/v1/route/s1?unless={}",
-            owner.url.replace(':', "%3A").replace('/', "%2F")
-        );
+        let uri = route_unless_uri(&owner.url, "");
         let ask = || {
             app.clone()
                 .oneshot(Request::get(uri.clone()).body(AxumBody::empty()).unwrap())
@@ -719,10 +722,7 @@ mod tests {
         let (_running, stopping) = tokio::sync::watch::channel(false);
         let app = watching_router(latest, stopping, route_watches(20_000));
         let ask = |wait: &str| {
-            let uri = format!(
-                "/v1/route/s1?unless={}&wait={wait}",
-                owner.url.replace(':', "%3A").replace('/', "%2F")
-            );
+            let uri = route_unless_uri(&owner.url, &format!("&wait={wait}"));
             app.clone()
                 .oneshot(Request::get(uri).body(AxumBody::empty()).unwrap())
         };
@@ -750,10 +750,7 @@ mod tests {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = watching_router(latest, stopping, route_watches(20_000));
         let ask = |unless: &str| {
-            let uri = format!(
-                "/v1/route/s1?unless={}",
-                unless.replace(':', "%3A").replace('/', "%2F")
-            );
+            let uri = route_unless_uri(unless, "");
             app.clone()
                 .oneshot(Request::get(uri).body(AxumBody::empty()).unwrap())
         };

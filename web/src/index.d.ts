@@ -52,7 +52,9 @@ export interface NoticeEvent {
 
 /** An edit waiting this long (ms) for its ack makes the session ask the router whether the scene moved. */
 export const STALL_TIMEOUT_MS: number
+/** A look-up held by the router until the scene moves is abandoned after this many ms. */
 export const ROUTE_WATCH_TIMEOUT_MS: number
+/** After a held look-up failed, or came back at once unmoved, it is asked again after this many ms. */
 export const ROUTE_WATCH_RETRY_MS: number
 /** The close code reported for a connection dropped because its owner stalled. */
 export const STALLED_CLOSE_CODE: number
@@ -110,8 +112,8 @@ export interface ConnectSceneOptions {
    * scene moved, and follows it at once if it did; asked again every half of it while the stall
    * lasts (default 500; 0 disables). */
   stallTimeout?: number
-  /** While connected, keep a look-up open that the router answers when the scene moves to
-   * another node, and follow it at once (default true). */
+  /** While connected or reconnecting, keep a look-up open that the router answers when the
+   * scene moves to another node, and follow it at once (default true). */
   watchMoves?: boolean
 }
 

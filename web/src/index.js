@@ -146,7 +146,7 @@ class FatalRouteError extends Error {
  * @property {number} [stallTimeout] ms an edit may wait for its durable ack before the
  *   session asks the router whether the scene moved, and follows it at once; asked again
  *   every half of it while the stall lasts (default 500; 0 disables)
- * @property {boolean} [watchMoves] while connected, keep a look-up open that the router
+ * @property {boolean} [watchMoves] while connected or reconnecting, keep a look-up open that the router
  *   answers when the scene moves to another node, and follow it at once (default true): a
  *   paused or cut-off owner cannot say so, and an editor who is not typing would not notice
  */
@@ -283,7 +283,8 @@ export class SceneSession {
        * Drops a connection that stopped answering at once: the closing handshake with a
        * frozen node would never finish. Its handlers see a close now, and nothing later.
        */
-      abandon (reason = 'edits unacknowledged; moving to the new owner') {
+      /** @param {string} reason */
+      abandon (reason) {
         const onclose = this.onclose
         this.onclose = null
         this.onmessage = null
@@ -519,8 +520,7 @@ export class SceneSession {
     if (this._timer !== null) clearTimeout(this._timer)
     this._timer = null
     this._clearConnectTimer()
-    if (this._watchAbort !== null) this._watchAbort.abort()
-    if (this._watchWake !== null) this._watchWake()
+    this._endWatch()
     this.provider.shouldConnect = false
   }
 
@@ -698,6 +698,12 @@ export class SceneSession {
     }
   }
 
+  /** @private Abandon the held look-up and wake the watch from its pause: it ends (see `live`). */
+  _endWatch () {
+    if (this._watchAbort !== null) this._watchAbort.abort()
+    if (this._watchWake !== null) this._watchWake()
+  }
+
   /**
    * @private Go to `this.url` now: drop the current connection (open, or still trying a
    * node that is gone), or cut the pause before the next attempt short.
@@ -828,8 +834,7 @@ export class SceneSession {
   _pauseLive () {
     if (this._timer !== null) clearTimeout(this._timer)
     this._timer = null
-    if (this._watchAbort !== null) this._watchAbort.abort()
-    if (this._watchWake !== null) this._watchWake()
+    this._endWatch()
     this._clearConnectTimer()
     this.provider.shouldConnect = false
     try { this.provider.disconnect() } catch { /* already closed */ }

@@ -470,12 +470,21 @@ function holdingFetch () {
   return ctx
 }
 
-test('watchMoves: a look-up held while connected; answered with another owner, the session moves there', async (t) => {
+/**
+ * A session with `watchMoves` on and a holding fetch, connected to its first owner with
+ * one look-up held (`hold.held[0]`); `opts` as for `setup`.
+ */
+async function watchingSession (t, opts = {}) {
   const hold = holdingFetch()
-  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch })
+  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch, ...opts })
   hold.router = ctx.router
   const { ws } = await ctx.connect(0)
   await waitFor('a held look-up', () => hold.held.length === 1)
+  return { hold, ctx, ws }
+}
+
+test('watchMoves: a look-up held while connected; answered with another owner, the session moves there', async (t) => {
+  const { hold, ctx, ws } = await watchingSession(t)
   assert.ok(hold.held[0].url.endsWith(`?unless=${encodeURIComponent('ws://node-a.test:4001')}`), hold.held[0].url)
   assert.equal(ctx.WS.instances.length, 1)
   // The owner is paused: it says nothing; the router answers the held look-up.
@@ -496,12 +505,8 @@ test('watchMoves: a look-up held while connected; answered with another owner, t
 })
 
 test('watchMoves: the look-up stays held while reconnecting; its answer ends the pause before the next attempt', async (t) => {
-  const hold = holdingFetch()
   // A long backoff: without the held look-up the next attempt would wait 10 s.
-  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch, random: () => 1, backoffBase: 10000, backoffCap: 10000 })
-  hold.router = ctx.router
-  const { ws } = await ctx.connect(0)
-  await waitFor('a held look-up', () => hold.held.length === 1)
+  const { hold, ctx, ws } = await watchingSession(t, { random: () => 1, backoffBase: 10000, backoffCap: 10000 })
   // The owner dies: its connection is reset; the router does not know yet.
   ws.serverClose(1006, '')
   assert.equal(ctx.session.status, 'reconnecting')
@@ -522,12 +527,8 @@ test('watchMoves: the look-up stays held while reconnecting; its answer ends the
 })
 
 test('watchMoves: an attempt still trying the dead owner is dropped when the held look-up names another', async (t) => {
-  const hold = holdingFetch()
   // No pause: the retry to the dead owner starts at once and hangs in CONNECTING.
-  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch, connectTimeout: 0 })
-  hold.router = ctx.router
-  const { ws } = await ctx.connect(0)
-  await waitFor('a held look-up', () => hold.held.length === 1)
+  const { hold, ctx, ws } = await watchingSession(t, { connectTimeout: 0 })
   ws.serverClose(1006, '')
   const retry = await ctx.socket(1)
   assert.ok(retry.url.startsWith('ws://node-a.test:4001/'), retry.url)
@@ -541,11 +542,7 @@ test('watchMoves: an attempt still trying the dead owner is dropped when the hel
 })
 
 test('watchMoves: falling back to autosave abandons the held look-up; no reconnect follows', async (t) => {
-  const hold = holdingFetch()
-  const ctx = setup(t, { watchMoves: true, fetch: hold.fetch })
-  hold.router = ctx.router
-  const { ws } = await ctx.connect(0)
-  await waitFor('a held look-up', () => hold.held.length === 1)
+  const { hold, ctx, ws } = await watchingSession(t)
   ws.serverClose(4410, 'collaboration is off for this scene')
   await waitFor('autosave', () => ctx.session.status === 'autosave')
   assert.equal(hold.held[0].aborted, true, 'the held look-up is abandoned')
