@@ -22,11 +22,15 @@
 #   BENCH_OUT=DIR             where the reports go, one folder per run with report.json and
 #                             latency.svg (default target/bench-reports/<time>)
 #   KEEP_LOGS=1               keep the server logs and data (printed path) after exit
+#   PROFILE=release           the cargo profile of the binaries benched (troupe-node and the
+#                             relay alike); `production` is what deploy/Dockerfile ships
+#                             (optimised as one program: slower to build, faster to run)
 # troupe-node reads its other settings from TROUPE_* variables in the environment.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${ROUNDS:-2}"
+PROFILE="${PROFILE:-release}"
 TARGETS="${TARGETS:-troupe reference relay}"
 OUT="${BENCH_OUT:-$ROOT/target/bench-reports/$(date +%Y%m%d-%H%M%S)}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/troupe-load.XXXXXX")"
@@ -107,9 +111,10 @@ wait_for_line() {
 cd "$ROOT"
 packages=(-p troupe-chaos)
 (wants troupe || wants baseline) && packages+=(-p troupe-node)
-log "building release binaries (${packages[*]})"
-cargo build --release --bins "${packages[@]}" >&2
-CHAOS="$ROOT/target/release/troupe-chaos"
+log "building $PROFILE binaries (${packages[*]})"
+cargo build --profile "$PROFILE" --bins "${packages[@]}" >&2
+BIN="$ROOT/target/$PROFILE"
+CHAOS="$BIN/troupe-chaos"
 mkdir -p "$OUT"
 
 # --- servers -----------------------------------------------------------------------------
@@ -136,8 +141,8 @@ start_node() {
     mkdir -p "$WORK/data-$name"
     # The internal port's certificate (the node is a cluster of its own, id 1).
     if [ ! -f "$WORK/certs/node-1.crt" ]; then
-        "$ROOT/target/release/troupectl" certs --dir "$WORK/certs" init >/dev/null
-        "$ROOT/target/release/troupectl" certs --dir "$WORK/certs" node --id 1 >/dev/null
+        "$BIN/troupectl" certs --dir "$WORK/certs" init >/dev/null
+        "$BIN/troupectl" certs --dir "$WORK/certs" node --id 1 >/dev/null
     fi
     TROUPE_INTERNAL_CA="$WORK/certs/ca.crt" \
     TROUPE_INTERNAL_CERT="$WORK/certs/node-1.crt" \
@@ -162,7 +167,7 @@ start_node() {
 }
 
 if wants troupe; then
-    start_node troupe "$ROOT/target/release/troupe-node" "$DB_URL"
+    start_node troupe "$BIN/troupe-node" "$DB_URL"
     TROUPE_PID="$NODE_PID" TROUPE_URL="$NODE_URL"
 fi
 if wants baseline; then

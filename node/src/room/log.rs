@@ -7,12 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::Room;
 use crate::store::LogAppend;
-use crate::writer::{CommitStatus, QueueError, WriteJob};
+use crate::writer::{CommitProgress, CommitStatus, QueueError, WriteJob};
 
 /// Where the room's changes are on their way to the store.
 pub(super) struct Log {
@@ -23,25 +22,23 @@ pub(super) struct Log {
     pub(super) committed_seq: u64,
     pub(super) in_flight: Option<u64>,
     pub(super) in_flight_bytes: u64,
-    status_tx: Arc<watch::Sender<CommitStatus>>,
-    pub(super) status_rx: watch::Receiver<CommitStatus>,
+    /// Where the writer reports this log's commits.
+    pub(super) progress: Arc<CommitProgress>,
+    /// The writer's reports the room has seen (see [`CommitProgress::poll_report`]).
+    pub(super) reports_seen: u64,
 }
 
 impl Log {
     /// The log of a scene loaded with everything up to `last_seq` committed.
     pub(super) fn new(last_seq: u64) -> Self {
-        let (status_tx, status_rx) = watch::channel(CommitStatus {
-            committed_seq: last_seq,
-            refused: false,
-        });
         Self {
             pending: Vec::new(),
             last_seq,
             committed_seq: last_seq,
             in_flight: None,
             in_flight_bytes: 0,
-            status_tx: Arc::new(status_tx),
-            status_rx,
+            progress: Arc::new(CommitProgress::new(last_seq)),
+            reports_seen: 0,
         }
     }
 }
@@ -81,7 +78,7 @@ impl Room {
                 epoch: self.epoch,
                 data,
             },
-            status: self.log.status_tx.clone(),
+            progress: self.log.progress.clone(),
         };
         match self.ctx.writer.try_queue(job) {
             Ok(()) => {
@@ -99,8 +96,8 @@ impl Room {
         }
     }
 
-    pub(super) fn on_commit(&mut self) {
-        let status = *self.log.status_rx.borrow_and_update();
+    /// The writer reported `status`.
+    pub(super) fn on_commit(&mut self, status: CommitStatus) {
         if status.refused {
             self.fence("the store refused our write");
             return;

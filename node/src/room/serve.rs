@@ -1,11 +1,19 @@
-//! The room task's loop: one `select!` over the inbox, the commit status, housekeeping,
-//! placement and shutdown, and the dispatch of each command to the concern that handles it.
+//! The room task's loop: one `select!` over the inbox, the writer's reports, and behind a
+//! gate housekeeping, placement and shutdown; and the dispatch of each command to the
+//! concern that handles it.
 //!
 //! Apart so that the loop reads at a glance: what wakes a room, and what it does then.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+use troupe_membership::placement::PlacementView;
+
 use super::inbox::Inbox;
+use crate::wake_gate::WakeGate;
 
 use troupe_proto::CloseCode;
 
@@ -20,9 +28,22 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 /// due sooner wakes it sooner).
 const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(2);
 
+/// What woke among a room's rarely ready futures.
+enum Cold {
+    Shutdown,
+    Placement,
+    Housekeeping,
+}
+
+/// Ready once placement changed; never, when the cluster side is gone.
+async fn changed(mut placement: watch::Receiver<Arc<PlacementView>>) {
+    if placement.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Room {
     pub(super) async fn serve(&mut self, inbox: &mut Inbox<RoomCmd>) {
-        let shutdown = self.ctx.shutdown.clone();
         let mut told_to_stop = false;
         self.placement.mark_unchanged();
         // Placement may have moved on while the scene loaded.
@@ -32,26 +53,48 @@ impl Room {
         // four thousand times a second.
         let housekeeping = tokio::time::sleep(HOUSEKEEPING_INTERVAL);
         tokio::pin!(housekeeping);
+        // The rarely ready live across the turns of the loop, behind one gate (see
+        // `wake_gate`): made anew on every turn, the waits for placement and shutdown
+        // joined and left the waiter lists every room shares, twice for every edit.
+        let mut placement_changed = Box::pin(changed(self.placement.clone()));
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        let mut gate = WakeGate::default();
         loop {
             tokio::select! {
                 cmd = inbox.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
-                Ok(()) = self.log.status_rx.changed() => self.on_commit(),
-                () = &mut housekeeping => {
-                    self.flush();
-                    self.maybe_compact(false);
-                    self.p1_housekeeping();
-                    self.presence.publish(&self.ctx, &self.scene);
-                    let next = tokio::time::Instant::now() + self.next_housekeeping();
-                    housekeeping.as_mut().reset(next);
-                }
-                Ok(()) = self.placement.changed() => self.on_placement(),
-                () = shutdown.cancelled(), if !told_to_stop => {
-                    told_to_stop = true;
-                    self.stop(CloseCode::GoingAway, "server shutting down");
-                }
+                status = std::future::poll_fn(|cx| {
+                    self.log.progress.poll_report(cx, &mut self.log.reports_seen)
+                }) => self.on_commit(status),
+                cold = std::future::poll_fn(|cx| gate.poll(cx, |cx| {
+                    if !told_to_stop && shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Cold::Shutdown);
+                    }
+                    if placement_changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Cold::Placement);
+                    }
+                    housekeeping.as_mut().poll(cx).map(|()| Cold::Housekeeping)
+                })) => match cold {
+                    Cold::Shutdown => {
+                        told_to_stop = true;
+                        self.stop(CloseCode::GoingAway, "server shutting down");
+                    }
+                    Cold::Placement => {
+                        self.on_placement();
+                        placement_changed.set(changed(self.placement.clone()));
+                    }
+                    Cold::Housekeeping => {
+                        self.flush();
+                        self.maybe_compact(false);
+                        self.p1_housekeeping();
+                        self.presence.publish(&self.ctx, &self.scene);
+                        let next = tokio::time::Instant::now() + self.next_housekeeping();
+                        housekeeping.as_mut().reset(next);
+                    }
+                },
             }
             if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {
                 break;
