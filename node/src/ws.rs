@@ -114,7 +114,8 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
     let exists = match app.rooms.batches().lease(scene).await {
         Ok(Some(_)) => true,
         Ok(None) => matches!(app.store.p1_version(scene).await, Ok(Some(_)) | Err(_)),
-        Err(_) => {
+        Err(error) => {
+            tracing::warn!(%scene, %error, "looking up the scene's lease failed");
             app.metrics.error("scene_unavailable");
             return unavailable();
         }
@@ -130,8 +131,12 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
         return None;
     }
     let minute = (troupe_proto::clock::now_secs() / 60) as i64;
-    match app.store.count_new_scene(&claims.sub, minute).await {
-        Ok(count) if count > quotas.new_scenes_per_minute => {
+    let admitted = app
+        .store
+        .admit_new_scene(&claims.sub, minute, scene, quotas.new_scenes_per_minute)
+        .await;
+    match admitted {
+        Ok(false) => {
             app.metrics.error("new_scene_quota");
             Some((
                 CloseCode::RateLimited,
@@ -141,8 +146,9 @@ async fn may_load(app: &App, scene: &str, claims: &Claims, role: Role) -> Option
                 ),
             ))
         }
-        Ok(_) => None,
-        Err(_) => {
+        Ok(true) => None,
+        Err(error) => {
+            tracing::warn!(%scene, %error, "counting the user's new scenes failed");
             app.metrics.error("scene_unavailable");
             unavailable()
         }

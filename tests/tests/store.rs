@@ -120,6 +120,85 @@ async fn a_taken_position_is_refused_without_failing_the_batch() {
     }
 }
 
+/// A store a later release migrated opens all the same (a rollback of the nodes needs no
+/// rollback of the database): an applied migration this release does not know is a later
+/// release's, and the data it wrote is read as before.
+#[tokio::test]
+async fn a_store_migrated_by_a_later_release_still_opens() {
+    for backend in Backend::all() {
+        // Its own database or file: a migration row in the shared one would reach every test.
+        let (backend, dir) = match backend {
+            Backend::Postgres(url) => {
+                let admin = sqlx::PgPool::connect(&url).await.unwrap();
+                let name = unique("later").replace('-', "_");
+                // The name is ours (letters, digits and underscores).
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                let (server, _) = url.rsplit_once('/').unwrap();
+                (Backend::Postgres(format!("{server}/{name}")), fresh_dir())
+            }
+            Backend::Sqlite => (Backend::Sqlite, fresh_dir()),
+        };
+        let scene = unique("kept");
+        let store = open_in(&backend, &dir).await;
+        claim(&store, &[&scene], "1").await;
+        store.append("1", &[append(&scene, 1, b"edit")]).await.unwrap();
+        // What the later release's migration leaves behind: its row and its table.
+        const LATER_SQLITE: &str =
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                                    VALUES (99990101000000, 'a later release', true, x'00', 0)";
+        const LATER_POSTGRES: &str = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                                      VALUES (99990101000000, 'a later release', true, decode('00', 'hex'), 0)";
+        match &backend {
+            Backend::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query(LATER_POSTGRES).execute(&pool).await.unwrap();
+                sqlx::query("CREATE TABLE later_release (id BIGINT)")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            Backend::Sqlite => {
+                let file = dir.join("troupe.sqlite3");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", file.display()))
+                    .await
+                    .unwrap();
+                sqlx::query(LATER_SQLITE).execute(&pool).await.unwrap();
+            }
+        }
+        drop(store);
+        let reopened = open_in(&backend, &dir).await;
+        let loaded = reopened.load(&scene).await.unwrap();
+        assert_eq!(loaded.rows.len(), 1, "{backend:?}");
+    }
+}
+
+/// The quota on new scenes counts distinct scenes: a scene asked for again (a second tab,
+/// a retry) is admitted without counting twice, a refused scene is not counted, and each
+/// minute and user is counted apart.
+#[tokio::test]
+async fn new_scenes_count_once_each_and_refused_ones_not_at_all() {
+    for backend in Backend::all() {
+        let store = open(&backend).await;
+        let (ada, bob) = (unique("ada"), unique("bob"));
+        let admit = |user: &str, minute: i64, scene: &str| {
+            let (store, user, scene) = (store.clone(), user.to_string(), scene.to_string());
+            async move { store.admit_new_scene(&user, minute, &scene, 2).await.unwrap() }
+        };
+        assert!(admit(&ada, 100, "one").await, "{backend:?}");
+        assert!(admit(&ada, 100, "one").await, "the same scene again, {backend:?}");
+        assert!(admit(&ada, 100, "two").await, "{backend:?}");
+        assert!(!admit(&ada, 100, "three").await, "a third scene, {backend:?}");
+        assert!(!admit(&ada, 100, "three").await, "retried, {backend:?}");
+        // Admitted scenes stay admitted for the minute; a refused one took no place.
+        assert!(admit(&ada, 100, "two").await, "{backend:?}");
+        assert!(admit(&ada, 101, "three").await, "the next minute, {backend:?}");
+        assert!(admit(&bob, 100, "three").await, "another user, {backend:?}");
+    }
+}
+
 /// Quota reports of many users in one call add up as one-by-one reports do, answer in the
 /// order asked, and keep each hour apart.
 #[tokio::test]

@@ -149,17 +149,38 @@ macro_rules! shared_queries {
             Ok(done.rows_affected() == 1)
         }
 
-        pub async fn count_new_scene(&self, user: &str, minute: i64) -> Result<u64, StoreError> {
-            let count: i64 = sqlx::query_scalar(
-                "INSERT INTO scene_creations (user_id, minute, count) VALUES ($1, $2, 1)
-                 ON CONFLICT (user_id, minute) DO UPDATE SET count = scene_creations.count + 1
-                 RETURNING count",
+        pub async fn admit_new_scene(
+            &self,
+            user: &str,
+            minute: i64,
+            scene: &str,
+            limit: u64,
+        ) -> Result<bool, StoreError> {
+            let inserted = sqlx::query(
+                "INSERT INTO user_new_scenes (user_id, minute, scene_id)
+                 SELECT $1, $2, $3
+                 WHERE (SELECT count(*) FROM user_new_scenes WHERE user_id = $1 AND minute = $2) < $4
+                 ON CONFLICT (user_id, minute, scene_id) DO NOTHING",
             )
             .bind(user)
             .bind(minute)
-            .fetch_one(&self.pool)
+            .bind(scene)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
             .await?;
-            Ok(count.max(0) as u64)
+            if inserted.rows_affected() == 1 {
+                return Ok(true);
+            }
+            // Over the quota, or this scene was admitted already this minute.
+            let counted: Option<bool> = sqlx::query_scalar(
+                "SELECT true FROM user_new_scenes WHERE user_id = $1 AND minute = $2 AND scene_id = $3",
+            )
+            .bind(user)
+            .bind(minute)
+            .bind(scene)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(counted.is_some())
         }
 
         /// One statement (one snapshot, one round trip): every room load asks, and most
@@ -338,10 +359,15 @@ macro_rules! shared_queries {
             .bind(limit)
             .execute(&self.pool)
             .await?;
-            sqlx::query("DELETE FROM scene_creations WHERE minute < $1")
-                .bind(now_ms() / 60_000 - 60)
-                .execute(&self.pool)
-                .await?;
+            for old_minutes in [
+                "DELETE FROM user_new_scenes WHERE minute < $1",
+                "DELETE FROM scene_creations WHERE minute < $1",
+            ] {
+                sqlx::query(old_minutes)
+                    .bind(now_ms() / 60_000 - 60)
+                    .execute(&self.pool)
+                    .await?;
+            }
             sqlx::query("DELETE FROM user_bytes WHERE hour < $1")
                 .bind(now_ms() / 3_600_000 - 24)
                 .execute(&self.pool)
@@ -415,6 +441,29 @@ pub enum StoreError {
     Content(crate::content::blocks::BlockError),
     #[error("a recorded P1 version cannot be read: {0}")]
     Projection(String),
+}
+
+/// This release's migrations of the store's schema, ready to run. Migrations are additive
+/// (a release adds tables or columns and drops or changes nothing an earlier release reads),
+/// so the previous release runs on a schema this one migrated: rolling the nodes back needs
+/// no rollback of the database, and a rolling upgrade runs both releases at once. An
+/// applied migration this release does not know is therefore a later release's, not an
+/// error ([`note_newer_schema`] says so at start).
+fn migrations(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// One line at start when the store was migrated by a later release than this one.
+fn note_newer_schema(migrator: &sqlx::migrate::Migrator, newest_applied: Option<i64>) {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    if let Some(applied) = newest_applied.filter(|&applied| applied > known) {
+        tracing::warn!(
+            applied,
+            known,
+            "the store's schema is from a later release than this node (a rollback or a rolling upgrade); its migrations are additive, so this node runs on it"
+        );
+    }
 }
 
 /// How many recent P1 content versions of a scene are remembered for merging writes.
@@ -631,12 +680,20 @@ impl Store {
         }
     }
 
-    /// Counts one more scene `user` brought into being in `minute` (minutes since the Unix
-    /// epoch), for every node of the cluster at once, and returns that minute's count.
-    pub async fn count_new_scene(&self, user: &str, minute: i64) -> Result<u64, StoreError> {
+    /// Whether `user` may bring `scene` into being in `minute` (minutes since the Unix
+    /// epoch) under a quota of `limit` new scenes a minute, counted over every node of the
+    /// cluster at once. A scene counts once however often it is asked for (two tabs, a
+    /// retry); a refused one is not counted.
+    pub async fn admit_new_scene(
+        &self,
+        user: &str,
+        minute: i64,
+        scene: &str,
+        limit: u64,
+    ) -> Result<bool, StoreError> {
         match self {
-            Self::Postgres(s) => s.count_new_scene(user, minute).await,
-            Self::Sqlite(s) => s.count_new_scene(user, minute).await,
+            Self::Postgres(s) => s.admit_new_scene(user, minute, scene, limit).await,
+            Self::Sqlite(s) => s.admit_new_scene(user, minute, scene, limit).await,
         }
     }
 

@@ -126,7 +126,12 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let migrator = super::migrations(sqlx::migrate!("../migrations/postgres"));
+        migrator.run(&pool).await?;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await?;
+        super::note_newer_schema(&migrator, newest);
         Ok(Self {
             pool,
             appender_options: Arc::new(appender_options),

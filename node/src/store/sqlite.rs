@@ -37,7 +37,12 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        let migrator = super::migrations(sqlx::migrate!("../migrations/sqlite"));
+        migrator.run(&pool).await?;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await?;
+        super::note_newer_schema(&migrator, newest);
         Ok(Self { pool })
     }
 
