@@ -125,6 +125,9 @@ async fn idle_rooms_unload_and_come_back() {
     client.type_text("EXT. ROOFTOP - DAWN").await.unwrap();
     client.wait_acked().await.unwrap();
     assert_eq!(node.metric("scenes_collaborative_active").await.unwrap(), 1.0);
+    // The room's housekeeping after the edit has run and found nothing due: the leave
+    // itself must set the wake that unloads it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     drop(client);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while node.metric("scenes_collaborative_active").await.unwrap() != 0.0 {
