@@ -196,6 +196,18 @@ async fn new_scenes_count_once_each_and_refused_ones_not_at_all() {
         assert!(admit(&ada, 100, "two").await, "{backend:?}");
         assert!(admit(&ada, 101, "three").await, "the next minute, {backend:?}");
         assert!(admit(&bob, 100, "three").await, "another user, {backend:?}");
+
+        // Twenty new scenes asked for at once (as on several nodes): exactly the quota.
+        let cy = unique("cy");
+        let at_once = (0..20).map(|i| {
+            let (store, cy) = (store.clone(), cy.clone());
+            tokio::spawn(async move { store.admit_new_scene(&cy, 100, &format!("s{i}"), 3).await })
+        });
+        let mut admitted = 0;
+        for asked in futures_util::future::join_all(at_once).await {
+            admitted += usize::from(asked.unwrap().unwrap());
+        }
+        assert_eq!(admitted, 3, "{backend:?}");
     }
 }
 

@@ -156,6 +156,10 @@ macro_rules! shared_queries {
             scene: &str,
             limit: u64,
         ) -> Result<bool, StoreError> {
+            // One user's new scenes of one minute are decided one at a time, so that
+            // arrivals at once on several nodes cannot all find room under the limit.
+            let mut tx = self.begin_write().await?;
+            self.serialize_new_scenes(&mut tx, user, minute).await?;
             let inserted = sqlx::query(
                 "INSERT INTO user_new_scenes (user_id, minute, scene_id)
                  SELECT $1, $2, $3
@@ -166,21 +170,22 @@ macro_rules! shared_queries {
             .bind(minute)
             .bind(scene)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-            if inserted.rows_affected() == 1 {
-                return Ok(true);
-            }
-            // Over the quota, or this scene was admitted already this minute.
-            let counted: Option<bool> = sqlx::query_scalar(
-                "SELECT true FROM user_new_scenes WHERE user_id = $1 AND minute = $2 AND scene_id = $3",
-            )
-            .bind(user)
-            .bind(minute)
-            .bind(scene)
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(counted.is_some())
+            let admitted = inserted.rows_affected() == 1 || {
+                // Over the quota, or this scene was admitted already this minute.
+                let counted: Option<bool> = sqlx::query_scalar(
+                    "SELECT true FROM user_new_scenes WHERE user_id = $1 AND minute = $2 AND scene_id = $3",
+                )
+                .bind(user)
+                .bind(minute)
+                .bind(scene)
+                .fetch_optional(&mut *tx)
+                .await?;
+                counted.is_some()
+            };
+            tx.commit().await?;
+            Ok(admitted)
         }
 
         /// One statement (one snapshot, one round trip): every room load asks, and most

@@ -352,6 +352,22 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// Holds, until `tx` ends, the lock on `user`'s new scenes of `minute` (an advisory
+    /// lock: the count's rows are not there to lock until they are inserted).
+    async fn serialize_new_scenes(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        user: &str,
+        minute: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
+            .bind(user)
+            .bind(minute)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     pub async fn leases_lost(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT s FROM UNNEST($2::text[]) AS s

@@ -53,6 +53,17 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Nothing to do: a write transaction (`BEGIN IMMEDIATE`) holds the database's write
+    /// lock, which serializes every writer.
+    async fn serialize_new_scenes(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        _user: &str,
+        _minute: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     pub async fn leases_lost(&self, owner: &str, scenes: &[String]) -> Result<Vec<String>, StoreError> {
         let list = serde_json::to_string(scenes).unwrap_or_else(|_| "[]".into());
         Ok(sqlx::query_scalar(
