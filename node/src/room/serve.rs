@@ -100,17 +100,11 @@ impl Room {
             if (self.stopping.is_some() || self.is_idle_long_enough()) && self.finish(inbox).await {
                 break;
             }
-            if self.has_waiting_work() {
-                let soon = tokio::time::Instant::now() + HOUSEKEEPING_INTERVAL;
-                if housekeeping.deadline() > soon {
-                    housekeeping.as_mut().reset(soon);
-                }
-            } else if let Some(since) = self.idle_since {
-                // The last client left, which leaves no work waiting: wake to unload.
-                let due = tokio::time::Instant::from_std(since + self.ctx.limits.room_idle);
-                if housekeeping.deadline() > due {
-                    housekeeping.as_mut().reset(due);
-                }
+            // What this turn did may have brought something due sooner (work waiting, the
+            // last client gone): housekeeping never sleeps past the first thing due.
+            let due = tokio::time::Instant::now() + self.next_housekeeping();
+            if housekeeping.deadline() > due {
+                housekeeping.as_mut().reset(due);
             }
         }
     }

@@ -422,6 +422,25 @@ macro_rules! shared_queries {
 }
 use shared_queries;
 
+/// Brings the schema of the store behind `$pool` up to this release (the migrations in
+/// `$folder`). Migrations are additive (a release adds tables or columns and drops or
+/// changes nothing an earlier release reads), so the previous release runs on a schema this
+/// one migrated: rolling the nodes back needs no rollback of the database, and a rolling
+/// upgrade runs both releases at once. An applied migration this release does not know is
+/// therefore a later release's, not an error: [`note_newer_schema`] says so at start.
+macro_rules! migrate {
+    ($pool:expr, $folder:literal) => {{
+        let mut migrator = sqlx::migrate!($folder);
+        migrator.set_ignore_missing(true);
+        migrator.run($pool).await?;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+            .fetch_one($pool)
+            .await?;
+        super::note_newer_schema(&migrator, newest);
+    }};
+}
+use migrate;
+
 pub mod history;
 mod postgres;
 mod sqlite;
@@ -446,17 +465,6 @@ pub enum StoreError {
     Content(crate::content::blocks::BlockError),
     #[error("a recorded P1 version cannot be read: {0}")]
     Projection(String),
-}
-
-/// This release's migrations of the store's schema, ready to run. Migrations are additive
-/// (a release adds tables or columns and drops or changes nothing an earlier release reads),
-/// so the previous release runs on a schema this one migrated: rolling the nodes back needs
-/// no rollback of the database, and a rolling upgrade runs both releases at once. An
-/// applied migration this release does not know is therefore a later release's, not an
-/// error ([`note_newer_schema`] says so at start).
-fn migrations(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
-    migrator.set_ignore_missing(true);
-    migrator
 }
 
 /// One line at start when the store was migrated by a later release than this one.

@@ -126,12 +126,7 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        let migrator = super::migrations(sqlx::migrate!("../migrations/postgres"));
-        migrator.run(&pool).await?;
-        let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-            .fetch_one(&pool)
-            .await?;
-        super::note_newer_schema(&migrator, newest);
+        super::migrate!(&pool, "../migrations/postgres");
         Ok(Self {
             pool,
             appender_options: Arc::new(appender_options),

@@ -37,12 +37,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let migrator = super::migrations(sqlx::migrate!("../migrations/sqlite"));
-        migrator.run(&pool).await?;
-        let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-            .fetch_one(&pool)
-            .await?;
-        super::note_newer_schema(&migrator, newest);
+        super::migrate!(&pool, "../migrations/sqlite");
         Ok(Self { pool })
     }
 
